@@ -1,0 +1,90 @@
+//! Command-line parsing, the options every subcommand shares, and output helpers.
+//!
+//! Each subcommand family lives in its own module (`host`, `hostdev`, `vfio`, `vm`,
+//! `serve`) with a clap `Subcommand` enum and a `run` function.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Plugboard: attach host devices to VMs and keep the books on who uses what.
+#[derive(Debug, Parser)]
+#[command(name = "plugboard", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Options shared by every subcommand.
+    #[command(flatten)]
+    pub global: Global,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every subcommand.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Root of the sysfs tree to read and write (a fake kernel's tree in tests).
+    #[arg(long, global = true, env = "PLUGBOARD_SYSFS_ROOT", default_value = "/sys")]
+    pub sysfs_root: PathBuf,
+    /// Root of the device-node tree (`/dev`).
+    #[arg(long, global = true, env = "PLUGBOARD_DEV_ROOT", default_value = "/dev")]
+    pub dev_root: PathBuf,
+    /// Directory of Plugboard's persistent state (the hostdev registry).
+    #[arg(
+        long,
+        global = true,
+        env = "PLUGBOARD_STATE_DIR",
+        default_value = "/var/lib/plugboard"
+    )]
+    pub state_dir: PathBuf,
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More log output on stderr (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// The subcommand families.
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {}
+}
+
+/// Sends logs to stderr; `-v` is info, `-vv` debug, `-vvv` trace; `RUST_LOG` wins.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Prints an error and its causes on one line each, as `plugboard: error: …` then
+/// `  caused by: …`.
+pub fn print_error_chain(err: &anyhow::Error) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "plugboard: error: {err}");
+    for cause in err.chain().skip(1) {
+        let _ = writeln!(stderr, "  caused by: {cause}");
+    }
+}
+
+/// Writes `value` as pretty JSON followed by a newline on stdout.
+#[allow(dead_code, reason = "used by the subcommand modules as they land")]
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}

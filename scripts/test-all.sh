@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every Plugboard test on a fresh machine, and prints how long each stage took.
+#
+#   scripts/test-all.sh           everything: install deps, fmt, clippy, tests, the lab
+#   scripts/test-all.sh --fast    no installs and no lab: fmt, clippy and cargo tests only
+#
+# The installs need root (they use apt-get); as another user the script uses sudo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fast=0
+[ "${1:-}" = "--fast" ] && fast=1
+
+stages=()
+stage() {
+  local name=$1
+  shift
+  echo "==> stage '$name': $*"
+  local start=$SECONDS
+  "$@"
+  local took=$((SECONDS - start))
+  stages+=("$(printf '%-14s %5ss' "$name" "$took")")
+  echo "==> stage '$name' took ${took}s"
+}
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+summary() {
+  echo "==> stage times"
+  printf '    %s\n' "${stages[@]}"
+}
+trap summary EXIT
+
+if [ "$fast" = 0 ]; then
+  stage install as_root lab/install-deps.sh
+fi
+stage fmt cargo fmt --all --check
+stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
+stage test cargo test --workspace --locked
+if [ "$fast" = 0 ] && [ -x lab/run-tests.sh ]; then
+  stage lab lab/run-tests.sh
+fi
