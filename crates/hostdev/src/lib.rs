@@ -1,1 +1,8 @@
-//! Placeholder: this crate's contents arrive with its issue (see the workspace README).
+//! Placeholder: filled in as the modules land.
+
+mod intent;
+mod owner;
+mod process;
+pub mod registry;
+
+pub use owner::{Owner, OwnerError};

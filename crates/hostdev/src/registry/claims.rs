@@ -1,0 +1,172 @@
+//! Claims on the devices that have no inactive list (USB, SCSI, mdev) and on NVMe
+//! namespaces: one row per (kind, key, owner). Only SCSI allows several owners of one
+//! key, when every one of them marked it shareable; the kind modules enforce that.
+
+use rusqlite::params;
+use serde::Serialize;
+
+use super::{RegistryError, Tx};
+use crate::owner::Owner;
+
+/// The kinds of device kept in the claims table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClaimKind {
+    /// A USB device, keyed `BUS:DEV`.
+    Usb,
+    /// A SCSI device, keyed `H:C:T:L`.
+    Scsi,
+    /// A mediated device, keyed by UUID.
+    Mdev,
+    /// An NVMe namespace, keyed `DDDD:BB:SS.F/NSID`.
+    Nvme,
+}
+
+impl ClaimKind {
+    /// The name stored in the registry.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Usb => "usb",
+            Self::Scsi => "scsi",
+            Self::Mdev => "mdev",
+            Self::Nvme => "nvme",
+        }
+    }
+
+    fn from_name(s: &str) -> Option<Self> {
+        Some(match s {
+            "usb" => Self::Usb,
+            "scsi" => Self::Scsi,
+            "mdev" => Self::Mdev,
+            "nvme" => Self::Nvme,
+            _ => return None,
+        })
+    }
+}
+
+/// One claim.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClaimRow {
+    /// The kind of device.
+    pub kind: ClaimKind,
+    /// The device's key within its kind.
+    pub key: String,
+    /// Who holds it.
+    pub owner: Owner,
+    /// SCSI: this user agrees to share the device.
+    pub shareable: bool,
+    /// Free text shown by `ls` (USB vendor:product, NVMe controller).
+    pub detail: Option<String>,
+}
+
+impl Tx<'_> {
+    /// The claims on one device.
+    pub fn claims_on(&self, kind: ClaimKind, key: &str) -> Result<Vec<ClaimRow>, RegistryError> {
+        self.query_claims(
+            "SELECT kind, key, owner_driver, owner_domain, shareable, detail FROM claims \
+             WHERE kind = ?1 AND key = ?2 ORDER BY owner_driver, owner_domain",
+            params![kind.as_str(), key],
+        )
+    }
+
+    /// Every claim of one kind whose key starts with `prefix` (NVMe: one controller).
+    pub fn claims_with_prefix(
+        &self,
+        kind: ClaimKind,
+        prefix: &str,
+    ) -> Result<Vec<ClaimRow>, RegistryError> {
+        self.query_claims(
+            "SELECT kind, key, owner_driver, owner_domain, shareable, detail FROM claims \
+             WHERE kind = ?1 AND substr(key, 1, length(?2)) = ?2 ORDER BY key",
+            params![kind.as_str(), prefix],
+        )
+    }
+
+    /// Every claim.
+    pub fn claims(&self) -> Result<Vec<ClaimRow>, RegistryError> {
+        self.query_claims(
+            "SELECT kind, key, owner_driver, owner_domain, shareable, detail FROM claims \
+             ORDER BY kind, key",
+            [],
+        )
+    }
+
+    fn query_claims(
+        &self,
+        sql: &str,
+        p: impl rusqlite::Params,
+    ) -> Result<Vec<ClaimRow>, RegistryError> {
+        type Raw = (String, String, String, String, bool, Option<String>);
+        let raws: Vec<Raw> = self
+            .tx
+            .prepare_cached(sql)
+            .and_then(|mut st| {
+                st.query_map(p, |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                    ))
+                })?
+                .collect()
+            })
+            .map_err(self.err("reading claims"))?;
+        raws.into_iter()
+            .map(|(kind, key, drv, dom, shareable, detail)| {
+                Ok(ClaimRow {
+                    kind: ClaimKind::from_name(&kind)
+                        .ok_or_else(|| self.invalid("claims.kind", &kind))?,
+                    key,
+                    owner: Owner::new(&drv, &dom)
+                        .map_err(|_| self.invalid("claims.owner", &format!("{drv}/{dom}")))?,
+                    shareable,
+                    detail,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a claim.
+    pub fn insert_claim(&self, claim: &ClaimRow) -> Result<(), RegistryError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO claims (kind, key, owner_driver, owner_domain, shareable, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    claim.kind.as_str(),
+                    claim.key,
+                    claim.owner.driver(),
+                    claim.owner.domain(),
+                    claim.shareable,
+                    claim.detail,
+                ])
+            })
+            .map_err(self.err("writing a claim"))?;
+        Ok(())
+    }
+
+    /// Removes `owner`'s claim on one device; returns whether there was one.
+    pub fn delete_claim(
+        &self,
+        kind: ClaimKind,
+        key: &str,
+        owner: &Owner,
+    ) -> Result<bool, RegistryError> {
+        let n = self
+            .tx
+            .prepare_cached(
+                "DELETE FROM claims WHERE kind = ?1 AND key = ?2 \
+                 AND owner_driver = ?3 AND owner_domain = ?4",
+            )
+            .and_then(|mut st| {
+                st.execute(params![kind.as_str(), key, owner.driver(), owner.domain()])
+            })
+            .map_err(self.err("deleting a claim"))?;
+        Ok(n > 0)
+    }
+}

@@ -1,0 +1,154 @@
+//! The intent journal's table: insert before touching sysfs, advance the step as writes
+//! complete, delete in the same transaction that records the outcome.
+
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::{RegistryError, Tx};
+use crate::intent::{Intent, IntentOp, IntentStep};
+use crate::owner::Owner;
+use crate::process::ProcessStamp;
+
+const COLUMNS: &str = "id, op, address, original_driver, owner_driver, owner_domain, managed, \
+                       writes_sysfs, iommu_group, step, pid, pid_start";
+
+impl Tx<'_> {
+    /// Journals `intent` and returns its id. Fails (constraint) if the device already has
+    /// a pending intent; callers check [`Tx::intent_for`] first to report who holds it.
+    pub fn insert_intent(&self, intent: &Intent) -> Result<i64, RegistryError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO intents (op, address, original_driver, owner_driver, owner_domain, \
+                 managed, writes_sysfs, iommu_group, step, pid, pid_start) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .and_then(|mut st| {
+                st.execute(params![
+                    intent.op.as_str(),
+                    intent.address,
+                    intent.original_driver,
+                    intent.owner.as_ref().map(Owner::driver),
+                    intent.owner.as_ref().map(Owner::domain),
+                    intent.managed,
+                    intent.writes_sysfs,
+                    intent.iommu_group,
+                    intent.step.as_str(),
+                    intent.process.pid,
+                    intent.process.start.cast_signed(),
+                ])
+            })
+            .map_err(self.err("journaling an intent"))?;
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    /// Records how far intent `id` got.
+    pub fn set_intent_step(&self, id: i64, step: IntentStep) -> Result<(), RegistryError> {
+        self.tx
+            .prepare_cached("UPDATE intents SET step = ?2 WHERE id = ?1")
+            .and_then(|mut st| st.execute(params![id, step.as_str()]))
+            .map_err(self.err("advancing an intent"))?;
+        Ok(())
+    }
+
+    /// Removes intent `id` (its outcome is recorded, or it was undone).
+    pub fn delete_intent(&self, id: i64) -> Result<(), RegistryError> {
+        self.tx
+            .prepare_cached("DELETE FROM intents WHERE id = ?1")
+            .and_then(|mut st| st.execute([id]))
+            .map_err(self.err("deleting an intent"))?;
+        Ok(())
+    }
+
+    /// The pending intent on `address`, if any.
+    pub fn intent_for(&self, address: &str) -> Result<Option<Intent>, RegistryError> {
+        let sql = format!("SELECT {COLUMNS} FROM intents WHERE address = ?1");
+        let raw = self
+            .tx
+            .prepare_cached(&sql)
+            .and_then(|mut st| st.query_row([address], RawIntent::read).optional())
+            .map_err(self.err("reading an intent"))?;
+        raw.map(|r| r.into_intent(self)).transpose()
+    }
+
+    /// Every pending intent, oldest first.
+    pub fn intents(&self) -> Result<Vec<Intent>, RegistryError> {
+        let sql = format!("SELECT {COLUMNS} FROM intents ORDER BY id");
+        let raws = self
+            .tx
+            .prepare_cached(&sql)
+            .and_then(|mut st| {
+                st.query_map([], RawIntent::read)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(self.err("reading intents"))?;
+        raws.into_iter().map(|r| r.into_intent(self)).collect()
+    }
+
+    /// The pending intents on members of IOMMU group `group`.
+    pub fn intents_in_group(&self, group: u32) -> Result<Vec<Intent>, RegistryError> {
+        let sql = format!("SELECT {COLUMNS} FROM intents WHERE iommu_group = ?1");
+        let raws = self
+            .tx
+            .prepare_cached(&sql)
+            .and_then(|mut st| {
+                st.query_map([group], RawIntent::read)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(self.err("reading intents"))?;
+        raws.into_iter().map(|r| r.into_intent(self)).collect()
+    }
+}
+
+struct RawIntent {
+    id: i64,
+    op: String,
+    address: String,
+    original_driver: Option<String>,
+    owner_driver: Option<String>,
+    owner_domain: Option<String>,
+    managed: bool,
+    writes_sysfs: bool,
+    iommu_group: Option<u32>,
+    step: String,
+    pid: u32,
+    pid_start: u64,
+}
+
+impl RawIntent {
+    fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            id: r.get(0)?,
+            op: r.get(1)?,
+            address: r.get(2)?,
+            original_driver: r.get(3)?,
+            owner_driver: r.get(4)?,
+            owner_domain: r.get(5)?,
+            managed: r.get(6)?,
+            writes_sysfs: r.get(7)?,
+            iommu_group: r.get(8)?,
+            step: r.get(9)?,
+            pid: r.get(10)?,
+            pid_start: r.get::<_, i64>(11).map(i64::cast_unsigned)?,
+        })
+    }
+
+    fn into_intent(self, tx: &Tx<'_>) -> Result<Intent, RegistryError> {
+        let op = IntentOp::from_name(&self.op).ok_or_else(|| tx.invalid("intents.op", &self.op))?;
+        let step = IntentStep::from_name(&self.step)
+            .ok_or_else(|| tx.invalid("intents.step", &self.step))?;
+        Ok(Intent {
+            id: self.id,
+            op,
+            address: self.address,
+            original_driver: self.original_driver,
+            owner: super::pci_rows::owner_from(tx, self.owner_driver, self.owner_domain)?,
+            managed: self.managed,
+            writes_sysfs: self.writes_sysfs,
+            iommu_group: self.iommu_group,
+            step,
+            process: ProcessStamp {
+                pid: self.pid,
+                start: self.pid_start,
+            },
+        })
+    }
+}

@@ -1,0 +1,192 @@
+//! The PCI lists: one row per device the registry knows, on the active list (an owner
+//! uses it) or the inactive list (detached from its host driver, unused).
+//!
+//! Every change writes an audit event in the same transaction (see `events.rs`).
+
+use rusqlite::{OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::{EventKind, RegistryError, Tx};
+use crate::owner::Owner;
+
+/// Which list a device is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum List {
+    /// In use by an owner.
+    Active,
+    /// Detached from the host driver (on vfio-pci or a variant) and unused.
+    Inactive,
+}
+
+impl List {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Inactive => "inactive",
+        }
+    }
+}
+
+/// One PCI device in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PciRow {
+    /// `DDDD:BB:SS.F`.
+    pub address: String,
+    /// Active or inactive.
+    pub list: List,
+    /// Who uses it (active only).
+    pub owner: Option<Owner>,
+    /// Recorded when the device first went inactive: true when release gives it back to
+    /// its host driver, false when it stays detached (it was detached by hand or adopted).
+    pub managed: bool,
+    /// The host driver it had before it was detached (`None`: none, or unknown).
+    pub original_driver: Option<String>,
+    /// Its IOMMU group when it was recorded.
+    pub iommu_group: Option<u32>,
+}
+
+const COLUMNS: &str =
+    "address, list, owner_driver, owner_domain, managed, original_driver, iommu_group";
+
+impl Tx<'_> {
+    /// The row of `address`, if any.
+    pub fn pci_row(&self, address: &str) -> Result<Option<PciRow>, RegistryError> {
+        let sql = format!("SELECT {COLUMNS} FROM pci_devices WHERE address = ?1");
+        let raw = self
+            .tx
+            .prepare_cached(&sql)
+            .and_then(|mut st| st.query_row([address], RawRow::read).optional())
+            .map_err(self.err("reading a PCI device"))?;
+        raw.map(|r| r.into_row(self)).transpose()
+    }
+
+    /// Every PCI row, ordered by address.
+    pub fn pci_rows(&self) -> Result<Vec<PciRow>, RegistryError> {
+        let sql = format!("SELECT {COLUMNS} FROM pci_devices ORDER BY address");
+        self.collect_rows(&sql, [])
+    }
+
+    /// The rows recorded in IOMMU group `group`.
+    pub fn pci_rows_in_group(&self, group: u32) -> Result<Vec<PciRow>, RegistryError> {
+        let sql = format!("SELECT {COLUMNS} FROM pci_devices WHERE iommu_group = ?1");
+        self.collect_rows(&sql, [group])
+    }
+
+    fn collect_rows(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<PciRow>, RegistryError> {
+        let raws = self
+            .tx
+            .prepare_cached(sql)
+            .and_then(|mut st| {
+                st.query_map(params, RawRow::read)?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(self.err("reading PCI devices"))?;
+        raws.into_iter().map(|r| r.into_row(self)).collect()
+    }
+
+    /// Inserts or replaces the row of `row.address` and records the change.
+    pub fn put_pci_row(&self, row: &PciRow) -> Result<(), RegistryError> {
+        let sql = format!(
+            "INSERT OR REPLACE INTO pci_devices ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        );
+        self.tx
+            .prepare_cached(&sql)
+            .and_then(|mut st| {
+                st.execute(params![
+                    row.address,
+                    row.list.as_str(),
+                    row.owner.as_ref().map(Owner::driver),
+                    row.owner.as_ref().map(Owner::domain),
+                    row.managed,
+                    row.original_driver,
+                    row.iommu_group,
+                ])
+            })
+            .map_err(self.err("writing a PCI device"))?;
+        let kind = match row.list {
+            List::Active => EventKind::Active,
+            List::Inactive => EventKind::Inactive,
+        };
+        self.record_event(&row.address, row.iommu_group, kind, row.owner.as_ref())
+    }
+
+    /// Removes the row of `address` (back to the host, or gone from sysfs) and records why.
+    pub fn delete_pci_row(
+        &self,
+        address: &str,
+        iommu_group: Option<u32>,
+        why: EventKind,
+    ) -> Result<(), RegistryError> {
+        let n = self
+            .tx
+            .prepare_cached("DELETE FROM pci_devices WHERE address = ?1")
+            .and_then(|mut st| st.execute([address]))
+            .map_err(self.err("deleting a PCI device"))?;
+        if n > 0 {
+            self.record_event(address, iommu_group, why, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// A row as SQLite returns it, before validation.
+struct RawRow {
+    address: String,
+    list: String,
+    owner_driver: Option<String>,
+    owner_domain: Option<String>,
+    managed: bool,
+    original_driver: Option<String>,
+    iommu_group: Option<u32>,
+}
+
+impl RawRow {
+    fn read(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(Self {
+            address: r.get(0)?,
+            list: r.get(1)?,
+            owner_driver: r.get(2)?,
+            owner_domain: r.get(3)?,
+            managed: r.get(4)?,
+            original_driver: r.get(5)?,
+            iommu_group: r.get(6)?,
+        })
+    }
+
+    fn into_row(self, tx: &Tx<'_>) -> Result<PciRow, RegistryError> {
+        let list = match self.list.as_str() {
+            "active" => List::Active,
+            "inactive" => List::Inactive,
+            other => return Err(tx.invalid("pci_devices.list", other)),
+        };
+        let owner = owner_from(tx, self.owner_driver, self.owner_domain)?;
+        Ok(PciRow {
+            address: self.address,
+            list,
+            owner,
+            managed: self.managed,
+            original_driver: self.original_driver,
+            iommu_group: self.iommu_group,
+        })
+    }
+}
+
+/// Rebuilds an owner from its two columns.
+pub(super) fn owner_from(
+    tx: &Tx<'_>,
+    driver: Option<String>,
+    domain: Option<String>,
+) -> Result<Option<Owner>, RegistryError> {
+    match (driver, domain) {
+        (Some(driver), Some(domain)) => Owner::new(&driver, &domain)
+            .map(Some)
+            .map_err(|_| tx.invalid("owner", &format!("{driver}/{domain}"))),
+        (None, None) => Ok(None),
+        (d, m) => Err(tx.invalid("owner", &format!("{d:?}/{m:?}"))),
+    }
+}
