@@ -1,0 +1,138 @@
+//! The device model: what a device is, before any plug.
+//!
+//! One [`DeviceSpec`] describes every kind (Kata had a second interface for vhost-user
+//! devices; here vhost-user is one more [`DeviceKind`]). A spec carries the device's
+//! [`DeviceIdentity`], the key the manager dedupes on: the device node's type and
+//! `major:minor` for devices with a node, the host path for devices without one. An enum,
+//! so "no node" can never look like node `0:0` (Kata's collision of every nodeless device).
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+mod block;
+mod generic;
+mod vfio;
+mod vhost_user;
+
+pub use block::{BlockDriver, BlockDriverError, BlockSpec, ImageFormat};
+pub use generic::GenericSpec;
+pub use vfio::{
+    HostFunction, MdevUuid, PciAddress, VfioBackend, VfioFunction, VfioSpec, VfioSpecError,
+};
+pub use vhost_user::{FsCache, MacAddress, VhostUserDevice, VhostUserSpec, VhostUserSpecError};
+
+/// Block or character device node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeType {
+    /// A block device (`b`).
+    Block,
+    /// A character device (`c`, or `u` for unbuffered).
+    Char,
+}
+
+impl NodeType {
+    /// The `/sys/dev` folder of this node type: `block` or `char`.
+    #[must_use]
+    pub const fn sys_dev_dir(self) -> &'static str {
+        match self {
+            Self::Block => "block",
+            Self::Char => "char",
+        }
+    }
+}
+
+/// A device node: its type and `major:minor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct DeviceNode {
+    /// Block or character.
+    pub node_type: NodeType,
+    /// Major number.
+    pub major: u32,
+    /// Minor number.
+    pub minor: u32,
+}
+
+impl fmt::Display for DeviceNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = match self.node_type {
+            NodeType::Block => 'b',
+            NodeType::Char => 'c',
+        };
+        write!(f, "{t} {}:{}", self.major, self.minor)
+    }
+}
+
+/// What makes two requests the same device: the manager dedupes on this.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceIdentity {
+    /// A device with a node: the same node type and `major:minor` is the same device.
+    Node(DeviceNode),
+    /// A device without a node (an image file, a vhost-user socket): the same host path is
+    /// the same device.
+    Path(PathBuf),
+}
+
+impl fmt::Display for DeviceIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Node(node) => write!(f, "node {node}"),
+            Self::Path(path) => write!(f, "path {}", path.display()),
+        }
+    }
+}
+
+/// How a device reaches the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum PlugMode {
+    /// Plugged into the running VM (Kata's `HotplugAddDevice`).
+    #[default]
+    Hot,
+    /// Added to the VM's boot configuration (Kata's `AppendDevice`).
+    Cold,
+}
+
+/// Everything about one device except its identity and plug mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum DeviceKind {
+    /// A host block device or an image file.
+    Block(BlockSpec),
+    /// A VFIO group or cdev, expanded to the functions that go to the guest.
+    Vfio(VfioSpec),
+    /// A vhost-user backend: blk, scsi, net or fs.
+    VhostUser(VhostUserSpec),
+    /// A character device the guest sees through the container only; it never reaches the
+    /// hypervisor.
+    Generic(GenericSpec),
+}
+
+impl DeviceKind {
+    /// A short name of the kind, as Kata's `DeviceType` strings: `block`, `vfio`,
+    /// `vhost-user-blk-pci`, `vhost-user-scsi-pci`, `virtio-net-pci`, `vhost-user-fs-pci`,
+    /// `generic`.
+    #[must_use]
+    pub const fn type_name(&self) -> &'static str {
+        match self {
+            Self::Block(_) => "block",
+            Self::Vfio(_) => "vfio",
+            Self::VhostUser(spec) => spec.device.type_name(),
+            Self::Generic(_) => "generic",
+        }
+    }
+}
+
+/// A request for one device, as [`crate::DeviceManager::new_device`] takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceSpec {
+    /// The dedupe key.
+    pub identity: DeviceIdentity,
+    /// Hot or cold plug.
+    pub mode: PlugMode,
+    /// What the device is.
+    pub kind: DeviceKind,
+}

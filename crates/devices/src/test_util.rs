@@ -1,0 +1,332 @@
+//! An in-memory [`Hypervisor`] for tests: it records every call, keeps the VM's view of what
+//! is plugged, fails on command, and can hold calls to imitate a slow hotplug.
+//!
+//! Other crates get it with `plugboard-devices = { features = ["test-util"] }` in their
+//! `[dev-dependencies]`.
+
+use std::collections::BTreeMap;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+use crate::hypervisor::{
+    GuestView, Hypervisor, HypervisorError, HypervisorKind, Plug, PlugRequest,
+};
+use crate::id::DeviceId;
+use crate::pci_path::{PciPath, PciSlot};
+
+/// Which trait method a call was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HypervisorOp {
+    /// [`Hypervisor::hotplug_add`].
+    HotplugAdd,
+    /// [`Hypervisor::hotplug_remove`].
+    HotplugRemove,
+    /// [`Hypervisor::coldplug`].
+    Coldplug,
+}
+
+/// One recorded call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    /// The method.
+    pub op: HypervisorOp,
+    /// What it was given.
+    pub request: PlugRequest,
+    /// Whether it failed.
+    pub failed: bool,
+}
+
+/// The error of an injected failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("injected {0:?} failure")]
+pub struct InjectedFailure(pub HypervisorOp);
+
+#[derive(Debug, Default)]
+struct State {
+    calls: Vec<Call>,
+    plugged: BTreeMap<DeviceId, PlugRequest>,
+    /// Fail this many upcoming calls of each op.
+    fail_next: BTreeMap<HypervisorOp, usize>,
+    /// Ops whose calls wait until released.
+    held: Vec<HypervisorOp>,
+    /// Calls waiting in a hold.
+    waiting: usize,
+}
+
+/// A hypervisor that lives in memory. See the module documentation.
+#[derive(Debug)]
+pub struct InMemoryHypervisor {
+    kind: HypervisorKind,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Default for InMemoryHypervisor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InMemoryHypervisor {
+    /// An empty VM that says it is QEMU.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::with_kind(HypervisorKind::Qemu)
+    }
+
+    /// An empty VM of this kind.
+    #[must_use]
+    pub fn with_kind(kind: HypervisorKind) -> Self {
+        Self {
+            kind,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panicking test thread must not hide the state from the others.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every call so far, in order, failed ones included.
+    #[must_use]
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Forgets the recorded calls (the plugged view stays).
+    pub fn clear_calls(&self) {
+        self.lock().calls.clear();
+    }
+
+    /// What the VM holds now, by device.
+    #[must_use]
+    pub fn plugged(&self) -> BTreeMap<DeviceId, PlugRequest> {
+        self.lock().plugged.clone()
+    }
+
+    /// Whether the VM holds `device`.
+    #[must_use]
+    pub fn is_plugged(&self, device: DeviceId) -> bool {
+        self.lock().plugged.contains_key(&device)
+    }
+
+    /// Makes the next call of `op` fail (adds to any failures already armed).
+    pub fn fail_next(&self, op: HypervisorOp) {
+        *self.lock().fail_next.entry(op).or_default() += 1;
+    }
+
+    /// Disarms every armed failure.
+    pub fn clear_failures(&self) {
+        self.lock().fail_next.clear();
+    }
+
+    /// Makes every later call of `op` wait in the hypervisor until [`Self::release`].
+    pub fn hold(&self, op: HypervisorOp) {
+        self.lock().held.push(op);
+    }
+
+    /// Lets held calls of `op` go on.
+    pub fn release(&self, op: HypervisorOp) {
+        self.lock().held.retain(|&o| o != op);
+        self.changed.notify_all();
+    }
+
+    /// Waits until `count` calls are waiting in a hold.
+    pub fn wait_for_held_calls(&self, count: usize) {
+        let mut state = self.lock();
+        while state.waiting < count {
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn call(&self, op: HypervisorOp, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+        let mut state = self.lock();
+        if state.held.contains(&op) {
+            state.waiting += 1;
+            self.changed.notify_all();
+            while state.held.contains(&op) {
+                state = self
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            state.waiting -= 1;
+        }
+        let result = Self::apply(&mut state, op, request);
+        state.calls.push(Call {
+            op,
+            request: request.clone(),
+            failed: result.is_err(),
+        });
+        result
+    }
+
+    fn apply(
+        state: &mut State,
+        op: HypervisorOp,
+        request: &PlugRequest,
+    ) -> Result<GuestView, HypervisorError> {
+        let device = request.device;
+        if let Some(n) = state.fail_next.get_mut(&op)
+            && *n > 0
+        {
+            *n -= 1;
+            return Err(HypervisorError::Backend {
+                device,
+                source: Box::new(InjectedFailure(op)),
+            });
+        }
+        match op {
+            HypervisorOp::HotplugAdd | HypervisorOp::Coldplug => {
+                if state.plugged.contains_key(&device) {
+                    return Err(HypervisorError::AlreadyPlugged { device });
+                }
+                state.plugged.insert(device, request.clone());
+                Ok(guest_view(request))
+            }
+            HypervisorOp::HotplugRemove => match state.plugged.get(&device) {
+                Some(held) if held == request => {
+                    state.plugged.remove(&device);
+                    Ok(GuestView::default())
+                }
+                // A remove must name exactly what was added (the trait's contract).
+                Some(_) | None => Err(HypervisorError::NotPlugged { device }),
+            },
+        }
+    }
+}
+
+/// Invents guest PCI paths: a function on root port N sits at `(N+1 mod 32)/00`, others at
+/// slot 0x1f on the root bus.
+fn guest_view(request: &PlugRequest) -> GuestView {
+    let path = |port: Option<crate::ports::RootPort>| {
+        let slot = port.map_or(31, |p| u8::try_from((p.get() + 1) % 32).unwrap_or(31));
+        let mut slots = vec![PciSlot::new(slot).ok()];
+        if port.is_some() {
+            slots.push(PciSlot::new(0).ok());
+        }
+        PciPath::new(slots.into_iter().flatten().collect()).ok()
+    };
+    match &request.plug {
+        Plug::Block(b) => GuestView {
+            pci_paths: if b.spec.driver.is_pci() {
+                path(b.port).into_iter().collect()
+            } else {
+                Vec::new()
+            },
+            scsi_address: b.scsi_address,
+            drive_name: b.drive_name.clone(),
+        },
+        Plug::VhostUser(v) => GuestView {
+            pci_paths: if v.spec.device.is_pci() {
+                path(v.port).into_iter().collect()
+            } else {
+                Vec::new()
+            },
+            scsi_address: None,
+            drive_name: v.drive_name.clone(),
+        },
+        Plug::Vfio(v) => GuestView {
+            pci_paths: v.functions.iter().filter_map(|f| path(f.port)).collect(),
+            scsi_address: None,
+            drive_name: None,
+        },
+    }
+}
+
+impl Hypervisor for InMemoryHypervisor {
+    fn kind(&self) -> HypervisorKind {
+        self.kind
+    }
+
+    fn hotplug_add(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+        self.call(HypervisorOp::HotplugAdd, request)
+    }
+
+    fn hotplug_remove(&self, request: &PlugRequest) -> Result<(), HypervisorError> {
+        self.call(HypervisorOp::HotplugRemove, request).map(|_| ())
+    }
+
+    fn coldplug(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+        self.call(HypervisorOp::Coldplug, request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::hypervisor::BlockPlug;
+    use crate::index::BlockIndex;
+    use crate::kind::{BlockDriver, BlockSpec, PlugMode};
+
+    fn request(id: u64) -> PlugRequest {
+        PlugRequest {
+            device: DeviceId::from_raw(id),
+            mode: PlugMode::Hot,
+            plug: Plug::Block(BlockPlug {
+                name_id: DeviceId::from_raw(id).name_id("drive"),
+                spec: BlockSpec::new("/dev/sdb", BlockDriver::VirtioBlk),
+                index: BlockIndex::try_from(0).unwrap(),
+                drive_name: None,
+                scsi_address: None,
+                port: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn records_and_tracks() {
+        let h = InMemoryHypervisor::new();
+        let r = request(1);
+        h.hotplug_add(&r).unwrap();
+        assert!(h.is_plugged(r.device));
+        assert!(matches!(
+            h.hotplug_add(&r),
+            Err(HypervisorError::AlreadyPlugged { .. })
+        ));
+        h.hotplug_remove(&r).unwrap();
+        assert!(!h.is_plugged(r.device));
+        assert!(matches!(
+            h.hotplug_remove(&r),
+            Err(HypervisorError::NotPlugged { .. })
+        ));
+        let ops: Vec<_> = h.calls().iter().map(|c| (c.op, c.failed)).collect();
+        assert_eq!(
+            ops,
+            [
+                (HypervisorOp::HotplugAdd, false),
+                (HypervisorOp::HotplugAdd, true),
+                (HypervisorOp::HotplugRemove, false),
+                (HypervisorOp::HotplugRemove, true),
+            ]
+        );
+    }
+
+    #[test]
+    fn injected_failure_changes_nothing_and_fires_once() {
+        let h = InMemoryHypervisor::new();
+        h.fail_next(HypervisorOp::HotplugAdd);
+        h.hotplug_add(&request(1)).unwrap_err();
+        assert!(h.plugged().is_empty());
+        h.hotplug_add(&request(1)).unwrap();
+    }
+
+    #[test]
+    fn held_calls_wait_for_release() {
+        let h = Arc::new(InMemoryHypervisor::new());
+        h.hold(HypervisorOp::HotplugAdd);
+        let h2 = Arc::clone(&h);
+        let t = std::thread::spawn(move || h2.hotplug_add(&request(1)).map(|_| ()));
+        h.wait_for_held_calls(1);
+        assert!(!h.is_plugged(DeviceId::from_raw(1)));
+        h.release(HypervisorOp::HotplugAdd);
+        t.join().unwrap().unwrap();
+        assert!(h.is_plugged(DeviceId::from_raw(1)));
+    }
+}
