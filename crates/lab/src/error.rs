@@ -1,0 +1,116 @@
+//! The one error type of the lab harness.
+//!
+//! Every message names the thing that failed (a path, a command, a QMP command) and the
+//! console tail when the guest is involved, because a lab failure is read in CI logs.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What can go wrong while building, booting or talking to the lab guest.
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    /// A file or directory operation failed.
+    #[error("{what} {}", path.display())]
+    Io {
+        /// What was being done ("read", "create run dir", ...).
+        what: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A host program could not be started.
+    #[error("cannot run {program}")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A host helper program ran but failed.
+    #[error("{program} failed ({status}): {detail}")]
+    Tool {
+        /// The program and its main argument.
+        program: String,
+        /// Its exit status.
+        status: String,
+        /// The last lines of its error output, or what was wrong with its output.
+        detail: String,
+    },
+    /// The guest did not print its ready line in time; it was killed.
+    #[error(
+        "lab guest did not boot within {timeout:?} ({accel}); killed it. Console tail:\n{tail}"
+    )]
+    BootTimeout {
+        /// The boot deadline.
+        timeout: Duration,
+        /// The accelerator used.
+        accel: String,
+        /// The last console output.
+        tail: String,
+    },
+    /// QEMU exited while we were waiting for the guest.
+    #[error(
+        "lab guest exited ({status}) while {during}. Console tail:\n{tail}\nQEMU stderr:\n{stderr}"
+    )]
+    GuestExited {
+        /// QEMU's exit status.
+        status: String,
+        /// What we were waiting for.
+        during: String,
+        /// The last console output.
+        tail: String,
+        /// QEMU's own error output.
+        stderr: String,
+    },
+    /// A guest command did not finish in time; the guest was killed.
+    #[error(
+        "guest command `{command}` did not finish within {timeout:?}; killed the guest. Output tail:\n{tail}"
+    )]
+    ExecTimeout {
+        /// The command (shortened).
+        command: String,
+        /// Its deadline.
+        timeout: Duration,
+        /// The output seen so far.
+        tail: String,
+    },
+    /// The guest is not running any more (it was killed or powered off).
+    #[error("lab guest is not running (it was {0})")]
+    NotRunning(&'static str),
+    /// The QMP socket misbehaved.
+    #[error("QMP {socket}: {detail}")]
+    Qmp {
+        /// The socket path.
+        socket: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+    /// QMP answered a command with an error.
+    #[error("QMP command {command} failed: {class}: {desc}")]
+    QmpCommand {
+        /// The command.
+        command: String,
+        /// QMP's error class.
+        class: String,
+        /// QMP's error description.
+        desc: String,
+    },
+}
+
+impl LabError {
+    /// Shorthand for [`LabError::Io`].
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        Self::Io {
+            what,
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The lab's result type.
+pub type Result<T> = std::result::Result<T, LabError>;

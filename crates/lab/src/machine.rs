@@ -1,0 +1,199 @@
+//! The guest machine: q35 with an emulated Intel IOMMU, guinea-pig NICs, empty hotplug root
+//! ports and a QMP socket, as a QEMU command line.
+//!
+//! Topology (bus numbers are what the guest's firmware-less Linux assigns; see lab/README.md):
+//!
+//! | guest BDF   | QEMU id       | what                                         | IOMMU group |
+//! |-------------|---------------|----------------------------------------------|-------------|
+//! | 00:02.0     | `rp-gp1`      | pcie-root-port                                | own         |
+//! | 01:00.0     | `gp1`         | e1000e 8086:10d3                              | own (single)|
+//! | 00:03.0     | `rp-gp2`      | pcie-root-port                                | own         |
+//! | 02:00.0     | `gp2`         | e1000e 8086:10d3                              | own (single)|
+//! | 00:04.0     | `rp-br`       | pcie-root-port                                | own         |
+//! | 03:00.0     | `br0`         | pcie-pci-bridge                               | shared (multi) |
+//! | 04:01.0     | `gp3`         | e1000e behind the bridge                      | shared (multi) |
+//! | 04:02.0     | `gp4`         | e1000e behind the bridge                      | shared (multi) |
+//! | 00:05.0–00:08.0 | `hp1`–`hp4` | empty pcie-root-ports for hot-add (buses 05–08) | own each |
+//! | 00:1f.0/2/3 | —             | ICH9 LPC, SATA, SMBus (q35 built-ins)         | shared      |
+
+use std::path::{Path, PathBuf};
+
+use crate::accel::Accel;
+
+/// The QEMU ids of the empty root ports, ready for `device_add ... bus=<id>`.
+pub const HOTPLUG_PORTS: [&str; 4] = ["hp1", "hp2", "hp3", "hp4"];
+
+/// The e1000e guinea pigs: (QEMU id, bus, PCI address on that bus).
+pub const GUINEA_PIGS: [(&str, &str, &str); 4] = [
+    ("gp1", "rp-gp1", "0.0"),
+    ("gp2", "rp-gp2", "0.0"),
+    ("gp3", "br0", "1.0"),
+    ("gp4", "br0", "2.0"),
+];
+
+/// PCI vendor:device of the guinea-pig NICs (e1000e, 82574L).
+pub const E1000E_ID: &str = "8086:10d3";
+
+/// How to build the guest machine.
+#[derive(Debug, Clone)]
+pub struct MachineConfig {
+    /// Guest RAM in MiB (a memfd backend with `share=on`, as vhost-user needs). Default 1024.
+    pub memory_mib: u64,
+    /// Virtual CPUs. Default 2.
+    pub smp: u32,
+    /// Extra QEMU arguments, appended last (e.g. `-device`, `-chardev` for vhost-user).
+    pub extra_qemu_args: Vec<String>,
+    /// Extra kernel command-line arguments.
+    pub kernel_args: Vec<String>,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            memory_mib: 1024,
+            smp: 2,
+            extra_qemu_args: Vec::new(),
+            kernel_args: Vec::new(),
+        }
+    }
+}
+
+/// The files one boot uses.
+#[derive(Debug, Clone)]
+pub struct BootFiles {
+    /// The bzImage.
+    pub kernel: PathBuf,
+    /// The initramfs (newc cpio).
+    pub initramfs: PathBuf,
+    /// Where QEMU puts its QMP socket.
+    pub qmp_socket: PathBuf,
+}
+
+impl MachineConfig {
+    /// The full QEMU argument list (without the program name). The serial console is QEMU's
+    /// stdin/stdout; QMP is a Unix socket server at `files.qmp_socket`.
+    pub fn qemu_args(&self, accel: Accel, files: &BootFiles) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_string()));
+        push(&accel.qemu_args());
+        let mem = format!("{}M", self.memory_mib);
+        push(&["-smp", &self.smp.to_string(), "-m", &mem]);
+        push(&["-machine", "q35,kernel-irqchip=split,memory-backend=mem"]);
+        push(&[
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        ]);
+        push(&[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ]);
+        push(&["-device", "intel-iommu,intremap=on"]);
+        let ports = [
+            ("rp-gp1", "2.0"),
+            ("rp-gp2", "3.0"),
+            ("rp-br", "4.0"),
+            (HOTPLUG_PORTS[0], "5.0"),
+            (HOTPLUG_PORTS[1], "6.0"),
+            (HOTPLUG_PORTS[2], "7.0"),
+            (HOTPLUG_PORTS[3], "8.0"),
+        ];
+        for (chassis, (id, addr)) in (1..).zip(ports) {
+            let dev = format!(
+                "pcie-root-port,id={id},bus=pcie.0,addr={addr},chassis={chassis},slot={chassis}"
+            );
+            push(&["-device", &dev]);
+        }
+        push(&["-device", "pcie-pci-bridge,id=br0,bus=rp-br,addr=0.0"]);
+        for (id, bus, addr) in GUINEA_PIGS {
+            push(&["-netdev", &format!("user,id=net-{id},restrict=on")]);
+            let dev = format!("e1000e,id={id},netdev=net-{id},bus={bus},addr={addr},romfile=");
+            push(&["-device", &dev]);
+        }
+        push(&[
+            "-chardev",
+            "stdio,id=ser0,signal=off",
+            "-serial",
+            "chardev:ser0",
+        ]);
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", path_str(&files.qmp_socket)),
+        ]);
+        push(&[
+            "-kernel",
+            &path_str(&files.kernel),
+            "-initrd",
+            &path_str(&files.initramfs),
+        ]);
+        let mut cmdline = vec!["console=ttyS0", "intel_iommu=on", "panic=-1", "quiet"];
+        cmdline.extend(self.kernel_args.iter().map(String::as_str));
+        push(&["-append", &cmdline.join(" ")]);
+        a.extend(self.extra_qemu_args.iter().cloned());
+        a
+    }
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files() -> BootFiles {
+        BootFiles {
+            kernel: "/k/bzImage".into(),
+            initramfs: "/r/initramfs.cpio".into(),
+            qmp_socket: "/r/qmp.sock".into(),
+        }
+    }
+
+    #[test]
+    fn command_line_has_the_iommu_ports_and_sockets() {
+        let cfg = MachineConfig {
+            memory_mib: 512,
+            extra_qemu_args: vec!["-device".into(), "virtio-rng-pci".into()],
+            kernel_args: vec!["foo=1".into()],
+            ..MachineConfig::default()
+        };
+        let args = cfg.qemu_args(Accel::Tcg, &files());
+        let line = args.join(" ");
+        assert!(
+            line.starts_with("-accel tcg -cpu max -smp 2 -m 512M"),
+            "{line}"
+        );
+        assert!(line.contains("memory-backend-memfd,id=mem,size=512M,share=on"));
+        assert!(line.contains("-device intel-iommu,intremap=on"));
+        assert!(line.contains("q35,kernel-irqchip=split"));
+        for port in HOTPLUG_PORTS {
+            assert!(
+                line.contains(&format!("pcie-root-port,id={port},")),
+                "{port}"
+            );
+        }
+        assert_eq!(line.matches("e1000e,").count(), 4);
+        assert!(line.contains("e1000e,id=gp3,netdev=net-gp3,bus=br0,addr=1.0"));
+        assert!(line.contains("-qmp unix:/r/qmp.sock,server=on,wait=off"));
+        assert!(line.contains("console=ttyS0 intel_iommu=on panic=-1 quiet foo=1"));
+        assert!(line.ends_with("-device virtio-rng-pci"));
+    }
+
+    #[test]
+    fn chassis_numbers_are_unique() {
+        let args = MachineConfig::default().qemu_args(Accel::Kvm, &files());
+        let mut chassis: Vec<&str> = args
+            .iter()
+            .filter_map(|a| a.split(",chassis=").nth(1))
+            .map(|rest| rest.split(',').next().unwrap_or(""))
+            .collect();
+        let n = chassis.len();
+        chassis.sort_unstable();
+        chassis.dedup();
+        assert_eq!(chassis.len(), n);
+        assert_eq!(n, 7);
+    }
+}
