@@ -1,11 +1,40 @@
 //! Plugboard's QEMU backend: a QMP client of our own and the `Hypervisor` implementation
 //! that plugboard-devices attaches devices through.
 //!
-//! QEMU is driven over QMP, its JSON monitor: a device is hot-plugged by creating its
-//! backend (block nodes with `blockdev-add`, a socket chardev for vhost-user, a netdev, an
-//! `iommufd` object) and then the guest-visible device with `device_add` into a free
-//! pre-created `pcie-root-port`. Removal is `device_del`, a wait for the guest to let go
-//! (`DEVICE_DELETED`), then deleting the backends. The same device descriptions also render
-//! as command-line arguments for a VM that has not started yet (coldplug).
+//! QEMU is driven over QMP, its JSON monitor. A device is hot-plugged by creating its
+//! backends (block nodes with `blockdev-add`, a socket chardev for vhost-user, a netdev, an
+//! `iommufd` or memory object) and then the guest-visible device with `device_add`, into a
+//! free pre-created `pcie-root-port`. Removal is `device_del`, a wait for the guest to let go
+//! (`DEVICE_DELETED`, or the device gone from QOM), then deleting the backends.
+//!
+//! Each device family turns its description into a [`Plan`] (backends + device). A plan is
+//! executed over QMP ([`QemuHypervisor::plug`], undone step by step on failure), removed
+//! ([`QemuHypervisor::unplug`]), or rendered as command-line arguments for a VM that has not
+//! started yet ([`cmdline::plan_args`]), so hotplug and coldplug cannot disagree.
 
+mod backend_socket;
+pub mod block;
+pub mod cmdline;
+mod hotplug;
+mod hypervisor;
+mod id;
+pub mod nvdimm;
+mod plan;
+mod ports;
 pub mod qmp;
+mod removal;
+pub mod scsi;
+#[cfg(any(test, feature = "test-util"))]
+mod sys;
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util;
+pub mod vfio;
+pub mod vhost_user;
+
+pub use backend_socket::{BackendSocketError, check_listening};
+pub use hotplug::{HotplugError, Rollback, VmFacts};
+pub use hypervisor::{ConnectOptions, DEFAULT_UNPLUG_TIMEOUT, HypervisorError, QemuHypervisor};
+pub use id::{QemuId, QemuIdError};
+pub use plan::{Backend, Plan, Requirements};
+pub use ports::{PortError, RootPort};
+pub use removal::{POLL_INTERVAL, RemovalError};

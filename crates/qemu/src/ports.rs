@@ -1,0 +1,149 @@
+//! PCIe root ports: the slots hot-plugged devices go into, discovered at connect.
+//!
+//! On q35 the root bus cannot hot-plug, and root ports cannot be hot-plugged themselves, so
+//! the VM is started with empty `pcie-root-port`s (see `cmdline::root_port_args`) and every
+//! hot-plugged PCI device takes one (slot 0, one device per port). We find them with
+//! `qom-list /machine/peripheral` (ports need an id to be addressed) and see whether each is
+//! taken by listing its secondary bus, `/machine/peripheral/<port>/<port>`, whose
+//! `child[N]` links are the devices on it. This works on a paused VM, unlike `query-pci`.
+//! Handing ports out is the device manager's job; it seeds its pool from these.
+
+use serde_json::{Value, json};
+
+use crate::qmp::{QmpClient, QmpError};
+
+/// Why the ports could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// A QOM query failed.
+    #[error("cannot list the VM's PCIe root ports ({path})")]
+    Query {
+        /// The QOM path that was listed.
+        path: String,
+        /// The error.
+        #[source]
+        source: QmpError,
+    },
+}
+
+/// One pcie-root-port of the VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootPort {
+    /// The port's qdev id, which is also its bus name (the `bus` of a device on it).
+    pub id: String,
+    /// The QOM path of the device on it, if any.
+    pub occupant: Option<String>,
+}
+
+/// Lists the VM's root ports that have an id, in natural order (`hp2` before `hp10`).
+pub fn discover(client: &mut QmpClient) -> Result<Vec<RootPort>, PortError> {
+    let mut ports = Vec::new();
+    for entry in list(client, "/machine/peripheral")? {
+        if entry.1 != "child<pcie-root-port>" {
+            continue;
+        }
+        let bus = format!("/machine/peripheral/{0}/{0}", entry.0);
+        let mut occupant = None;
+        for (name, kind) in list(client, &bus)? {
+            if name.starts_with("child[") && kind.starts_with("link<") {
+                let target = client
+                    .execute("qom-get", Some(&json!({"path": bus, "property": name})))
+                    .map_err(|source| PortError::Query {
+                        path: format!("{bus}/{name}"),
+                        source,
+                    })?;
+                occupant = Some(target.as_str().unwrap_or_default().to_owned());
+            }
+        }
+        ports.push(RootPort {
+            id: entry.0,
+            occupant,
+        });
+    }
+    ports.sort_by(|a, b| natural_key(&a.id).cmp(&natural_key(&b.id)));
+    Ok(ports)
+}
+
+fn list(client: &mut QmpClient, path: &str) -> Result<Vec<(String, String)>, PortError> {
+    let reply = client
+        .execute("qom-list", Some(&json!({ "path": path })))
+        .map_err(|source| PortError::Query {
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(reply
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .filter_map(|p| {
+                    let name = p.get("name").and_then(Value::as_str)?;
+                    let kind = p.get("type").and_then(Value::as_str)?;
+                    Some((name.to_owned(), kind.to_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// `hp10` → (`hp`, 10, ``) so that ports sort as people number them.
+fn natural_key(id: &str) -> (&str, u64, &str) {
+    let start = id.find(|c: char| c.is_ascii_digit()).unwrap_or(id.len());
+    let end = id[start..]
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or(id.len(), |e| start + e);
+    (
+        &id[..start],
+        id[start..end].parse().unwrap_or(0),
+        &id[end..],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::qmp::fake::{Action, FakeQmp};
+
+    #[test]
+    fn finds_ports_and_their_occupants() {
+        let fake = FakeQmp::start(|cmd, args| match (cmd, args["path"].as_str()) {
+            ("qom-list", Some("/machine/peripheral")) => vec![Action::Return(json!([
+                {"name": "type", "type": "string"},
+                {"name": "hp10", "type": "child<pcie-root-port>"},
+                {"name": "vb0", "type": "child<virtio-blk-pci>"},
+                {"name": "hp2", "type": "child<pcie-root-port>"},
+            ]))],
+            ("qom-list", Some("/machine/peripheral/hp2/hp2")) => vec![Action::Return(json!([
+                {"name": "type", "type": "string"},
+                {"name": "child[0]", "type": "link<virtio-blk-pci>"},
+                {"name": "hotplug-handler", "type": "link<hotplug-handler>"},
+            ]))],
+            ("qom-list", _) => vec![Action::Return(json!([{"name": "type", "type": "string"}]))],
+            ("qom-get", _) => vec![Action::Return(json!("/machine/peripheral/vb0"))],
+            _ => vec![Action::Error("unexpected".into())],
+        });
+        let mut c = QmpClient::connect(fake.socket(), Duration::from_secs(5)).unwrap();
+        let ports = discover(&mut c).unwrap();
+        assert_eq!(
+            ports,
+            [
+                RootPort {
+                    id: "hp2".into(),
+                    occupant: Some("/machine/peripheral/vb0".into())
+                },
+                RootPort {
+                    id: "hp10".into(),
+                    occupant: None
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn natural_order() {
+        let mut ids = ["rp10", "rp2", "hp1", "rp1a", "rp"];
+        ids.sort_by(|a, b| natural_key(a).cmp(&natural_key(b)));
+        assert_eq!(ids, ["hp1", "rp", "rp1a", "rp2", "rp10"]);
+    }
+}

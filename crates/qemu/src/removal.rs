@@ -1,0 +1,392 @@
+//! Removal: `device_del`, wait until the guest lets go, then delete the backends.
+//!
+//! `device_del` only asks. A PCI device leaves when the guest acknowledges (ACPI or native
+//! PCIe hotplug) and QEMU then sends `DEVICE_DELETED`; a `scsi-hd` leaves at once. The
+//! event for the device is the one whose `device` is its id or whose `path` is
+//! `/machine/peripheral/<id>`; QEMU also reports children (`…/virtio-backend`), which we
+//! ignore. Because the event for the device itself sometimes never comes (seen on 10.0.2
+//! after `system_reset`), we also poll `qom-list /machine/peripheral`, as libvirt does.
+//!
+//! A guest that never acknowledges gives [`RemovalError::GuestTimeout`]. Nothing is deleted
+//! then (the backends are still in use), and a later call finishes the job: `device_del` of
+//! a device already being unplugged, or already gone, is not an error here, and deleting a
+//! backend that is already gone counts as done. All names come from the plan, so a retry
+//! needs no state of ours.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::id::QemuId;
+use crate::plan::Plan;
+use crate::qmp::{Event, QmpClient, QmpError, QmpFailure};
+
+/// How often the device's presence is polled while waiting for `DEVICE_DELETED`.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Why a device was not (fully) removed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemovalError {
+    /// QEMU cannot hot-unplug this kind of device (nvdimm); QEMU was not asked.
+    #[error("{device} ({driver}) cannot be hot-unplugged by QEMU; it goes away when the VM stops")]
+    NotRemovable {
+        /// The device.
+        device: QemuId,
+        /// Its qdev driver.
+        driver: String,
+    },
+    /// `device_del` was refused or did not get through.
+    #[error("device_del {device} failed")]
+    Request {
+        /// The device.
+        device: QemuId,
+        /// The error.
+        #[source]
+        source: QmpError,
+    },
+    /// The guest did not release the device in time; the request stays pending in QEMU and
+    /// calling remove again finishes the job.
+    #[error(
+        "the guest did not release {device} within {after:?}; the unplug is still pending, retry to finish it"
+    )]
+    GuestTimeout {
+        /// The device.
+        device: QemuId,
+        /// How long we waited.
+        after: Duration,
+    },
+    /// The guest reported that it could not release the device.
+    #[error("the guest refused to release {device} (DEVICE_UNPLUG_GUEST_ERROR)")]
+    GuestRefused {
+        /// The device.
+        device: QemuId,
+    },
+    /// Checking whether the device is still there failed.
+    #[error("cannot check whether {device} is still present")]
+    Query {
+        /// The device.
+        device: QemuId,
+        /// The error.
+        #[source]
+        source: QmpError,
+    },
+    /// The device is gone but a backend could not be deleted; retrying finishes the job.
+    #[error("{device} is gone but its backend {backend} could not be deleted")]
+    Backend {
+        /// The device.
+        device: QemuId,
+        /// The backend's name.
+        backend: String,
+        /// The error.
+        #[source]
+        source: QmpError,
+    },
+}
+
+/// Removes the plan's device and then its backends, waiting at most `timeout` for the guest.
+pub fn unplug(client: &mut QmpClient, plan: &Plan, timeout: Duration) -> Result<(), RemovalError> {
+    let id = &plan.id;
+    if !plan.removable {
+        return Err(RemovalError::NotRemovable {
+            device: id.clone(),
+            driver: plan.driver().to_owned(),
+        });
+    }
+    // An event for an earlier device of the same id must not end this wait.
+    while client
+        .take_event(|e| e.is_device_deleted(id.as_str()))
+        .is_some()
+    {}
+    match client.execute("device_del", Some(&json!({ "id": id.as_str() }))) {
+        Ok(_) => wait_gone(client, id, timeout)?,
+        Err(e) if e.failure().is_some_and(is_not_found) => {
+            tracing::debug!(device = %id, "device already gone; deleting what is left of its backends");
+        }
+        Err(e)
+            if e.failure()
+                .is_some_and(|f| f.desc.contains("already in the process of unplug")) =>
+        {
+            wait_gone(client, id, timeout)?;
+        }
+        Err(source) => {
+            return Err(RemovalError::Request {
+                device: id.clone(),
+                source,
+            });
+        }
+    }
+    delete_backends(client, plan)?;
+    tracing::info!(device = %id, driver = plan.driver(), "device removed and its backends deleted");
+    Ok(())
+}
+
+/// Waits for the device to leave: its `DEVICE_DELETED`, or its absence from
+/// `/machine/peripheral`, whichever is seen first.
+pub fn wait_gone(
+    client: &mut QmpClient,
+    id: &QemuId,
+    timeout: Duration,
+) -> Result<(), RemovalError> {
+    let deadline = Instant::now() + timeout;
+    let ours = |e: &Event| e.is_device_deleted(id.as_str()) || e.is_unplug_guest_error(id.as_str());
+    // Events that arrived with the device_del reply (scsi-hd unplugs at once) are queued;
+    // confirm those against QOM rather than trust an event that might be stale.
+    if let Some(e) = client.take_event(ours) {
+        if e.is_unplug_guest_error(id.as_str()) {
+            return Err(RemovalError::GuestRefused { device: id.clone() });
+        }
+        if !present(client, id)? {
+            return Ok(());
+        }
+    }
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let slice = left.min(POLL_INTERVAL);
+        let event = client
+            .wait_event(slice, ours)
+            .map_err(|source| RemovalError::Query {
+                device: id.clone(),
+                source,
+            })?;
+        match event {
+            Some(e) if e.is_unplug_guest_error(id.as_str()) => {
+                return Err(RemovalError::GuestRefused { device: id.clone() });
+            }
+            Some(_) => return Ok(()),
+            None if !present(client, id)? => return Ok(()),
+            None if left <= slice => {
+                return Err(RemovalError::GuestTimeout {
+                    device: id.clone(),
+                    after: timeout,
+                });
+            }
+            None => {}
+        }
+    }
+}
+
+/// Whether `/machine/peripheral/<id>` exists.
+pub fn present(client: &mut QmpClient, id: &QemuId) -> Result<bool, RemovalError> {
+    let list = client
+        .execute("qom-list", Some(&json!({"path": "/machine/peripheral"})))
+        .map_err(|source| RemovalError::Query {
+            device: id.clone(),
+            source,
+        })?;
+    Ok(list.as_array().is_some_and(|l| {
+        l.iter()
+            .any(|p| p.get("name").and_then(Value::as_str) == Some(id.as_str()))
+    }))
+}
+
+/// Deletes the plan's backends, last created first; one already gone counts as deleted.
+pub fn delete_backends(client: &mut QmpClient, plan: &Plan) -> Result<(), RemovalError> {
+    for backend in plan.backends.iter().rev() {
+        let (command, args) = backend.delete_command();
+        match client.execute(command, Some(&args)) {
+            Ok(_) => {
+                tracing::debug!(device = %plan.id, command, backend = backend.name(), "backend deleted");
+            }
+            Err(e) if e.failure().is_some_and(is_not_found) => {
+                tracing::debug!(device = %plan.id, backend = backend.name(), "backend already gone");
+            }
+            Err(source) => {
+                return Err(RemovalError::Backend {
+                    device: plan.id.clone(),
+                    backend: backend.name().to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// QEMU's ways of saying "no such thing" (checked on 10.0.2): `DeviceNotFound` for devices
+/// and netdevs, `Failed to find node with node-name=…` for block nodes, `Chardev '…' not
+/// found`, and `object '…' not found` for QOM objects.
+fn is_not_found(f: &QmpFailure) -> bool {
+    f.class == "DeviceNotFound"
+        || f.desc.starts_with("Failed to find node")
+        || f.desc.ends_with("not found")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::block::{Disk, DiskFormat, DiskSource, virtio_blk};
+    use crate::nvdimm::{Nvdimm, nvdimm};
+    use crate::qmp::fake::{Action, FakeQmp};
+
+    fn disk_plan() -> Plan {
+        let disk = Disk::new(DiskSource::File("/v/d.raw".into()), DiskFormat::Raw);
+        virtio_blk("vb0".parse().unwrap(), &disk, "hp1", None)
+    }
+
+    fn client(fake: &FakeQmp) -> QmpClient {
+        QmpClient::connect(fake.socket(), Duration::from_secs(5)).unwrap()
+    }
+
+    fn peripheral(with: bool) -> Action {
+        let mut l = vec![
+            json!({"name": "type", "type": "string"}),
+            json!({"name": "hp1", "type": "child<pcie-root-port>"}),
+        ];
+        if with {
+            l.push(json!({"name": "vb0", "type": "child<virtio-blk-pci>"}));
+        }
+        Action::Return(Value::Array(l))
+    }
+
+    #[test]
+    fn waits_for_the_devices_own_event_not_its_childs_then_deletes_nodes() {
+        let fake = FakeQmp::start(|cmd, _| match cmd {
+            "device_del" => vec![
+                Action::Return(json!({})),
+                Action::Sleep(Duration::from_millis(20)),
+                Action::Event(
+                    "DEVICE_DELETED",
+                    json!({"path": "/machine/peripheral/vb0/virtio-backend"}),
+                ),
+                Action::Event(
+                    "DEVICE_DELETED",
+                    json!({"device": "vb0", "path": "/machine/peripheral/vb0"}),
+                ),
+            ],
+            _ => vec![Action::Return(json!({}))],
+        });
+        unplug(&mut client(&fake), &disk_plan(), Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            fake.commands(),
+            ["device_del", "blockdev-del", "blockdev-del"]
+        );
+        assert_eq!(
+            fake.received()[2].arguments,
+            json!({"node-name": "vb0-fmt"})
+        );
+    }
+
+    #[test]
+    fn falls_back_to_polling_when_the_event_never_comes() {
+        let fake = FakeQmp::start(|cmd, _| match cmd {
+            "device_del" => vec![
+                Action::Return(json!({})),
+                Action::Event(
+                    "DEVICE_DELETED",
+                    json!({"path": "/machine/peripheral/vb0/virtio-backend"}),
+                ),
+            ],
+            "qom-list" => vec![peripheral(false)],
+            _ => vec![Action::Return(json!({}))],
+        });
+        unplug(&mut client(&fake), &disk_plan(), Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            fake.commands(),
+            ["device_del", "qom-list", "blockdev-del", "blockdev-del"]
+        );
+    }
+
+    #[test]
+    fn a_silent_guest_times_out_leaving_backends_and_a_retry_finishes() {
+        let released = Arc::new(AtomicBool::new(false));
+        let r = Arc::clone(&released);
+        let fake = FakeQmp::start(move |cmd, _| match cmd {
+            "device_del" if r.load(Ordering::SeqCst) => {
+                vec![Action::Error("Device 'vb0' not found".into())]
+            }
+            "device_del" => vec![Action::Return(json!({}))],
+            "qom-list" => vec![peripheral(!r.load(Ordering::SeqCst))],
+            _ => vec![Action::Return(json!({}))],
+        });
+        let mut c = client(&fake);
+        let err = unplug(&mut c, &disk_plan(), Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(err, RemovalError::GuestTimeout { .. }), "{err}");
+        assert!(err.to_string().contains("retry"), "{err}");
+        assert!(
+            !fake.commands().contains(&"blockdev-del".to_owned()),
+            "nodes deleted while in use"
+        );
+        released.store(true, Ordering::SeqCst);
+        unplug(&mut c, &disk_plan(), Duration::from_millis(300)).unwrap();
+        assert_eq!(
+            fake.commands()
+                .iter()
+                .filter(|c| *c == "blockdev-del")
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn a_retry_after_a_partial_cleanup_treats_missing_backends_as_done() {
+        let fake = FakeQmp::start(|cmd, args| match (cmd, args["node-name"].as_str()) {
+            ("device_del", _) => vec![Action::Error("Device 'vb0' not found".into())],
+            ("blockdev-del", Some("vb0-fmt")) => vec![Action::Error(
+                "Failed to find node with node-name='vb0-fmt'".into(),
+            )],
+            _ => vec![Action::Return(json!({}))],
+        });
+        unplug(&mut client(&fake), &disk_plan(), Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            fake.commands(),
+            ["device_del", "blockdev-del", "blockdev-del"]
+        );
+    }
+
+    #[test]
+    fn a_guest_error_event_is_reported() {
+        let fake = FakeQmp::start(|cmd, _| match cmd {
+            "device_del" => vec![
+                Action::Return(json!({})),
+                Action::Event(
+                    "DEVICE_UNPLUG_GUEST_ERROR",
+                    json!({"device": "vb0", "path": "/machine/peripheral/vb0"}),
+                ),
+            ],
+            _ => vec![Action::Return(json!({}))],
+        });
+        let err = unplug(&mut client(&fake), &disk_plan(), Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(err, RemovalError::GuestRefused { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_stale_queued_event_does_not_end_the_wait() {
+        // The event arrives with the reply but the device is still present: keep waiting.
+        let fake = FakeQmp::start(|cmd, _| match cmd {
+            "device_del" => vec![
+                Action::Event(
+                    "DEVICE_DELETED",
+                    json!({"device": "vb0", "path": "/machine/peripheral/vb0"}),
+                ),
+                Action::Return(json!({})),
+            ],
+            "qom-list" => vec![peripheral(true)],
+            _ => vec![Action::Return(json!({}))],
+        });
+        let err = unplug(&mut client(&fake), &disk_plan(), Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(err, RemovalError::GuestTimeout { .. }), "{err}");
+    }
+
+    #[test]
+    fn nvdimm_detach_is_refused_without_asking_qemu() {
+        let fake = FakeQmp::start(|_, _| vec![Action::Return(json!({}))]);
+        let dimm = Nvdimm {
+            path: "/v/pm".into(),
+            size: 1 << 20,
+            pmem: false,
+            read_only: false,
+        };
+        let err = unplug(
+            &mut client(&fake),
+            &nvdimm("nv0".parse().unwrap(), &dimm),
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(matches!(err, RemovalError::NotRemovable { .. }), "{err}");
+        assert!(err.to_string().contains("nvdimm"), "{err}");
+        assert!(fake.commands().is_empty());
+    }
+}

@@ -1,0 +1,190 @@
+//! A bare QEMU for tests: q35 under TCG, no guest, empty root ports, a QMP socket.
+//!
+//! Enough for most QMP checks without a guest kernel: block nodes and devices go in,
+//! `scsi-hd` unplugs at once, and `system_reset` finishes pending PCI unplugs. QEMU runs in
+//! a temp dir, is SIGKILLed on drop and also dies with the thread that started it (see
+//! `sys.rs`), so no test leaves one behind.
+#![expect(
+    clippy::expect_used,
+    reason = "a test fixture: failing to set it up is the test's failure"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cmdline;
+
+/// The QEMU binary (`PLUGBOARD_QEMU` overrides).
+pub fn qemu_binary() -> PathBuf {
+    std::env::var_os("PLUGBOARD_QEMU").map_or_else(|| "qemu-system-x86_64".into(), PathBuf::from)
+}
+
+/// A running bare QEMU; killed on drop.
+#[derive(Debug)]
+pub struct BareQemu {
+    child: Child,
+    dir: tempfile::TempDir,
+    qmp: PathBuf,
+}
+
+/// How to start a [`BareQemu`].
+#[derive(Debug, Clone)]
+pub struct BareQemuBuilder {
+    ports: Vec<String>,
+    memory_mib: u64,
+    shared_memory: bool,
+    paused: bool,
+    extra: Vec<String>,
+}
+
+impl Default for BareQemuBuilder {
+    fn default() -> Self {
+        Self {
+            ports: ["hp1", "hp2", "hp3", "hp4"].map(String::from).to_vec(),
+            memory_mib: 128,
+            shared_memory: false,
+            paused: true,
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl BareQemuBuilder {
+    /// The empty root ports to create (default `hp1`…`hp4`).
+    pub fn ports(mut self, ids: &[&str]) -> Self {
+        self.ports = ids.iter().map(|s| (*s).to_owned()).collect();
+        self
+    }
+
+    /// Back guest RAM with a shared memfd (for vhost-user).
+    pub fn shared_memory(mut self, shared: bool) -> Self {
+        self.shared_memory = shared;
+        self
+    }
+
+    /// Start paused (`-S`, the default) or running (SeaBIOS spins, no OS).
+    pub fn paused(mut self, paused: bool) -> Self {
+        self.paused = paused;
+        self
+    }
+
+    /// More arguments (coldplugged devices, `-machine nvdimm=on`, …).
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.extra.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Starts QEMU and waits (at most 10 s) for its QMP socket.
+    pub fn start(self) -> BareQemu {
+        self.try_start().expect("start QEMU")
+    }
+
+    /// Starts QEMU; the error carries QEMU's stderr when it exits early.
+    pub fn try_start(self) -> Result<BareQemu, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let qmp = dir.path().join("qmp.sock");
+        let log = dir.path().join("qemu.log");
+        let mut cmd = Command::new(qemu_binary());
+        cmd.args([
+            "-machine",
+            "q35,accel=tcg",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+        ])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp.display()));
+        if self.paused {
+            cmd.arg("-S");
+        }
+        if self.shared_memory {
+            cmd.args(cmdline::shared_memory_args(self.memory_mib));
+        } else {
+            cmd.args(["-m", &format!("{}M", self.memory_mib)]);
+        }
+        let ports: Vec<&str> = self.ports.iter().map(String::as_str).collect();
+        cmd.args(cmdline::root_port_args(&ports, 1));
+        cmd.args(&self.extra);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("QEMU log file"));
+        crate::sys::kill_with_parent(&mut cmd);
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", qemu_binary().display()))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !qmp.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!(
+                    "QEMU exited ({status}) before its QMP socket appeared: {stderr}"
+                ));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("QEMU's QMP socket did not appear within 10 s".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(BareQemu { child, dir, qmp })
+    }
+}
+
+impl BareQemu {
+    /// A builder with four empty root ports, paused, 128 MiB of private RAM.
+    pub fn builder() -> BareQemuBuilder {
+        BareQemuBuilder::default()
+    }
+
+    /// The QMP socket.
+    pub fn qmp_socket(&self) -> &Path {
+        &self.qmp
+    }
+
+    /// A scratch directory that lives as long as this QEMU.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILLs QEMU now and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether QEMU is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Creates an image with `qemu-img create -f <format>` in the scratch directory.
+    pub fn image(&self, name: &str, format: &str, size: &str) -> PathBuf {
+        let path = self.dir().join(name);
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", format])
+            .arg(&path)
+            .arg(size)
+            .output()
+            .expect("run qemu-img");
+        assert!(
+            out.status.success(),
+            "qemu-img: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        path
+    }
+}
+
+impl Drop for BareQemu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
