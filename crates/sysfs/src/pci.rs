@@ -1,0 +1,448 @@
+//! One PCI function as sysfs shows it: [`PciDevice`] and its typed attribute reads.
+//!
+//! A [`PciDevice`] is a handle on `<root>/bus/pci/devices/<address>`; each method reads one
+//! attribute when called (nothing is cached, so a value is always the kernel's current one).
+//! Reads follow libvirt's virpci: the driver is the basename of the `driver` link (absent
+//! means unbound), a `vfio-dev/` directory marks a VFIO variant driver, the header type is
+//! config byte 0x0e, and a config space larger than 256 bytes means PCIe.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use serde::{Serialize, Serializer};
+
+use crate::address::PciAddress;
+use crate::attr;
+use crate::error::SysfsError;
+use crate::resource::{Bar, parse_resource};
+use crate::sysfs::Sysfs;
+
+/// The name of the generic VFIO PCI driver.
+pub const VFIO_PCI: &str = "vfio-pci";
+
+/// A 24-bit PCI class code: base class, subclass, programming interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PciClass(u32);
+
+impl PciClass {
+    /// Builds a class from its 24-bit code (higher bits are dropped).
+    pub fn new(code: u32) -> Self {
+        Self(code & 0x00ff_ffff)
+    }
+
+    /// The 24-bit code, e.g. `0x020000`.
+    pub fn code(self) -> u32 {
+        self.0
+    }
+
+    /// The base class (e.g. `0x02`, network).
+    pub fn base(self) -> u8 {
+        self.0.to_be_bytes()[1]
+    }
+
+    /// The subclass (e.g. `0x00`, Ethernet).
+    pub fn subclass(self) -> u8 {
+        self.0.to_be_bytes()[2]
+    }
+
+    /// The programming interface.
+    pub fn prog_if(self) -> u8 {
+        self.0.to_be_bytes()[3]
+    }
+
+    /// Base class and subclass as lspci's `[0200]` shows them.
+    pub fn class_and_subclass(self) -> u16 {
+        u16::from_be_bytes([self.base(), self.subclass()])
+    }
+
+    /// A host bridge (0x0600) or PCI-to-PCI bridge (0x0604). Bridges do not count for
+    /// IOMMU-group viability.
+    pub fn is_bridge(self) -> bool {
+        matches!(self.class_and_subclass(), 0x0600 | 0x0604)
+    }
+}
+
+impl fmt::Display for PciClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "0x{:06x}", self.0)
+    }
+}
+
+impl Serialize for PciClass {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// The layout of a function's config header (config byte 0x0e, bit 7 masked off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeaderType {
+    /// Type 0: an endpoint.
+    Endpoint,
+    /// Type 1: a PCI-to-PCI bridge.
+    PciBridge,
+    /// Type 2: a CardBus bridge.
+    CardBus,
+}
+
+/// What kind of driver a device is bound to, as far as VFIO is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DriverKind {
+    /// No driver.
+    Unbound,
+    /// `vfio-pci` itself.
+    VfioPci,
+    /// A vfio variant driver (e.g. `mlx5_vfio_pci`): the device has a `vfio-dev/` directory.
+    VfioVariant,
+    /// Any other host driver.
+    Host,
+}
+
+impl DriverKind {
+    /// `vfio-pci` or a variant: the device is usable through VFIO.
+    pub fn is_vfio(self) -> bool {
+        matches!(self, Self::VfioPci | Self::VfioVariant)
+    }
+}
+
+/// Which resets the kernel offers for a device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ResetMethods {
+    /// The `reset` attribute exists (the kernel found at least one method).
+    pub can_reset: bool,
+    /// The methods from `reset_method` (`flr`, `pm`, `bus`…), in the kernel's order; empty
+    /// when that attribute is missing (kernels before 5.15) or lists none.
+    pub methods: Vec<String>,
+}
+
+/// A handle on one PCI function under a [`Sysfs`] root.
+#[derive(Debug, Clone)]
+pub struct PciDevice {
+    sysfs: Sysfs,
+    address: PciAddress,
+    path: PathBuf,
+}
+
+impl Sysfs {
+    /// Every PCI function on the host, sorted by address. Entries of
+    /// `bus/pci/devices` that are not PCI addresses are skipped with a warning.
+    pub fn pci_addresses(&self) -> Result<Vec<PciAddress>, SysfsError> {
+        let dir = self.pci_devices_dir();
+        let mut addresses: Vec<PciAddress> = attr::list_dir(&dir)?
+            .into_iter()
+            .filter_map(|name| match name.parse() {
+                Ok(address) => Some(address),
+                Err(err) => {
+                    tracing::warn!(dir = %dir.display(), %err, "skipping a non-PCI entry");
+                    None
+                }
+            })
+            .collect();
+        addresses.sort_unstable();
+        Ok(addresses)
+    }
+
+    /// Every PCI function on the host, sorted by address.
+    pub fn pci_devices(&self) -> Result<Vec<PciDevice>, SysfsError> {
+        Ok(self
+            .pci_addresses()?
+            .into_iter()
+            .map(|address| self.pci_device_unchecked(address))
+            .collect())
+    }
+
+    /// The PCI function at `address`; [`SysfsError::NotFound`] when the host has none.
+    pub fn pci_device(&self, address: PciAddress) -> Result<PciDevice, SysfsError> {
+        let device = self.pci_device_unchecked(address);
+        match fs::symlink_metadata(&device.path) {
+            Ok(_) => Ok(device),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SysfsError::NotFound {
+                what: format!("PCI device {address}"),
+                path: device.path,
+            }),
+            Err(e) => Err(SysfsError::read(&device.path, e)),
+        }
+    }
+
+    fn pci_device_unchecked(&self, address: PciAddress) -> PciDevice {
+        PciDevice {
+            path: self.pci_devices_dir().join(address.to_string()),
+            sysfs: self.clone(),
+            address,
+        }
+    }
+}
+
+impl PciDevice {
+    /// The device's address.
+    pub fn address(&self) -> PciAddress {
+        self.address
+    }
+
+    /// `<root>/bus/pci/devices/<address>` (a symlink into `devices/`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The handle this device was read through.
+    pub fn sysfs(&self) -> &Sysfs {
+        &self.sysfs
+    }
+
+    /// `<device>/<name>`.
+    pub fn attr_path(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// The vendor ID (`vendor`).
+    pub fn vendor_id(&self) -> Result<u16, SysfsError> {
+        attr::read_hex_u16(&self.attr_path("vendor"))
+    }
+
+    /// The device ID (`device`).
+    pub fn device_id(&self) -> Result<u16, SysfsError> {
+        attr::read_hex_u16(&self.attr_path("device"))
+    }
+
+    /// The subsystem vendor ID (`subsystem_vendor`).
+    pub fn subsystem_vendor_id(&self) -> Result<u16, SysfsError> {
+        attr::read_hex_u16(&self.attr_path("subsystem_vendor"))
+    }
+
+    /// The subsystem device ID (`subsystem_device`).
+    pub fn subsystem_device_id(&self) -> Result<u16, SysfsError> {
+        attr::read_hex_u16(&self.attr_path("subsystem_device"))
+    }
+
+    /// The class code (`class`, `0x020000`).
+    pub fn class(&self) -> Result<PciClass, SysfsError> {
+        let path = self.attr_path("class");
+        let text = attr::read_trimmed(&path)?;
+        attr::parse_hex_u32(&text)
+            .filter(|code| *code <= 0x00ff_ffff)
+            .map(PciClass::new)
+            .ok_or_else(|| SysfsError::parse(&path, &text, "a 24-bit class code like 0x020000"))
+    }
+
+    /// The revision (`revision`).
+    pub fn revision(&self) -> Result<u8, SysfsError> {
+        attr::read_hex_u8(&self.attr_path("revision"))
+    }
+
+    /// The size of the `config` file: 256 for conventional PCI, 4096 for PCIe. (Unprivileged
+    /// readers may see only 64 bytes of content, but the size is the real one.)
+    pub fn config_size(&self) -> Result<u64, SysfsError> {
+        let path = self.attr_path("config");
+        fs::metadata(&path)
+            .map(|m| m.len())
+            .map_err(|e| SysfsError::read(&path, e))
+    }
+
+    /// PCI Express: the config space is larger than 256 bytes.
+    pub fn is_pcie(&self) -> Result<bool, SysfsError> {
+        Ok(self.config_size()? > 256)
+    }
+
+    /// The header type from config byte 0x0e (bit 7, multi-function, masked off).
+    pub fn header_type(&self) -> Result<HeaderType, SysfsError> {
+        let path = self.attr_path("config");
+        let mut head = [0u8; 0x0f];
+        let mut file = File::open(&path).map_err(|e| SysfsError::read(&path, e))?;
+        file.read_exact(&mut head)
+            .map_err(|e| SysfsError::read(&path, e))?;
+        match head[0x0e] & 0x7f {
+            0 => Ok(HeaderType::Endpoint),
+            1 => Ok(HeaderType::PciBridge),
+            2 => Ok(HeaderType::CardBus),
+            other => Err(SysfsError::parse(
+                &path,
+                &format!("header type {other:#04x} at config offset 0x0e"),
+                "header type 0, 1 or 2",
+            )),
+        }
+    }
+
+    /// The bound driver's name, or `None` when unbound.
+    pub fn driver(&self) -> Result<Option<String>, SysfsError> {
+        attr::link_basename(&self.attr_path("driver"))
+    }
+
+    /// The `vfioN` name under `vfio-dev/` (present while a VFIO driver that supports the
+    /// device cdev is bound; `/dev/vfio/devices/vfioN` is its node).
+    pub fn vfio_dev(&self) -> Result<Option<String>, SysfsError> {
+        Ok(attr::list_dir(&self.attr_path("vfio-dev"))?
+            .into_iter()
+            .find(|name| name.starts_with("vfio")))
+    }
+
+    /// The device cdev node, `<dev root>/vfio/devices/vfioN`, while one exists in sysfs.
+    pub fn vfio_cdev_path(&self) -> Result<Option<PathBuf>, SysfsError> {
+        Ok(self
+            .vfio_dev()?
+            .map(|name| self.sysfs.dev_path(format!("vfio/devices/{name}"))))
+    }
+
+    /// What the bound driver is to VFIO: none, vfio-pci, a variant, or a host driver.
+    pub fn driver_kind(&self) -> Result<DriverKind, SysfsError> {
+        let driver = self.driver()?;
+        Ok(kind_of(driver.as_deref(), || {
+            attr::is_dir(&self.attr_path("vfio-dev"))
+        }))
+    }
+
+    /// The `driver_override`, or `None` when unset (the kernel shows `(null)`) or when the
+    /// kernel has no such attribute.
+    pub fn driver_override(&self) -> Result<Option<String>, SysfsError> {
+        Ok(attr::read_optional(&self.attr_path("driver_override"))?
+            .filter(|value| !value.is_empty() && value != "(null)"))
+    }
+
+    /// The IOMMU group number, or `None` when the device has none (IOMMU off).
+    pub fn iommu_group(&self) -> Result<Option<u32>, SysfsError> {
+        let path = self.attr_path("iommu_group");
+        match attr::link_basename(&path)? {
+            None => Ok(None),
+            Some(name) => name
+                .parse()
+                .map(Some)
+                .map_err(|_| SysfsError::parse(&path, &name, "a link to kernel/iommu_groups/<N>")),
+        }
+    }
+
+    /// The NUMA node, or `None` when the kernel reports -1 or has no such attribute.
+    pub fn numa_node(&self) -> Result<Option<u32>, SysfsError> {
+        let path = self.attr_path("numa_node");
+        match attr::read_optional(&path)? {
+            None => Ok(None),
+            Some(text) => match text.parse::<i64>() {
+                Ok(n) if n < 0 => Ok(None),
+                Ok(n) => u32::try_from(n)
+                    .map(Some)
+                    .map_err(|_| SysfsError::parse(&path, &text, "a NUMA node number or -1")),
+                Err(_) => Err(SysfsError::parse(&path, &text, "a NUMA node number or -1")),
+            },
+        }
+    }
+
+    /// The used BARs, ROM and windows, from `resource`.
+    pub fn bars(&self) -> Result<Vec<Bar>, SysfsError> {
+        let path = self.attr_path("resource");
+        let text = fs::read_to_string(&path).map_err(|e| SysfsError::read(&path, e))?;
+        parse_resource(&text).map_err(|err| SysfsError::Parse {
+            path,
+            value: err.to_string(),
+            expected: "lines of '0x<start> 0x<end> 0x<flags>'",
+        })
+    }
+
+    /// True when one BAR is larger than 4 GiB.
+    pub fn has_large_bar(&self) -> Result<bool, SysfsError> {
+        Ok(self.bars()?.iter().any(Bar::is_large))
+    }
+
+    /// For an SR-IOV virtual function, its physical function (`physfn` link).
+    pub fn physfn(&self) -> Result<Option<PciAddress>, SysfsError> {
+        let path = self.attr_path("physfn");
+        match attr::link_basename(&path)? {
+            None => Ok(None),
+            Some(name) => name
+                .parse()
+                .map(Some)
+                .map_err(|_| SysfsError::parse(&path, &name, "a link to a PCI device")),
+        }
+    }
+
+    /// For an SR-IOV physical function, its virtual functions (`virtfnN` links), by N.
+    pub fn virtfns(&self) -> Result<Vec<PciAddress>, SysfsError> {
+        let mut found = Vec::new();
+        for name in attr::list_dir(&self.path)? {
+            let Some(index) = name
+                .strip_prefix("virtfn")
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let path = self.attr_path(&name);
+            if let Some(target) = attr::link_basename(&path)? {
+                let address = target
+                    .parse()
+                    .map_err(|_| SysfsError::parse(&path, &target, "a link to a PCI device"))?;
+                found.push((index, address));
+            }
+        }
+        found.sort_unstable();
+        Ok(found.into_iter().map(|(_, address)| address).collect())
+    }
+
+    /// `sriov_totalvfs`, or `None` when the device is not an SR-IOV PF.
+    pub fn sriov_totalvfs(&self) -> Result<Option<u32>, SysfsError> {
+        let path = self.attr_path("sriov_totalvfs");
+        attr::read_optional(&path)?
+            .map(|text| {
+                text.parse()
+                    .map_err(|_| SysfsError::parse(&path, &text, "a decimal count"))
+            })
+            .transpose()
+    }
+
+    /// Which resets exist (`reset` and `reset_method`).
+    pub fn reset_methods(&self) -> Result<ResetMethods, SysfsError> {
+        let can_reset = fs::symlink_metadata(self.attr_path("reset")).is_ok();
+        let methods = attr::read_optional(&self.attr_path("reset_method"))?
+            .map(|text| text.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        Ok(ResetMethods { can_reset, methods })
+    }
+
+    /// The upstream PCI device (bridge or port) this function sits behind, if any: the
+    /// parent directory of the device's real path, when it is named like a PCI address.
+    pub fn parent(&self) -> Result<Option<PciAddress>, SysfsError> {
+        let real = fs::canonicalize(&self.path).map_err(|e| SysfsError::read(&self.path, e))?;
+        Ok(real
+            .parent()
+            .and_then(Path::file_name)
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.parse().ok()))
+    }
+}
+
+/// The driver kind from a driver name and a lazy "has `vfio-dev/`" check.
+pub(crate) fn kind_of(driver: Option<&str>, has_vfio_dev: impl FnOnce() -> bool) -> DriverKind {
+    match driver {
+        None => DriverKind::Unbound,
+        Some(VFIO_PCI) => DriverKind::VfioPci,
+        Some(_) if has_vfio_dev() => DriverKind::VfioVariant,
+        Some(_) => DriverKind::Host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn class_parts() {
+        let c = PciClass::new(0x06_0401);
+        assert_eq!((c.base(), c.subclass(), c.prog_if()), (0x06, 0x04, 0x01));
+        assert!(c.is_bridge());
+        assert!(PciClass::new(0x060000).is_bridge());
+        assert!(!PciClass::new(0x020000).is_bridge());
+        assert_eq!(PciClass::new(0x010802).to_string(), "0x010802");
+        assert_eq!(PciClass::new(0x010802).class_and_subclass(), 0x0108);
+    }
+
+    #[test]
+    fn driver_kinds() {
+        assert_eq!(kind_of(None, || true), DriverKind::Unbound);
+        assert_eq!(kind_of(Some("vfio-pci"), || false), DriverKind::VfioPci);
+        assert_eq!(
+            kind_of(Some("mlx5_vfio_pci"), || true),
+            DriverKind::VfioVariant
+        );
+        assert_eq!(kind_of(Some("e1000e"), || false), DriverKind::Host);
+    }
+}

@@ -1,0 +1,221 @@
+//! PCI BARs from the `resource` attribute.
+//!
+//! The kernel writes one line per resource, `0x<start> 0x<end> 0x<flags>` (each `%016llx`):
+//! lines 0 to 5 are the BARs, line 6 the expansion ROM, and bridges add their windows after.
+//! An unused resource is all zeros. The size is `end - start + 1`. A BAR above 4 GiB matters
+//! for passthrough (the guest needs a 64-bit MMIO window big enough), hence
+//! [`Bar::is_large`].
+
+use serde::Serialize;
+
+/// `IORESOURCE_IO`: an I/O-port BAR.
+pub const IORESOURCE_IO: u64 = 0x0000_0100;
+/// `IORESOURCE_MEM`: a memory BAR.
+pub const IORESOURCE_MEM: u64 = 0x0000_0200;
+/// `IORESOURCE_PREFETCH`: prefetchable memory.
+pub const IORESOURCE_PREFETCH: u64 = 0x0000_2000;
+/// `IORESOURCE_MEM_64`: a 64-bit memory BAR.
+pub const IORESOURCE_MEM_64: u64 = 0x0010_0000;
+
+/// 4 GiB: a BAR larger than this is "large" (needs a big 64-bit window in the guest).
+pub const LARGE_BAR: u64 = 4 << 30;
+
+/// One used resource line of a PCI device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Bar {
+    /// The line number: 0–5 are BARs, 6 is the ROM, higher ones are bridge windows.
+    pub index: u8,
+    /// First address.
+    pub start: u64,
+    /// Last address (inclusive).
+    pub end: u64,
+    /// The kernel's `IORESOURCE_*` flags.
+    pub flags: u64,
+}
+
+impl Bar {
+    /// The size in bytes.
+    pub fn size(&self) -> u64 {
+        self.end.saturating_sub(self.start).saturating_add(1)
+    }
+
+    /// An I/O-port BAR.
+    pub fn is_io(&self) -> bool {
+        self.flags & IORESOURCE_IO != 0
+    }
+
+    /// A memory BAR.
+    pub fn is_memory(&self) -> bool {
+        self.flags & IORESOURCE_MEM != 0
+    }
+
+    /// A 64-bit memory BAR.
+    pub fn is_64bit(&self) -> bool {
+        self.flags & IORESOURCE_MEM_64 != 0
+    }
+
+    /// Prefetchable memory.
+    pub fn is_prefetchable(&self) -> bool {
+        self.flags & IORESOURCE_PREFETCH != 0
+    }
+
+    /// Larger than 4 GiB.
+    pub fn is_large(&self) -> bool {
+        self.size() > LARGE_BAR
+    }
+
+    /// The expansion ROM (line 6).
+    pub fn is_rom(&self) -> bool {
+        self.index == 6
+    }
+}
+
+/// A `resource` file that is not what the kernel writes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResourceError {
+    /// A line does not have three hex numbers.
+    #[error(
+        "resource line {line} {text:?}: expected three hex numbers '0x<start> 0x<end> 0x<flags>'"
+    )]
+    Format {
+        /// The line number (0-based).
+        line: usize,
+        /// The line's text.
+        text: String,
+    },
+    /// A line ends before it starts.
+    #[error("resource line {line} {text:?}: the end is before the start")]
+    Inverted {
+        /// The line number (0-based).
+        line: usize,
+        /// The line's text.
+        text: String,
+    },
+    /// More lines than a PCI device has resources.
+    #[error("resource file has more than 255 lines")]
+    TooLong,
+}
+
+fn hex64(word: &str) -> Option<u64> {
+    let digits = word.strip_prefix("0x")?;
+    if digits.is_empty() || digits.len() > 16 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(digits, 16).ok()
+}
+
+/// Parses the text of a `resource` attribute into its used lines (all-zero lines skipped).
+pub fn parse_resource(text: &str) -> Result<Vec<Bar>, ResourceError> {
+    let mut bars = Vec::new();
+    for (line, raw) in text.lines().enumerate() {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            continue;
+        }
+        let index = u8::try_from(line).map_err(|_| ResourceError::TooLong)?;
+        let format = || ResourceError::Format {
+            line,
+            text: raw.to_owned(),
+        };
+        let mut words = raw.split_whitespace();
+        let (Some(start), Some(end), Some(flags), None) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            return Err(format());
+        };
+        let (start, end, flags) = (
+            hex64(start).ok_or_else(format)?,
+            hex64(end).ok_or_else(format)?,
+            hex64(flags).ok_or_else(format)?,
+        );
+        if start == 0 && end == 0 && flags == 0 {
+            continue;
+        }
+        if end < start {
+            return Err(ResourceError::Inverted {
+                line,
+                text: raw.to_owned(),
+            });
+        }
+        bars.push(Bar {
+            index,
+            start,
+            end,
+            flags,
+        });
+    }
+    Ok(bars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const VIRTIO: &str = "\
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+0x00000000fe800000 0x00000000fe800fff 0x0000000000040200
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+0x000000fc00000000 0x000000fdffffffff 0x000000000014220c
+0x0000000000000000 0x0000000000000000 0x0000000000000000
+0x00000000fe840000 0x00000000fe87ffff 0x0000000000046200
+";
+
+    #[test]
+    fn parses_real_lines() {
+        let bars = parse_resource(VIRTIO).unwrap();
+        assert_eq!(bars.len(), 3);
+        assert_eq!(bars[0].index, 1);
+        assert_eq!(bars[0].size(), 0x1000);
+        assert!(bars[0].is_memory() && !bars[0].is_64bit());
+        assert_eq!(bars[1].index, 4);
+        assert_eq!(bars[1].size(), 8 << 30);
+        assert!(bars[1].is_large() && bars[1].is_64bit() && bars[1].is_prefetchable());
+        assert!(bars[2].is_rom());
+    }
+
+    #[test]
+    fn rejects_malformed_lines() {
+        assert!(matches!(
+            parse_resource("0x1 0x2\n"),
+            Err(ResourceError::Format { line: 0, .. })
+        ));
+        assert!(matches!(
+            parse_resource("0x10 0x1 0x200\n"),
+            Err(ResourceError::Inverted { .. })
+        ));
+        assert!(matches!(
+            parse_resource("1 2 3\n"),
+            Err(ResourceError::Format { .. })
+        ));
+        assert_eq!(parse_resource("").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn full_range_bar_does_not_overflow() {
+        let bars = parse_resource("0x0000000000000000 0xffffffffffffffff 0x200\n").unwrap();
+        assert_eq!(bars[0].size(), u64::MAX);
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(text in "(0x[0-9a-f]{0,17}[ \n]{1,2}){0,12}") {
+            let _ = parse_resource(&text);
+        }
+
+        #[test]
+        fn never_panics_on_any_text(text in "\\PC{0,200}") {
+            let _ = parse_resource(&text);
+        }
+
+        #[test]
+        fn round_trips_valid_lines(start in any::<u32>(), len in 1u64..(1 << 40), flags in 1u64..0x00ff_ffff) {
+            let start = u64::from(start) << 12;
+            let end = start + len - 1;
+            let text = format!("0x{start:016x} 0x{end:016x} 0x{flags:016x}\n");
+            let bars = parse_resource(&text).unwrap();
+            prop_assert_eq!(bars[0].size(), len);
+        }
+    }
+}
