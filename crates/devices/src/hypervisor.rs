@@ -136,7 +136,7 @@ pub struct VhostUserPlug {
 /// One VFIO function to plug.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VfioFunctionPlug {
-    /// The name for the hypervisor's device: `vfio-<id>-<n>`, at most 31 characters.
+    /// The name for the hypervisor's device: `vfio-<n>-<id>`, at most 31 characters.
     pub name_id: String,
     /// The host function.
     pub function: VfioFunction,

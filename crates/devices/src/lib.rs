@@ -16,26 +16,45 @@
 //! address and drive name the guest will see. `plugboard-qemu` implements it; tests use
 //! [`test_util::InMemoryHypervisor`] (feature `test-util`).
 //!
+//! # The manager
+//! [`DeviceManager`] holds one VM's devices. [`DeviceManager::new_device`] creates a device
+//! or, for an identity it already holds, adds a reference ([`NewDevice::Existing`]);
+//! [`DeviceManager::attach`] and [`DeviceManager::detach`] count plugs and reach the
+//! hypervisor only on the first attach ([`Acquired::First`]) and the last detach
+//! ([`Released::Last`]); [`DeviceManager::remove_device`] drops a reference and refuses to
+//! drop the last one of an attached device. Any failure leaves counts, allocators and the
+//! hypervisor's view as they were. The manager is `Send + Sync`; its lock is never held
+//! across a hypervisor call. [`DeviceManager::save`] and [`DeviceManager::load`] round-trip
+//! the whole state through the versioned [`SavedState`].
+//!
 //! # Allocators
 //! Block indexes are taken lowest-free from `[0, 65535)` and reused ([`IndexPool`]); a
 //! block index gives the `vdX` [`DriveName`] (plus a name offset) and the virtio-scsi
 //! [`ScsiAddress`]; PCIe root ports come from a [`RootPortPool`], one device function per
 //! port.
 
+mod attach;
 mod drive_name;
+mod error;
 mod hypervisor;
 mod id;
 mod index;
 mod kind;
+mod manager;
 mod pci_path;
+mod persist;
+mod plan;
 mod ports;
+mod refcount;
 mod scsi;
+mod state;
 
 #[cfg(any(test, feature = "test-util"))]
 #[doc(hidden)]
 pub mod test_util;
 
 pub use drive_name::{DriveName, DriveNameError, MAX_DRIVE_NAME_LEN, VIRTIO_PREFIX};
+pub use error::DeviceError;
 pub use hypervisor::{
     BlockPlug, GuestView, Hypervisor, HypervisorError, HypervisorKind, Plug, PlugRequest,
     VfioFunctionPlug, VfioPlug, VhostUserPlug,
@@ -48,6 +67,11 @@ pub use kind::{
     PlugMode, VfioBackend, VfioFunction, VfioSpec, VfioSpecError, VhostUserDevice, VhostUserSpec,
     VhostUserSpecError,
 };
+pub use manager::{Allocations, DeviceManager, NewDevice, Removed};
 pub use pci_path::{MAX_PCI_SLOT, PciPath, PciPathError, PciSlot};
+pub use persist::{PersistError, SAVED_STATE_VERSION, SavedState};
+pub use plan::ManagerConfig;
 pub use ports::{RootPort, RootPortPool};
+pub use refcount::{Acquired, RefCount, RefCountError, Released};
 pub use scsi::{MAX_SCSI_INDEX, ScsiAddress, ScsiAddressError};
+pub use state::DeviceState;

@@ -5,13 +5,105 @@
 //! `[dev-dependencies]`.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use crate::hypervisor::{
     GuestView, Hypervisor, HypervisorError, HypervisorKind, Plug, PlugRequest,
 };
 use crate::id::DeviceId;
+use crate::kind::{
+    BlockDriver, BlockSpec, DeviceIdentity, DeviceKind, DeviceNode, DeviceSpec, GenericSpec,
+    HostFunction, NodeType, PciAddress, PlugMode, VfioBackend, VfioFunction, VfioSpec,
+    VhostUserDevice, VhostUserSpec,
+};
 use crate::pci_path::{PciPath, PciSlot};
+
+/// A host block device `8:minor` (`/dev/sdx<minor>`) with `driver`, hot-plugged.
+#[must_use]
+pub fn block_spec(minor: u32, driver: BlockDriver) -> DeviceSpec {
+    DeviceSpec {
+        identity: DeviceIdentity::Node(DeviceNode {
+            node_type: NodeType::Block,
+            major: 8,
+            minor,
+        }),
+        mode: PlugMode::Hot,
+        kind: DeviceKind::Block(BlockSpec::new(format!("/dev/sdx{minor}"), driver)),
+    }
+}
+
+/// An image file at `path` (no device node) with `driver`, hot-plugged.
+#[must_use]
+pub fn image_spec(path: &str, driver: BlockDriver) -> DeviceSpec {
+    DeviceSpec {
+        identity: DeviceIdentity::Path(PathBuf::from(path)),
+        mode: PlugMode::Hot,
+        kind: DeviceKind::Block(BlockSpec::new(path, driver)),
+    }
+}
+
+/// A VFIO group `group` (`/dev/vfio/<group>`, char node `511:group`) whose functions are
+/// `0000:<group % 256>:00.<n>`, PCIe or not as given (at most 8), hot-plugged.
+#[must_use]
+pub fn vfio_spec(group: u32, pcie: &[bool]) -> DeviceSpec {
+    let bus = u8::try_from(group % 256).unwrap_or(0);
+    let functions = pcie
+        .iter()
+        .zip(0u8..)
+        .filter_map(|(&is_pcie, f)| {
+            let address = PciAddress::new(0, bus, 0, f).ok()?;
+            Some(VfioFunction {
+                host: HostFunction::Pci(address),
+                sysfs_path: PathBuf::from(format!("/sys/bus/pci/devices/{address}")),
+                class: Some(0x02_0000),
+                is_pcie,
+                large_bar: false,
+            })
+        })
+        .collect();
+    DeviceSpec {
+        identity: DeviceIdentity::Node(DeviceNode {
+            node_type: NodeType::Char,
+            major: 511,
+            minor: group,
+        }),
+        mode: PlugMode::Hot,
+        kind: DeviceKind::Vfio(VfioSpec {
+            backend: VfioBackend::Group { group },
+            functions,
+        }),
+    }
+}
+
+/// A vhost-user device behind `socket` (no device node), hot-plugged.
+#[must_use]
+pub fn vhost_user_spec(socket: &str, device: VhostUserDevice) -> DeviceSpec {
+    DeviceSpec {
+        identity: DeviceIdentity::Path(PathBuf::from(socket)),
+        mode: PlugMode::Hot,
+        kind: DeviceKind::VhostUser(VhostUserSpec {
+            socket: PathBuf::from(socket),
+            device,
+        }),
+    }
+}
+
+/// A generic character device `major:minor` at `path`.
+#[must_use]
+pub fn generic_spec(path: &str, major: u32, minor: u32) -> DeviceSpec {
+    DeviceSpec {
+        identity: DeviceIdentity::Node(DeviceNode {
+            node_type: NodeType::Char,
+            major,
+            minor,
+        }),
+        mode: PlugMode::Hot,
+        kind: DeviceKind::Generic(GenericSpec {
+            path: PathBuf::from(path),
+        }),
+    }
+}
 
 /// Which trait method a call was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -56,6 +148,7 @@ struct State {
 #[derive(Debug)]
 pub struct InMemoryHypervisor {
     kind: HypervisorKind,
+    log_calls: bool,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -78,9 +171,18 @@ impl InMemoryHypervisor {
     pub fn with_kind(kind: HypervisorKind) -> Self {
         Self {
             kind,
+            log_calls: true,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         }
+    }
+
+    /// The same hypervisor, but keeping no call log (for benchmarks, where the log would
+    /// grow without bound).
+    #[must_use]
+    pub fn without_call_log(mut self) -> Self {
+        self.log_calls = false;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -157,11 +259,13 @@ impl InMemoryHypervisor {
             state.waiting -= 1;
         }
         let result = Self::apply(&mut state, op, request);
-        state.calls.push(Call {
-            op,
-            request: request.clone(),
-            failed: result.is_err(),
-        });
+        if self.log_calls {
+            state.calls.push(Call {
+                op,
+                request: request.clone(),
+                failed: result.is_err(),
+            });
+        }
         result
     }
 

@@ -1,0 +1,596 @@
+//! Attach and detach: count every time, reach the hypervisor only on the first attach and
+//! the last detach, and roll back everything on failure.
+//!
+//! A first attach plans the plug under the lock (taking the block index and root ports),
+//! marks the device busy, drops the lock, calls the hypervisor, and books the answer: on
+//! success the attach count becomes 1 and the request and guest view are kept; on failure
+//! the allocations go back and the count stays 0. A last detach is the mirror image. A
+//! [`Busy`] guard clears the mark (and gives back the allocations of a plug that never
+//! finished) even if the hypervisor call panics, so waiters are never stranded.
+
+use crate::error::DeviceError;
+use crate::hypervisor::{Hypervisor, PlugRequest};
+use crate::id::DeviceId;
+use crate::kind::PlugMode;
+use crate::manager::DeviceManager;
+use crate::refcount::{Acquired, Released};
+
+impl<H: Hypervisor> DeviceManager<H> {
+    /// Attaches a device: the first attach plugs it (hot or cold, per its spec), later ones
+    /// only count. Kata's `AttachDevice`.
+    ///
+    /// # Errors
+    /// [`DeviceError::NotFound`]; [`DeviceError::TooManyAttachments`]; an allocator error
+    /// ([`DeviceError::BlockIndex`], [`DeviceError::RootPort`], …); [`DeviceError::Plug`]
+    /// when the hypervisor refuses. On every error the manager and the VM are as before.
+    pub fn attach(&self, id: DeviceId) -> Result<Acquired, DeviceError> {
+        let mut books = self.lock_idle(id)?;
+        let books_ref = &mut *books;
+        let entry = books_ref
+            .devices
+            .get_mut(&id)
+            .ok_or(DeviceError::NotFound { id })?;
+        let state = &mut entry.state;
+        let step = state
+            .attachments
+            .peek_acquire()
+            .map_err(|_| DeviceError::TooManyAttachments { id })?;
+        if step == Acquired::Again {
+            let _: Result<Acquired, _> = state.attachments.acquire();
+            return Ok(Acquired::Again);
+        }
+        let Some(request) = books_ref.alloc.plan(id, &state.spec)? else {
+            // A generic device: counting is all there is.
+            let _: Result<Acquired, _> = state.attachments.acquire();
+            return Ok(Acquired::First);
+        };
+        books.set_busy(id, true);
+        drop(books);
+
+        let busy = Busy {
+            manager: self,
+            id,
+            planned: Some(&request),
+        };
+        let result = match request.mode {
+            PlugMode::Hot => self.hypervisor.hotplug_add(&request),
+            PlugMode::Cold => self.hypervisor.coldplug(&request),
+        };
+        let guest = match result {
+            Ok(guest) => guest,
+            Err(source) => {
+                tracing::warn!(device = %id, error = %source, "plug failed; allocations given back");
+                drop(busy);
+                return Err(DeviceError::Plug { id, source });
+            }
+        };
+        let mut books = busy.finish();
+        if let Some(entry) = books.devices.get_mut(&id) {
+            let _: Result<Acquired, _> = entry.state.attachments.acquire();
+            tracing::info!(device = %id, mode = ?request.mode, "device plugged; detach it to unplug");
+            entry.state.plugged = Some(request);
+            entry.state.guest = Some(guest);
+        }
+        drop(books);
+        self.idle.notify_all();
+        Ok(Acquired::First)
+    }
+
+    /// Detaches a device: the last detach unplugs it and frees its block index and root
+    /// ports, earlier ones only count. Kata's `DetachDevice`.
+    ///
+    /// # Errors
+    /// [`DeviceError::NotFound`]; [`DeviceError::NotAttached`] when the count is 0;
+    /// [`DeviceError::Unplug`] when the hypervisor refuses (the device stays attached). On
+    /// every error the manager and the VM are as before.
+    pub fn detach(&self, id: DeviceId) -> Result<Released, DeviceError> {
+        let mut books = self.lock_idle(id)?;
+        let entry = books
+            .devices
+            .get_mut(&id)
+            .ok_or(DeviceError::NotFound { id })?;
+        let state = &mut entry.state;
+        let step = state
+            .attachments
+            .peek_release()
+            .map_err(|_| DeviceError::NotAttached { id })?;
+        let request = match (step, &state.plugged) {
+            (Released::Last, Some(request)) => request.clone(),
+            // Not the last detach, or a generic device: counting is all there is.
+            (Released::StillUsed, _) | (Released::Last, None) => {
+                let _: Result<Released, _> = state.attachments.release();
+                return Ok(step);
+            }
+        };
+        books.set_busy(id, true);
+        drop(books);
+
+        let busy = Busy {
+            manager: self,
+            id,
+            planned: None,
+        };
+        if let Err(source) = self.hypervisor.hotplug_remove(&request) {
+            tracing::warn!(device = %id, error = %source, "unplug failed; device stays attached");
+            drop(busy);
+            return Err(DeviceError::Unplug { id, source });
+        }
+        let mut books = busy.finish();
+        if let Some(entry) = books.devices.get_mut(&id) {
+            let _: Result<Released, _> = entry.state.attachments.release();
+            entry.state.plugged = None;
+            entry.state.guest = None;
+        }
+        if let Err(e) = books.alloc.release(&request) {
+            tracing::error!(device = %id, error = %e, "freeing the allocations of an unplugged device failed");
+        }
+        tracing::info!(device = %id, "device unplugged");
+        drop(books);
+        self.idle.notify_all();
+        Ok(Released::Last)
+    }
+}
+
+/// A device marked busy while the hypervisor works on it. Dropping it (error or panic)
+/// clears the mark and gives back `planned` allocations; [`Busy::finish`] clears the mark and
+/// hands over the locked books for booking a success.
+struct Busy<'m, 'r, H: Hypervisor> {
+    manager: &'m DeviceManager<H>,
+    id: DeviceId,
+    /// The allocations of a plug, to give back if it does not finish.
+    planned: Option<&'r PlugRequest>,
+}
+
+impl<'m, H: Hypervisor> Busy<'m, '_, H> {
+    fn finish(mut self) -> std::sync::MutexGuard<'m, crate::state::Books> {
+        self.planned = None;
+        let mut books = self.manager.lock();
+        books.set_busy(self.id, false);
+        std::mem::forget(self);
+        books
+    }
+}
+
+impl<H: Hypervisor> Drop for Busy<'_, '_, H> {
+    fn drop(&mut self) {
+        let mut books = self.manager.lock();
+        if let Some(request) = self.planned
+            && let Err(e) = books.alloc.release(request)
+        {
+            tracing::error!(device = %self.id, error = %e, "giving back the allocations of a failed plug failed");
+        }
+        books.set_busy(self.id, false);
+        drop(books);
+        self.manager.idle.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::hypervisor::Plug;
+    use crate::kind::{BlockDriver, MacAddress, VhostUserDevice};
+    use crate::manager::{Allocations, NewDevice};
+    use crate::plan::ManagerConfig;
+    use crate::state::DeviceState;
+    use crate::test_util::{
+        HypervisorOp, InMemoryHypervisor, block_spec, generic_spec, image_spec, vfio_spec,
+        vhost_user_spec,
+    };
+
+    type Manager = DeviceManager<Arc<InMemoryHypervisor>>;
+
+    fn manager(config: ManagerConfig) -> Manager {
+        DeviceManager::new(Arc::new(InMemoryHypervisor::new()), config)
+    }
+
+    type Snapshot = (
+        Vec<DeviceState>,
+        Allocations,
+        BTreeMap<DeviceId, PlugRequest>,
+    );
+
+    fn snapshot(m: &Manager) -> Snapshot {
+        (m.devices(), m.allocations(), m.hypervisor().plugged())
+    }
+
+    fn new(m: &Manager, spec: crate::kind::DeviceSpec) -> DeviceId {
+        m.new_device(spec).unwrap().id()
+    }
+
+    fn ops(m: &Manager) -> Vec<HypervisorOp> {
+        m.hypervisor().calls().iter().map(|c| c.op).collect()
+    }
+
+    #[test]
+    fn only_first_attach_and_last_detach_reach_the_hypervisor() {
+        let m = manager(ManagerConfig::default());
+        let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
+        assert_eq!(m.attach(id).unwrap(), Acquired::First);
+        assert_eq!(m.attach(id).unwrap(), Acquired::Again);
+        assert_eq!(m.attach(id).unwrap(), Acquired::Again);
+        assert_eq!(ops(&m), [HypervisorOp::HotplugAdd]);
+        assert_eq!(m.detach(id).unwrap(), Released::StillUsed);
+        assert_eq!(m.detach(id).unwrap(), Released::StillUsed);
+        assert!(m.hypervisor().is_plugged(id));
+        assert_eq!(m.detach(id).unwrap(), Released::Last);
+        assert_eq!(
+            ops(&m),
+            [HypervisorOp::HotplugAdd, HypervisorOp::HotplugRemove]
+        );
+        assert!(!m.is_attached(id));
+        assert!(m.hypervisor().plugged().is_empty());
+        assert_eq!(m.allocations(), Allocations::default());
+    }
+
+    #[test]
+    fn detach_of_an_unattached_device_changes_nothing() {
+        let m = manager(ManagerConfig::default());
+        let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
+        let before = snapshot(&m);
+        assert!(matches!(m.detach(id), Err(DeviceError::NotAttached { .. })));
+        assert_eq!(snapshot(&m), before);
+        let unknown = DeviceId::from_raw(99);
+        assert!(matches!(
+            m.detach(unknown),
+            Err(DeviceError::NotFound { .. })
+        ));
+        assert!(matches!(
+            m.attach(unknown),
+            Err(DeviceError::NotFound { .. })
+        ));
+        assert!(!m.is_attached(unknown));
+    }
+
+    #[test]
+    fn attach_overflow_changes_nothing() {
+        let m = manager(ManagerConfig::default());
+        let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
+        m.attach(id).unwrap();
+        if let Some(e) = m.lock().devices.get_mut(&id) {
+            e.state.attachments = crate::refcount::RefCount::from_raw(u32::MAX);
+        }
+        let before = snapshot(&m);
+        assert!(matches!(
+            m.attach(id),
+            Err(DeviceError::TooManyAttachments { .. })
+        ));
+        assert_eq!(snapshot(&m), before);
+    }
+
+    #[test]
+    fn generic_devices_only_count() {
+        let m = manager(ManagerConfig::default());
+        let id = new(&m, generic_spec("/dev/fuse", 10, 229));
+        assert_eq!(m.attach(id).unwrap(), Acquired::First);
+        assert!(m.is_attached(id));
+        assert_eq!(m.detach(id).unwrap(), Released::Last);
+        assert!(m.hypervisor().calls().is_empty());
+    }
+
+    fn block_plug(m: &Manager, id: DeviceId) -> crate::hypervisor::BlockPlug {
+        match m.device(id).unwrap().plugged.unwrap().plug {
+            Plug::Block(b) => b,
+            other => panic!("not a block plug: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn block_indexes_names_and_scsi_addresses() {
+        let m = manager(ManagerConfig::default());
+        let a = new(&m, block_spec(0, BlockDriver::VirtioBlk));
+        let b = new(&m, block_spec(1, BlockDriver::VirtioBlk));
+        let c = new(&m, block_spec(2, BlockDriver::VirtioScsi));
+        let d = new(&m, block_spec(3, BlockDriver::Nvdimm));
+        for id in [a, b, c, d] {
+            m.attach(id).unwrap();
+        }
+        let (pa, pb, pc, pd) = (
+            block_plug(&m, a),
+            block_plug(&m, b),
+            block_plug(&m, c),
+            block_plug(&m, d),
+        );
+        assert_eq!(
+            (pa.index.get(), pa.drive_name.unwrap().as_str()),
+            (0, "vda")
+        );
+        assert_eq!(
+            (pb.index.get(), pb.drive_name.unwrap().as_str()),
+            (1, "vdb")
+        );
+        assert_eq!(pc.index.get(), 2);
+        assert_eq!(pc.drive_name, None);
+        assert_eq!(pc.scsi_address.unwrap().to_string(), "0:2");
+        assert_eq!(
+            (pd.index.get(), pd.drive_name, pd.scsi_address),
+            (3, None, None)
+        );
+        assert_eq!(pa.name_id, format!("drive-{a}"));
+        // The guest view is what the hypervisor answered.
+        let guest = m.device(c).unwrap().guest.unwrap();
+        assert_eq!(guest.scsi_address.unwrap().to_string(), "0:2");
+        // Lowest free is reused.
+        m.detach(b).unwrap();
+        m.detach(a).unwrap();
+        let e = new(&m, block_spec(4, BlockDriver::VirtioBlk));
+        m.attach(e).unwrap();
+        assert_eq!(block_plug(&m, e).index.get(), 0);
+        m.attach(b).unwrap();
+        assert_eq!(block_plug(&m, b).index.get(), 1);
+    }
+
+    #[test]
+    fn name_offset_changes_the_name_not_the_index() {
+        let m = manager(ManagerConfig {
+            name_offset: 1,
+            ..ManagerConfig::default()
+        });
+        let id = new(&m, image_spec("/img/a", BlockDriver::VirtioMmio));
+        m.attach(id).unwrap();
+        let p = block_plug(&m, id);
+        assert_eq!((p.index.get(), p.drive_name.unwrap().as_str()), (0, "vdb"));
+        assert_eq!(p.port, None, "virtio-mmio is not PCI");
+    }
+
+    fn vhost_plug(m: &Manager, id: DeviceId) -> crate::hypervisor::VhostUserPlug {
+        match m.device(id).unwrap().plugged.unwrap().plug {
+            Plug::VhostUser(v) => v,
+            other => panic!("not a vhost-user plug: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn vhost_user_blk_takes_an_index_only_in_the_virtio_blk_family() {
+        let m = manager(ManagerConfig::default());
+        let blk = new(
+            &m,
+            vhost_user_spec(
+                "/run/blk.sock",
+                VhostUserDevice::Blk {
+                    driver: BlockDriver::VirtioBlk,
+                },
+            ),
+        );
+        let scsi_driven = new(
+            &m,
+            vhost_user_spec(
+                "/run/blk2.sock",
+                VhostUserDevice::Blk {
+                    driver: BlockDriver::VirtioScsi,
+                },
+            ),
+        );
+        let net = new(
+            &m,
+            vhost_user_spec(
+                "/run/net.sock",
+                VhostUserDevice::Net {
+                    mac: MacAddress::from([2, 0, 0, 0, 0, 1]),
+                },
+            ),
+        );
+        for id in [blk, scsi_driven, net] {
+            m.attach(id).unwrap();
+        }
+        let p = vhost_plug(&m, blk);
+        assert_eq!(
+            (
+                p.index.map(|i| i.get()),
+                p.drive_name.map(|n| n.to_string())
+            ),
+            (Some(0), Some("vda".into()))
+        );
+        assert_eq!(p.name_id, format!("blk-{blk}"));
+        assert_eq!(vhost_plug(&m, scsi_driven).index, None);
+        assert_eq!(vhost_plug(&m, net).index, None);
+        assert_eq!(vhost_plug(&m, net).name_id, format!("net-{net}"));
+        assert_eq!(m.allocations().block_indexes.len(), 1);
+        // Freeing only what was taken: detaching net must not free a block index (the
+        // runtime-rs bug of §3.5).
+        m.detach(net).unwrap();
+        m.detach(scsi_driven).unwrap();
+        assert_eq!(m.allocations().block_indexes.len(), 1);
+        m.detach(blk).unwrap();
+        assert!(m.allocations().block_indexes.is_empty());
+    }
+
+    #[test]
+    fn root_ports_one_device_per_port_and_rollback_when_exhausted() {
+        let m = manager(ManagerConfig {
+            root_ports: 3,
+            ..ManagerConfig::default()
+        });
+        // A group with two PCIe functions and one conventional PCI function.
+        let gpu = new(&m, vfio_spec(10, &[true, true, false]));
+        m.attach(gpu).unwrap();
+        let Plug::Vfio(v) = m.device(gpu).unwrap().plugged.unwrap().plug else {
+            panic!("not vfio")
+        };
+        let ports: Vec<_> = v
+            .functions
+            .iter()
+            .map(|f| f.port.map(|p| p.to_string()))
+            .collect();
+        assert_eq!(ports, [Some("rp0".into()), Some("rp1".into()), None]);
+        // One guest PCI path per function, ported or not.
+        assert_eq!(m.device(gpu).unwrap().guest.unwrap().pci_paths.len(), 3);
+        // A virtio-blk disk takes the last port.
+        let disk = new(&m, block_spec(0, BlockDriver::VirtioBlk));
+        m.attach(disk).unwrap();
+        assert_eq!(block_plug(&m, disk).port.unwrap().to_string(), "rp2");
+        // No port left: the next PCI device fails and takes nothing, not even its index.
+        let disk2 = new(&m, block_spec(1, BlockDriver::VirtioBlk));
+        let before = snapshot(&m);
+        let calls = m.hypervisor().calls().len();
+        assert!(matches!(m.attach(disk2), Err(DeviceError::RootPort { .. })));
+        assert_eq!(snapshot(&m), before);
+        assert_eq!(
+            m.hypervisor().calls().len(),
+            calls,
+            "never reached the hypervisor"
+        );
+        // A group needing two ports with one free: the first port goes back too.
+        m.detach(disk).unwrap();
+        let nic = new(&m, vfio_spec(11, &[true, true]));
+        let before = snapshot(&m);
+        assert!(matches!(m.attach(nic), Err(DeviceError::RootPort { .. })));
+        assert_eq!(snapshot(&m), before);
+        // Freed ports are reused.
+        m.detach(gpu).unwrap();
+        m.attach(nic).unwrap();
+        assert_eq!(m.allocations().root_ports.len(), 2);
+    }
+
+    #[test]
+    fn a_failed_plug_leaves_everything_as_before() {
+        let m = manager(ManagerConfig {
+            root_ports: 4,
+            ..ManagerConfig::default()
+        });
+        let other = new(&m, block_spec(9, BlockDriver::VirtioBlk));
+        m.attach(other).unwrap();
+        let kinds = [
+            block_spec(0, BlockDriver::VirtioBlk),
+            block_spec(1, BlockDriver::VirtioScsi),
+            vfio_spec(5, &[true, false]),
+            vhost_user_spec(
+                "/run/b.sock",
+                VhostUserDevice::Blk {
+                    driver: BlockDriver::VirtioBlk,
+                },
+            ),
+        ];
+        for spec in kinds {
+            let id = new(&m, spec);
+            let before = snapshot(&m);
+            m.hypervisor().fail_next(HypervisorOp::HotplugAdd);
+            let err = m.attach(id).unwrap_err();
+            assert!(matches!(err, DeviceError::Plug { .. }), "{err}");
+            assert_eq!(snapshot(&m), before);
+            // And it works afterwards, with the same allocations a clean attach gets.
+            m.attach(id).unwrap();
+            m.detach(id).unwrap();
+            assert_eq!(snapshot(&m), before);
+        }
+    }
+
+    #[test]
+    fn a_failed_unplug_leaves_the_device_attached() {
+        let m = manager(ManagerConfig {
+            root_ports: 1,
+            ..ManagerConfig::default()
+        });
+        let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
+        m.attach(id).unwrap();
+        let before = snapshot(&m);
+        m.hypervisor().fail_next(HypervisorOp::HotplugRemove);
+        assert!(matches!(m.detach(id), Err(DeviceError::Unplug { .. })));
+        assert_eq!(snapshot(&m), before);
+        assert_eq!(m.detach(id).unwrap(), Released::Last);
+    }
+
+    #[test]
+    fn cold_plug_uses_coldplug_and_is_removed_with_its_request() {
+        let m = manager(ManagerConfig::default());
+        let mut spec = vhost_user_spec(
+            "/run/fs.sock",
+            VhostUserDevice::Fs {
+                tag: "kataShared".into(),
+                cache: crate::kind::FsCache::Auto,
+            },
+        );
+        spec.mode = PlugMode::Cold;
+        let id = new(&m, spec);
+        m.attach(id).unwrap();
+        assert_eq!(ops(&m), [HypervisorOp::Coldplug]);
+        let request = m.device(id).unwrap().plugged.unwrap();
+        assert_eq!(request.mode, PlugMode::Cold);
+        m.detach(id).unwrap();
+        let calls = m.hypervisor().calls();
+        assert_eq!(calls[1].op, HypervisorOp::HotplugRemove);
+        assert_eq!(calls[1].request, request);
+    }
+
+    #[test]
+    fn a_slow_plug_blocks_neither_reads_nor_other_devices() {
+        let m = Arc::new(manager(ManagerConfig::default()));
+        let slow = new(&m, block_spec(0, BlockDriver::VirtioBlk));
+        let fast = new(&m, generic_spec("/dev/fuse", 10, 229));
+        let other = new(&m, block_spec(1, BlockDriver::VirtioBlk));
+        m.attach(other).unwrap();
+        m.hypervisor().hold(HypervisorOp::HotplugAdd);
+        let m2 = Arc::clone(&m);
+        let t = std::thread::spawn(move || m2.attach(slow));
+        m.hypervisor().wait_for_held_calls(1);
+        // The plug of `slow` is now inside the hypervisor. Everything else goes on.
+        assert!(
+            !m.is_attached(slow),
+            "not attached until the plug is booked"
+        );
+        assert_eq!(m.devices().len(), 3);
+        assert!(m.device(other).unwrap().guest.is_some());
+        m.attach(fast).unwrap();
+        m.detach(other).unwrap();
+        assert!(matches!(
+            m.new_device(block_spec(2, BlockDriver::VirtioBlk)),
+            Ok(NewDevice::Created(_))
+        ));
+        m.hypervisor().release(HypervisorOp::HotplugAdd);
+        assert_eq!(t.join().unwrap().unwrap(), Acquired::First);
+        assert!(m.is_attached(slow));
+    }
+
+    #[test]
+    fn concurrent_attaches_of_one_device_plug_it_once() {
+        let m = Arc::new(manager(ManagerConfig::default()));
+        let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
+        m.hypervisor().hold(HypervisorOp::HotplugAdd);
+        let first = {
+            let m = Arc::clone(&m);
+            std::thread::spawn(move || m.attach(id))
+        };
+        m.hypervisor().wait_for_held_calls(1);
+        let second = {
+            let m = Arc::clone(&m);
+            std::thread::spawn(move || m.attach(id))
+        };
+        // However the second thread is scheduled, it cannot report success before the
+        // plug is done: it waits for the busy device.
+        m.hypervisor().release(HypervisorOp::HotplugAdd);
+        let mut steps = [
+            first.join().unwrap().unwrap(),
+            second.join().unwrap().unwrap(),
+        ];
+        steps.sort_by_key(|s| *s == Acquired::Again);
+        assert_eq!(steps, [Acquired::First, Acquired::Again]);
+        assert_eq!(ops(&m), [HypervisorOp::HotplugAdd]);
+        assert_eq!(m.device(id).unwrap().attachments.get(), 2);
+    }
+
+    #[test]
+    fn a_waiter_plugs_itself_when_the_first_plug_fails() {
+        let m = Arc::new(manager(ManagerConfig::default()));
+        let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
+        m.hypervisor().hold(HypervisorOp::HotplugAdd);
+        m.hypervisor().fail_next(HypervisorOp::HotplugAdd);
+        let a = {
+            let m = Arc::clone(&m);
+            std::thread::spawn(move || m.attach(id))
+        };
+        m.hypervisor().wait_for_held_calls(1);
+        let b = {
+            let m = Arc::clone(&m);
+            std::thread::spawn(move || m.attach(id))
+        };
+        m.hypervisor().release(HypervisorOp::HotplugAdd);
+        let results = [a.join().unwrap(), b.join().unwrap()];
+        let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+        assert_eq!(ok, [&Acquired::First], "{results:?}");
+        assert_eq!(m.device(id).unwrap().attachments.get(), 1);
+        assert!(m.hypervisor().is_plugged(id));
+    }
+}

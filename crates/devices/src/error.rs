@@ -1,0 +1,131 @@
+//! The errors of the manager's operations.
+//!
+//! Callers match on these: "not found", "not attached", "still attached" and the exhausted
+//! allocators are variants of their own. Every variant names the device.
+
+use crate::drive_name::DriveNameError;
+use crate::hypervisor::HypervisorError;
+use crate::id::DeviceId;
+use crate::index::IndexError;
+use crate::kind::{DeviceIdentity, VfioSpecError, VhostUserSpecError};
+use crate::scsi::ScsiAddressError;
+
+/// Why a [`crate::DeviceManager`] operation did nothing.
+///
+/// Whatever the variant, the manager (counts, allocators) and the hypervisor's view are as
+/// they were before the call.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// No device has this id (Kata's `ErrDeviceNotExist`).
+    #[error("device {id} does not exist")]
+    NotFound {
+        /// The id asked for.
+        id: DeviceId,
+    },
+    /// Detaching a device that is not attached (Kata's `ErrDeviceNotAttached`).
+    #[error("device {id} is not attached")]
+    NotAttached {
+        /// The device.
+        id: DeviceId,
+    },
+    /// Removing the last reference of an attached device (Kata's `ErrRemoveAttachedDevice`).
+    #[error("device {id} is still attached {attachments} time(s); detach it before removing it")]
+    StillAttached {
+        /// The device.
+        id: DeviceId,
+        /// Its attach count.
+        attachments: u32,
+    },
+    /// The attach count is at its maximum.
+    #[error("device {id} is attached the maximum number of times")]
+    TooManyAttachments {
+        /// The device.
+        id: DeviceId,
+    },
+    /// The reference count is at its maximum.
+    #[error("device {id} is referenced the maximum number of times")]
+    TooManyReferences {
+        /// The device.
+        id: DeviceId,
+    },
+    /// A request for an existing device (same identity) that differs from it.
+    #[error("device {id} already exists for {identity} with a different specification")]
+    Conflict {
+        /// The existing device.
+        id: DeviceId,
+        /// The shared identity.
+        identity: DeviceIdentity,
+    },
+    /// A VFIO spec that cannot be plugged.
+    #[error("invalid VFIO device for {identity}")]
+    InvalidVfio {
+        /// The request's identity.
+        identity: DeviceIdentity,
+        /// What is wrong.
+        #[source]
+        source: VfioSpecError,
+    },
+    /// A vhost-user spec that cannot be plugged.
+    #[error("invalid vhost-user device for {identity}")]
+    InvalidVhostUser {
+        /// The request's identity.
+        identity: DeviceIdentity,
+        /// What is wrong.
+        #[source]
+        source: VhostUserSpecError,
+    },
+    /// Every block index is in use.
+    #[error("no block index for device {id}")]
+    BlockIndex {
+        /// The device.
+        id: DeviceId,
+        /// The pool's answer.
+        #[source]
+        source: IndexError,
+    },
+    /// Every root port holds a device.
+    #[error("no free PCIe root port for device {id}")]
+    RootPort {
+        /// The device.
+        id: DeviceId,
+        /// The pool's answer.
+        #[source]
+        source: IndexError,
+    },
+    /// The drive name of the device's index does not exist.
+    #[error("no drive name for device {id}")]
+    DriveName {
+        /// The device.
+        id: DeviceId,
+        /// Why.
+        #[source]
+        source: DriveNameError,
+    },
+    /// The SCSI address of the device's index does not exist.
+    #[error("no SCSI address for device {id}")]
+    ScsiAddress {
+        /// The device.
+        id: DeviceId,
+        /// Why.
+        #[source]
+        source: ScsiAddressError,
+    },
+    /// The hypervisor refused to plug the device.
+    #[error("plugging device {id} failed")]
+    Plug {
+        /// The device.
+        id: DeviceId,
+        /// The hypervisor's error.
+        #[source]
+        source: HypervisorError,
+    },
+    /// The hypervisor refused to unplug the device; it stays attached.
+    #[error("unplugging device {id} failed; it stays attached")]
+    Unplug {
+        /// The device.
+        id: DeviceId,
+        /// The hypervisor's error.
+        #[source]
+        source: HypervisorError,
+    },
+}

@@ -1,0 +1,475 @@
+//! Save and load: the whole manager as a versioned serde struct.
+//!
+//! Kata 1.x saved devices but not every field (host paths were lost), skipped unknown kinds
+//! with a warning, and runtime-rs saves nothing. [`SavedState`] holds every device with every
+//! field, both counts, the plug request (so a detach after load frees the same index and
+//! ports) and the allocators; loading checks that it all adds up and refuses anything it does
+//! not understand.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::hypervisor::{Hypervisor, HypervisorKind, Plug};
+use crate::id::DeviceId;
+use crate::index::{BlockIndex, IndexError};
+use crate::kind::{DeviceIdentity, DeviceKind};
+use crate::manager::DeviceManager;
+use crate::plan::ManagerConfig;
+use crate::ports::RootPort;
+use crate::state::{Books, DeviceState, Entry};
+
+/// The version of [`SavedState`] this crate writes and reads.
+pub const SAVED_STATE_VERSION: u32 = 1;
+
+/// A manager's whole state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedState {
+    /// [`SAVED_STATE_VERSION`] when written.
+    pub version: u32,
+    /// The hypervisor the state belongs to.
+    pub hypervisor: HypervisorKind,
+    /// The allocator settings.
+    pub config: ManagerConfig,
+    /// The next device id to hand out.
+    pub next_id: u64,
+    /// Every device, by id.
+    pub devices: Vec<DeviceState>,
+    /// Block indexes in use (must match the devices' plug requests).
+    pub block_indexes: Vec<BlockIndex>,
+    /// Root ports in use (must match the devices' plug requests).
+    pub root_ports: Vec<RootPort>,
+}
+
+/// Why saved state was not loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    /// A version this crate does not know.
+    #[error("saved device state has version {found}; this build reads version {supported}")]
+    Version {
+        /// The version found.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// State saved for another hypervisor.
+    #[error("saved device state belongs to {found}, not {expected}")]
+    Hypervisor {
+        /// The kind in the state.
+        found: HypervisorKind,
+        /// The kind of the hypervisor given to load.
+        expected: HypervisorKind,
+    },
+    /// Not valid JSON for this version (an unknown device kind, a missing field, …).
+    #[error("saved device state does not decode")]
+    Decode(#[source] serde_json::Error),
+    /// Encoding failed.
+    #[error("device state does not encode")]
+    Encode(#[source] serde_json::Error),
+    /// Two devices with one id or one identity, or an id not below `next_id`.
+    #[error("saved device state has a duplicate or out-of-range device {id}")]
+    Duplicate {
+        /// The device.
+        id: DeviceId,
+    },
+    /// Counts and plug requests that contradict each other.
+    #[error("saved device {id} is inconsistent: {what}")]
+    Inconsistent {
+        /// The device.
+        id: DeviceId,
+        /// What does not add up.
+        what: &'static str,
+    },
+    /// Two devices holding one block index or root port, or one outside the pool.
+    #[error("saved device {id} holds an allocation that is taken or out of range")]
+    Allocation {
+        /// The device.
+        id: DeviceId,
+        /// The allocator's answer.
+        #[source]
+        source: IndexError,
+    },
+    /// The saved allocator lists differ from what the devices hold.
+    #[error("saved allocator state does not match the devices' plugs")]
+    Allocators,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    version: u32,
+}
+
+impl SavedState {
+    /// The state as JSON.
+    ///
+    /// # Errors
+    /// [`PersistError::Encode`].
+    pub fn to_json(&self) -> Result<String, PersistError> {
+        serde_json::to_string_pretty(self).map_err(PersistError::Encode)
+    }
+
+    /// State from JSON. The version is checked before anything else, so a future format
+    /// gives [`PersistError::Version`] rather than a decode error.
+    ///
+    /// # Errors
+    /// [`PersistError::Version`], [`PersistError::Decode`].
+    pub fn from_json(json: &str) -> Result<Self, PersistError> {
+        let header: Header = serde_json::from_str(json).map_err(PersistError::Decode)?;
+        check_version(header.version)?;
+        serde_json::from_str(json).map_err(PersistError::Decode)
+    }
+}
+
+fn check_version(found: u32) -> Result<(), PersistError> {
+    if found != SAVED_STATE_VERSION {
+        return Err(PersistError::Version {
+            found,
+            supported: SAVED_STATE_VERSION,
+        });
+    }
+    Ok(())
+}
+
+impl<H: Hypervisor> DeviceManager<H> {
+    /// The whole state. Waits until no plug or unplug is in flight, so the state never holds
+    /// a half-done plug.
+    pub fn save(&self) -> SavedState {
+        let mut books = self.lock();
+        while books.in_flight > 0 {
+            books = self.wait(books);
+        }
+        let mut devices: Vec<DeviceState> =
+            books.devices.values().map(|e| e.state.clone()).collect();
+        devices.sort_by_key(|d| d.id);
+        SavedState {
+            version: SAVED_STATE_VERSION,
+            hypervisor: self.hypervisor.kind(),
+            config: books.alloc.config,
+            next_id: books.next_id,
+            devices,
+            block_indexes: books
+                .alloc
+                .block
+                .used()
+                .filter_map(|i| BlockIndex::try_from(i).ok())
+                .collect(),
+            root_ports: books.alloc.ports.used().collect(),
+        }
+    }
+
+    /// A manager that carries on from `saved`, behind `hypervisor` (which must be the same VM
+    /// and already hold the plugged devices).
+    ///
+    /// # Errors
+    /// Any [`PersistError`] when the state is from another version or hypervisor, or does
+    /// not add up.
+    pub fn load(hypervisor: H, saved: SavedState) -> Result<Self, PersistError> {
+        check_version(saved.version)?;
+        let expected = hypervisor.kind();
+        if saved.hypervisor != expected {
+            return Err(PersistError::Hypervisor {
+                found: saved.hypervisor,
+                expected,
+            });
+        }
+        let mut books = Books::new(saved.config);
+        books.next_id = saved.next_id;
+        books.devices = HashMap::with_capacity(saved.devices.len());
+        for state in saved.devices {
+            let id = state.id;
+            check_device(&state)?;
+            if id.as_raw() >= saved.next_id
+                || books.devices.contains_key(&id)
+                || books.by_identity.contains_key(&state.spec.identity)
+            {
+                return Err(PersistError::Duplicate { id });
+            }
+            if let Some(request) = &state.plugged {
+                books
+                    .alloc
+                    .take_exact(request)
+                    .map_err(|source| PersistError::Allocation { id, source })?;
+            }
+            books.by_identity.insert(state.spec.identity.clone(), id);
+            books.devices.insert(id, Entry { state, busy: false });
+        }
+        let indexes: BTreeSet<u32> = saved.block_indexes.iter().map(|i| i.get()).collect();
+        let ports: BTreeSet<RootPort> = saved.root_ports.iter().copied().collect();
+        if indexes.len() != saved.block_indexes.len()
+            || ports.len() != saved.root_ports.len()
+            || !indexes.iter().copied().eq(books.alloc.block.used())
+            || !ports.iter().copied().eq(books.alloc.ports.used())
+        {
+            return Err(PersistError::Allocators);
+        }
+        Ok(Self::from_books(hypervisor, books))
+    }
+}
+
+fn check_device(state: &DeviceState) -> Result<(), PersistError> {
+    let id = state.id;
+    let bad = |what| Err(PersistError::Inconsistent { id, what });
+    if state.references.is_zero() {
+        return bad("no references");
+    }
+    let attached = !state.attachments.is_zero();
+    let generic = matches!(state.spec.kind, DeviceKind::Generic(_));
+    match (&state.plugged, &state.guest) {
+        (Some(request), Some(_)) => {
+            if generic || !attached {
+                return bad("a plug without an attachment");
+            }
+            if request.device != id || request.mode != state.spec.mode {
+                return bad("a plug request for another device or mode");
+            }
+        }
+        (None, None) => {
+            if attached && !generic {
+                return bad("an attachment without a plug");
+            }
+        }
+        _ => return bad("a plug request without a guest view, or the reverse"),
+    }
+    if let Some(request) = &state.plugged {
+        let matches_spec = match (&state.spec.kind, &request.plug) {
+            (DeviceKind::Block(spec), Plug::Block(plug)) => *spec == plug.spec,
+            (DeviceKind::VhostUser(spec), Plug::VhostUser(plug)) => *spec == plug.spec,
+            (DeviceKind::Vfio(spec), Plug::Vfio(plug)) => {
+                spec.backend == plug.backend
+                    && spec.functions.len() == plug.functions.len()
+                    && spec
+                        .functions
+                        .iter()
+                        .zip(&plug.functions)
+                        .all(|(s, p)| *s == p.function)
+            }
+            _ => false,
+        };
+        if !matches_spec {
+            return bad("a plug request that is not for the device's spec");
+        }
+    }
+    if let DeviceIdentity::Path(p) = &state.spec.identity
+        && p.as_os_str().is_empty()
+    {
+        return bad("an empty host path");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::kind::{BlockDriver, MacAddress, VhostUserDevice};
+    use crate::test_util::{
+        InMemoryHypervisor, block_spec, generic_spec, image_spec, vfio_spec, vhost_user_spec,
+    };
+
+    type Manager = DeviceManager<Arc<InMemoryHypervisor>>;
+
+    /// A manager with every kind, some attached twice, some referenced twice, some not.
+    fn busy_manager() -> Manager {
+        let m = DeviceManager::new(
+            Arc::new(InMemoryHypervisor::new()),
+            ManagerConfig {
+                root_ports: 4,
+                name_offset: 1,
+            },
+        );
+        let specs = [
+            block_spec(0, BlockDriver::VirtioBlk),
+            block_spec(1, BlockDriver::VirtioScsi),
+            image_spec("/img/a.qcow2", BlockDriver::Nvdimm),
+            vfio_spec(7, &[true, false]),
+            vhost_user_spec(
+                "/run/net.sock",
+                VhostUserDevice::Net {
+                    mac: MacAddress::from([2, 0, 0, 0, 0, 9]),
+                },
+            ),
+            generic_spec("/dev/fuse", 10, 229),
+            block_spec(2, BlockDriver::VirtioBlk),
+        ];
+        for (n, spec) in specs.into_iter().enumerate() {
+            let id = m.new_device(spec.clone()).unwrap().id();
+            if n % 2 == 0 {
+                m.new_device(spec).unwrap();
+            }
+            if n < 6 {
+                m.attach(id).unwrap();
+            }
+            if n % 3 == 0 && n < 6 {
+                m.attach(id).unwrap();
+            }
+        }
+        // A hole in the block indexes, so "lowest free" must survive the round trip.
+        let hole = m
+            .find(&block_spec(1, BlockDriver::VirtioScsi).identity)
+            .unwrap();
+        m.detach(hole).unwrap();
+        m
+    }
+
+    #[test]
+    fn round_trip_is_equal_and_carries_on() {
+        let m = busy_manager();
+        let saved = m.save();
+        let json = saved.to_json().unwrap();
+        let back = SavedState::from_json(&json).unwrap();
+        assert_eq!(back, saved);
+        let loaded = DeviceManager::load(Arc::clone(m.hypervisor()), back).unwrap();
+        assert_eq!(loaded.devices(), m.devices());
+        assert_eq!(loaded.allocations(), m.allocations());
+        assert_eq!(loaded.save(), saved);
+        // Carries on: the hole left before saving (index 1) is the lowest free one after
+        // loading, and a detach after load frees the index the device held.
+        let scsi = loaded
+            .find(&block_spec(1, BlockDriver::VirtioScsi).identity)
+            .unwrap();
+        loaded.attach(scsi).unwrap();
+        let index = loaded.device(scsi).unwrap().plugged.unwrap().block_index();
+        assert_eq!(index.map(BlockIndex::get), Some(1));
+        let disk = loaded
+            .find(&block_spec(0, BlockDriver::VirtioBlk).identity)
+            .unwrap();
+        let index = loaded.device(disk).unwrap().plugged.unwrap().block_index();
+        assert_eq!(index.map(BlockIndex::get), Some(0));
+        loaded.detach(disk).unwrap();
+        loaded.detach(disk).unwrap();
+        assert!(!loaded.allocations().block_indexes.contains(&index.unwrap()));
+        assert!(!loaded.hypervisor().is_plugged(disk));
+        // Ids continue after the saved ones.
+        let fresh = loaded
+            .new_device(block_spec(40, BlockDriver::VirtioBlk))
+            .unwrap()
+            .id();
+        assert!(saved.devices.iter().all(|d| d.id < fresh));
+    }
+
+    #[test]
+    fn unknown_version_is_refused_before_decoding() {
+        let mut saved = busy_manager().save();
+        saved.version = 2;
+        let json = saved.to_json().unwrap();
+        let err = SavedState::from_json(&json).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PersistError::Version {
+                    found: 2,
+                    supported: 1
+                }
+            ),
+            "{err}"
+        );
+        let hv = Arc::new(InMemoryHypervisor::new());
+        assert!(matches!(
+            DeviceManager::load(hv, saved),
+            Err(PersistError::Version { .. })
+        ));
+        // A future format with other fields still says "version", not a decode error.
+        let err = SavedState::from_json(r#"{"version": 9, "shiny": []}"#).unwrap_err();
+        assert!(matches!(err, PersistError::Version { found: 9, .. }));
+    }
+
+    #[test]
+    fn unknown_kind_is_a_clear_error_not_a_skip() {
+        let json = busy_manager().save().to_json().unwrap();
+        let json = json.replacen("\"kind\": \"generic\"", "\"kind\": \"vhost-vdpa\"", 1);
+        let err = SavedState::from_json(&json).unwrap_err();
+        assert!(matches!(err, PersistError::Decode(_)));
+        let chain = std::error::Error::source(&err).unwrap().to_string();
+        assert!(chain.contains("vhost-vdpa"), "{chain}");
+    }
+
+    #[test]
+    fn other_hypervisor_is_refused() {
+        let saved = busy_manager().save();
+        let hv = InMemoryHypervisor::with_kind(HypervisorKind::CloudHypervisor);
+        let err = DeviceManager::load(hv, saved).unwrap_err();
+        assert!(matches!(
+            err,
+            PersistError::Hypervisor {
+                found: HypervisorKind::Qemu,
+                expected: HypervisorKind::CloudHypervisor
+            }
+        ));
+    }
+
+    #[test]
+    fn state_that_does_not_add_up_is_refused() {
+        let saved = busy_manager().save();
+        let hv = || Arc::new(InMemoryHypervisor::new());
+
+        let mut s = saved.clone();
+        s.block_indexes.pop();
+        assert!(matches!(
+            DeviceManager::load(hv(), s),
+            Err(PersistError::Allocators)
+        ));
+
+        let mut s = saved.clone();
+        s.root_ports.push(RootPort::new(3));
+        assert!(matches!(
+            DeviceManager::load(hv(), s),
+            Err(PersistError::Allocators)
+        ));
+
+        let mut s = saved.clone();
+        let dup = s.devices[0].clone();
+        s.devices.push(dup);
+        assert!(matches!(
+            DeviceManager::load(hv(), s),
+            Err(PersistError::Duplicate { .. })
+        ));
+
+        let mut s = saved.clone();
+        s.next_id = 0;
+        assert!(matches!(
+            DeviceManager::load(hv(), s),
+            Err(PersistError::Duplicate { .. })
+        ));
+
+        let mut s = saved.clone();
+        s.devices[0].attachments = crate::RefCount::new();
+        assert!(matches!(
+            DeviceManager::load(hv(), s),
+            Err(PersistError::Inconsistent { .. })
+        ));
+
+        let mut s = saved.clone();
+        s.devices[0].references = crate::RefCount::new();
+        assert!(matches!(
+            DeviceManager::load(hv(), s),
+            Err(PersistError::Inconsistent { .. })
+        ));
+
+        // Two devices claiming one block index.
+        let mut s = saved.clone();
+        let Some(Plug::Block(first)) = s.devices[0].plugged.clone().map(|r| r.plug) else {
+            panic!("device 0 is a plugged block device")
+        };
+        let Some(Plug::Block(third)) = s.devices[2].plugged.as_mut().map(|r| &mut r.plug) else {
+            panic!("device 2 is a plugged block device")
+        };
+        third.index = first.index;
+        let err = DeviceManager::load(hv(), s);
+        assert!(
+            matches!(
+                err,
+                Err(PersistError::Allocation { .. } | PersistError::Inconsistent { .. })
+            ),
+            "{err:?}"
+        );
+
+        let mut s = saved;
+        s.devices[0].spec.mode = crate::PlugMode::Cold;
+        assert!(matches!(
+            DeviceManager::load(hv(), s),
+            Err(PersistError::Inconsistent { .. })
+        ));
+    }
+}

@@ -1,0 +1,185 @@
+//! A reference count whose steps say what they mean.
+//!
+//! Kata counted with `increase_attach_count() -> Result<bool>`, `true` meaning "skip", and
+//! the comments on the two methods contradicted each other; one driver's detach even
+//! incremented (runtime #1259). Here `acquire` says [`Acquired::First`] or
+//! [`Acquired::Again`] and `release` says [`Released::Last`] or [`Released::StillUsed`], and a
+//! step that would wrap is an error that changes nothing.
+//!
+//! The manager keeps two: references (users of a device: `new_device`/`remove_device`) and
+//! attachments (plugs: `attach`/`detach`). Kata runtime PR #655 explains why one is not
+//! enough: one user must not be able to remove a device another user still needs.
+
+use serde::{Deserialize, Serialize};
+
+/// What an [`RefCount::acquire`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Acquired {
+    /// The count went from 0 to 1: the real work (a plug) is due.
+    First,
+    /// The count was already above 0.
+    Again,
+}
+
+/// What a [`RefCount::release`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Released {
+    /// The count went from 1 to 0: the real undo (an unplug) is due.
+    Last,
+    /// The count is still above 0.
+    StillUsed,
+}
+
+/// A count step that would wrap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RefCountError {
+    /// Acquiring at the maximum.
+    #[error("count is at its maximum ({})", u32::MAX)]
+    Overflow,
+    /// Releasing at zero.
+    #[error("count is already zero")]
+    NotHeld,
+}
+
+/// A count of holders.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(transparent)]
+pub struct RefCount(u32);
+
+impl RefCount {
+    /// A count of zero.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self(0)
+    }
+
+    /// A count starting at `n` (saved state, tests).
+    #[must_use]
+    pub const fn from_raw(n: u32) -> Self {
+        Self(n)
+    }
+
+    /// The count.
+    #[must_use]
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+
+    /// Whether nobody holds it.
+    #[must_use]
+    pub const fn is_zero(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Adds a holder.
+    ///
+    /// # Errors
+    /// [`RefCountError::Overflow`] at the maximum; the count is unchanged.
+    pub fn acquire(&mut self) -> Result<Acquired, RefCountError> {
+        let next = self.0.checked_add(1).ok_or(RefCountError::Overflow)?;
+        let step = if self.0 == 0 {
+            Acquired::First
+        } else {
+            Acquired::Again
+        };
+        self.0 = next;
+        Ok(step)
+    }
+
+    /// Drops a holder.
+    ///
+    /// # Errors
+    /// [`RefCountError::NotHeld`] at zero; the count is unchanged.
+    pub fn release(&mut self) -> Result<Released, RefCountError> {
+        self.0 = self.0.checked_sub(1).ok_or(RefCountError::NotHeld)?;
+        Ok(if self.0 == 0 {
+            Released::Last
+        } else {
+            Released::StillUsed
+        })
+    }
+
+    /// What [`Self::acquire`] would do, without doing it.
+    ///
+    /// # Errors
+    /// As [`Self::acquire`].
+    pub fn peek_acquire(self) -> Result<Acquired, RefCountError> {
+        let mut copy = self;
+        copy.acquire()
+    }
+
+    /// What [`Self::release`] would do, without doing it.
+    ///
+    /// # Errors
+    /// As [`Self::release`].
+    pub fn peek_release(self) -> Result<Released, RefCountError> {
+        let mut copy = self;
+        copy.release()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy)]
+    enum Op {
+        Acquire,
+        Release,
+    }
+
+    #[derive(Debug, PartialEq, Eq)]
+    enum Step {
+        A(Acquired),
+        R(Released),
+    }
+
+    /// Kata's `bumpAttachCount` table, in our words.
+    #[test]
+    fn transition_table() {
+        use Acquired::{Again, First};
+        use Released::{Last, StillUsed};
+        let max = u32::MAX;
+        let table: [(u32, Op, u32, Result<Step, RefCountError>); 8] = [
+            (0, Op::Acquire, 1, Ok(Step::A(First))),
+            (1, Op::Acquire, 2, Ok(Step::A(Again))),
+            (7, Op::Acquire, 8, Ok(Step::A(Again))),
+            (max, Op::Acquire, max, Err(RefCountError::Overflow)),
+            (0, Op::Release, 0, Err(RefCountError::NotHeld)),
+            (1, Op::Release, 0, Ok(Step::R(Last))),
+            (2, Op::Release, 1, Ok(Step::R(StillUsed))),
+            (max, Op::Release, max - 1, Ok(Step::R(StillUsed))),
+        ];
+        for (before, op, after, want) in table {
+            let mut c = RefCount::from_raw(before);
+            let peeked = match op {
+                Op::Acquire => c.peek_acquire().map(Step::A),
+                Op::Release => c.peek_release().map(Step::R),
+            };
+            assert_eq!(c.get(), before, "peek changed {before} {op:?}");
+            let got = match op {
+                Op::Acquire => c.acquire().map(Step::A),
+                Op::Release => c.release().map(Step::R),
+            };
+            assert_eq!(got, want, "{before} {op:?}");
+            assert_eq!(peeked, want, "peek {before} {op:?}");
+            assert_eq!(c.get(), after, "{before} {op:?}");
+        }
+    }
+
+    /// Rust's `test_data_reference_count`: attach ×3 then detach ×3.
+    #[test]
+    fn sequence() {
+        let mut c = RefCount::new();
+        assert_eq!(c.acquire(), Ok(Acquired::First));
+        assert_eq!(c.acquire(), Ok(Acquired::Again));
+        assert_eq!(c.acquire(), Ok(Acquired::Again));
+        assert_eq!(c.release(), Ok(Released::StillUsed));
+        assert_eq!(c.release(), Ok(Released::StillUsed));
+        assert_eq!(c.release(), Ok(Released::Last));
+        assert!(c.is_zero());
+        assert_eq!(c.release(), Err(RefCountError::NotHeld));
+    }
+}

@@ -1,0 +1,77 @@
+//! The manager's books: devices by id and by identity, and the allocators.
+//!
+//! Every field lives behind the manager's one lock; the methods here are plain `&mut self`
+//! code with no locking and no hypervisor calls.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hypervisor::{GuestView, PlugRequest};
+use crate::id::DeviceId;
+use crate::kind::{DeviceIdentity, DeviceSpec};
+use crate::plan::{Allocators, ManagerConfig};
+use crate::refcount::RefCount;
+
+/// Everything the manager knows about one device: a snapshot for readers, and the unit of
+/// saved state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceState {
+    /// The device's id.
+    pub id: DeviceId,
+    /// What was asked for.
+    pub spec: DeviceSpec,
+    /// Users of the device (`new_device` adds one, `remove_device` drops one).
+    pub references: RefCount,
+    /// Plugs (`attach` adds one, `detach` drops one).
+    pub attachments: RefCount,
+    /// While attached (and not generic): what the hypervisor was given, with the block index
+    /// and root ports it holds.
+    pub plugged: Option<PlugRequest>,
+    /// While attached (and not generic): what the guest sees.
+    pub guest: Option<GuestView>,
+}
+
+/// One device in the books.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) state: DeviceState,
+    /// A plug or unplug of this device is with the hypervisor; others wait for it.
+    pub(crate) busy: bool,
+}
+
+/// The books.
+#[derive(Debug)]
+pub(crate) struct Books {
+    pub(crate) devices: HashMap<DeviceId, Entry>,
+    pub(crate) by_identity: HashMap<DeviceIdentity, DeviceId>,
+    pub(crate) next_id: u64,
+    pub(crate) alloc: Allocators,
+    /// Devices with `busy` set.
+    pub(crate) in_flight: usize,
+}
+
+impl Books {
+    pub(crate) fn new(config: ManagerConfig) -> Self {
+        Self {
+            devices: HashMap::new(),
+            by_identity: HashMap::new(),
+            next_id: 0,
+            alloc: Allocators::new(config),
+            in_flight: 0,
+        }
+    }
+
+    pub(crate) fn set_busy(&mut self, id: DeviceId, busy: bool) {
+        if let Some(entry) = self.devices.get_mut(&id)
+            && entry.busy != busy
+        {
+            entry.busy = busy;
+            if busy {
+                self.in_flight += 1;
+            } else {
+                self.in_flight = self.in_flight.saturating_sub(1);
+            }
+        }
+    }
+}
