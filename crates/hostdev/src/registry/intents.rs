@@ -49,6 +49,15 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// Hands intent `id` over to process `stamp` (recover taking over a dead process's work).
+    pub fn restamp_intent(&self, id: i64, stamp: ProcessStamp) -> Result<(), RegistryError> {
+        self.tx
+            .prepare_cached("UPDATE intents SET pid = ?2, pid_start = ?3 WHERE id = ?1")
+            .and_then(|mut st| st.execute(params![id, stamp.pid, stamp.start.cast_signed()]))
+            .map_err(self.err("taking over an intent"))?;
+        Ok(())
+    }
+
     /// Removes intent `id` (its outcome is recorded, or it was undone).
     pub fn delete_intent(&self, id: i64) -> Result<(), RegistryError> {
         self.tx

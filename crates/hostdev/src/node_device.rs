@@ -1,0 +1,269 @@
+//! Single-device operations without a VM (virsh `nodedev-detach`, `-reattach`, `-reset`).
+//!
+//! - detach: bind to vfio-pci (verified) and put the device on the inactive list with
+//!   managed = false, so a later release leaves it there. Idempotent: a device already on
+//!   a vfio driver is only recorded. Refused while the device is active.
+//! - reattach: give an unused device back to the host (override cleared, probe; verified
+//!   against the recorded original driver when there is one) and drop it from the books.
+//!   Works on a device the registry never saw, like libvirt. Refused while active.
+//! - reset: refused while active; a no-op on a vfio driver (it resets on open);
+//!   otherwise the kernel's `reset` attribute.
+
+use plugboard_sysfs::{BindError, PciAddress, VFIO_PCI};
+use serde::Serialize;
+
+use crate::device::{DeviceError, DeviceFacts};
+use crate::fault;
+use crate::intent::{Intent, IntentOp, IntentStep};
+use crate::manager::HostdevManager;
+use crate::owner::Owner;
+use crate::registry::{EventKind, List, PciRow, RegistryError, Tx};
+
+/// Why a node-device operation failed. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeDeviceError {
+    /// The device is missing, not an endpoint, or unreadable.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The device is in use by a VM.
+    #[error("PCI device {address} is in use by {owner}; release it first")]
+    Active {
+        /// The device.
+        address: PciAddress,
+        /// Its owner.
+        owner: Owner,
+    },
+    /// Its IOMMU group is in use: a host driver in it would break the VM's group.
+    #[error(
+        "PCI device {address}: IOMMU group {group} is in use by {owner} (member {member}); release that first"
+    )]
+    GroupActive {
+        /// The device.
+        address: PciAddress,
+        /// Its group.
+        group: u32,
+        /// The active member.
+        member: String,
+        /// Its owner.
+        owner: Owner,
+    },
+    /// Another process is changing the device.
+    #[error(
+        "PCI device {address} has a pending {op} by process {pid} (if that process died, run `plugboard hostdev recover`)"
+    )]
+    Pending {
+        /// The device.
+        address: PciAddress,
+        /// The pending operation.
+        op: &'static str,
+        /// Its process.
+        pid: u32,
+    },
+    /// The kernel refused the bind, unbind or reset.
+    #[error("PCI device {address}: {action} failed")]
+    Kernel {
+        /// The device.
+        address: PciAddress,
+        /// What we asked for.
+        action: &'static str,
+        /// The kernel's answer.
+        #[source]
+        source: BindError,
+    },
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// What a detach did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Detached {
+    /// Bound to vfio-pci now, from this driver.
+    Bound {
+        /// The host driver it left (`None`: it had none).
+        from: Option<String>,
+    },
+    /// It was already on a vfio driver; recorded as inactive (if it was not).
+    AlreadyDetached,
+}
+
+/// What a reset did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResetDone {
+    /// Reset through the kernel's `reset` attribute.
+    Reset,
+    /// On a vfio driver, which resets the device itself when it is opened.
+    LeftToVfio,
+}
+
+impl HostdevManager {
+    /// Detaches `address` from its host driver onto the inactive list.
+    pub fn detach(&mut self, address: PciAddress) -> Result<Detached, NodeDeviceError> {
+        let sysfs = self.sysfs.clone();
+        let stamp = self.stamp;
+        let key = address.to_string();
+        let (facts, intent) = self.registry.write(|tx| {
+            let facts = DeviceFacts::endpoint(&sysfs, address)?;
+            let row = usable_row(tx, address)?;
+            if facts.kind.is_vfio() {
+                if row.is_none() {
+                    tx.put_pci_row(&inactive_row(address, &facts, None))?;
+                }
+                return Ok::<_, NodeDeviceError>((facts, None));
+            }
+            let intent = tx.insert_intent(&Intent {
+                id: 0,
+                op: IntentOp::Detach,
+                address: key.clone(),
+                original_driver: facts.driver.clone(),
+                owner: None,
+                managed: false,
+                writes_sysfs: true,
+                iommu_group: facts.group,
+                step: IntentStep::Reserved,
+                process: stamp,
+            })?;
+            Ok((facts, Some(intent)))
+        })?;
+        let Some(intent) = intent else {
+            return Ok(Detached::AlreadyDetached);
+        };
+        fault::point("detach.journaled");
+        if let Err(source) = facts.device.bind(VFIO_PCI) {
+            self.registry.write(|tx| tx.delete_intent(intent))?;
+            return Err(NodeDeviceError::Kernel {
+                address,
+                action: "binding to vfio-pci",
+                source,
+            });
+        }
+        fault::point("detach.bound");
+        self.registry.write(|tx| {
+            tx.put_pci_row(&inactive_row(address, &facts, facts.driver.clone()))?;
+            tx.delete_intent(intent)
+        })?;
+        Ok(Detached::Bound { from: facts.driver })
+    }
+
+    /// Gives `address` back to the host and drops it from the inactive list. Returns the
+    /// driver it is on afterwards (`None` when no host driver claims it, which is not an
+    /// error, as in libvirt).
+    pub fn reattach(&mut self, address: PciAddress) -> Result<Option<String>, NodeDeviceError> {
+        let sysfs = self.sysfs.clone();
+        let stamp = self.stamp;
+        let key = address.to_string();
+        let (facts, row, intent) = self.registry.write(|tx| {
+            let facts = DeviceFacts::read(&sysfs, address)?;
+            let row = usable_row(tx, address)?;
+            if let Some(g) = facts.group
+                && let Some(member) = tx
+                    .pci_rows_in_group(g)?
+                    .into_iter()
+                    .find(|r| r.list == List::Active)
+            {
+                return Err(NodeDeviceError::GroupActive {
+                    address,
+                    group: g,
+                    member: member.address,
+                    owner: member.owner.unwrap_or_else(Owner::unknown),
+                });
+            }
+            let intent = tx.insert_intent(&Intent {
+                id: 0,
+                op: IntentOp::Reattach,
+                address: key.clone(),
+                original_driver: row.as_ref().and_then(|r| r.original_driver.clone()),
+                owner: None,
+                managed: row.as_ref().is_some_and(|r| r.managed),
+                writes_sysfs: true,
+                iommu_group: facts.group,
+                step: IntentStep::Reserved,
+                process: stamp,
+            })?;
+            Ok::<_, NodeDeviceError>((facts, row, intent))
+        })?;
+        fault::point("reattach.journaled");
+        let expect = row.as_ref().and_then(|r| r.original_driver.clone());
+        let result =
+            if facts.kind.is_vfio() || facts.device.driver_override().ok().flatten().is_some() {
+                facts.device.reattach(expect.as_deref())
+            } else {
+                Ok(facts.driver.clone())
+            };
+        match result {
+            Ok(driver) => {
+                self.registry.write(|tx| {
+                    tx.delete_pci_row(&key, facts.group, EventKind::Host)?;
+                    tx.delete_intent(intent)
+                })?;
+                Ok(driver)
+            }
+            Err(source) => {
+                self.registry.write(|tx| tx.delete_intent(intent))?;
+                Err(NodeDeviceError::Kernel {
+                    address,
+                    action: "reattaching to the host driver",
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Resets `address`, which must not be active.
+    pub fn reset(&mut self, address: PciAddress) -> Result<ResetDone, NodeDeviceError> {
+        let sysfs = self.sysfs.clone();
+        let facts = self.registry.read(|tx| {
+            let facts = DeviceFacts::endpoint(&sysfs, address)?;
+            usable_row(tx, address)?;
+            Ok::<_, NodeDeviceError>(facts)
+        })?;
+        if facts.kind.is_vfio() {
+            tracing::debug!(bdf = %address, "on a vfio driver: it resets the device when opened");
+            return Ok(ResetDone::LeftToVfio);
+        }
+        facts
+            .device
+            .reset()
+            .map_err(|source| NodeDeviceError::Kernel {
+                address,
+                action: "reset",
+                source,
+            })?;
+        Ok(ResetDone::Reset)
+    }
+}
+
+/// The device's row, refusing an active or busy device.
+fn usable_row(tx: &Tx<'_>, address: PciAddress) -> Result<Option<PciRow>, NodeDeviceError> {
+    let key = address.to_string();
+    if let Some(intent) = tx.intent_for(&key)? {
+        return Err(NodeDeviceError::Pending {
+            address,
+            op: intent.op.as_str(),
+            pid: intent.process.pid,
+        });
+    }
+    let row = tx.pci_row(&key)?;
+    if let Some(r) = &row
+        && r.list == List::Active
+    {
+        return Err(NodeDeviceError::Active {
+            address,
+            owner: r.owner.clone().unwrap_or_else(Owner::unknown),
+        });
+    }
+    Ok(row)
+}
+
+fn inactive_row(address: PciAddress, facts: &DeviceFacts, original: Option<String>) -> PciRow {
+    PciRow {
+        address: address.to_string(),
+        list: List::Inactive,
+        owner: None,
+        managed: false,
+        original_driver: original,
+        iommu_group: facts.group,
+    }
+}

@@ -1,0 +1,789 @@
+//! PCI prepare: take devices for an owner, with libvirt's rules.
+//!
+//! 1. Under the registry's write lock, read each device (and its IOMMU group) from sysfs
+//!    and check: an endpoint; not active (even for the same owner); no pending operation;
+//!    no member of its group active or being prepared for another owner; the group viable
+//!    once the plan is done; an unmanaged device already inactive or on a vfio driver.
+//! 2. If nothing needs a sysfs write, move the devices to the active list in that same
+//!    transaction. Otherwise journal one intent per device (original driver, owner) and
+//!    commit **before** touching sysfs; the intents also reserve the devices.
+//! 3. Bind each managed device to vfio-pci (verified). On failure undo the binds in
+//!    reverse and drop the intents: every list and binding is as before.
+//! 4. In one transaction, move every device to the active list and drop the intents.
+//!
+//! Reset: every prepared device ends on vfio-pci or a variant, which resets it itself
+//! when the VMM opens it, so prepare never writes `reset` (libvirt does the same).
+
+use std::collections::BTreeSet;
+
+use plugboard_sysfs::{BindError, DriverKind, PciAddress, SysfsError, VFIO_PCI};
+use serde::Serialize;
+
+use crate::device::{DeviceError, DeviceFacts};
+use crate::fault;
+use crate::intent::{Intent, IntentOp, IntentStep};
+use crate::manager::HostdevManager;
+use crate::owner::Owner;
+use crate::registry::{List, PciRow, RegistryError, Tx};
+
+/// How to prepare.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrepareOptions {
+    /// Detach devices from their host driver (libvirt `managed='yes'`). Without it, each
+    /// device must already be inactive or bound to vfio-pci/a variant.
+    pub managed: bool,
+    /// Also prepare every other endpoint of each device's IOMMU group.
+    pub whole_group: bool,
+}
+
+/// Why a prepare failed. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// The device is missing, not an endpoint, or unreadable.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// Already active (libvirt refuses even the same owner).
+    #[error("PCI device {address} is in use by {owner}")]
+    InUse {
+        /// The device.
+        address: PciAddress,
+        /// Its owner.
+        owner: Owner,
+    },
+    /// Another member of the group belongs to another owner.
+    #[error(
+        "PCI device {address}: IOMMU group {group} member {member} is in use by {owner}; a group is never split between owners"
+    )]
+    GroupInUse {
+        /// The device asked for.
+        address: PciAddress,
+        /// Its group.
+        group: u32,
+        /// The member in use.
+        member: PciAddress,
+        /// The member's owner (or the owner of its pending prepare).
+        owner: Owner,
+    },
+    /// Another process is changing the device right now.
+    #[error(
+        "PCI device {address} has a pending {op} by process {pid} (if that process died, run `plugboard hostdev recover`)"
+    )]
+    Pending {
+        /// The device.
+        address: PciAddress,
+        /// The operation pending.
+        op: &'static str,
+        /// The process running it.
+        pid: u32,
+    },
+    /// A group member would stay on a host driver: VFIO would refuse the group.
+    #[error(
+        "PCI device {address}: IOMMU group {group} is not viable: member {member} is bound to host driver {driver} (detach it, or prepare the whole group)"
+    )]
+    NotViable {
+        /// The device asked for.
+        address: PciAddress,
+        /// Its group.
+        group: u32,
+        /// The member on a host driver.
+        member: PciAddress,
+        /// That driver.
+        driver: String,
+    },
+    /// Unmanaged, yet still on a host driver.
+    #[error(
+        "unmanaged PCI device {address} must be detached from the host first (it is bound to {driver}); run `plugboard hostdev detach {address}` or prepare it as managed"
+    )]
+    NotDetached {
+        /// The device.
+        address: PciAddress,
+        /// Its host driver.
+        driver: String,
+    },
+    /// Reading the device's IOMMU group failed.
+    #[error("PCI device {address}: cannot read IOMMU group {group}")]
+    Group {
+        /// The device.
+        address: PciAddress,
+        /// The group.
+        group: u32,
+        /// What failed.
+        #[source]
+        source: SysfsError,
+    },
+    /// Binding to vfio-pci failed (the kernel's answer is in the source).
+    #[error("PCI device {address}: binding to {VFIO_PCI} failed")]
+    Bind {
+        /// The device.
+        address: PciAddress,
+        /// What the kernel did.
+        #[source]
+        source: BindError,
+    },
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// One prepared device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Prepared {
+    /// The device.
+    pub address: PciAddress,
+    /// The managed flag that counts (the one recorded when it first went inactive).
+    pub managed: bool,
+    /// The host driver release will give it back to (managed only).
+    pub original_driver: Option<String>,
+    /// True when this call bound it to vfio-pci.
+    pub bound: bool,
+}
+
+/// What to do with one device of the plan.
+#[derive(Debug, Clone)]
+struct Step {
+    address: PciAddress,
+    group: Option<u32>,
+    managed: bool,
+    original_driver: Option<String>,
+    bind: bool,
+}
+
+impl HostdevManager {
+    /// Prepares `devices` for `owner`. All or nothing: on error every list and binding is
+    /// exactly as before. An empty list is a no-op.
+    pub fn prepare_pci(
+        &mut self,
+        owner: &Owner,
+        devices: &[PciAddress],
+        options: PrepareOptions,
+    ) -> Result<Vec<Prepared>, PrepareError> {
+        if devices.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sysfs = self.sysfs.clone();
+        let stamp = self.stamp;
+        let plan = self.registry.write(|tx| {
+            let plan = plan(tx, &sysfs, owner, devices, options)?;
+            if plan.iter().all(|s| !s.bind) {
+                // Nothing to write to sysfs: the claim is one transaction.
+                for step in &plan {
+                    tx.put_pci_row(&active_row(step, owner))?;
+                }
+                return Ok::<_, PrepareError>((plan, false));
+            }
+            for step in &plan {
+                tx.insert_intent(&Intent {
+                    id: 0,
+                    op: IntentOp::Prepare,
+                    address: step.address.to_string(),
+                    original_driver: step.original_driver.clone(),
+                    owner: Some(owner.clone()),
+                    managed: step.managed,
+                    writes_sysfs: step.bind,
+                    iommu_group: step.group,
+                    step: IntentStep::Reserved,
+                    process: stamp,
+                })?;
+            }
+            Ok((plan, true))
+        });
+        let (plan, journaled) = plan?;
+        if !journaled {
+            fault::point("prepare.committed");
+            return Ok(prepared(&plan, &[]));
+        }
+        fault::point("prepare.journaled");
+
+        let mut bound: Vec<(PciAddress, Option<String>)> = Vec::new();
+        for step in plan.iter().filter(|s| s.bind) {
+            let result = sysfs
+                .pci_device(step.address)
+                .map_err(|source| {
+                    PrepareError::Device(DeviceError::NotFound {
+                        address: step.address,
+                        source,
+                    })
+                })
+                .and_then(|dev| {
+                    dev.bind(VFIO_PCI).map_err(|source| PrepareError::Bind {
+                        address: step.address,
+                        source,
+                    })
+                });
+            match result {
+                Ok(outcome) => {
+                    if outcome.changed {
+                        bound.push((step.address, outcome.previous_driver));
+                    }
+                    fault::point("prepare.bound");
+                }
+                Err(err) => {
+                    self.undo_prepare(&plan, &bound);
+                    return Err(err);
+                }
+            }
+        }
+
+        let finish = self.registry.write(|tx| {
+            for step in &plan {
+                tx.put_pci_row(&active_row(step, owner))?;
+                if let Some(intent) = tx.intent_for(&step.address.to_string())? {
+                    tx.delete_intent(intent.id)?;
+                }
+            }
+            Ok::<_, RegistryError>(())
+        });
+        if let Err(err) = finish {
+            self.undo_prepare(&plan, &bound);
+            return Err(err.into());
+        }
+        fault::point("prepare.committed");
+        let bound: Vec<PciAddress> = bound.into_iter().map(|(a, _)| a).collect();
+        Ok(prepared(&plan, &bound))
+    }
+
+    /// Rolls back a failed prepare: reattach what this call bound, in reverse order, then
+    /// drop the intents. Best effort; what cannot be undone stays journaled for `recover`.
+    fn undo_prepare(&mut self, plan: &[Step], bound: &[(PciAddress, Option<String>)]) {
+        let mut undone = BTreeSet::new();
+        for (address, previous) in bound.iter().rev() {
+            let result = self
+                .sysfs
+                .pci_device(*address)
+                .map_err(BindError::from)
+                .and_then(|dev| dev.reattach(previous.as_deref()));
+            match result {
+                Ok(driver) => {
+                    tracing::info!(bdf = %address, ?driver, "prepare rolled back: device reattached");
+                    undone.insert(*address);
+                }
+                Err(err) => {
+                    tracing::error!(bdf = %address, error = %err,
+                        "rolling back a failed prepare: reattach failed; left journaled for `plugboard hostdev recover`");
+                }
+            }
+        }
+        let drop_intents = self.registry.write(|tx| {
+            for step in plan {
+                let bound_here = bound.iter().any(|(a, _)| *a == step.address);
+                if bound_here && !undone.contains(&step.address) {
+                    continue;
+                }
+                if let Some(intent) = tx.intent_for(&step.address.to_string())? {
+                    tx.delete_intent(intent.id)?;
+                }
+            }
+            Ok::<_, RegistryError>(())
+        });
+        if let Err(err) = drop_intents {
+            tracing::error!(error = %err, "rolling back a failed prepare: cannot drop its intents; run `plugboard hostdev recover`");
+        }
+    }
+}
+
+/// Checks every rule and returns the plan, inside the write transaction.
+fn plan(
+    tx: &Tx<'_>,
+    sysfs: &plugboard_sysfs::Sysfs,
+    owner: &Owner,
+    devices: &[PciAddress],
+    options: PrepareOptions,
+) -> Result<Vec<Step>, PrepareError> {
+    // The devices named, then (whole group) the other endpoints of their groups.
+    let mut wanted: Vec<(DeviceFacts, bool)> = Vec::new();
+    let mut seen = BTreeSet::new();
+    for &address in devices {
+        if seen.insert(address) {
+            wanted.push((DeviceFacts::endpoint(sysfs, address)?, true));
+        }
+    }
+    let mut groups = BTreeSet::new();
+    for (facts, _) in &wanted {
+        if let Some(g) = facts.group {
+            groups.insert((g, facts.address()));
+        }
+    }
+    let mut group_info = Vec::new();
+    for &(number, address) in &groups {
+        if group_info.iter().any(|(g, _): &(u32, _)| *g == number) {
+            continue;
+        }
+        let group = sysfs
+            .iommu_group(number)
+            .map_err(|source| PrepareError::Group {
+                address,
+                group: number,
+                source,
+            })?;
+        group_info.push((number, group));
+    }
+    if options.whole_group {
+        for (_, group) in &group_info {
+            for member in group.members.iter().filter(|m| !m.bridge) {
+                if seen.contains(&member.address) {
+                    continue;
+                }
+                // A member this owner already holds is simply kept.
+                if let Some(row) = tx.pci_row(&member.address.to_string())?
+                    && row.list == List::Active
+                    && row.owner.as_ref() == Some(owner)
+                {
+                    continue;
+                }
+                seen.insert(member.address);
+                wanted.push((DeviceFacts::endpoint(sysfs, member.address)?, false));
+            }
+        }
+    }
+
+    let mut plan = Vec::with_capacity(wanted.len());
+    for (facts, _named) in &wanted {
+        let address = facts.address();
+        let key = address.to_string();
+        if let Some(intent) = tx.intent_for(&key)? {
+            return Err(PrepareError::Pending {
+                address,
+                op: intent.op.as_str(),
+                pid: intent.process.pid,
+            });
+        }
+        let row = tx.pci_row(&key)?;
+        if let Some(row) = &row
+            && row.list == List::Active
+        {
+            return Err(PrepareError::InUse {
+                address,
+                owner: row.owner.clone().unwrap_or_else(Owner::unknown),
+            });
+        }
+        let step = match row {
+            Some(row) => Step {
+                address,
+                group: facts.group,
+                managed: row.managed,
+                original_driver: row.original_driver,
+                bind: !facts.kind.is_vfio(),
+            },
+            None if facts.kind.is_vfio() => {
+                tracing::info!(bdf = %address, driver = ?facts.driver,
+                    "adopting a device already on a vfio driver as unmanaged");
+                Step {
+                    address,
+                    group: facts.group,
+                    managed: false,
+                    original_driver: None,
+                    bind: false,
+                }
+            }
+            None if options.managed => Step {
+                address,
+                group: facts.group,
+                managed: true,
+                original_driver: facts.driver.clone(),
+                bind: true,
+            },
+            None => {
+                return Err(PrepareError::NotDetached {
+                    address,
+                    driver: facts.driver.clone().unwrap_or_else(|| "no driver".into()),
+                });
+            }
+        };
+        plan.push(step);
+    }
+
+    // Groups: never split between owners, and viable once the plan is done.
+    let in_plan: BTreeSet<PciAddress> = plan.iter().map(|s| s.address).collect();
+    for (number, group) in &group_info {
+        let asked = plan
+            .iter()
+            .find(|s| s.group == Some(*number))
+            .map_or_else(|| group.members[0].address, |s| s.address);
+        for member in &group.members {
+            if in_plan.contains(&member.address) {
+                continue;
+            }
+            let key = member.address.to_string();
+            if let Some(row) = tx.pci_row(&key)?
+                && row.list == List::Active
+                && row.owner.as_ref() != Some(owner)
+            {
+                return Err(PrepareError::GroupInUse {
+                    address: asked,
+                    group: *number,
+                    member: member.address,
+                    owner: row.owner.unwrap_or_else(Owner::unknown),
+                });
+            }
+            if let Some(intent) = tx.intent_for(&key)? {
+                // Another process is moving this member: being prepared for another owner
+                // is a conflict; going back to a host driver would break viability.
+                if intent.op != IntentOp::Prepare {
+                    return Err(PrepareError::Pending {
+                        address: member.address,
+                        op: intent.op.as_str(),
+                        pid: intent.process.pid,
+                    });
+                }
+                if intent.owner.as_ref() != Some(owner) {
+                    return Err(PrepareError::GroupInUse {
+                        address: asked,
+                        group: *number,
+                        member: member.address,
+                        owner: intent.owner.unwrap_or_else(Owner::unknown),
+                    });
+                }
+            }
+            if !member.bridge && member.driver_kind == DriverKind::Host {
+                return Err(PrepareError::NotViable {
+                    address: asked,
+                    group: *number,
+                    member: member.address,
+                    driver: member.driver.clone().unwrap_or_default(),
+                });
+            }
+        }
+    }
+    Ok(plan)
+}
+
+fn active_row(step: &Step, owner: &Owner) -> PciRow {
+    PciRow {
+        address: step.address.to_string(),
+        list: List::Active,
+        owner: Some(owner.clone()),
+        managed: step.managed,
+        original_driver: step.original_driver.clone(),
+        iommu_group: step.group,
+    }
+}
+
+fn prepared(plan: &[Step], bound: &[PciAddress]) -> Vec<Prepared> {
+    plan.iter()
+        .map(|s| Prepared {
+            address: s.address,
+            managed: s.managed,
+            original_driver: s.original_driver.clone(),
+            bound: bound.contains(&s.address),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use plugboard_sysfs::fake::DriverSpec;
+
+    use super::*;
+    use crate::release::Released;
+    use crate::test_support::*;
+
+    const MANAGED: PrepareOptions = PrepareOptions {
+        managed: true,
+        whole_group: false,
+    };
+    const UNMANAGED: PrepareOptions = PrepareOptions {
+        managed: false,
+        whole_group: false,
+    };
+
+    #[test]
+    fn managed_round_trip_binds_vfio_and_gives_the_original_driver_back() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        let a = owner("qemu/vm1");
+        let done = m.prepare_pci(&a, &[addr(NIC1)], MANAGED).unwrap();
+        assert_eq!(done.len(), 1);
+        assert!(done[0].managed && done[0].bound);
+        assert_eq!(done[0].original_driver.as_deref(), Some("e1000e"));
+        assert_eq!(fx.driver(NIC1).as_deref(), Some("vfio-pci"));
+        assert!(fx.kernel.dev_root().join("vfio/1").exists());
+        assert_eq!(
+            books(&mut m),
+            vec![(NIC1.into(), List::Active, Some("qemu/vm1".into()), true)]
+        );
+        assert_eq!(m.owners().unwrap().get(&addr(NIC1)), Some(&a));
+
+        let out = m.release_pci(&a, &[addr(NIC1)]).unwrap();
+        assert_eq!(
+            out[0].result.as_ref().unwrap(),
+            &Released::Reattached {
+                driver: Some("e1000e".into())
+            }
+        );
+        assert_eq!(fx.driver(NIC1).as_deref(), Some("e1000e"));
+        assert_eq!(fx.driver_override(NIC1), None);
+        assert!(!fx.kernel.dev_root().join("vfio/1").exists());
+        assert!(books(&mut m).is_empty());
+    }
+
+    #[test]
+    fn unmanaged_round_trip_stays_inactive_on_vfio() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        let a = owner("qemu/vm1");
+        m.detach(addr(NIC2)).unwrap();
+        assert_eq!(
+            books(&mut m),
+            vec![(NIC2.into(), List::Inactive, None, false)]
+        );
+        let done = m.prepare_pci(&a, &[addr(NIC2)], UNMANAGED).unwrap();
+        assert!(!done[0].managed && !done[0].bound);
+        assert_eq!(
+            books(&mut m),
+            vec![(NIC2.into(), List::Active, Some("qemu/vm1".into()), false)]
+        );
+        let out = m.release_pci(&a, &[addr(NIC2)]).unwrap();
+        assert_eq!(out[0].result.as_ref().unwrap(), &Released::Inactive);
+        assert_eq!(fx.driver(NIC2).as_deref(), Some("vfio-pci"));
+        assert_eq!(
+            books(&mut m),
+            vec![(NIC2.into(), List::Inactive, None, false)]
+        );
+        assert_eq!(m.reattach(addr(NIC2)).unwrap().as_deref(), Some("e1000e"));
+        assert!(books(&mut m).is_empty());
+    }
+
+    #[test]
+    fn a_device_detached_by_hand_then_prepared_managed_stays_inactive_after_release() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        let a = owner("qemu/vm1");
+        m.detach(addr(NIC1)).unwrap();
+        let done = m.prepare_pci(&a, &[addr(NIC1)], MANAGED).unwrap();
+        assert!(!done[0].managed, "the inactive copy's managed flag counts");
+        let out = m.release_pci(&a, &[addr(NIC1)]).unwrap();
+        assert_eq!(out[0].result.as_ref().unwrap(), &Released::Inactive);
+        assert_eq!(fx.driver(NIC1).as_deref(), Some("vfio-pci"));
+        assert_eq!(
+            books(&mut m),
+            vec![(NIC1.into(), List::Inactive, None, false)]
+        );
+    }
+
+    #[test]
+    fn the_three_conflicts_fail_and_change_nothing() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        m.prepare_pci(&owner("qemu/vm1"), &[addr(NIC1)], MANAGED)
+            .unwrap();
+        let before = books(&mut m);
+        let writes = fx.kernel.writes().len();
+        for (who, what) in [
+            ("qemu/vm1", "same owner again"),
+            ("qemu/vm2", "other domain"),
+            ("kata/vm1", "other driver"),
+        ] {
+            for options in [MANAGED, UNMANAGED] {
+                let err = m
+                    .prepare_pci(&owner(who), &[addr(NIC1)], options)
+                    .unwrap_err();
+                assert!(
+                    matches!(&err, PrepareError::InUse { owner, .. } if owner.to_string() == "qemu/vm1"),
+                    "{what}: {err:?}"
+                );
+                assert!(err.to_string().contains(NIC1), "{err}");
+                assert_eq!(books(&mut m), before, "{what}");
+            }
+        }
+        assert_eq!(fx.kernel.writes().len(), writes, "no sysfs write");
+        assert_eq!(fx.driver(NIC1).as_deref(), Some("vfio-pci"));
+    }
+
+    #[test]
+    fn a_conflict_in_a_list_undoes_the_devices_bound_before_it() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        m.prepare_pci(&owner("qemu/vm1"), &[addr(NIC2)], MANAGED)
+            .unwrap();
+        let before = books(&mut m);
+        let err = m
+            .prepare_pci(&owner("qemu/vm2"), &[addr(NIC1), addr(NIC2)], MANAGED)
+            .unwrap_err();
+        assert!(matches!(err, PrepareError::InUse { .. }), "{err:?}");
+        assert_eq!(books(&mut m), before);
+        assert_eq!(fx.driver(NIC1).as_deref(), Some("e1000e"));
+    }
+
+    #[test]
+    fn a_failed_bind_rolls_back_every_device_and_list() {
+        let fx = Fixture::with(host_spec().driver(DriverSpec::new("vfio-pci").fail_probe(NIC3)));
+        let mut m = fx.manager();
+        m.detach(addr(NIC2)).unwrap();
+        let before = books(&mut m);
+        let err = m
+            .prepare_pci(
+                &owner("qemu/vm1"),
+                &[addr(NIC1), addr(NIC2), addr(NIC3)],
+                MANAGED,
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, PrepareError::Bind { address, .. } if *address == addr(NIC3)),
+            "{err:?}"
+        );
+        assert_eq!(books(&mut m), before);
+        assert_eq!(fx.driver(NIC1).as_deref(), Some("e1000e"));
+        assert_eq!(fx.driver(NIC2).as_deref(), Some("vfio-pci"));
+        assert_eq!(fx.driver(NIC3).as_deref(), Some("e1000e"));
+        for nic in [NIC1, NIC3] {
+            assert_eq!(fx.driver_override(nic), None, "{nic}");
+        }
+    }
+
+    #[test]
+    fn a_device_vanishing_mid_prepare_is_named_and_the_rest_rolled_back() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        let sys = fx.kernel.sysfs_root();
+        let mut first = true;
+        let _hook = crate::fault::set_hook(move |point| {
+            if point == "prepare.bound" && std::mem::take(&mut first) {
+                unplug(&sys, NIC2);
+            }
+        });
+        let err = m
+            .prepare_pci(&owner("qemu/vm1"), &[addr(NIC1), addr(NIC2)], MANAGED)
+            .unwrap_err();
+        assert!(err.to_string().contains(NIC2), "{err}");
+        assert!(books(&mut m).is_empty());
+        assert_eq!(fx.driver(NIC1).as_deref(), Some("e1000e"));
+    }
+
+    #[test]
+    fn an_unmanaged_device_on_a_host_driver_is_refused() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        let err = m
+            .prepare_pci(&owner("qemu/vm1"), &[addr(NIC1)], UNMANAGED)
+            .unwrap_err();
+        assert!(matches!(err, PrepareError::NotDetached { .. }), "{err:?}");
+        assert!(err.to_string().contains(NIC1) && err.to_string().contains("e1000e"));
+        assert!(books(&mut m).is_empty());
+    }
+
+    #[test]
+    fn a_device_already_on_vfio_is_adopted_as_unmanaged() {
+        let fx = Fixture::with(
+            host_spec().pci(
+                plugboard_sysfs::fake::PciSpec::new("0000:0a:00.0", 0x8086, 0x10d3)
+                    .iommu_group(10)
+                    .driver("vfio-pci"),
+            ),
+        );
+        let mut m = fx.manager();
+        let done = m
+            .prepare_pci(&owner("qemu/vm1"), &[addr("0000:0a:00.0")], UNMANAGED)
+            .unwrap();
+        assert!(!done[0].managed && !done[0].bound);
+        m.release_pci(&owner("qemu/vm1"), &[addr("0000:0a:00.0")])
+            .unwrap();
+        assert_eq!(
+            books(&mut m),
+            vec![("0000:0a:00.0".into(), List::Inactive, None, false)]
+        );
+    }
+
+    #[test]
+    fn bridges_and_unknown_devices_are_refused_by_name() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        let err = m
+            .prepare_pci(&owner("qemu/vm1"), &[addr(BRIDGE)], MANAGED)
+            .unwrap_err();
+        assert!(
+            matches!(err, PrepareError::Device(DeviceError::NotEndpoint { .. })),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains(BRIDGE));
+        let err = m
+            .prepare_pci(&owner("qemu/vm1"), &[addr("0000:7f:00.0")], MANAGED)
+            .unwrap_err();
+        assert!(
+            matches!(err, PrepareError::Device(DeviceError::NotFound { .. })),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("0000:7f:00.0"));
+        assert!(books(&mut m).is_empty());
+        assert!(fx.kernel.writes().is_empty());
+    }
+
+    #[test]
+    fn a_group_is_never_split_between_owners() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        let whole = PrepareOptions {
+            managed: true,
+            whole_group: true,
+        };
+        let done = m
+            .prepare_pci(&owner("qemu/vm1"), &[addr(SHARED1)], whole)
+            .unwrap();
+        assert_eq!(done.len(), 2, "both endpoints, not the bridge");
+        assert_eq!(fx.driver(BRIDGE).as_deref(), Some("pcieport"));
+        let before = books(&mut m);
+        let err = m
+            .prepare_pci(&owner("qemu/vm2"), &[addr(SHARED2)], MANAGED)
+            .unwrap_err();
+        assert!(matches!(err, PrepareError::InUse { .. }), "{err:?}");
+        assert_eq!(books(&mut m), before);
+
+        // Release one: the other is still active, so the group stays on vfio.
+        let out = m.release_pci(&owner("qemu/vm1"), &[addr(SHARED1)]).unwrap();
+        assert_eq!(
+            out[0].result.as_ref().unwrap(),
+            &Released::KeptForGroup { group: 5 }
+        );
+        // Another owner still cannot take the free member of a group in use.
+        let err = m
+            .prepare_pci(&owner("qemu/vm2"), &[addr(SHARED1)], MANAGED)
+            .unwrap_err();
+        assert!(
+            matches!(&err, PrepareError::GroupInUse { member, group: 5, .. } if *member == addr(SHARED2)),
+            "{err:?}"
+        );
+        // Releasing the last member gives both back.
+        let out = m.release_pci(&owner("qemu/vm1"), &[addr(SHARED2)]).unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(
+            out.iter()
+                .all(|o| matches!(o.result, Ok(Released::Reattached { .. })))
+        );
+        assert_eq!(fx.driver(SHARED1).as_deref(), Some("e1000e"));
+        assert_eq!(fx.driver(SHARED2).as_deref(), Some("e1000e"));
+        assert!(books(&mut m).is_empty());
+    }
+
+    #[test]
+    fn a_group_that_would_not_be_viable_is_refused() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        let err = m
+            .prepare_pci(&owner("qemu/vm1"), &[addr(SHARED1)], MANAGED)
+            .unwrap_err();
+        assert!(
+            matches!(&err, PrepareError::NotViable { member, group: 5, .. } if *member == addr(SHARED2)),
+            "{err:?}"
+        );
+        assert!(fx.kernel.writes().is_empty());
+        // Detaching the other member by hand makes it viable.
+        m.detach(addr(SHARED2)).unwrap();
+        m.prepare_pci(&owner("qemu/vm1"), &[addr(SHARED1)], MANAGED)
+            .unwrap();
+        // And a second owner cannot take the detached member.
+        let err = m
+            .prepare_pci(&owner("qemu/vm2"), &[addr(SHARED2)], UNMANAGED)
+            .unwrap_err();
+        assert!(matches!(err, PrepareError::GroupInUse { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn an_empty_prepare_is_a_no_op() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        assert!(
+            m.prepare_pci(&owner("qemu/vm1"), &[], MANAGED)
+                .unwrap()
+                .is_empty()
+        );
+    }
+}

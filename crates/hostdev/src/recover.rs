@@ -1,0 +1,205 @@
+//! `recover`: finish or undo every operation whose process died mid-way, by comparing its
+//! journaled intent with what sysfs shows now. Run at daemon start and on demand.
+//!
+//! | intent   | policy  | what sysfs shows → what recover does |
+//! |----------|---------|--------------------------------------|
+//! | prepare  | undo    | on vfio (or override set) and we bound it → reattach the original driver; otherwise nothing. Lists were never touched. |
+//! | release  | finish  | gone → drop the row; otherwise reattach the original driver and drop the row (on failure the row stays inactive) |
+//! | detach   | by fact | on vfio → record inactive (finish); otherwise clear a stale override (undo) |
+//! | reattach | finish  | reattach if still on vfio or overridden, then drop the row |
+//!
+//! Intents of a process that still runs (pid and start time match) are left alone. Each
+//! intent is first taken over (restamped with our process) in a write transaction, so two
+//! concurrent `recover`s never work on the same one.
+
+use plugboard_sysfs::{PciAddress, VFIO_PCI};
+use serde::Serialize;
+
+use crate::device::DeviceFacts;
+use crate::intent::{Intent, IntentOp};
+use crate::manager::HostdevManager;
+use crate::registry::{EventKind, List, PciRow, RegistryError};
+
+/// What recover did with one intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecoverAction {
+    /// The operation was completed.
+    Finished,
+    /// The operation was rolled back.
+    Undone,
+    /// The device is gone from sysfs; its rows were dropped.
+    Dropped,
+    /// Its process still runs; left alone.
+    StillRunning {
+        /// The process.
+        pid: u32,
+    },
+    /// The sysfs write failed; the device is left as described, on the inactive list when
+    /// it is on vfio-pci.
+    Failed {
+        /// The error, as text.
+        error: String,
+    },
+}
+
+/// One recovered intent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Recovered {
+    /// The device.
+    pub address: String,
+    /// The operation that was pending.
+    pub op: &'static str,
+    /// What recover did.
+    pub action: RecoverAction,
+}
+
+impl HostdevManager {
+    /// Finishes or undoes every pending intent of a dead process.
+    pub fn recover(&mut self) -> Result<Vec<Recovered>, RegistryError> {
+        let intents = self.registry.read(|tx| tx.intents())?;
+        let mut done = Vec::with_capacity(intents.len());
+        for intent in intents {
+            let op = intent.op.as_str();
+            let address = intent.address.clone();
+            if intent.process.is_alive() && intent.process != self.stamp {
+                done.push(Recovered {
+                    address,
+                    op,
+                    action: RecoverAction::StillRunning {
+                        pid: intent.process.pid,
+                    },
+                });
+                continue;
+            }
+            // Take it over, unless another recover did first.
+            let stamp = self.stamp;
+            let mine = self.registry.write(|tx| {
+                let current = tx.intent_for(&intent.address)?;
+                Ok::<_, RegistryError>(
+                    current.is_some_and(|c| c.id == intent.id && c.process == intent.process)
+                        && tx.restamp_intent(intent.id, stamp).is_ok(),
+                )
+            })?;
+            if !mine {
+                continue;
+            }
+            let action = self.recover_one(&intent)?;
+            tracing::info!(bdf = %intent.address, op, ?action, "recovered a pending operation");
+            done.push(Recovered {
+                address,
+                op,
+                action,
+            });
+        }
+        Ok(done)
+    }
+
+    fn recover_one(&mut self, intent: &Intent) -> Result<RecoverAction, RegistryError> {
+        let key = intent.address.as_str();
+        let Ok(address) = key.parse::<PciAddress>() else {
+            self.registry.write(|tx| tx.delete_intent(intent.id))?;
+            return Ok(RecoverAction::Dropped);
+        };
+        let facts = match DeviceFacts::read(&self.sysfs, address) {
+            Ok(facts) => facts,
+            Err(err) if err.is_not_found() => {
+                self.registry.write(|tx| {
+                    if intent.op != IntentOp::Prepare {
+                        tx.delete_pci_row(key, intent.iommu_group, EventKind::Gone)?;
+                    }
+                    tx.delete_intent(intent.id)
+                })?;
+                return Ok(RecoverAction::Dropped);
+            }
+            Err(err) => return Ok(failed(&err)),
+        };
+        let overridden = facts.device.driver_override().ok().flatten().is_some();
+        let on_vfio = facts.kind.is_vfio();
+        let (action, rows): (RecoverAction, RowChange) = match intent.op {
+            IntentOp::Prepare => {
+                if intent.writes_sysfs
+                    && (overridden
+                        || (on_vfio
+                            && intent.original_driver.as_deref() != facts.driver.as_deref()))
+                {
+                    match facts.device.reattach(intent.original_driver.as_deref()) {
+                        Ok(_) => (RecoverAction::Undone, RowChange::None),
+                        Err(err) => (failed(&err), RowChange::KeepOnVfio(intent.clone())),
+                    }
+                } else {
+                    (RecoverAction::Undone, RowChange::None)
+                }
+            }
+            IntentOp::Release | IntentOp::Reattach => {
+                if on_vfio || overridden {
+                    match facts.device.reattach(intent.original_driver.as_deref()) {
+                        Ok(_) => (RecoverAction::Finished, RowChange::Delete),
+                        Err(err) => (failed(&err), RowChange::KeepOnVfio(intent.clone())),
+                    }
+                } else {
+                    (RecoverAction::Finished, RowChange::Delete)
+                }
+            }
+            IntentOp::Detach => {
+                if on_vfio {
+                    (
+                        RecoverAction::Finished,
+                        RowChange::KeepOnVfio(intent.clone()),
+                    )
+                } else if overridden
+                    && facts.device.driver_override().ok().flatten().as_deref() == Some(VFIO_PCI)
+                {
+                    match facts.device.set_driver_override(None) {
+                        Ok(()) => (RecoverAction::Undone, RowChange::None),
+                        Err(err) => (failed(&err), RowChange::None),
+                    }
+                } else {
+                    (RecoverAction::Undone, RowChange::None)
+                }
+            }
+        };
+        self.registry.write(|tx| {
+            match &rows {
+                RowChange::None => {}
+                RowChange::Delete => tx.delete_pci_row(key, intent.iommu_group, EventKind::Host)?,
+                RowChange::KeepOnVfio(i) => {
+                    // Keep the books true: a device left on vfio-pci is on the inactive list.
+                    let existing = tx.pci_row(key)?;
+                    if existing.as_ref().is_none_or(|r| r.list != List::Active) {
+                        tx.put_pci_row(&PciRow {
+                            address: key.to_owned(),
+                            list: List::Inactive,
+                            owner: None,
+                            managed: existing.as_ref().map_or(i.managed, |r| r.managed),
+                            original_driver: existing
+                                .and_then(|r| r.original_driver)
+                                .or_else(|| i.original_driver.clone()),
+                            iommu_group: i.iommu_group,
+                        })?;
+                    }
+                }
+            }
+            tx.delete_intent(intent.id)
+        })?;
+        Ok(action)
+    }
+}
+
+/// What to do to the device's row once sysfs is settled.
+enum RowChange {
+    None,
+    Delete,
+    KeepOnVfio(Intent),
+}
+
+fn failed(err: &dyn std::error::Error) -> RecoverAction {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    RecoverAction::Failed { error: text }
+}

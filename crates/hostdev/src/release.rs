@@ -1,0 +1,336 @@
+//! PCI release: give an owner's devices back, best effort, with a result per device.
+//!
+//! 1. Under the write lock: skip devices that are not active for this owner (another
+//!    owner's devices are never touched); drop devices that vanished from sysfs; move the
+//!    rest to the inactive list. A managed device whose IOMMU group still has an active
+//!    member stays inactive on vfio-pci for now (binding a host driver into a group a VM
+//!    uses is refused by the kernel); when a group's last active member is released, the
+//!    managed devices kept that way go back too. Each device to give back gets an intent.
+//! 2. For each: clear `driver_override`, unbind, probe, verify the original driver is
+//!    back; then drop its row and intent. Unmanaged devices stay inactive on vfio-pci.
+//!
+//! The managed flag that counts is the one recorded when the device first went inactive:
+//! a device detached by hand and then prepared as managed stays inactive (as in libvirt).
+
+use std::collections::BTreeSet;
+
+use plugboard_sysfs::{BindError, PciAddress};
+use serde::Serialize;
+
+use crate::device::{DeviceError, DeviceFacts};
+use crate::fault;
+use crate::intent::{Intent, IntentOp, IntentStep};
+use crate::manager::HostdevManager;
+use crate::owner::Owner;
+use crate::registry::{EventKind, List, PciRow, RegistryError, Tx};
+
+/// What happened to one device of a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum Released {
+    /// Given back to its host driver (verified); dropped from the registry.
+    Reattached {
+        /// The driver it is on now (`None`: it had none before either).
+        driver: Option<String>,
+    },
+    /// Unmanaged: stays on vfio-pci, on the inactive list.
+    Inactive,
+    /// Managed, but its IOMMU group still has active members: stays inactive on vfio-pci
+    /// until the group's last member is released.
+    KeptForGroup {
+        /// The group still in use.
+        group: u32,
+    },
+    /// Gone from sysfs (hot-removed): dropped from both lists.
+    Vanished,
+    /// Not active for this owner: not touched.
+    NotOwned,
+}
+
+/// Why giving one device back failed. The device stays on the inactive list.
+#[derive(Debug, thiserror::Error)]
+pub enum ReleaseError {
+    /// Another process is changing the device.
+    #[error("PCI device {address} has a pending {op} by process {pid}; not released")]
+    Pending {
+        /// The device.
+        address: PciAddress,
+        /// The pending operation.
+        op: &'static str,
+        /// Its process.
+        pid: u32,
+    },
+    /// The host driver did not take the device back.
+    #[error(
+        "PCI device {address}: giving it back to its host driver failed; it stays inactive on vfio-pci"
+    )]
+    Reattach {
+        /// The device.
+        address: PciAddress,
+        /// What the kernel did.
+        #[source]
+        source: BindError,
+    },
+    /// The device could not be read.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// The registry failed for this device.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// The result for one device.
+#[derive(Debug)]
+pub struct ReleaseOutcome {
+    /// The device.
+    pub address: PciAddress,
+    /// What happened to it.
+    pub result: Result<Released, ReleaseError>,
+}
+
+/// A device to give back to its host driver.
+struct GiveBack {
+    address: PciAddress,
+    original_driver: Option<String>,
+    group: Option<u32>,
+    intent: i64,
+}
+
+impl HostdevManager {
+    /// Releases `owner`'s `devices`. Fails as a whole only when the registry cannot be
+    /// written at all; otherwise every device has its own result.
+    pub fn release_pci(
+        &mut self,
+        owner: &Owner,
+        devices: &[PciAddress],
+    ) -> Result<Vec<ReleaseOutcome>, RegistryError> {
+        let sysfs = self.sysfs.clone();
+        let stamp = self.stamp;
+        let (mut outcomes, give_back) = self.registry.write(|tx| {
+            let mut outcomes = Vec::new();
+            let mut give_back = Vec::new();
+            let mut released = BTreeSet::new();
+            let mut touched_groups = BTreeSet::new();
+            let mut managed_rows = Vec::new();
+            for &address in devices {
+                if !released.insert(address) {
+                    continue;
+                }
+                let key = address.to_string();
+                let row = tx.pci_row(&key)?;
+                let Some(row) = row.filter(|r| r.list == List::Active && r.owner.as_ref() == Some(owner))
+                else {
+                    outcomes.push(ReleaseOutcome { address, result: Ok(Released::NotOwned) });
+                    continue;
+                };
+                if let Some(intent) = tx.intent_for(&key)? {
+                    outcomes.push(ReleaseOutcome {
+                        address,
+                        result: Err(ReleaseError::Pending {
+                            address,
+                            op: intent.op.as_str(),
+                            pid: intent.process.pid,
+                        }),
+                    });
+                    continue;
+                }
+                if let Err(err) = DeviceFacts::read(&sysfs, address)
+                    && err.is_not_found()
+                {
+                    tx.delete_pci_row(&key, row.iommu_group, EventKind::Gone)?;
+                    tracing::info!(bdf = %address, "released device vanished from sysfs; dropped from the registry");
+                    outcomes.push(ReleaseOutcome { address, result: Ok(Released::Vanished) });
+                    continue;
+                }
+                tx.put_pci_row(&PciRow { list: List::Inactive, owner: None, ..row.clone() })?;
+                if let Some(g) = row.iommu_group {
+                    touched_groups.insert(g);
+                }
+                if row.managed {
+                    managed_rows.push(row);
+                } else {
+                    outcomes.push(ReleaseOutcome { address, result: Ok(Released::Inactive) });
+                }
+            }
+            // Managed devices kept earlier for a group that is free now go back too.
+            for &g in &touched_groups {
+                if group_busy(tx, g)? {
+                    continue;
+                }
+                for row in tx.pci_rows_in_group(g)? {
+                    let known = managed_rows.iter().any(|r: &PciRow| r.address == row.address);
+                    if row.list == List::Inactive && row.managed && !known
+                        && tx.intent_for(&row.address)?.is_none()
+                    {
+                        managed_rows.push(row);
+                    }
+                }
+            }
+            for row in managed_rows {
+                let address: PciAddress = row
+                    .address
+                    .parse()
+                    .map_err(|_| tx.invalid("pci_devices.address", &row.address))?;
+                if let Some(g) = row.iommu_group
+                    && group_busy(tx, g)?
+                {
+                    outcomes.push(ReleaseOutcome { address, result: Ok(Released::KeptForGroup { group: g }) });
+                    continue;
+                }
+                let intent = tx.insert_intent(&Intent {
+                    id: 0,
+                    op: IntentOp::Release,
+                    address: row.address.clone(),
+                    original_driver: row.original_driver.clone(),
+                    owner: Some(owner.clone()),
+                    managed: true,
+                    writes_sysfs: true,
+                    iommu_group: row.iommu_group,
+                    step: IntentStep::Reserved,
+                    process: stamp,
+                })?;
+                give_back.push(GiveBack {
+                    address,
+                    original_driver: row.original_driver,
+                    group: row.iommu_group,
+                    intent,
+                });
+            }
+            Ok::<_, RegistryError>((outcomes, give_back))
+        })?;
+        fault::point("release.journaled");
+
+        for item in give_back {
+            let result = self.give_back(&item);
+            outcomes.push(ReleaseOutcome {
+                address: item.address,
+                result,
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// Reattaches one managed device and records it; on failure it stays inactive.
+    fn give_back(&mut self, item: &GiveBack) -> Result<Released, ReleaseError> {
+        let key = item.address.to_string();
+        let device = match DeviceFacts::read(&self.sysfs, item.address) {
+            Ok(facts) => facts.device,
+            Err(err) if err.is_not_found() => {
+                self.registry.write(|tx| {
+                    tx.delete_pci_row(&key, item.group, EventKind::Gone)?;
+                    tx.delete_intent(item.intent)
+                })?;
+                return Ok(Released::Vanished);
+            }
+            Err(err) => {
+                self.registry.write(|tx| tx.delete_intent(item.intent))?;
+                return Err(err.into());
+            }
+        };
+        match device.reattach(item.original_driver.as_deref()) {
+            Ok(driver) => {
+                fault::point("release.reattached");
+                self.registry.write(|tx| {
+                    tx.delete_pci_row(&key, item.group, EventKind::Host)?;
+                    tx.delete_intent(item.intent)
+                })?;
+                Ok(Released::Reattached { driver })
+            }
+            Err(source) => {
+                tracing::error!(bdf = %item.address, error = %source,
+                    "giving the device back failed; it stays on the inactive list");
+                self.registry.write(|tx| tx.delete_intent(item.intent))?;
+                Err(ReleaseError::Reattach {
+                    address: item.address,
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// True when a member of group `g` is active or being prepared.
+pub(crate) fn group_busy(tx: &Tx<'_>, g: u32) -> Result<bool, RegistryError> {
+    if tx
+        .pci_rows_in_group(g)?
+        .iter()
+        .any(|r| r.list == List::Active)
+    {
+        return Ok(true);
+    }
+    Ok(tx
+        .intents_in_group(g)?
+        .iter()
+        .any(|i| i.op == IntentOp::Prepare))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pci::PrepareOptions;
+    use crate::test_support::*;
+
+    const MANAGED: PrepareOptions = PrepareOptions {
+        managed: true,
+        whole_group: false,
+    };
+
+    #[test]
+    fn release_is_best_effort_with_a_result_per_device() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        let a = owner("qemu/vm1");
+        let b = owner("qemu/vm2");
+        m.prepare_pci(&a, &[addr(NIC1), addr(NIC3)], MANAGED)
+            .unwrap();
+        m.prepare_pci(&b, &[addr(NIC2)], MANAGED).unwrap();
+        fx.unplug(NIC3);
+        let out = m
+            .release_pci(&a, &[addr(NIC1), addr(NIC2), addr(NIC3), addr(FN0)])
+            .unwrap();
+        let result = |a: &str| {
+            out.iter()
+                .find(|o| o.address == addr(a))
+                .unwrap()
+                .result
+                .as_ref()
+                .unwrap()
+                .clone()
+        };
+        assert!(matches!(result(NIC1), Released::Reattached { .. }));
+        assert_eq!(result(NIC2), Released::NotOwned);
+        assert_eq!(result(NIC3), Released::Vanished);
+        assert_eq!(result(FN0), Released::NotOwned);
+        // The other owner's device is untouched.
+        assert_eq!(
+            books(&mut m),
+            vec![(NIC2.into(), List::Active, Some("qemu/vm2".into()), true)]
+        );
+        assert_eq!(fx.driver(NIC2).as_deref(), Some("vfio-pci"));
+        let audit = m.audit(0).unwrap();
+        assert!(
+            audit
+                .iter()
+                .any(|e| e.address == NIC3 && e.kind == EventKind::Gone)
+        );
+    }
+
+    #[test]
+    fn a_failed_reattach_keeps_the_device_inactive_and_says_so() {
+        let fx = Fixture::with(
+            host_spec().driver(plugboard_sysfs::fake::DriverSpec::new("e1000e").fail_probe(NIC1)),
+        );
+        let mut m = fx.manager();
+        let a = owner("qemu/vm1");
+        // The fake binds NIC1 to e1000e at build even though later probes fail.
+        m.prepare_pci(&a, &[addr(NIC1)], MANAGED).unwrap();
+        let out = m.release_pci(&a, &[addr(NIC1)]).unwrap();
+        let err = out[0].result.as_ref().unwrap_err();
+        assert!(matches!(err, ReleaseError::Reattach { .. }), "{err:?}");
+        assert!(err.to_string().contains(NIC1));
+        assert_eq!(
+            books(&mut m),
+            vec![(NIC1.into(), List::Inactive, None, true)]
+        );
+    }
+}
