@@ -152,7 +152,7 @@ impl Disk {
 }
 
 /// A virtio-blk-pci disk on a root port.
-pub fn virtio_blk(id: QemuId, disk: &Disk, port: &str, serial: Option<&str>) -> Plan {
+pub fn virtio_blk(id: QemuId, disk: &Disk, port: Option<&str>, serial: Option<&str>) -> Plan {
     let mut device = json!({"driver": "virtio-blk-pci", "id": id.as_str()});
     if let (Some(serial), Value::Object(map)) = (serial, &mut device) {
         map.insert("serial".to_owned(), json!(serial));
@@ -175,7 +175,7 @@ mod tests {
     fn a_read_only_qcow2_disk_is_read_only_on_both_nodes() {
         let mut disk = Disk::new(DiskSource::File("/v/d.qcow2".into()), DiskFormat::Qcow2);
         disk.read_only = true;
-        let plan = virtio_blk(id("vb0"), &disk, "hp1", Some("vol0"));
+        let plan = virtio_blk(id("vb0"), &disk, Some("hp1"), Some("vol0"));
         let [
             Backend::BlockNode { args: file, .. },
             Backend::BlockNode { args: fmt, .. },
@@ -204,7 +204,7 @@ mod tests {
     fn host_devices_use_the_host_device_driver() {
         let mut disk = Disk::new(DiskSource::HostDevice("/dev/sdb".into()), DiskFormat::Raw);
         disk.share_rw = true;
-        let plan = virtio_blk(id("vb1"), &disk, "hp2", None);
+        let plan = virtio_blk(id("vb1"), &disk, Some("hp2"), None);
         let Backend::BlockNode { args, .. } = &plan.backends[0] else {
             panic!()
         };

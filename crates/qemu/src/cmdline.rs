@@ -69,7 +69,7 @@ mod tests {
     #[test]
     fn a_disk_renders_as_two_blockdevs_and_a_device_of_the_same_json() {
         let disk = Disk::new(DiskSource::File("/v/a,b.qcow2".into()), DiskFormat::Qcow2);
-        let plan = virtio_blk("vb0".parse().unwrap(), &disk, "hp1", None);
+        let plan = virtio_blk("vb0".parse().unwrap(), &disk, Some("hp1"), None);
         let args = plan_args(&plan);
         assert_eq!(
             args.iter().step_by(2).collect::<Vec<_>>(),
@@ -94,7 +94,7 @@ mod tests {
                 queues: 1,
             },
         };
-        let args = plan_args(&vhost_user("n0".parse().unwrap(), &dev, "hp1"));
+        let args = plan_args(&vhost_user("n0".parse().unwrap(), &dev, Some("hp1")));
         assert_eq!(args[0], "-chardev");
         assert_eq!(args[1], "socket,id=n0-chr,path=/run/a,,b.sock");
         assert_eq!(args[2], "-netdev");

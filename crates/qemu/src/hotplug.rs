@@ -179,7 +179,7 @@ mod tests {
 
     fn disk_plan(id: &str) -> Plan {
         let disk = Disk::new(DiskSource::File("/v/d.qcow2".into()), DiskFormat::Qcow2);
-        virtio_blk(id.parse().unwrap(), &disk, "hp1", None)
+        virtio_blk(id.parse().unwrap(), &disk, Some("hp1"), None)
     }
 
     fn client(fake: &FakeQmp) -> QmpClient {
@@ -266,7 +266,7 @@ mod tests {
             socket: socket.clone(),
             kind: VhostUserKind::Blk { queues: None },
         };
-        let plan = vhost_user("vu0".parse().unwrap(), &dev, "hp1");
+        let plan = vhost_user("vu0".parse().unwrap(), &dev, Some("hp1"));
         let mut c = client(&fake);
         let err = plug(&mut c, &plan, SHARED).unwrap_err();
         assert!(matches!(err, HotplugError::BackendSocket { .. }), "{err}");

@@ -1,16 +1,21 @@
-//! `QemuHypervisor`: one running QEMU, driven over its QMP socket.
+//! `QemuHypervisor`: one QEMU, before it starts (coldplug) and while it runs (hotplug).
 //!
-//! At connect it negotiates QMP, discovers the empty root ports (`ports.rs`) and reads
-//! whether the VM's RAM is shared (`query-memdev`: every memory backend must say
-//! `share: true`), then plugs and unplugs plans (`hotplug.rs`, `removal.rs`), keeping the
-//! ports' occupancy up to date. The plugboard-devices `Hypervisor` trait is implemented on
-//! top of this in `devices.rs`.
+//! Before the VM starts, plans are collected and rendered as command-line arguments
+//! ([`QemuHypervisor::boot_args`]). Once QEMU runs, [`QemuHypervisor::attach`] opens the QMP
+//! session: it negotiates, discovers the root ports (`ports.rs`), finds the virtio-scsi
+//! controller, and reads whether guest RAM is shared (`query-memdev`: every memory backend
+//! must say `share: true`). Plans are then plugged and unplugged over QMP.
+//!
+//! The state sits behind one mutex because QMP is one ordered conversation: a call holds it
+//! for its whole exchange, including the wait for the guest to release a device.
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
+use crate::cmdline;
 use crate::hotplug::{self, HotplugError, VmFacts};
 use crate::plan::Plan;
 use crate::ports::{self, PortError, RootPort};
@@ -20,122 +25,231 @@ use crate::removal::{self, RemovalError};
 /// How long to wait for a guest to release a device, unless told otherwise.
 pub const DEFAULT_UNPLUG_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why a QEMU could not be taken over.
+/// Why QEMU could not be taken over or used.
 #[derive(Debug, thiserror::Error)]
-pub enum HypervisorError {
+pub enum QemuError {
     /// The QMP session could not be opened.
     #[error("cannot open a QMP session")]
     Connect(#[source] QmpError),
     /// The root ports could not be listed.
     #[error("cannot discover the VM's hotplug ports")]
     Ports(#[source] PortError),
-    /// The memory backends could not be read.
-    #[error("cannot read the VM's memory backends (query-memdev)")]
-    Memory(#[source] QmpError),
+    /// A QOM or memory query at connect failed.
+    #[error("cannot query the VM ({what})")]
+    Query {
+        /// The query.
+        what: &'static str,
+        /// The error.
+        #[source]
+        source: QmpError,
+    },
+    /// A configured root port is not in the VM.
+    #[error("the configured root port {port} is not a pcie-root-port of this VM")]
+    MissingPort {
+        /// The port id.
+        port: String,
+    },
+    /// Hotplug or removal before [`QemuHypervisor::attach`].
+    #[error("QEMU is not running yet (no QMP session)")]
+    NotRunning,
+    /// Coldplug after the VM started.
+    #[error("the VM is already running; coldplug is for a VM not yet started")]
+    AlreadyRunning,
+    /// A hotplug failed.
+    #[error(transparent)]
+    Hotplug(#[from] HotplugError),
+    /// A removal failed.
+    #[error(transparent)]
+    Removal(#[from] RemovalError),
 }
 
-/// How to talk to a QEMU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectOptions {
+/// How to drive a QEMU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuConfig {
     /// The deadline of each QMP command.
     pub command_timeout: Duration,
     /// How long to wait for the guest to release a device.
     pub unplug_timeout: Duration,
-    /// Whether guest RAM is shared; `None` reads it from QEMU (`query-memdev`).
+    /// Whether guest RAM is shared; `None` reads it from QEMU at attach (`query-memdev`).
     pub memory_shared: Option<bool>,
+    /// The root ports of the manager's pool, in order. Empty: the free root ports found at
+    /// attach, in natural order (coldplug then cannot use ports).
+    pub root_ports: Vec<String>,
+    /// The virtio-scsi controller for SCSI disks; `None`: the first one found at attach.
+    pub scsi_controller: Option<String>,
 }
 
-impl Default for ConnectOptions {
+impl Default for QemuConfig {
     fn default() -> Self {
         Self {
             command_timeout: DEFAULT_TIMEOUT,
             unplug_timeout: DEFAULT_UNPLUG_TIMEOUT,
             memory_shared: None,
+            root_ports: Vec::new(),
+            scsi_controller: None,
         }
     }
 }
 
-/// A running QEMU that devices can be plugged into.
+/// The QMP session and what was learned at attach.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub(crate) client: QmpClient,
+    pub(crate) ports: Vec<RootPort>,
+    pub(crate) pool: Vec<String>,
+    pub(crate) memory_shared: bool,
+    pub(crate) scsi_controller: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct State {
+    pub(crate) session: Option<Session>,
+    pub(crate) boot: Vec<Plan>,
+}
+
+/// A QEMU VM that devices can be plugged into.
 #[derive(Debug)]
 pub struct QemuHypervisor {
-    client: QmpClient,
-    ports: Vec<RootPort>,
-    memory_shared: bool,
-    unplug_timeout: Duration,
+    pub(crate) config: QemuConfig,
+    state: Mutex<State>,
 }
 
 impl QemuHypervisor {
-    /// Connects to QEMU's QMP socket and reads the VM's ports and memory.
-    pub fn connect(socket: &Path, options: ConnectOptions) -> Result<Self, HypervisorError> {
-        let client = QmpClient::connect(socket, options.command_timeout)
-            .map_err(HypervisorError::Connect)?;
-        Self::from_client(client, options)
+    /// A VM not started yet: coldplugged devices collect into [`boot_args`](Self::boot_args).
+    pub fn new(config: QemuConfig) -> Self {
+        Self {
+            config,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Takes over a running QEMU through its QMP socket.
+    pub fn connect(socket: &Path, config: QemuConfig) -> Result<Self, QemuError> {
+        let hv = Self::new(config);
+        hv.attach(socket)?;
+        Ok(hv)
+    }
+
+    /// Opens the QMP session of the now running VM.
+    pub fn attach(&self, socket: &Path) -> Result<(), QemuError> {
+        let client =
+            QmpClient::connect(socket, self.config.command_timeout).map_err(QemuError::Connect)?;
+        self.attach_client(client)
     }
 
     /// Takes over an open QMP session.
-    pub fn from_client(
-        mut client: QmpClient,
-        options: ConnectOptions,
-    ) -> Result<Self, HypervisorError> {
-        client.set_timeout(options.command_timeout);
-        let ports = ports::discover(&mut client).map_err(HypervisorError::Ports)?;
-        let memory_shared = match options.memory_shared {
+    pub fn attach_client(&self, mut client: QmpClient) -> Result<(), QemuError> {
+        client.set_timeout(self.config.command_timeout);
+        let ports = ports::discover(&mut client).map_err(QemuError::Ports)?;
+        let pool = if self.config.root_ports.is_empty() {
+            ports
+                .iter()
+                .filter(|p| p.occupant.is_none())
+                .map(|p| p.id.clone())
+                .collect()
+        } else {
+            for port in &self.config.root_ports {
+                if !ports.iter().any(|p| &p.id == port) {
+                    return Err(QemuError::MissingPort { port: port.clone() });
+                }
+            }
+            self.config.root_ports.clone()
+        };
+        let memory_shared = match self.config.memory_shared {
             Some(shared) => shared,
             None => {
-                let memdevs = client
-                    .execute("query-memdev", None)
-                    .map_err(HypervisorError::Memory)?;
+                let memdevs =
+                    client
+                        .execute("query-memdev", None)
+                        .map_err(|source| QemuError::Query {
+                            what: "query-memdev",
+                            source,
+                        })?;
                 all_shared(&memdevs)
             }
         };
-        tracing::debug!(
-            socket = %client.socket().display(), ports = ports.len(), memory_shared,
-            "took over QEMU"
+        let scsi_controller = match &self.config.scsi_controller {
+            Some(c) => Some(c.clone()),
+            None => first_of_type(&mut client, "child<virtio-scsi-pci>")?,
+        };
+        tracing::info!(
+            socket = %client.socket().display(), pool = ?pool, memory_shared,
+            scsi_controller = ?scsi_controller, "attached to QEMU"
         );
-        Ok(Self {
+        self.lock().session = Some(Session {
             client,
             ports,
+            pool,
             memory_shared,
-            unplug_timeout: options.unplug_timeout,
-        })
+            scsi_controller,
+        });
+        Ok(())
     }
 
-    /// The VM's root ports, with what is on each.
-    pub fn root_ports(&self) -> &[RootPort] {
-        &self.ports
+    /// The root ports the manager's pool maps onto, in order; its size is what
+    /// `ManagerConfig::root_ports` should be.
+    pub fn port_pool(&self) -> Vec<String> {
+        match &self.lock().session {
+            Some(s) => s.pool.clone(),
+            None => self.config.root_ports.clone(),
+        }
     }
 
-    /// The ids of the root ports with nothing on them, in natural order.
-    pub fn free_ports(&self) -> Vec<String> {
-        self.ports
+    /// The VM's root ports as discovered at attach, with what is on each.
+    pub fn root_ports(&self) -> Vec<RootPort> {
+        self.lock()
+            .session
+            .as_ref()
+            .map(|s| s.ports.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether guest RAM is shared (vhost-user possible); `None` before attach.
+    pub fn memory_shared(&self) -> Option<bool> {
+        self.lock().session.as_ref().map(|s| s.memory_shared)
+    }
+
+    /// The arguments that create every coldplugged device, for QEMU's command line.
+    pub fn boot_args(&self) -> Vec<String> {
+        self.lock()
+            .boot
             .iter()
-            .filter(|p| p.occupant.is_none())
-            .map(|p| p.id.clone())
+            .flat_map(cmdline::plan_args)
             .collect()
     }
 
-    /// Whether guest RAM is shared (vhost-user possible).
-    pub fn memory_shared(&self) -> bool {
-        self.memory_shared
+    /// Runs `f` on the QMP session (for queries of one's own).
+    pub fn with_client<R>(&self, f: impl FnOnce(&mut QmpClient) -> R) -> Result<R, QemuError> {
+        let mut state = self.lock();
+        let session = state.session.as_mut().ok_or(QemuError::NotRunning)?;
+        Ok(f(&mut session.client))
     }
 
-    /// How long removal waits for the guest.
-    pub fn unplug_timeout(&self) -> Duration {
-        self.unplug_timeout
+    /// Hot-plugs one plan (checks, backends, device; rolled back on failure).
+    pub fn plug(&self, plan: &Plan) -> Result<(), QemuError> {
+        let mut state = self.lock();
+        let session = state.session.as_mut().ok_or(QemuError::NotRunning)?;
+        session.plug(plan)
     }
 
-    /// Changes how long removal waits for the guest.
-    pub fn set_unplug_timeout(&mut self, timeout: Duration) {
-        self.unplug_timeout = timeout;
+    /// Removes one plan's device and backends; a [`RemovalError::GuestTimeout`] can be
+    /// retried and the retry finishes the job.
+    pub fn unplug(&self, plan: &Plan) -> Result<(), QemuError> {
+        let timeout = self.config.unplug_timeout;
+        let mut state = self.lock();
+        let session = state.session.as_mut().ok_or(QemuError::NotRunning)?;
+        session.unplug(plan, timeout)
     }
 
-    /// The QMP session, for queries of one's own.
-    pub fn client(&mut self) -> &mut QmpClient {
-        &mut self.client
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves QEMU as it was after the last whole QMP
+        // exchange, so the state is still usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
 
-    /// Hot-plugs a plan (checks, backends, device; rolled back on failure).
-    pub fn plug(&mut self, plan: &Plan) -> Result<(), HotplugError> {
+impl Session {
+    pub(crate) fn plug(&mut self, plan: &Plan) -> Result<(), QemuError> {
         let facts = VmFacts {
             memory_shared: self.memory_shared,
         };
@@ -144,11 +258,16 @@ impl QemuHypervisor {
         Ok(())
     }
 
-    /// Removes a plan's device and backends; a [`RemovalError::GuestTimeout`] can be retried.
-    pub fn unplug(&mut self, plan: &Plan) -> Result<(), RemovalError> {
-        removal::unplug(&mut self.client, plan, self.unplug_timeout)?;
+    pub(crate) fn unplug(&mut self, plan: &Plan, timeout: Duration) -> Result<(), QemuError> {
+        removal::unplug(&mut self.client, plan, timeout)?;
         self.set_occupant(plan, None);
         Ok(())
+    }
+
+    /// The root bus slot of the port a plan sits on.
+    pub(crate) fn port_slot(&self, plan: &Plan) -> Option<u8> {
+        let bus = plan.bus()?;
+        self.ports.iter().find(|p| p.id == bus)?.slot
     }
 
     fn set_occupant(&mut self, plan: &Plan, occupant: Option<String>) {
@@ -158,6 +277,25 @@ impl QemuHypervisor {
             port.occupant = occupant;
         }
     }
+}
+
+/// The id of the first device in `/machine/peripheral` of the given QOM child type.
+fn first_of_type(client: &mut QmpClient, kind: &str) -> Result<Option<String>, QemuError> {
+    let list = client
+        .execute("qom-list", Some(&json!({"path": "/machine/peripheral"})))
+        .map_err(|source| QemuError::Query {
+            what: "qom-list /machine/peripheral",
+            source,
+        })?;
+    let mut ids: Vec<String> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p.get("type").and_then(Value::as_str) == Some(kind))
+        .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    ids.sort();
+    Ok(ids.into_iter().next())
 }
 
 /// Whether every memory backend in a `query-memdev` answer is shared (and there is one).
@@ -171,8 +309,6 @@ fn all_shared(memdevs: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
 
     #[test]
@@ -183,5 +319,17 @@ mod tests {
             &json!([{"id": "mem", "share": true}, {"id": "m2", "share": false}])
         ));
         assert!(!all_shared(&json!([])));
+    }
+
+    #[test]
+    fn hotplug_before_attach_is_refused() {
+        let hv = QemuHypervisor::new(QemuConfig::default());
+        let plan = Plan::device_only(
+            "x".parse().unwrap(),
+            json!({"driver": "virtio-rng-pci", "id": "x"}),
+        );
+        assert!(matches!(hv.plug(&plan), Err(QemuError::NotRunning)));
+        assert!(matches!(hv.unplug(&plan), Err(QemuError::NotRunning)));
+        assert_eq!(hv.memory_shared(), None);
     }
 }

@@ -11,18 +11,24 @@
 //! executed over QMP ([`QemuHypervisor::plug`], undone step by step on failure), removed
 //! ([`QemuHypervisor::unplug`]), or rendered as command-line arguments for a VM that has not
 //! started yet ([`cmdline::plan_args`]), so hotplug and coldplug cannot disagree.
+//!
+//! [`QemuHypervisor`] implements `plugboard_devices::Hypervisor`: the device manager's
+//! requests become plans ([`plans`]) and the manager's root port `N` is the `N`-th port of
+//! the VM's pool ([`QemuHypervisor::port_pool`]).
 
 mod backend_socket;
 pub mod block;
 pub mod cmdline;
 mod hotplug;
 mod hypervisor;
+mod hypervisor_trait;
 mod id;
 pub mod nvdimm;
 mod plan;
 mod ports;
 pub mod qmp;
 mod removal;
+mod requests;
 pub mod scsi;
 #[cfg(any(test, feature = "test-util"))]
 mod sys;
@@ -33,8 +39,9 @@ pub mod vhost_user;
 
 pub use backend_socket::{BackendSocketError, check_listening};
 pub use hotplug::{HotplugError, Rollback, VmFacts};
-pub use hypervisor::{ConnectOptions, DEFAULT_UNPLUG_TIMEOUT, HypervisorError, QemuHypervisor};
+pub use hypervisor::{DEFAULT_UNPLUG_TIMEOUT, QemuConfig, QemuError, QemuHypervisor};
 pub use id::{QemuId, QemuIdError};
 pub use plan::{Backend, Plan, Requirements};
 pub use ports::{PortError, RootPort};
 pub use removal::{POLL_INTERVAL, RemovalError};
+pub use requests::{RequestError, VmLayout, plans};

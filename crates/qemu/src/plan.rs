@@ -130,8 +130,9 @@ impl Plan {
 }
 
 /// The device arguments every PCIe device on a root port gets: the port as bus, slot 0.
-pub(crate) fn on_root_port(mut device: Value, port: &str) -> Value {
-    if let Value::Object(map) = &mut device {
+/// Without a port (coldplug only) QEMU places the device on the root bus itself.
+pub(crate) fn on_root_port(mut device: Value, port: Option<&str>) -> Value {
+    if let (Some(port), Value::Object(map)) = (port, &mut device) {
         map.insert("bus".to_owned(), json!(port));
         map.insert("addr".to_owned(), json!("0x0"));
     }
@@ -198,10 +199,12 @@ mod tests {
 
     #[test]
     fn root_port_placement_sets_bus_and_slot_zero() {
-        let d = on_root_port(json!({"driver": "virtio-blk-pci"}), "hp1");
+        let d = on_root_port(json!({"driver": "virtio-blk-pci"}), Some("hp1"));
         assert_eq!(
             d,
             json!({"driver": "virtio-blk-pci", "bus": "hp1", "addr": "0x0"})
         );
+        let d = on_root_port(json!({"driver": "virtio-blk-pci"}), None);
+        assert_eq!(d, json!({"driver": "virtio-blk-pci"}));
     }
 }

@@ -33,6 +33,8 @@ pub struct RootPort {
     pub id: String,
     /// The QOM path of the device on it, if any.
     pub occupant: Option<String>,
+    /// Its slot on the root bus (`pcie.0`), the first step of a guest PCI path.
+    pub slot: Option<u8>,
 }
 
 /// Lists the VM's root ports that have an id, in natural order (`hp2` before `hp10`).
@@ -55,9 +57,16 @@ pub fn discover(client: &mut QmpClient) -> Result<Vec<RootPort>, PortError> {
                 occupant = Some(target.as_str().unwrap_or_default().to_owned());
             }
         }
+        let path = format!("/machine/peripheral/{}", entry.0);
+        let devfn = client
+            .execute("qom-get", Some(&json!({"path": path, "property": "addr"})))
+            .map_err(|source| PortError::Query { path, source })?;
+        // `addr` is the devfn: slot << 3 | function.
+        let slot = devfn.as_u64().and_then(|d| u8::try_from(d >> 3).ok());
         ports.push(RootPort {
             id: entry.0,
             occupant,
+            slot,
         });
     }
     ports.sort_by(|a, b| natural_key(&a.id).cmp(&natural_key(&b.id)));
@@ -120,6 +129,7 @@ mod tests {
                 {"name": "hotplug-handler", "type": "link<hotplug-handler>"},
             ]))],
             ("qom-list", _) => vec![Action::Return(json!([{"name": "type", "type": "string"}]))],
+            ("qom-get", _) if args["property"] == "addr" => vec![Action::Return(json!(43))],
             ("qom-get", _) => vec![Action::Return(json!("/machine/peripheral/vb0"))],
             _ => vec![Action::Error("unexpected".into())],
         });
@@ -130,11 +140,13 @@ mod tests {
             [
                 RootPort {
                     id: "hp2".into(),
-                    occupant: Some("/machine/peripheral/vb0".into())
+                    occupant: Some("/machine/peripheral/vb0".into()),
+                    slot: Some(5),
                 },
                 RootPort {
                     id: "hp10".into(),
-                    occupant: None
+                    occupant: None,
+                    slot: Some(5),
                 },
             ]
         );

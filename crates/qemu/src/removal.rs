@@ -223,7 +223,7 @@ mod tests {
 
     fn disk_plan() -> Plan {
         let disk = Disk::new(DiskSource::File("/v/d.raw".into()), DiskFormat::Raw);
-        virtio_blk("vb0".parse().unwrap(), &disk, "hp1", None)
+        virtio_blk("vb0".parse().unwrap(), &disk, Some("hp1"), None)
     }
 
     fn client(fake: &FakeQmp) -> QmpClient {

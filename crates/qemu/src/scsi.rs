@@ -23,7 +23,7 @@ pub struct ScsiAddress {
 /// A virtio-scsi-pci controller on a root port.
 pub fn controller(id: QemuId, port: &str) -> Plan {
     let device = json!({"driver": "virtio-scsi-pci", "id": id.as_str()});
-    Plan::device_only(id, on_root_port(device, port))
+    Plan::device_only(id, on_root_port(device, Some(port)))
 }
 
 /// A `scsi-hd` disk at `address` on the controller `controller`.

@@ -44,7 +44,7 @@ pub struct Vfio {
 }
 
 /// The optional iommufd object, then `vfio-pci` on a root port.
-pub fn vfio_pci(id: QemuId, dev: &Vfio, port: &str) -> Plan {
+pub fn vfio_pci(id: QemuId, dev: &Vfio, port: Option<&str>) -> Plan {
     let mut device = json!({"driver": "vfio-pci", "id": id.as_str()});
     let mut backends = Vec::new();
     if let Value::Object(map) = &mut device {
@@ -78,7 +78,11 @@ mod tests {
     use super::*;
 
     fn plan(host: VfioHost, iommu: VfioIommu) -> Plan {
-        vfio_pci("hostdev0".parse().unwrap(), &Vfio { host, iommu }, "hp3")
+        vfio_pci(
+            "hostdev0".parse().unwrap(),
+            &Vfio { host, iommu },
+            Some("hp3"),
+        )
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub struct VhostUser {
 }
 
 /// The chardev (and for net the netdev), then the device on a root port.
-pub fn vhost_user(id: QemuId, dev: &VhostUser, port: &str) -> Plan {
+pub fn vhost_user(id: QemuId, dev: &VhostUser, port: Option<&str>) -> Plan {
     let chr = id.derived("chr");
     let mut backends = vec![Backend::Chardev {
         id: chr.clone(),
@@ -105,7 +105,7 @@ mod tests {
             socket: "/run/vu/be.sock".into(),
             kind,
         };
-        vhost_user("vu0".parse().unwrap(), &dev, "hp2")
+        vhost_user("vu0".parse().unwrap(), &dev, Some("hp2"))
     }
 
     #[test]
