@@ -27,6 +27,7 @@
 //!
 //! Every sysfs read and write goes through `plugboard-sysfs` (binding verifies itself).
 
+mod batch;
 #[cfg(test)]
 mod crash_tests;
 mod device;
@@ -46,10 +47,12 @@ mod recover;
 pub mod registry;
 mod release;
 mod scsi;
+mod spec;
 #[cfg(test)]
 mod test_support;
 mod usb;
 
+pub use batch::{BatchError, BatchOptions, DeviceRelease};
 pub use device::DeviceError;
 pub use listing::{Listing, Pending, read_owners};
 pub use manager::HostdevManager;
@@ -61,4 +64,5 @@ pub use pci::{PrepareError, PrepareOptions, Prepared};
 pub use recover::{RecoverAction, Recovered};
 pub use release::{ReleaseError, ReleaseOutcome, Released};
 pub use scsi::ScsiError;
+pub use spec::{DeviceSpec, SpecError};
 pub use usb::{UsbError, UsbSelector};

@@ -55,7 +55,7 @@ pub enum NvmeError {
         controller: PciAddress,
         /// Why.
         #[source]
-        source: PrepareError,
+        source: Box<PrepareError>,
     },
     /// The registry failed.
     #[error(transparent)]
@@ -113,7 +113,7 @@ impl HostdevManager {
                 self.release_pci(owner, &to_prepare[..i])?;
                 return Err(NvmeError::Controller {
                     controller: c,
-                    source,
+                    source: Box::new(source),
                 });
             }
         }

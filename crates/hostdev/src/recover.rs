@@ -194,12 +194,7 @@ enum RowChange {
 }
 
 fn failed(err: &dyn std::error::Error) -> RecoverAction {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
+    RecoverAction::Failed {
+        error: crate::batch::error_chain(err),
     }
-    RecoverAction::Failed { error: text }
 }
