@@ -38,6 +38,9 @@ pub struct BootOptions {
     pub qemu: PathBuf,
 }
 
+/// The boot deadline of a KVM attempt that can still fall back to TCG.
+const KVM_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+
 fn env_secs(name: &str, default: u64) -> Duration {
     let secs = std::env::var(name)
         .ok()
@@ -108,7 +111,12 @@ impl Guest {
         let (plan, mut note) = opts.accel.plan();
         let mut result = Err(LabError::NotRunning("never started"));
         for (i, accel) in plan.iter().copied().enumerate() {
-            result = Self::boot_once(opts, initramfs, &kernel, accel, note.clone());
+            let mut timeout = opts.boot_timeout;
+            if accel == Accel::Kvm && i + 1 < plan.len() {
+                // A KVM guest boots in seconds; one that does not is hung, not slow.
+                timeout = timeout.min(KVM_BOOT_TIMEOUT);
+            }
+            result = Self::boot_once(opts, initramfs, &kernel, accel, timeout, note.clone());
             match &result {
                 Ok(_) => break,
                 Err(e) if i + 1 < plan.len() => {
@@ -128,6 +136,7 @@ impl Guest {
         initramfs: &Initramfs,
         kernel: &Path,
         accel: Accel,
+        boot_timeout: Duration,
         note: Option<String>,
     ) -> Result<Self> {
         let run_dir = tempfile::Builder::new()
@@ -143,7 +152,7 @@ impl Guest {
         };
         let parts = Self::start(opts, &files, accel, &run_dir)?;
         let mut guest = Self::assemble(parts, accel, note, files.qmp_socket, run_dir);
-        guest.wait_ready(opts.boot_timeout)?;
+        guest.wait_ready(boot_timeout)?;
         Ok(guest)
     }
 

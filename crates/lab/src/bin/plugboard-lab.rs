@@ -236,7 +236,7 @@ fn test(args: &TestArgs) -> Result<i32, LabError> {
     let all = Instant::now();
     for t in &tests {
         let name = format!("{}-lab", t.package);
-        let script = format!("cd /lab-tests && ./{name} --ignored --test-threads=1");
+        let script = format!("cd /lab-tests && ./{name} --ignored --test-threads=1 --color never");
         eprintln!("==> lab test binary {name} (in the guest, as root): {script}");
         let start = Instant::now();
         let result = guest.exec_with(&script, Duration::from_secs(args.timeout), &mut |l| {
