@@ -1,0 +1,510 @@
+//! The legacy address space: a VFIO container (`/dev/vfio/vfio`) with its groups.
+//!
+//! A container is an IOMMU context that groups join (`VFIO_GROUP_SET_CONTAINER`). The IOMMU
+//! model (type1v2) can be set only once the first group is in, and the kernel throws the
+//! container's DMA mappings away when the last group leaves. A group node can be opened only
+//! once, so two devices of one group must share it (cloud-hypervisor #3078).
+//!
+//! So the container owns its groups: one fd per group, with a [`RefCount`] of the devices
+//! using it. [`Container::attach_group`] hands out a [`Group`] lease; the first lease opens
+//! and attaches the group, and dropping the last detaches and closes it. The container also
+//! keeps the books of its DMA mappings and maps them again when a group joins after the
+//! kernel dropped them with the last one (cloud-hypervisor #7328: the next hotplug found no
+//! mappings). Devices and [`crate::DmaMapping`]s hold the container in an `Arc`, so it
+//! outlives all of them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::CStr;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tracing::{debug, info, warn};
+use vfio_bindings::bindings::vfio::{
+    VFIO_API_VERSION, VFIO_GROUP_FLAGS_CONTAINER_SET, VFIO_GROUP_FLAGS_VIABLE, VFIO_TYPE1v2_IOMMU,
+};
+
+use crate::dma::{AddressSpace, DmaError, check_range};
+use crate::group::{Group, GroupError};
+use crate::ioctl;
+use crate::refcount::{Acquired, RefCount, Released};
+
+/// Why a container could not be opened or adopted.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// `/dev/vfio/vfio` could not be opened (no VFIO in the kernel, or no permission).
+    #[error("cannot open the VFIO container {path}")]
+    Open {
+        /// The container node.
+        path: PathBuf,
+        /// errno from `open`.
+        #[source]
+        source: io::Error,
+    },
+    /// The container speaks another API version than this crate.
+    #[error("the VFIO container {path} has API version {found}, expected {VFIO_API_VERSION}")]
+    ApiVersion {
+        /// The container node.
+        path: PathBuf,
+        /// What the kernel answered.
+        found: i32,
+    },
+    /// An ioctl on the container failed.
+    #[error("VFIO container {path}: {what} failed")]
+    Ioctl {
+        /// The container node.
+        path: PathBuf,
+        /// Which request.
+        what: &'static str,
+        /// errno from the kernel.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel has no type1v2 IOMMU driver for this container.
+    #[error("the VFIO container {path} does not support the type1v2 IOMMU")]
+    NoType1v2 {
+        /// The container node.
+        path: PathBuf,
+    },
+    /// A group fd handed over with a container fd is not attached to a container.
+    #[error("the received fd of IOMMU group {group} is not attached to a VFIO container")]
+    NotAttached {
+        /// The group id.
+        group: u32,
+    },
+}
+
+/// One group the container holds: its fd and how many devices use it.
+#[derive(Debug)]
+struct GroupSlot {
+    file: OwnedFd,
+    users: RefCount,
+}
+
+/// One DMA mapping in the books: length and user address, keyed by IOVA.
+#[derive(Debug, Clone, Copy)]
+struct Booked {
+    len: u64,
+    vaddr: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    groups: HashMap<u32, GroupSlot>,
+    books: BTreeMap<u64, Booked>,
+}
+
+impl State {
+    /// Forgets the booked mappings inside `[iova, iova + len)`; returns the bytes forgotten.
+    fn forget(&mut self, iova: u64, len: u64) -> u64 {
+        let end = iova.saturating_add(len);
+        let mut forgotten = 0;
+        while let Some((&start, booked)) = self.books.range(iova..end).next() {
+            forgotten += booked.len;
+            self.books.remove(&start);
+        }
+        forgotten
+    }
+}
+
+/// A legacy VFIO container with type1v2 IOMMU. Shared as `Arc<Container>`.
+pub struct Container {
+    file: File,
+    path: PathBuf,
+    dev_root: PathBuf,
+    state: Mutex<State>,
+}
+
+impl fmt::Debug for Container {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state();
+        f.debug_struct("Container")
+            .field("path", &self.path)
+            .field("groups", &state.groups.keys().collect::<Vec<_>>())
+            .field("mappings", &state.books.len())
+            .finish()
+    }
+}
+
+impl fmt::Display for Container {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VFIO container {}", self.path.display())
+    }
+}
+
+impl Container {
+    /// Opens `<dev_root>/vfio/vfio` and checks the API version and type1v2 support.
+    pub fn open(dev_root: &Path) -> Result<Arc<Self>, ContainerError> {
+        let path = dev_root.join("vfio/vfio");
+        let file = open_rw(&path).map_err(|source| ContainerError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let container = Self {
+            file,
+            path,
+            dev_root: dev_root.to_path_buf(),
+            state: Mutex::new(State::default()),
+        };
+        container.check()?;
+        debug!(path = %container.path.display(), "opened VFIO container");
+        Ok(Arc::new(container))
+    }
+
+    /// Adopts a container fd and a group fd received from a privileged helper (see
+    /// [`crate::VmmFds`]): the group is already attached and the IOMMU set. The returned
+    /// lease is the group's first user.
+    pub fn from_fds(
+        container: OwnedFd,
+        group: OwnedFd,
+        group_id: u32,
+    ) -> Result<(Arc<Self>, Group), ContainerError> {
+        let path = PathBuf::from("(received fd)");
+        let container = Self {
+            file: File::from(container),
+            path,
+            dev_root: PathBuf::new(),
+            state: Mutex::new(State::default()),
+        };
+        container.check()?;
+        let flags = ioctl::group_status(group.as_fd()).map_err(|source| ContainerError::Ioctl {
+            path: container.path.clone(),
+            what: "VFIO_GROUP_GET_STATUS on the received group",
+            source,
+        })?;
+        if flags & VFIO_GROUP_FLAGS_CONTAINER_SET == 0 {
+            return Err(ContainerError::NotAttached { group: group_id });
+        }
+        let mut users = RefCount::default();
+        users.acquire();
+        container
+            .state()
+            .groups
+            .insert(group_id, GroupSlot { file: group, users });
+        let container = Arc::new(container);
+        let lease = Group::new(Arc::clone(&container), group_id);
+        Ok((container, lease))
+    }
+
+    fn check(&self) -> Result<(), ContainerError> {
+        let found =
+            ioctl::get_api_version(self.file.as_fd()).map_err(|source| ContainerError::Ioctl {
+                path: self.path.clone(),
+                what: "VFIO_GET_API_VERSION",
+                source,
+            })?;
+        if u32::try_from(found) != Ok(VFIO_API_VERSION) {
+            return Err(ContainerError::ApiVersion {
+                path: self.path.clone(),
+                found,
+            });
+        }
+        let type1v2 =
+            ioctl::check_extension(self.file.as_fd(), VFIO_TYPE1v2_IOMMU).map_err(|source| {
+                ContainerError::Ioctl {
+                    path: self.path.clone(),
+                    what: "VFIO_CHECK_EXTENSION(TYPE1v2)",
+                    source,
+                }
+            })?;
+        if !type1v2 {
+            return Err(ContainerError::NoType1v2 {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // No code path panics while holding the lock; if one ever did, the state is still
+        // consistent at every await-free step, so carry on rather than poison every caller.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The container fd, for handing to a VMM or registering with KVM.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// The ids of the groups attached now, sorted.
+    pub fn group_ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.state().groups.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// How many leases (devices) use group `id` now; 0 if it is not attached.
+    pub fn group_users(&self, id: u32) -> usize {
+        self.state()
+            .groups
+            .get(&id)
+            .map_or(0, |slot| slot.users.users())
+    }
+
+    /// How many DMA mappings the container holds.
+    pub fn mapping_count(&self) -> usize {
+        self.state().books.len()
+    }
+
+    /// Gets a lease on group `id`: the first one opens `<dev_root>/vfio/<id>`, checks that
+    /// the group is viable, attaches it, sets the IOMMU model (first group) and maps the
+    /// booked DMA mappings again if the kernel had dropped them; later ones share that fd.
+    pub fn attach_group(self: &Arc<Self>, id: u32) -> Result<Group, GroupError> {
+        let mut state = self.state();
+        if let Some(slot) = state.groups.get_mut(&id) {
+            let again = slot.users.acquire();
+            debug_assert_eq!(again, Acquired::Again);
+            debug!(
+                group = id,
+                users = slot.users.users(),
+                "shared an attached IOMMU group"
+            );
+            return Ok(Group::new(Arc::clone(self), id));
+        }
+        let path = self.dev_root.join("vfio").join(id.to_string());
+        let file: OwnedFd = open_rw(&path)
+            .map_err(|source| GroupError::Open {
+                group: id,
+                path: path.clone(),
+                source,
+            })?
+            .into();
+        let flags = ioctl::group_status(file.as_fd()).map_err(|source| GroupError::Ioctl {
+            group: id,
+            what: "VFIO_GROUP_GET_STATUS",
+            source,
+        })?;
+        if flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
+            return Err(GroupError::NotViable {
+                group: id,
+                blockers: Vec::new(),
+            });
+        }
+        ioctl::group_set_container(file.as_fd(), self.file.as_fd()).map_err(|source| {
+            GroupError::Ioctl {
+                group: id,
+                what: "VFIO_GROUP_SET_CONTAINER",
+                source,
+            }
+        })?;
+        if state.groups.is_empty() {
+            // First group: the container has no IOMMU model yet (or lost it with the last
+            // group). On failure, detaching the group undoes the attach.
+            if let Err(err) = self.first_group_setup(&state, id) {
+                if let Err(undo) = ioctl::group_unset_container(file.as_fd()) {
+                    warn!(group = id, error = %undo, "undoing the group attach failed; closing the group fd detaches it");
+                }
+                return Err(err);
+            }
+        }
+        let mut users = RefCount::default();
+        users.acquire();
+        state.groups.insert(id, GroupSlot { file, users });
+        info!(group = id, container = %self.path.display(), "attached IOMMU group to the container (undone when its last device closes)");
+        Ok(Group::new(Arc::clone(self), id))
+    }
+
+    fn first_group_setup(&self, state: &State, id: u32) -> Result<(), GroupError> {
+        ioctl::set_iommu(self.file.as_fd(), VFIO_TYPE1v2_IOMMU).map_err(|source| {
+            GroupError::Ioctl {
+                group: id,
+                what: "VFIO_SET_IOMMU(TYPE1v2)",
+                source,
+            }
+        })?;
+        if !state.books.is_empty() {
+            info!(
+                mappings = state.books.len(),
+                group = id,
+                "mapping the container's DMA books again"
+            );
+        }
+        for (&iova, booked) in &state.books {
+            // SAFETY: every booked range was mapped through `map_dma`, whose caller promised
+            // that it stays valid and unaliased until `unmap_dma` covers it; a range leaves
+            // the books only then, so the promise still holds for this one.
+            unsafe { ioctl::map_dma(self.file.as_fd(), iova, booked.len, booked.vaddr) }.map_err(
+                |source| GroupError::Replay {
+                    group: id,
+                    iova,
+                    source,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Opens a device of an attached group by name (`VFIO_GROUP_GET_DEVICE_FD`).
+    pub(crate) fn group_device_fd(&self, id: u32, name: &CStr) -> io::Result<OwnedFd> {
+        let state = self.state();
+        let slot = state
+            .groups
+            .get(&id)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        ioctl::group_get_device_fd(slot.file.as_fd(), name)
+    }
+
+    /// A new fd for an attached group, for handing to a VMM.
+    pub(crate) fn group_try_clone_fd(&self, id: u32) -> io::Result<OwnedFd> {
+        let state = self.state();
+        let slot = state
+            .groups
+            .get(&id)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        slot.file.try_clone()
+    }
+
+    /// Drops one lease on group `id`. The last one detaches the group and closes its fd,
+    /// under the lock, so that a concurrent [`Container::attach_group`] never finds the group
+    /// node still open. Errors are returned for [`Group::close`] and logged by its drop.
+    pub(crate) fn release_group(&self, id: u32) -> Result<(), GroupError> {
+        let mut state = self.state();
+        let Some(slot) = state.groups.get_mut(&id) else {
+            return Err(GroupError::NotAttached { group: id });
+        };
+        match slot.users.release() {
+            Released::StillUsed => return Ok(()),
+            Released::Unbalanced => return Err(GroupError::NotAttached { group: id }),
+            Released::Last => {}
+        }
+        let Some(slot) = state.groups.remove(&id) else {
+            return Err(GroupError::NotAttached { group: id });
+        };
+        let unset = ioctl::group_unset_container(slot.file.as_fd());
+        // Closing the fd detaches the group in any case (the kernel's release does it).
+        drop(slot);
+        if state.groups.is_empty() && !state.books.is_empty() {
+            info!(
+                mappings = state.books.len(),
+                "the last group left the container: the kernel dropped its DMA mappings; they are booked and will be mapped again when a group joins"
+            );
+        }
+        info!(group = id, container = %self.path.display(), "detached IOMMU group from the container");
+        unset.map_err(|source| GroupError::Ioctl {
+            group: id,
+            what: "VFIO_GROUP_UNSET_CONTAINER",
+            source,
+        })
+    }
+}
+
+impl AddressSpace for Container {
+    unsafe fn map_dma(&self, iova: u64, len: usize, vaddr: *mut u8) -> Result<(), DmaError> {
+        let vaddr = u64::try_from(vaddr.addr()).unwrap_or(u64::MAX);
+        let (iova, len) = check_range(iova, len, vaddr)?;
+        let mut state = self.state();
+        if state.groups.is_empty() {
+            return Err(DmaError::NoIommu {
+                space: self.to_string(),
+            });
+        }
+        // SAFETY: our caller upholds `map_dma`'s contract for this range.
+        unsafe { ioctl::map_dma(self.file.as_fd(), iova, len, vaddr) }.map_err(|source| {
+            DmaError::Map {
+                space: self.to_string(),
+                iova,
+                len,
+                source,
+            }
+        })?;
+        state.books.insert(iova, Booked { len, vaddr });
+        Ok(())
+    }
+
+    fn unmap_dma(&self, iova: u64, len: usize) -> Result<(), DmaError> {
+        let (iova, len) = check_range(iova, len, 0)?;
+        let mut state = self.state();
+        let unmapped = if state.groups.is_empty() {
+            // The kernel already dropped everything; only the books remain.
+            state.forget(iova, len)
+        } else {
+            let unmapped = ioctl::unmap_dma(self.file.as_fd(), iova, len).map_err(|source| {
+                DmaError::Unmap {
+                    space: self.to_string(),
+                    iova,
+                    len,
+                    source,
+                }
+            })?;
+            state.forget(iova, len);
+            unmapped
+        };
+        if unmapped != len {
+            return Err(DmaError::PartialUnmap {
+                space: self.to_string(),
+                iova,
+                len,
+                unmapped,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn open_rw(path: &Path) -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn books_forget_whole_mappings_in_range() {
+        let mut state = State::default();
+        for iova in [0x1000u64, 0x2000, 0x3000, 0x8000] {
+            state.books.insert(
+                iova,
+                Booked {
+                    len: 0x1000,
+                    vaddr: iova,
+                },
+            );
+        }
+        assert_eq!(state.forget(0x2000, 0x2000), 0x2000);
+        assert_eq!(
+            state.books.keys().copied().collect::<Vec<_>>(),
+            [0x1000, 0x8000]
+        );
+        assert_eq!(state.forget(0x4000, 0x1000), 0);
+        assert_eq!(state.forget(0, u64::MAX), 0x2000);
+        assert!(state.books.is_empty());
+    }
+
+    #[test]
+    fn open_names_the_missing_node() {
+        let root = tempfile::tempdir().unwrap();
+        let err = Container::open(root.path()).unwrap_err();
+        let expected = format!(
+            "cannot open the VFIO container {}/vfio/vfio",
+            root.path().display()
+        );
+        assert_eq!(err.to_string(), expected);
+        let ContainerError::Open { source, .. } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(source.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_regular_file_is_not_a_container() {
+        // A plain file where the node should be: the API-version ioctl fails with ENOTTY,
+        // and the error says which request on which path.
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("vfio")).unwrap();
+        std::fs::write(root.path().join("vfio/vfio"), b"").unwrap();
+        let err = Container::open(root.path()).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("vfio/vfio: VFIO_GET_API_VERSION failed"),
+            "{err}"
+        );
+        let ContainerError::Ioctl { source, .. } = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(source.raw_os_error(), Some(libc::ENOTTY));
+    }
+}

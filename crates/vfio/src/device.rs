@@ -1,0 +1,472 @@
+//! A VFIO device, whichever interface opened it.
+//!
+//! [`VfioDevice`] knows its fd, its info, regions and IRQ indexes, and how it is tied to
+//! its address space: a [`Group`] lease in a legacy [`Container`], or a binding and
+//! attachment to an [`Iommufd`]. That tie is a private enum, chosen by the constructor that
+//! built the device (one per interface), so no code ever downcasts a trait object to find
+//! out (rust-vmm's `VfioDevice::new` and its `Drop` do, and the `Drop` `unwrap`s).
+//!
+//! Lifetimes hold by construction: in the legacy variant the device fd is declared before
+//! the group lease, so it closes first and the group can then detach (the kernel refuses
+//! while a device is open); the iommufd variant detaches from the IOAS before its cdev
+//! closes. Both hold their address space in an `Arc`. Nothing here panics in `Drop`;
+//! [`VfioDevice::close`] reports what drop would only log.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use tracing::debug;
+use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
+
+use crate::container::{Container, ContainerError};
+use crate::dma::AddressSpace;
+use crate::group::{Group, GroupError};
+use crate::info::DeviceInfo;
+use crate::ioctl;
+use crate::iommufd::{AttachedCdev, CdevError, Iommufd, IommufdError};
+use crate::irq::IrqInfo;
+use crate::mode::Interface;
+use crate::region::{RegionError, RegionInfo, pci_region_name};
+
+/// Why a device could not be opened or used. Every variant names the device.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    /// The group could not be used (not viable, cannot open, cannot get the device fd).
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// The container could not be opened or adopted.
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    /// The iommufd could not be opened or set up.
+    #[error(transparent)]
+    Iommufd(#[from] IommufdError),
+    /// The device cdev could not be opened, bound or attached.
+    #[error(transparent)]
+    Cdev(#[from] CdevError),
+    /// An ioctl on the device failed.
+    #[error("VFIO device {device}: {what} failed")]
+    Ioctl {
+        /// The device name.
+        device: String,
+        /// Which request.
+        what: String,
+        /// errno from the kernel.
+        #[source]
+        source: io::Error,
+    },
+    /// A region's capability chain is malformed.
+    #[error("VFIO device {device}: bad region info")]
+    RegionCaps {
+        /// The device name.
+        device: String,
+        /// What is wrong with it.
+        #[source]
+        source: RegionError,
+    },
+    /// The device has no such region.
+    #[error("VFIO device {device} has no region {index}")]
+    NoRegion {
+        /// The device name.
+        device: String,
+        /// The region index asked for.
+        index: u32,
+    },
+    /// An access falls outside the region or is not allowed by its flags.
+    #[error(
+        "VFIO device {device}: {access} of {len} bytes at {offset:#x} is outside {region} (size {size:#x}) or not allowed by its flags"
+    )]
+    BadAccess {
+        /// The device name.
+        device: String,
+        /// The region's name.
+        region: String,
+        /// `read` or `write`.
+        access: &'static str,
+        /// Offset in the region.
+        offset: u64,
+        /// Bytes asked for.
+        len: usize,
+        /// The region's size.
+        size: u64,
+    },
+    /// A read or write through the device fd failed.
+    #[error("VFIO device {device}: {access} of {region} at {offset:#x} failed")]
+    Access {
+        /// The device name.
+        device: String,
+        /// The region's name.
+        region: String,
+        /// `read` or `write`.
+        access: &'static str,
+        /// Offset in the region.
+        offset: u64,
+        /// errno from `pread`/`pwrite`.
+        #[source]
+        source: io::Error,
+    },
+    /// The device does not support `VFIO_DEVICE_RESET`.
+    #[error(
+        "VFIO device {device} cannot be reset (no reset flag: no FLR, PM or bus reset available)"
+    )]
+    ResetUnsupported {
+        /// The device name.
+        device: String,
+    },
+}
+
+/// How the device is tied to its address space. Field order is drop order.
+enum DeviceIo {
+    /// Legacy: the device fd closes first, then the group lease ends.
+    Legacy { file: File, group: Group },
+    /// iommufd: detaches, then closes the cdev, then releases the iommufd.
+    Iommufd(AttachedCdev),
+}
+
+/// An open VFIO device, in either interface.
+pub struct VfioDevice {
+    io: DeviceIo,
+    name: String,
+    info: DeviceInfo,
+    regions: Vec<RegionInfo>,
+    irqs: Vec<IrqInfo>,
+}
+
+impl fmt::Debug for VfioDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VfioDevice")
+            .field("name", &self.name)
+            .field("interface", &self.interface())
+            .field("group", &self.group_id())
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VfioDevice {
+    /// Opens device `name` (a PCI address or mdev UUID) of an attached legacy group. The
+    /// device keeps the lease; two devices of one group each take a lease on the same
+    /// group fd ([`Container::attach_group`] twice).
+    pub fn open_in_group(group: Group, name: &str) -> Result<Self, DeviceError> {
+        let file = File::from(group.open_device(name)?);
+        debug!(
+            device = name,
+            group = group.id(),
+            "opened VFIO device through its group"
+        );
+        Self::load(DeviceIo::Legacy { file, group }, name)
+    }
+
+    /// Opens device `name` through its cdev at `cdev` (`/dev/vfio/devices/vfioN`), binds it
+    /// to `iommufd` and attaches it to its IOAS.
+    pub fn open_cdev(iommufd: &Arc<Iommufd>, cdev: &Path, name: &str) -> Result<Self, DeviceError> {
+        let attached = AttachedCdev::open(cdev, name, iommufd)?;
+        debug!(device = name, cdev = %cdev.display(), ioas = iommufd.ioas_id(), "opened VFIO device cdev");
+        Self::load(DeviceIo::Iommufd(attached), name)
+    }
+
+    /// Builds a device from the legacy fds a privileged helper handed over (see
+    /// [`crate::VmmFds`]): a container with the group attached and the IOMMU set.
+    pub fn from_legacy_fds(
+        container: OwnedFd,
+        group: OwnedFd,
+        group_id: u32,
+        name: &str,
+    ) -> Result<Self, DeviceError> {
+        let (_container, lease) = Container::from_fds(container, group, group_id)?;
+        Self::open_in_group(lease, name)
+    }
+
+    /// Builds a device from the iommufd fds a privileged helper handed over: the iommufd
+    /// and a cdev already bound to it. Allocates an IOAS and attaches the device to it.
+    pub fn from_iommufd_fds(
+        iommufd: OwnedFd,
+        cdev: OwnedFd,
+        name: &str,
+    ) -> Result<Self, DeviceError> {
+        let iommufd = Iommufd::from_fd(iommufd)?;
+        let attached = AttachedCdev::from_bound(cdev, name, &iommufd)?;
+        Self::load(DeviceIo::Iommufd(attached), name)
+    }
+
+    fn load(io: DeviceIo, name: &str) -> Result<Self, DeviceError> {
+        let fd = match &io {
+            DeviceIo::Legacy { file, .. } => file.as_fd(),
+            DeviceIo::Iommufd(attached) => attached.file().as_fd(),
+        };
+        let ioctl_error = |what: String| {
+            let device = name.to_owned();
+            move |source| DeviceError::Ioctl {
+                device,
+                what,
+                source,
+            }
+        };
+        let raw = ioctl::device_info(fd).map_err(ioctl_error("VFIO_DEVICE_GET_INFO".into()))?;
+        let info = DeviceInfo::from_kernel(&raw);
+        let mut regions = Vec::new();
+        for index in 0..info.num_regions {
+            match ioctl::region_info(fd, index) {
+                Ok((raw, bytes)) => {
+                    regions.push(RegionInfo::from_kernel(&raw, &bytes).map_err(|source| {
+                        DeviceError::RegionCaps {
+                            device: name.to_owned(),
+                            source,
+                        }
+                    })?);
+                }
+                // vfio-pci answers EINVAL for an index the device lacks (VGA on a NIC).
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(err) => {
+                    return Err(ioctl_error(format!("VFIO_DEVICE_GET_REGION_INFO({index})"))(err));
+                }
+            }
+        }
+        let mut irqs = Vec::new();
+        for index in 0..info.num_irqs {
+            match ioctl::irq_info(fd, index) {
+                Ok(raw) => irqs.push(IrqInfo::from_kernel(&raw)),
+                Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(err) => {
+                    return Err(ioctl_error(format!("VFIO_DEVICE_GET_IRQ_INFO({index})"))(
+                        err,
+                    ));
+                }
+            }
+        }
+        Ok(Self {
+            io,
+            name: name.to_owned(),
+            info,
+            regions,
+            irqs,
+        })
+    }
+
+    fn file(&self) -> &File {
+        match &self.io {
+            DeviceIo::Legacy { file, .. } => file,
+            DeviceIo::Iommufd(attached) => attached.file(),
+        }
+    }
+
+    /// The device's name: its PCI address (or mdev UUID).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The kernel interface that opened it.
+    pub fn interface(&self) -> Interface {
+        match self.io {
+            DeviceIo::Legacy { .. } => Interface::Legacy,
+            DeviceIo::Iommufd(_) => Interface::Iommufd,
+        }
+    }
+
+    /// Flags and counts from `VFIO_DEVICE_GET_INFO`.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    /// The regions the device has (absent indexes left out).
+    pub fn regions(&self) -> &[RegionInfo] {
+        &self.regions
+    }
+
+    /// Region `index`, if the device has it.
+    pub fn region(&self, index: u32) -> Option<&RegionInfo> {
+        self.regions.iter().find(|r| r.index == index)
+    }
+
+    /// The IRQ indexes the device reports.
+    pub fn irqs(&self) -> &[IrqInfo] {
+        &self.irqs
+    }
+
+    /// The legacy group id (`None` for iommufd).
+    pub fn group_id(&self) -> Option<u32> {
+        match &self.io {
+            DeviceIo::Legacy { group, .. } => Some(group.id()),
+            DeviceIo::Iommufd(_) => None,
+        }
+    }
+
+    /// The legacy container (`None` for iommufd).
+    pub fn container(&self) -> Option<&Arc<Container>> {
+        match &self.io {
+            DeviceIo::Legacy { group, .. } => Some(group.container()),
+            DeviceIo::Iommufd(_) => None,
+        }
+    }
+
+    /// The iommufd (`None` for legacy).
+    pub fn iommufd(&self) -> Option<&Arc<Iommufd>> {
+        match &self.io {
+            DeviceIo::Legacy { .. } => None,
+            DeviceIo::Iommufd(attached) => Some(attached.iommufd()),
+        }
+    }
+
+    /// The device id inside the iommufd, when this process bound it.
+    pub fn iommufd_dev_id(&self) -> Option<u32> {
+        match &self.io {
+            DeviceIo::Legacy { .. } => None,
+            DeviceIo::Iommufd(attached) => attached.dev_id(),
+        }
+    }
+
+    /// The address space the device does DMA through, to map guest memory into.
+    pub fn address_space(&self) -> Arc<dyn AddressSpace> {
+        match &self.io {
+            DeviceIo::Legacy { group, .. } => {
+                Arc::clone(group.container()) as Arc<dyn AddressSpace>
+            }
+            DeviceIo::Iommufd(attached) => Arc::clone(attached.iommufd()) as Arc<dyn AddressSpace>,
+        }
+    }
+
+    /// The device fd (for `VFIO_DEVICE_SET_IRQS`, mmap, or a KVM VFIO device).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file().as_fd()
+    }
+
+    fn checked_region(
+        &self,
+        index: u32,
+        access: &'static str,
+        offset: u64,
+        len: usize,
+    ) -> Result<&RegionInfo, DeviceError> {
+        let region = self.region(index).ok_or_else(|| DeviceError::NoRegion {
+            device: self.name.clone(),
+            index,
+        })?;
+        let allowed = match access {
+            "read" => region.flags.readable(),
+            _ => region.flags.writable(),
+        };
+        let end = u64::try_from(len)
+            .ok()
+            .and_then(|len| offset.checked_add(len));
+        if !allowed || end.is_none_or(|end| end > region.size) {
+            return Err(DeviceError::BadAccess {
+                device: self.name.clone(),
+                region: pci_region_name(index),
+                access,
+                offset,
+                len,
+                size: region.size,
+            });
+        }
+        Ok(region)
+    }
+
+    fn access_error(
+        &self,
+        index: u32,
+        access: &'static str,
+        offset: u64,
+    ) -> impl FnOnce(io::Error) -> DeviceError {
+        let device = self.name.clone();
+        move |source| DeviceError::Access {
+            device,
+            region: pci_region_name(index),
+            access,
+            offset,
+            source,
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of region `index` through the device fd.
+    pub fn read_region(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        let region = self.checked_region(index, "read", offset, buf.len())?;
+        self.file()
+            .read_exact_at(buf, region.offset + offset)
+            .map_err(self.access_error(index, "read", offset))
+    }
+
+    /// Writes `buf` at `offset` of region `index` through the device fd.
+    pub fn write_region(&self, index: u32, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        let region = self.checked_region(index, "write", offset, buf.len())?;
+        self.file()
+            .write_all_at(buf, region.offset + offset)
+            .map_err(self.access_error(index, "write", offset))
+    }
+
+    /// Reads PCI config space (vfio-pci virtualises parts of it).
+    pub fn read_config(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+        self.read_region(VFIO_PCI_CONFIG_REGION_INDEX, offset, buf)
+    }
+
+    /// Writes PCI config space.
+    pub fn write_config(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+        self.write_region(VFIO_PCI_CONFIG_REGION_INDEX, offset, buf)
+    }
+
+    /// Resets the device (`VFIO_DEVICE_RESET`: FLR, PM or bus reset, as vfio-pci finds).
+    pub fn reset(&self) -> Result<(), DeviceError> {
+        if !self.info.flags.resettable() {
+            return Err(DeviceError::ResetUnsupported {
+                device: self.name.clone(),
+            });
+        }
+        ioctl::device_reset(self.as_fd()).map_err(|source| DeviceError::Ioctl {
+            device: self.name.clone(),
+            what: "VFIO_DEVICE_RESET".into(),
+            source,
+        })
+    }
+
+    /// Closes the device and reports what drop would only log: a failed IOAS detach, or a
+    /// failed group detach when this was the group's last device.
+    pub fn close(self) -> Result<(), DeviceError> {
+        let name = self.name;
+        match self.io {
+            DeviceIo::Legacy { file, group } => {
+                drop(file);
+                group.close()?;
+            }
+            DeviceIo::Iommufd(mut attached) => {
+                attached.detach().map_err(|source| DeviceError::Ioctl {
+                    device: name.clone(),
+                    what: "VFIO_DEVICE_DETACH_IOMMUFD_PT".into(),
+                    source,
+                })?;
+            }
+        }
+        debug!(device = name, "closed VFIO device");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_errors_name_device_region_and_offset() {
+        let err = DeviceError::BadAccess {
+            device: "0000:01:00.0".into(),
+            region: "config".into(),
+            access: "read",
+            offset: 0x100,
+            len: 4,
+            size: 0x100,
+        };
+        assert_eq!(
+            err.to_string(),
+            "VFIO device 0000:01:00.0: read of 4 bytes at 0x100 is outside config (size 0x100) or not allowed by its flags"
+        );
+        let err = DeviceError::ResetUnsupported {
+            device: "0000:01:00.0".into(),
+        };
+        assert!(
+            err.to_string()
+                .starts_with("VFIO device 0000:01:00.0 cannot be reset")
+        );
+    }
+}
