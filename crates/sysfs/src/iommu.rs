@@ -35,8 +35,9 @@ impl GroupMember {
     }
 }
 
-/// An IOMMU group as it is now: its members and its viability.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// An IOMMU group as it is now: its members and its viability. Serializes with two
+/// computed fields, `viable` and `blockers` (the addresses of the blocking members).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IommuGroup {
     /// The group number (`kernel/iommu_groups/<N>`).
     pub number: u32,
@@ -60,6 +61,27 @@ impl IommuGroup {
     /// The member addresses.
     pub fn addresses(&self) -> impl Iterator<Item = PciAddress> + '_ {
         self.members.iter().map(|m| m.address)
+    }
+}
+
+impl Serialize for IommuGroup {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shape<'a> {
+            number: u32,
+            viable: bool,
+            blockers: Vec<PciAddress>,
+            members: &'a [GroupMember],
+            other_members: &'a [String],
+        }
+        Shape {
+            number: self.number,
+            viable: self.is_viable(),
+            blockers: self.blockers().map(|m| m.address).collect(),
+            members: &self.members,
+            other_members: &self.other_members,
+        }
+        .serialize(serializer)
     }
 }
 

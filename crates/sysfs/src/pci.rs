@@ -88,6 +88,17 @@ pub enum HeaderType {
     CardBus,
 }
 
+impl HeaderType {
+    /// The name used in JSON and tables: `endpoint`, `pci-bridge`, `card-bus`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Endpoint => "endpoint",
+            Self::PciBridge => "pci-bridge",
+            Self::CardBus => "card-bus",
+        }
+    }
+}
+
 /// What kind of driver a device is bound to, as far as VFIO is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -103,6 +114,16 @@ pub enum DriverKind {
 }
 
 impl DriverKind {
+    /// The name used in JSON and tables: `unbound`, `vfio-pci`, `vfio-variant`, `host`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unbound => "unbound",
+            Self::VfioPci => "vfio-pci",
+            Self::VfioVariant => "vfio-variant",
+            Self::Host => "host",
+        }
+    }
+
     /// `vfio-pci` or a variant: the device is usable through VFIO.
     pub fn is_vfio(self) -> bool {
         matches!(self, Self::VfioPci | Self::VfioVariant)

@@ -20,8 +20,8 @@ pub const IORESOURCE_MEM_64: u64 = 0x0010_0000;
 /// 4 GiB: a BAR larger than this is "large" (needs a big 64-bit window in the guest).
 pub const LARGE_BAR: u64 = 4 << 30;
 
-/// One used resource line of a PCI device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// One used resource line of a PCI device. Serializes with the computed `size` too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bar {
     /// The line number: 0–5 are BARs, 6 is the ROM, higher ones are bridge windows.
     pub index: u8,
@@ -67,6 +67,27 @@ impl Bar {
     /// The expansion ROM (line 6).
     pub fn is_rom(&self) -> bool {
         self.index == 6
+    }
+}
+
+impl Serialize for Bar {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Shape {
+            index: u8,
+            start: u64,
+            end: u64,
+            size: u64,
+            flags: u64,
+        }
+        Shape {
+            index: self.index,
+            start: self.start,
+            end: self.end,
+            size: self.size(),
+            flags: self.flags,
+        }
+        .serialize(serializer)
     }
 }
 

@@ -3,6 +3,8 @@
 //! Each subcommand family lives in its own module (`host`, `hostdev`, `vfio`, `vm`,
 //! `serve`) with a clap `Subcommand` enum and a `run` function.
 
+mod host;
+
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -24,10 +26,20 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// Root of the sysfs tree to read and write (a fake kernel's tree in tests).
-    #[arg(long, global = true, env = "PLUGBOARD_SYSFS_ROOT", default_value = "/sys")]
+    #[arg(
+        long,
+        global = true,
+        env = "PLUGBOARD_SYSFS_ROOT",
+        default_value = "/sys"
+    )]
     pub sysfs_root: PathBuf,
     /// Root of the device-node tree (`/dev`).
-    #[arg(long, global = true, env = "PLUGBOARD_DEV_ROOT", default_value = "/dev")]
+    #[arg(
+        long,
+        global = true,
+        env = "PLUGBOARD_DEV_ROOT",
+        default_value = "/dev"
+    )]
     pub dev_root: PathBuf,
     /// Directory of Plugboard's persistent state (the hostdev registry).
     #[arg(
@@ -47,11 +59,17 @@ pub struct Global {
 
 /// The subcommand families.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Host inventory: PCI devices, IOMMU groups, device nodes.
+    #[command(subcommand)]
+    Host(host::HostCommand),
+}
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {}
+    match cli.command {
+        Command::Host(cmd) => host::run(&cli.global, cmd),
+    }
 }
 
 /// Sends logs to stderr; `-v` is info, `-vv` debug, `-vvv` trace; `RUST_LOG` wins.
@@ -81,7 +99,6 @@ pub fn print_error_chain(err: &anyhow::Error) {
 }
 
 /// Writes `value` as pretty JSON followed by a newline on stdout.
-#[allow(dead_code, reason = "used by the subcommand modules as they land")]
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     serde_json::to_writer_pretty(&mut out, value)?;
