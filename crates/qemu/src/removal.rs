@@ -115,7 +115,7 @@ pub fn unplug(client: &mut QmpClient, plan: &Plan, timeout: Duration) -> Result<
             });
         }
     }
-    delete_backends(client, plan)?;
+    delete_backends(client, plan, timeout)?;
     tracing::info!(device = %id, driver = plan.driver(), "device removed and its backends deleted");
     Ok(())
 }
@@ -180,26 +180,60 @@ pub fn present(client: &mut QmpClient, id: &QemuId) -> Result<bool, RemovalError
 }
 
 /// Deletes the plan's backends, last created first; one already gone counts as deleted.
-pub fn delete_backends(client: &mut QmpClient, plan: &Plan) -> Result<(), RemovalError> {
+///
+/// A device can leave `/machine/peripheral` (and `device_del` then says `DeviceNotFound`)
+/// before QEMU has finalized it and let go of its backends: after `system_reset` on 10.0.2,
+/// `blockdev-del` answered "Node … is in use" for up to 200 ms, until the device's
+/// `DEVICE_DELETED` came. So a backend that is "in use" or "busy" is retried until
+/// `timeout` passes, reading events (and so letting QEMU's main loop run) in between.
+pub fn delete_backends(
+    client: &mut QmpClient,
+    plan: &Plan,
+    timeout: Duration,
+) -> Result<(), RemovalError> {
+    let deadline = Instant::now() + timeout;
     for backend in plan.backends.iter().rev() {
         let (command, args) = backend.delete_command();
-        match client.execute(command, Some(&args)) {
-            Ok(_) => {
-                tracing::debug!(device = %plan.id, command, backend = backend.name(), "backend deleted");
+        loop {
+            match client.execute(command, Some(&args)) {
+                Ok(_) => {
+                    tracing::debug!(device = %plan.id, command, backend = backend.name(), "backend deleted");
+                }
+                Err(e) if e.failure().is_some_and(is_not_found) => {
+                    tracing::debug!(device = %plan.id, backend = backend.name(), "backend already gone");
+                }
+                Err(e) if e.failure().is_some_and(is_busy) && Instant::now() < deadline => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let id = plan.id.as_str();
+                    client
+                        .wait_event(left.min(BUSY_RETRY), |e| e.is_device_deleted(id))
+                        .map_err(|source| RemovalError::Backend {
+                            device: plan.id.clone(),
+                            backend: backend.name().to_owned(),
+                            source,
+                        })?;
+                    continue;
+                }
+                Err(source) => {
+                    return Err(RemovalError::Backend {
+                        device: plan.id.clone(),
+                        backend: backend.name().to_owned(),
+                        source,
+                    });
+                }
             }
-            Err(e) if e.failure().is_some_and(is_not_found) => {
-                tracing::debug!(device = %plan.id, backend = backend.name(), "backend already gone");
-            }
-            Err(source) => {
-                return Err(RemovalError::Backend {
-                    device: plan.id.clone(),
-                    backend: backend.name().to_owned(),
-                    source,
-                });
-            }
+            break;
         }
     }
     Ok(())
+}
+
+/// How long to let QEMU run before asking again to delete a backend still in use.
+const BUSY_RETRY: Duration = Duration::from_millis(20);
+
+/// QEMU's ways of saying a backend is still held by a device being finalized.
+fn is_busy(f: &QmpFailure) -> bool {
+    f.desc.ends_with("is in use") || f.desc.ends_with("is busy")
 }
 
 /// QEMU's ways of saying "no such thing" (checked on 10.0.2): `DeviceNotFound` for devices
@@ -333,6 +367,32 @@ mod tests {
         assert_eq!(
             fake.commands(),
             ["device_del", "blockdev-del", "blockdev-del"]
+        );
+    }
+
+    #[test]
+    fn a_backend_still_in_use_is_retried_until_qemu_lets_go() {
+        let tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let t = Arc::clone(&tries);
+        let fake = FakeQmp::start(move |cmd, args| match (cmd, args["node-name"].as_str()) {
+            ("device_del", _) => vec![Action::Error("Device 'vb0' not found".into())],
+            ("blockdev-del", Some("vb0-fmt")) if t.fetch_add(1, Ordering::SeqCst) < 2 => {
+                vec![Action::Error("Node vb0-fmt is in use".into())]
+            }
+            _ => vec![Action::Return(json!({}))],
+        });
+        unplug(&mut client(&fake), &disk_plan(), Duration::from_secs(5)).unwrap();
+        assert_eq!(tries.load(Ordering::SeqCst), 3);
+        // And a node that stays in use gives up at the deadline with a retryable error.
+        let fake = FakeQmp::start(|cmd, _| match cmd {
+            "device_del" => vec![Action::Error("Device 'vb0' not found".into())],
+            "blockdev-del" => vec![Action::Error("Node vb0-fmt is in use".into())],
+            _ => vec![Action::Return(json!({}))],
+        });
+        let err = unplug(&mut client(&fake), &disk_plan(), Duration::from_millis(100)).unwrap_err();
+        assert!(
+            matches!(err, RemovalError::Backend { ref backend, .. } if backend == "vb0-fmt"),
+            "{err}"
         );
     }
 

@@ -115,7 +115,7 @@ impl BareQemuBuilder {
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", qemu_binary().display()))?;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !qmp.exists() {
+        while crate::check_listening(&qmp).is_err() {
             if let Ok(Some(status)) = child.try_wait() {
                 let stderr = std::fs::read_to_string(&log).unwrap_or_default();
                 return Err(format!(
@@ -187,4 +187,132 @@ impl Drop for BareQemu {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A vhost-user backend process for tests (qemu-storage-daemon or virtiofsd), listening on
+/// a socket in its own temp dir; SIGKILLed on drop.
+#[derive(Debug)]
+pub struct Backend {
+    child: Child,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+}
+
+impl Backend {
+    /// qemu-storage-daemon exporting a fresh raw image of `size` as vhost-user-blk.
+    pub fn storage_daemon(size: &str) -> Result<Self, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let image = dir.path().join("disk.raw");
+        let socket = dir.path().join("vhost-user-blk.sock");
+        let out = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "raw"])
+            .arg(&image)
+            .arg(size)
+            .output()
+            .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "qemu-img: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let mut cmd = Command::new("qemu-storage-daemon");
+        cmd.arg("--blockdev")
+            .arg(format!("driver=file,node-name=file0,filename={}", image.display()))
+            .args(["--blockdev", "driver=raw,node-name=disk0,file=file0"])
+            .arg("--export")
+            .arg(format!(
+                "type=vhost-user-blk,id=exp0,node-name=disk0,writable=on,addr.type=unix,addr.path={}",
+                socket.display()
+            ));
+        Self::spawn(cmd, dir, socket, "qemu-storage-daemon")
+    }
+
+    /// virtiofsd sharing a fresh directory (see [`Backend::shared_dir`]).
+    pub fn virtiofsd() -> Result<Self, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).expect("shared dir");
+        let socket = dir.path().join("virtiofsd.sock");
+        let mut cmd = Command::new(virtiofsd_binary());
+        cmd.arg("--socket-path")
+            .arg(&socket)
+            .arg("--shared-dir")
+            .arg(&shared)
+            .args(["--sandbox", "none", "--cache", "never"]);
+        Self::spawn(cmd, dir, socket, "virtiofsd")
+    }
+
+    fn spawn(
+        mut cmd: Command,
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        what: &str,
+    ) -> Result<Self, String> {
+        let log = dir.path().join("backend.log");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("backend log"));
+        crate::sys::kill_with_parent(&mut cmd);
+        let mut child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while crate::check_listening(&socket).is_err() {
+            if let Ok(Some(status)) = child.try_wait() {
+                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("{what} exited ({status}): {stderr}"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "{what} did not listen on {} within 10 s",
+                    socket.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(Self { child, dir, socket })
+    }
+
+    /// The listening socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// virtiofsd's shared directory.
+    pub fn shared_dir(&self) -> PathBuf {
+        self.dir.path().join("shared")
+    }
+
+    /// Whether the backend still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The virtiofsd binary: `PLUGBOARD_VIRTIOFSD`, else on PATH, else cargo's bin directory
+/// (where `scripts/install-virtiofsd.sh` puts it).
+pub fn virtiofsd_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PLUGBOARD_VIRTIOFSD") {
+        return p.into();
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("virtiofsd"))
+        .find(|p| p.is_file());
+    on_path.unwrap_or_else(|| {
+        let home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+            .unwrap_or_default();
+        home.join("bin").join("virtiofsd")
+    })
 }

@@ -1,0 +1,590 @@
+//! plugboard-qemu against a real QEMU 10 with no guest OS (q35, TCG, paused).
+//!
+//! Fast enough for the normal suite (each test starts its own QEMU in well under a second).
+//! Without a guest, PCI unplugs are never acknowledged; `system_reset` completes them, which
+//! is also how the "guest never answers, retry later" path is shown. The tests that need a
+//! guest to acknowledge hotplug live in `tests/lab.rs`.
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failure to set up or query is the test's failure"
+)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use plugboard_devices::test_util::vhost_user_spec;
+use plugboard_devices::{
+    BlockDriver, BlockSpec, DeviceError, DeviceIdentity, DeviceKind, DeviceManager, DeviceSpec,
+    Hypervisor, HypervisorError, ImageFormat, ManagerConfig, PlugMode, VhostUserDevice,
+};
+use plugboard_qemu::qmp::QmpClient;
+use plugboard_qemu::test_util::{Backend, BareQemu};
+use plugboard_qemu::{QemuConfig, QemuError, QemuHypervisor, RemovalError};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(10);
+
+fn config() -> QemuConfig {
+    QemuConfig {
+        unplug_timeout: Duration::from_millis(500),
+        ..QemuConfig::default()
+    }
+}
+
+fn manager(qemu: &BareQemu, config: QemuConfig) -> DeviceManager<QemuHypervisor> {
+    let hv = QemuHypervisor::connect(qemu.qmp_socket(), config).unwrap();
+    let ports = u32::try_from(hv.port_pool().len()).unwrap();
+    DeviceManager::new(
+        hv,
+        ManagerConfig {
+            root_ports: ports,
+            name_offset: 0,
+        },
+    )
+}
+
+fn disk_spec(path: &Path, driver: BlockDriver, format: ImageFormat, read_only: bool) -> DeviceSpec {
+    let mut block = BlockSpec::new(path, driver);
+    block.format = format;
+    block.read_only = read_only;
+    DeviceSpec {
+        identity: DeviceIdentity::Path(path.to_owned()),
+        mode: PlugMode::Hot,
+        kind: DeviceKind::Block(block),
+    }
+}
+
+fn query(hv: &QemuHypervisor, command: &str, args: Option<&Value>) -> Value {
+    hv.with_client(|c| c.execute(command, args))
+        .unwrap()
+        .unwrap()
+}
+
+/// `node-name` → `ro` of every named block node.
+fn nodes(hv: &QemuHypervisor) -> Vec<(String, bool)> {
+    let list = query(hv, "query-named-block-nodes", Some(&json!({"flat": true})));
+    let mut v: Vec<(String, bool)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["node-name"].as_str().unwrap().to_owned(),
+                n["ro"].as_bool().unwrap(),
+            )
+        })
+        .filter(|(n, _)| !n.starts_with('#'))
+        .collect();
+    v.sort();
+    v
+}
+
+fn peripherals(hv: &QemuHypervisor) -> Vec<String> {
+    let list = query(
+        hv,
+        "qom-list",
+        Some(&json!({"path": "/machine/peripheral"})),
+    );
+    let mut v: Vec<String> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"].as_str().unwrap().starts_with("child<"))
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn chardevs(hv: &QemuHypervisor) -> Vec<String> {
+    let list = query(hv, "query-chardev", None);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["label"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_client_talks_to_a_real_qemu() {
+    let qemu = BareQemu::builder().start();
+    let mut c = QmpClient::connect(qemu.qmp_socket(), T).unwrap();
+    assert!(c.greeting().version.major >= 9, "{:?}", c.greeting());
+    assert_eq!(
+        c.execute("query-status", None).unwrap()["running"],
+        json!(false)
+    );
+    let err = c.execute("no-such-command", None).unwrap_err();
+    assert_eq!(err.failure().unwrap().class, "CommandNotFound");
+    c.execute("cont", None).unwrap();
+    let ev = c.wait_event(T, |e| e.name == "RESUME").unwrap();
+    assert!(ev.is_some());
+    c.execute("system_reset", None).unwrap();
+    assert!(c.wait_event(T, |e| e.name == "RESET").unwrap().is_some());
+}
+
+#[test]
+fn qemu_killed_mid_call_is_a_clear_error() {
+    let mut qemu = BareQemu::builder().start();
+    let mut c = QmpClient::connect(qemu.qmp_socket(), T).unwrap();
+    qemu.kill();
+    let err = c.execute("query-status", None).unwrap_err();
+    assert!(err.is_disconnected(), "{err}");
+    assert!(err.to_string().contains("QEMU went away"), "{err}");
+}
+
+#[test]
+fn ports_and_memory_are_discovered_at_attach() {
+    let qemu = BareQemu::builder()
+        .args(["-device", "virtio-rng-pci,id=rng0,bus=hp2"])
+        .start();
+    let hv = QemuHypervisor::connect(qemu.qmp_socket(), config()).unwrap();
+    assert_eq!(
+        hv.port_pool(),
+        ["hp1", "hp3", "hp4"],
+        "the taken port is not in the pool"
+    );
+    let ports = hv.root_ports();
+    assert_eq!(ports.len(), 4);
+    assert_eq!(
+        ports[1].occupant.as_deref(),
+        Some("/machine/peripheral/rng0")
+    );
+    assert!(ports.iter().all(|p| p.slot.is_some()));
+    assert_eq!(hv.memory_shared(), Some(false));
+    let shared = BareQemu::builder().shared_memory(true).start();
+    let hv = QemuHypervisor::connect(shared.qmp_socket(), config()).unwrap();
+    assert_eq!(hv.memory_shared(), Some(true));
+}
+
+#[test]
+fn a_read_only_qcow2_disk_goes_in_and_a_silent_guest_leaves_a_retryable_removal() {
+    let qemu = BareQemu::builder().start();
+    let image = qemu.image("d.qcow2", "qcow2", "16M");
+    let m = manager(&qemu, config());
+    let id = m
+        .new_device(disk_spec(
+            &image,
+            BlockDriver::VirtioBlk,
+            ImageFormat::Qcow2,
+            true,
+        ))
+        .unwrap()
+        .id();
+    m.attach(id).unwrap();
+    let hv = m.hypervisor();
+    let name = id.name_id("drive");
+    assert!(peripherals(hv).contains(&name));
+    let ours: Vec<_> = nodes(hv)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with(&name))
+        .collect();
+    assert_eq!(
+        ours,
+        [
+            (format!("{name}-file"), true),
+            (format!("{name}-fmt"), true)
+        ]
+    );
+    assert_eq!(
+        query(
+            hv,
+            "qom-get",
+            Some(&json!({"path": format!("/machine/peripheral/{name}"), "property": "parent_bus"}))
+        ),
+        json!("/machine/peripheral/hp1/hp1")
+    );
+
+    // No guest: the unplug request times out, the device stays attached, nodes stay.
+    let err = m.detach(id).unwrap_err();
+    assert!(m.is_attached(id), "{err}");
+    let chain = format!("{err:?}");
+    assert!(chain.contains("GuestTimeout"), "{chain}");
+    assert_eq!(
+        nodes(hv)
+            .iter()
+            .filter(|(n, _)| n.starts_with(&name))
+            .count(),
+        2
+    );
+
+    // A reset completes the pending unplug; the retry finishes the job.
+    query(hv, "system_reset", None);
+    m.detach(id).unwrap();
+    assert!(!m.is_attached(id));
+    assert!(!peripherals(hv).contains(&name));
+    assert!(
+        nodes(hv).iter().all(|(n, _)| !n.starts_with(&name)),
+        "{:?}",
+        nodes(hv)
+    );
+    assert_eq!(m.allocations().root_ports, []);
+}
+
+#[test]
+fn scsi_hd_goes_to_the_managers_id_and_lun_and_leaves_at_once() {
+    let qemu = BareQemu::builder()
+        .args(["-device", "virtio-scsi-pci,id=scsi0,bus=hp4"])
+        .start();
+    let image = qemu.image("s.raw", "raw", "8M");
+    let m = manager(&qemu, config());
+    assert_eq!(m.hypervisor().port_pool(), ["hp1", "hp2", "hp3"]);
+    let id = m
+        .new_device(disk_spec(
+            &image,
+            BlockDriver::VirtioScsi,
+            ImageFormat::Raw,
+            false,
+        ))
+        .unwrap()
+        .id();
+    m.attach(id).unwrap();
+    let hv = m.hypervisor();
+    let name = id.name_id("drive");
+    let path = format!("/machine/peripheral/{name}");
+    let get = |p: &str| query(hv, "qom-get", Some(&json!({"path": path, "property": p})));
+    assert_eq!(
+        get("parent_bus"),
+        json!("/machine/peripheral/scsi0/virtio-backend/scsi0.0")
+    );
+    assert_eq!((get("scsi-id"), get("lun")), (json!(0), json!(0)));
+    assert_eq!(
+        m.allocations().root_ports,
+        [],
+        "a SCSI disk takes no root port"
+    );
+    m.detach(id).unwrap();
+    assert!(!peripherals(hv).contains(&name));
+    assert!(nodes(hv).iter().all(|(n, _)| !n.starts_with(&name)));
+}
+
+#[test]
+fn nvdimm_goes_in_and_detach_is_refused_clearly() {
+    let qemu = BareQemu::builder()
+        .args(["-machine", "nvdimm=on", "-m", "128M,slots=2,maxmem=1G"])
+        .start();
+    let file = qemu.dir().join("pmem.img");
+    std::fs::File::create(&file)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let m = manager(&qemu, config());
+    let id = m
+        .new_device(disk_spec(
+            &file,
+            BlockDriver::Nvdimm,
+            ImageFormat::Raw,
+            false,
+        ))
+        .unwrap()
+        .id();
+    m.attach(id).unwrap();
+    let hv = m.hypervisor();
+    let mem = query(hv, "query-memory-devices", None);
+    assert_eq!(mem[0]["type"], "nvdimm", "{mem}");
+    let err = m.detach(id).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            DeviceError::Unplug {
+                source: HypervisorError::NotRemovable { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(m.is_attached(id));
+    assert!(peripherals(hv).contains(&id.name_id("drive")));
+}
+
+#[test]
+fn vhost_user_is_refused_before_qemu_is_touched() {
+    let qemu = BareQemu::builder().shared_memory(true).start();
+    let m = manager(&qemu, config());
+    let before = chardevs(m.hypervisor());
+    // No socket at all.
+    let missing = qemu.dir().join("missing.sock");
+    let spec = vhost_user_spec(
+        missing.to_str().unwrap(),
+        VhostUserDevice::Blk {
+            driver: BlockDriver::VirtioBlk,
+        },
+    );
+    let id = m.new_device(spec).unwrap().id();
+    let err = m.attach(id).unwrap_err();
+    assert!(format!("{err:?}").contains("Missing"), "{err:?}");
+    // A stale socket file nobody listens on.
+    let stale = qemu.dir().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    let spec = vhost_user_spec(stale.to_str().unwrap(), VhostUserDevice::Scsi);
+    let id2 = m.new_device(spec).unwrap().id();
+    assert!(format!("{:?}", m.attach(id2).unwrap_err()).contains("NotListening"));
+    assert_eq!(chardevs(m.hypervisor()), before);
+    assert_eq!(m.allocations().root_ports, []);
+
+    // A live backend, but the VM's memory is private.
+    let private = BareQemu::builder().start();
+    let backend = Backend::storage_daemon("8M").unwrap();
+    let m = manager(&private, config());
+    let spec = vhost_user_spec(
+        backend.socket().to_str().unwrap(),
+        VhostUserDevice::Blk {
+            driver: BlockDriver::VirtioBlk,
+        },
+    );
+    let id = m.new_device(spec).unwrap().id();
+    let err = m.attach(id).unwrap_err();
+    assert!(format!("{err:?}").contains("MemoryNotShared"), "{err:?}");
+    assert_eq!(chardevs(m.hypervisor()), before);
+}
+
+#[test]
+fn vhost_user_blk_against_qemu_storage_daemon() {
+    let qemu = BareQemu::builder().shared_memory(true).start();
+    let backend = Backend::storage_daemon("8M").unwrap();
+    let m = manager(&qemu, config());
+    let spec = vhost_user_spec(
+        backend.socket().to_str().unwrap(),
+        VhostUserDevice::Blk {
+            driver: BlockDriver::VirtioBlk,
+        },
+    );
+    let id = m.new_device(spec).unwrap().id();
+    m.attach(id).unwrap();
+    let hv = m.hypervisor();
+    let name = id.name_id("blk");
+    assert!(peripherals(hv).contains(&name));
+    assert!(chardevs(hv).contains(&format!("{name}-chr")));
+    // No guest to acknowledge: the first detach times out, a reset completes it.
+    m.detach(id).unwrap_err();
+    query(hv, "system_reset", None);
+    m.detach(id).unwrap();
+    assert!(!peripherals(hv).contains(&name));
+    assert!(!chardevs(hv).contains(&format!("{name}-chr")));
+}
+
+#[test]
+fn a_duplicate_qemu_id_is_refused_and_the_first_device_is_left_alone() {
+    let qemu = BareQemu::builder().start();
+    let a = qemu.image("a.raw", "raw", "4M");
+    let b = qemu.image("b.raw", "raw", "4M");
+    let m = manager(&qemu, config());
+    let id = m
+        .new_device(disk_spec(
+            &a,
+            BlockDriver::VirtioBlk,
+            ImageFormat::Raw,
+            false,
+        ))
+        .unwrap()
+        .id();
+    let request = {
+        m.attach(id).unwrap();
+        let hv = m.hypervisor();
+        // Another request under the same QEMU names (what a crashed, reloaded manager might send).
+        let mut spec = disk_spec(&b, BlockDriver::VirtioBlk, ImageFormat::Raw, false);
+        spec.mode = PlugMode::Hot;
+        let before = (nodes(hv), peripherals(hv));
+        let request = plugboard_devices::PlugRequest {
+            device: id,
+            mode: PlugMode::Hot,
+            plug: plugboard_devices::Plug::Block(plugboard_devices::BlockPlug {
+                name_id: id.name_id("drive"),
+                spec: match spec.kind {
+                    DeviceKind::Block(b) => b,
+                    _ => unreachable!(),
+                },
+                index: plugboard_devices::BlockIndex::try_from(1).unwrap(),
+                drive_name: None,
+                scsi_address: None,
+                port: Some(plugboard_devices::RootPort::new(1)),
+            }),
+        };
+        let err = hv.hotplug_add(&request).unwrap_err();
+        assert!(
+            matches!(err, HypervisorError::AlreadyPlugged { .. }),
+            "{err:?}"
+        );
+        assert_eq!((nodes(hv), peripherals(hv)), before, "nothing changed");
+        request
+    };
+    let _ = request;
+    assert!(m.is_attached(id));
+}
+
+#[test]
+fn qemu_killed_mid_hotplug_rolls_the_manager_back() {
+    let mut qemu = BareQemu::builder().start();
+    let image = qemu.image("k.raw", "raw", "4M");
+    let m = manager(&qemu, config());
+    let id = m
+        .new_device(disk_spec(
+            &image,
+            BlockDriver::VirtioBlk,
+            ImageFormat::Raw,
+            false,
+        ))
+        .unwrap()
+        .id();
+    let pid = rustix::process::Pid::from_raw(i32::try_from(qemu.pid()).unwrap()).unwrap();
+    // Freeze QEMU so the attach is surely in flight, then kill it.
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let err = std::thread::scope(|s| {
+        let attach = s.spawn(|| m.attach(id));
+        std::thread::sleep(Duration::from_millis(300));
+        qemu.kill();
+        attach.join().unwrap()
+    })
+    .unwrap_err();
+    let chain = format!("{err:?}");
+    assert!(chain.contains("Disconnected"), "{chain}");
+    assert!(
+        chain.contains("blockdev-add"),
+        "the first step was in flight: {chain}"
+    );
+    assert!(!m.is_attached(id));
+    assert_eq!(m.allocations().root_ports, []);
+    assert_eq!(m.allocations().block_indexes, []);
+}
+
+#[test]
+fn a_full_port_pool_is_refused_before_qemu_is_touched() {
+    let qemu = BareQemu::builder().ports(&["hp1"]).start();
+    let a = qemu.image("a.raw", "raw", "4M");
+    let b = qemu.image("b.raw", "raw", "4M");
+    let m = manager(&qemu, config());
+    assert_eq!(m.config().root_ports, 1);
+    let ida = m
+        .new_device(disk_spec(
+            &a,
+            BlockDriver::VirtioBlk,
+            ImageFormat::Raw,
+            false,
+        ))
+        .unwrap()
+        .id();
+    m.attach(ida).unwrap();
+    let before = nodes(m.hypervisor());
+    let idb = m
+        .new_device(disk_spec(
+            &b,
+            BlockDriver::VirtioBlk,
+            ImageFormat::Raw,
+            false,
+        ))
+        .unwrap()
+        .id();
+    let err = m.attach(idb).unwrap_err();
+    assert!(matches!(err, DeviceError::RootPort { .. }), "{err:?}");
+    assert_eq!(nodes(m.hypervisor()), before);
+    assert!(!m.is_attached(idb));
+}
+
+#[test]
+fn vfio_pci_with_a_missing_host_function_is_a_clean_error_in_both_modes() {
+    // Bus 0xfe does not exist here: QEMU fails on sysfs before it would open /dev/vfio.
+    let qemu = BareQemu::builder().start();
+    let m = manager(&qemu, config());
+    for (group, cdev) in [(0xfe, false), (0xfd, true)] {
+        let mut spec = plugboard_devices::test_util::vfio_spec(group, &[true]);
+        if cdev && let DeviceKind::Vfio(v) = &mut spec.kind {
+            v.backend = plugboard_devices::VfioBackend::Cdev { index: 0 };
+        }
+        let id = m.new_device(spec).unwrap().id();
+        let err = m.attach(id).unwrap_err();
+        let chain = format!("{err:?}");
+        assert!(chain.contains("no such host device"), "{chain}");
+        let objects = query(
+            m.hypervisor(),
+            "qom-list",
+            Some(&json!({"path": "/objects"})),
+        );
+        assert!(
+            !objects.to_string().contains("iommufd"),
+            "iommufd object left behind: {objects}"
+        );
+    }
+    assert_eq!(m.allocations().root_ports, []);
+}
+
+#[test]
+fn coldplugged_devices_render_as_arguments_qemu_accepts() {
+    let hv = QemuHypervisor::new(QemuConfig {
+        root_ports: vec!["hp1".into(), "hp2".into(), "hp3".into()],
+        scsi_controller: Some("scsi0".into()),
+        ..config()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let qcow = dir.path().join("c.qcow2");
+    let raw = dir.path().join("c.raw");
+    for (p, f) in [(&qcow, "qcow2"), (&raw, "raw")] {
+        assert!(
+            std::process::Command::new("qemu-img")
+                .args(["create", "-q", "-f", f])
+                .arg(p)
+                .arg("8M")
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    let m = DeviceManager::new(
+        hv,
+        ManagerConfig {
+            root_ports: 3,
+            name_offset: 0,
+        },
+    );
+    let mut blk = disk_spec(&qcow, BlockDriver::VirtioBlk, ImageFormat::Qcow2, false);
+    blk.mode = PlugMode::Cold;
+    let mut scsi = disk_spec(&raw, BlockDriver::VirtioScsi, ImageFormat::Raw, true);
+    scsi.mode = PlugMode::Cold;
+    let blk = m.new_device(blk).unwrap().id();
+    let scsi = m.new_device(scsi).unwrap().id();
+    m.attach(blk).unwrap();
+    m.attach(scsi).unwrap();
+    let args = m.hypervisor().boot_args();
+    assert_eq!(
+        args.iter().filter(|a| *a == "-device").count(),
+        2,
+        "{args:?}"
+    );
+    let qemu = BareQemu::builder()
+        .args(["-device", "virtio-scsi-pci,id=scsi0,bus=hp4"])
+        .args(args)
+        .start();
+    m.hypervisor().attach(qemu.qmp_socket()).unwrap();
+    let hv = m.hypervisor();
+    let present = peripherals(hv);
+    assert!(
+        present.contains(&blk.name_id("drive")) && present.contains(&scsi.name_id("drive")),
+        "{present:?}"
+    );
+    assert!(nodes(hv).contains(&(format!("{}-fmt", scsi.name_id("drive")), true)));
+    // A cold-plugged SCSI disk can be removed from the running VM like a hot-plugged one.
+    m.detach(scsi).unwrap();
+    assert!(!peripherals(hv).contains(&scsi.name_id("drive")));
+}
+
+#[test]
+fn removal_of_something_already_gone_finishes_cleanly() {
+    let qemu = BareQemu::builder().start();
+    let hv = QemuHypervisor::connect(qemu.qmp_socket(), config()).unwrap();
+    let image = qemu.image("g.raw", "raw", "4M");
+    let disk = plugboard_qemu::block::Disk::new(
+        plugboard_qemu::block::DiskSource::File(image),
+        plugboard_qemu::block::DiskFormat::Raw,
+    );
+    let plan =
+        plugboard_qemu::block::virtio_blk("gone0".parse().unwrap(), &disk, Some("hp1"), None);
+    hv.plug(&plan).unwrap();
+    let err = hv.unplug(&plan).unwrap_err();
+    assert!(
+        matches!(err, QemuError::Removal(RemovalError::GuestTimeout { .. })),
+        "{err}"
+    );
+    query(&hv, "system_reset", None);
+    hv.unplug(&plan).unwrap();
+    // Again, with everything gone: device_del says DeviceNotFound, the nodes are missing.
+    hv.unplug(&plan).unwrap();
+}
