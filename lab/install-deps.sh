@@ -54,7 +54,7 @@ fi
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends -t "${codename}-backports" \
   qemu-system-x86 qemu-utils >/dev/null
-pkgs=(busybox-static cpio kmod xz-utils socat pciutils pci.ids)
+pkgs=(busybox-static cpio kmod xz-utils socat pciutils pci.ids binutils)
 if [ "$want_kernel_deps" = 1 ]; then
   pkgs+=(linux-source-6.12 bc bison flex libelf-dev libssl-dev make gcc)
 fi

@@ -128,7 +128,16 @@ impl MachineConfig {
             "-initrd",
             &path_str(&files.initramfs),
         ]);
-        let mut cmdline = vec!["console=ttyS0", "intel_iommu=on", "panic=-1", "quiet"];
+        // no_timer_check: under TCG on a loaded host the IO-APIC timer check can miss its
+        // window, and with interrupt remapping the kernel panics ("timer doesn't work
+        // through Interrupt-remapped IO-APIC"). KVM guests skip that check the same way.
+        let mut cmdline = vec![
+            "console=ttyS0",
+            "intel_iommu=on",
+            "no_timer_check",
+            "panic=-1",
+            "quiet",
+        ];
         cmdline.extend(self.kernel_args.iter().map(String::as_str));
         push(&["-append", &cmdline.join(" ")]);
         a.extend(self.extra_qemu_args.iter().cloned());
@@ -178,7 +187,7 @@ mod tests {
         assert_eq!(line.matches("e1000e,").count(), 4);
         assert!(line.contains("e1000e,id=gp3,netdev=net-gp3,bus=br0,addr=1.0"));
         assert!(line.contains("-qmp unix:/r/qmp.sock,server=on,wait=off"));
-        assert!(line.contains("console=ttyS0 intel_iommu=on panic=-1 quiet foo=1"));
+        assert!(line.contains("console=ttyS0 intel_iommu=on no_timer_check panic=-1 quiet foo=1"));
         assert!(line.ends_with("-device virtio-rng-pci"));
     }
 
