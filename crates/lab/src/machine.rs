@@ -137,6 +137,8 @@ impl MachineConfig {
             "no_timer_check",
             "panic=-1",
             "quiet",
+            // Tells tests they are in the lab guest (see lab/README.md).
+            "plugboard.lab=1",
         ];
         cmdline.extend(self.kernel_args.iter().map(String::as_str));
         push(&["-append", &cmdline.join(" ")]);
@@ -187,7 +189,7 @@ mod tests {
         assert_eq!(line.matches("e1000e,").count(), 4);
         assert!(line.contains("e1000e,id=gp3,netdev=net-gp3,bus=br0,addr=1.0"));
         assert!(line.contains("-qmp unix:/r/qmp.sock,server=on,wait=off"));
-        assert!(line.contains("console=ttyS0 intel_iommu=on no_timer_check panic=-1 quiet foo=1"));
+        assert!(line.contains("console=ttyS0 intel_iommu=on no_timer_check panic=-1 quiet plugboard.lab=1 foo=1"));
         assert!(line.ends_with("-device virtio-rng-pci"));
     }
 

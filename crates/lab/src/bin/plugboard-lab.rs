@@ -230,16 +230,31 @@ fn test(args: &TestArgs) -> Result<i32, LabError> {
         );
         return Ok(0);
     }
-    let mut guest = boot(&boot_options(&args.machine, kernel), &img)?;
+    let opts = boot_options(&args.machine, kernel);
+    let mut guest = Some(boot(&opts, &img)?);
     let mut failed = Vec::new();
     let mut summary = Vec::new();
     let all = Instant::now();
     for t in &tests {
         let name = format!("{}-lab", t.package);
         let script = format!("cd /lab-tests && ./{name} --ignored --test-threads=1 --color never");
+        // A binary that hung killed the guest: boot a fresh one for the next.
+        let mut g = match guest.take() {
+            Some(g) => g,
+            None => match boot(&opts, &img) {
+                Ok(g) => g,
+                Err(e) => {
+                    summary.push(format!(
+                        "{name}: not run, the guest did not boot again: {e}"
+                    ));
+                    failed.push(name);
+                    continue;
+                }
+            },
+        };
         eprintln!("==> lab test binary {name} (in the guest, as root): {script}");
         let start = Instant::now();
-        let result = guest.exec_with(&script, Duration::from_secs(args.timeout), &mut |l| {
+        let result = g.exec_with(&script, Duration::from_secs(args.timeout), &mut |l| {
             println!("{l}");
         });
         let took = start.elapsed().as_secs_f64();
@@ -249,11 +264,11 @@ fn test(args: &TestArgs) -> Result<i32, LabError> {
                 if !out.success() {
                     failed.push(name);
                 }
+                guest = Some(g);
             }
             Err(e) => {
                 summary.push(format!("{name}: {e}"));
                 failed.push(name);
-                break;
             }
         }
     }
@@ -264,7 +279,9 @@ fn test(args: &TestArgs) -> Result<i32, LabError> {
     for line in &summary {
         eprintln!("    {line}");
     }
-    let _ = guest.shutdown();
+    if let Some(g) = guest {
+        let _ = g.shutdown();
+    }
     if failed.is_empty() {
         Ok(0)
     } else {
