@@ -189,7 +189,9 @@ mod tests {
         assert_eq!(line.matches("e1000e,").count(), 4);
         assert!(line.contains("e1000e,id=gp3,netdev=net-gp3,bus=br0,addr=1.0"));
         assert!(line.contains("-qmp unix:/r/qmp.sock,server=on,wait=off"));
-        assert!(line.contains("console=ttyS0 intel_iommu=on no_timer_check panic=-1 quiet plugboard.lab=1 foo=1"));
+        assert!(line.contains(
+            "console=ttyS0 intel_iommu=on no_timer_check panic=-1 quiet plugboard.lab=1 foo=1"
+        ));
         assert!(line.ends_with("-device virtio-rng-pci"));
     }
 

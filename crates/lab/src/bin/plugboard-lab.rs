@@ -5,6 +5,7 @@
 //!   its output, exit with its status (124: a timeout killed the guest; 125: lab failure).
 //! - `plugboard-lab test`: build every package's `lab` test binary and `plugboard`, pack
 //!   them into one initramfs, boot once, run each with `--ignored --test-threads=1` as root.
+//! - `plugboard-lab initramfs OUT [--file ...]`: write the image for a hand-made QEMU run.
 //!
 //! Each stage's time goes to stderr.
 
@@ -33,6 +34,16 @@ enum Cmd {
     Run(RunArgs),
     /// Run every package's `lab` test binary in one guest (the CI stage).
     Test(TestArgs),
+    /// Write the lab initramfs (busybox, /init, the given files) for use with your own QEMU.
+    Initramfs(InitramfsArgs),
+}
+
+#[derive(Debug, Args)]
+struct InitramfsArgs {
+    #[command(flatten)]
+    machine: MachineArgs,
+    /// Where to write the image (an uncompressed newc cpio).
+    output: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +99,12 @@ fn main() -> ExitCode {
         }),
         Cmd::Run(args) => run(&args),
         Cmd::Test(args) => test(&args),
+        Cmd::Initramfs(args) => base_image(&args.machine)
+            .and_then(|img| img.write(&args.output))
+            .map(|size| {
+                eprintln!("wrote {} ({size} bytes)", args.output.display());
+                0
+            }),
     };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
