@@ -9,6 +9,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+pub use plugboard_sysfs::PciAddress;
 use serde::{Deserialize, Serialize};
 
 /// How the VMM opens the device.
@@ -39,121 +40,12 @@ impl fmt::Display for VfioBackend {
 /// Why a VFIO spec or one of its parts is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VfioSpecError {
-    /// A PCI address that is not `DDDD:BB:SS.F`.
-    #[error("PCI address {0:?} is not DDDD:BB:SS.F")]
-    PciAddress(String),
     /// A mediated-device UUID that is not 8-4-4-4-12 hex digits.
     #[error("mdev UUID {0:?} is not 8-4-4-4-12 hex digits")]
     MdevUuid(String),
     /// A spec without functions.
     #[error("VFIO device {0} has no functions to pass through")]
     NoFunctions(VfioBackend),
-}
-
-/// A host PCI address, `DDDD:BB:SS.F`.
-///
-/// Shown and parsed in the kernel's form (`0000:02:00.0`); serialized as that string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct PciAddress {
-    domain: u16,
-    bus: u8,
-    slot: u8,
-    function: u8,
-}
-
-impl PciAddress {
-    /// The address `domain:bus:slot.function`.
-    ///
-    /// # Errors
-    /// [`VfioSpecError::PciAddress`] when the slot is above 31 or the function above 7.
-    pub fn new(domain: u16, bus: u8, slot: u8, function: u8) -> Result<Self, VfioSpecError> {
-        if slot > 31 || function > 7 {
-            return Err(VfioSpecError::PciAddress(format!(
-                "{domain:04x}:{bus:02x}:{slot:02x}.{function:x}"
-            )));
-        }
-        Ok(Self {
-            domain,
-            bus,
-            slot,
-            function,
-        })
-    }
-
-    /// The PCI domain (segment).
-    #[must_use]
-    pub const fn domain(self) -> u16 {
-        self.domain
-    }
-
-    /// The bus number.
-    #[must_use]
-    pub const fn bus(self) -> u8 {
-        self.bus
-    }
-
-    /// The slot (device) number, `0..=31`.
-    #[must_use]
-    pub const fn slot(self) -> u8 {
-        self.slot
-    }
-
-    /// The function number, `0..=7`.
-    #[must_use]
-    pub const fn function(self) -> u8 {
-        self.function
-    }
-}
-
-impl fmt::Display for PciAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04x}:{:02x}:{:02x}.{:x}",
-            self.domain, self.bus, self.slot, self.function
-        )
-    }
-}
-
-impl FromStr for PciAddress {
-    type Err = VfioSpecError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || VfioSpecError::PciAddress(s.to_owned());
-        let hex = |part: &str, len: usize| {
-            if part.len() == len && part.bytes().all(|b| b.is_ascii_hexdigit()) {
-                u16::from_str_radix(part, 16).map_err(|_| err())
-            } else {
-                Err(err())
-            }
-        };
-        let (domain, rest) = s.split_once(':').ok_or_else(err)?;
-        let (bus, rest) = rest.split_once(':').ok_or_else(err)?;
-        let (slot, function) = rest.split_once('.').ok_or_else(err)?;
-        let narrow = |v: u16| u8::try_from(v).map_err(|_| err());
-        Self::new(
-            hex(domain, 4)?,
-            narrow(hex(bus, 2)?)?,
-            narrow(hex(slot, 2)?)?,
-            narrow(hex(function, 1)?)?,
-        )
-        .map_err(|_| err())
-    }
-}
-
-impl TryFrom<String> for PciAddress {
-    type Error = VfioSpecError;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        s.parse()
-    }
-}
-
-impl From<PciAddress> for String {
-    fn from(a: PciAddress) -> Self {
-        a.to_string()
-    }
 }
 
 /// A mediated device's UUID, lower case.
@@ -251,26 +143,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pci_address_round_trips() {
-        let a: PciAddress = "0000:02:1f.7".parse().unwrap();
-        assert_eq!((a.domain(), a.bus(), a.slot(), a.function()), (0, 2, 31, 7));
-        assert_eq!(a.to_string(), "0000:02:1f.7");
-        let json = serde_json::to_string(&a).unwrap();
-        assert_eq!(serde_json::from_str::<PciAddress>(&json).unwrap(), a);
-    }
-
-    #[test]
-    fn pci_address_rejects_bad_input() {
-        for bad in [
-            "",
-            "02:00.0",
-            "0000:02:00",
-            "0000:02:20.0",
-            "0000:02:00.8",
-            "000g:02:00.0",
-        ] {
-            bad.parse::<PciAddress>().expect_err(bad);
-        }
+    fn functions_serialize_with_the_kernel_address_form() {
+        let f = VfioFunction {
+            host: HostFunction::Pci("0000:02:1f.7".parse().unwrap()),
+            sysfs_path: PathBuf::from("/sys/bus/pci/devices/0000:02:1f.7"),
+            class: Some(0x03_0000),
+            is_pcie: true,
+            large_bar: true,
+        };
+        let json = serde_json::to_string(&f).unwrap();
+        assert!(json.contains("\"0000:02:1f.7\""), "{json}");
+        assert_eq!(serde_json::from_str::<VfioFunction>(&json).unwrap(), f);
     }
 
     #[test]
