@@ -20,7 +20,7 @@ use crate::hotplug::{self, HotplugError, VmFacts};
 use crate::plan::Plan;
 use crate::ports::{self, PortError, RootPort};
 use crate::qmp::{DEFAULT_TIMEOUT, QmpClient, QmpError};
-use crate::removal::{self, RemovalError};
+use crate::removal::{self, Departure, RemovalError};
 
 /// How long to wait for a guest to release a device, unless told otherwise.
 pub const DEFAULT_UNPLUG_TIMEOUT: Duration = Duration::from_secs(10);
@@ -99,6 +99,7 @@ pub(crate) struct Session {
     pub(crate) pool: Vec<String>,
     pub(crate) memory_shared: bool,
     pub(crate) scsi_controller: Option<String>,
+    pub(crate) last_departure: Option<(String, Departure)>,
 }
 
 #[derive(Debug, Default)]
@@ -182,6 +183,7 @@ impl QemuHypervisor {
             pool,
             memory_shared,
             scsi_controller,
+            last_departure: None,
         });
         Ok(())
     }
@@ -234,11 +236,19 @@ impl QemuHypervisor {
 
     /// Removes one plan's device and backends; a [`RemovalError::GuestTimeout`] can be
     /// retried and the retry finishes the job.
-    pub fn unplug(&self, plan: &Plan) -> Result<(), QemuError> {
+    pub fn unplug(&self, plan: &Plan) -> Result<Departure, QemuError> {
         let timeout = self.config.unplug_timeout;
         let mut state = self.lock();
         let session = state.session.as_mut().ok_or(QemuError::NotRunning)?;
         session.unplug(plan, timeout)
+    }
+
+    /// The last device removed and how its departure was seen (for checks and reports).
+    pub fn last_departure(&self) -> Option<(String, Departure)> {
+        self.lock()
+            .session
+            .as_ref()
+            .and_then(|s| s.last_departure.clone())
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
@@ -258,10 +268,15 @@ impl Session {
         Ok(())
     }
 
-    pub(crate) fn unplug(&mut self, plan: &Plan, timeout: Duration) -> Result<(), QemuError> {
-        removal::unplug(&mut self.client, plan, timeout)?;
+    pub(crate) fn unplug(
+        &mut self,
+        plan: &Plan,
+        timeout: Duration,
+    ) -> Result<Departure, QemuError> {
+        let departure = removal::unplug(&mut self.client, plan, timeout)?;
         self.set_occupant(plan, None);
-        Ok(())
+        self.last_departure = Some((plan.id.to_string(), departure));
+        Ok(departure)
     }
 
     /// The root bus slot of the port a plan sits on.

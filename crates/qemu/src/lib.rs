@@ -43,5 +43,5 @@ pub use hypervisor::{DEFAULT_UNPLUG_TIMEOUT, QemuConfig, QemuError, QemuHypervis
 pub use id::{QemuId, QemuIdError};
 pub use plan::{Backend, Plan, Requirements};
 pub use ports::{PortError, RootPort};
-pub use removal::{POLL_INTERVAL, RemovalError};
+pub use removal::{Departure, POLL_INTERVAL, RemovalError};
 pub use requests::{RequestError, VmLayout, plans};

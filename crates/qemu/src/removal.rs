@@ -24,6 +24,17 @@ use crate::qmp::{Event, QmpClient, QmpError, QmpFailure};
 /// How often the device's presence is polled while waiting for `DEVICE_DELETED`.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How a removal learned that the guest had let the device go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// QEMU sent `DEVICE_DELETED` for the device itself.
+    Event,
+    /// The device left `/machine/peripheral` without its event (seen after resets).
+    Vanished,
+    /// It was gone before this call (a retry finishing an earlier removal).
+    AlreadyGone,
+}
+
 /// Why a device was not (fully) removed.
 #[derive(Debug, thiserror::Error)]
 pub enum RemovalError {
@@ -84,7 +95,11 @@ pub enum RemovalError {
 }
 
 /// Removes the plan's device and then its backends, waiting at most `timeout` for the guest.
-pub fn unplug(client: &mut QmpClient, plan: &Plan, timeout: Duration) -> Result<(), RemovalError> {
+pub fn unplug(
+    client: &mut QmpClient,
+    plan: &Plan,
+    timeout: Duration,
+) -> Result<Departure, RemovalError> {
     let id = &plan.id;
     if !plan.removable {
         return Err(RemovalError::NotRemovable {
@@ -97,16 +112,17 @@ pub fn unplug(client: &mut QmpClient, plan: &Plan, timeout: Duration) -> Result<
         .take_event(|e| e.is_device_deleted(id.as_str()))
         .is_some()
     {}
-    match client.execute("device_del", Some(&json!({ "id": id.as_str() }))) {
+    let departure = match client.execute("device_del", Some(&json!({ "id": id.as_str() }))) {
         Ok(_) => wait_gone(client, id, timeout)?,
         Err(e) if e.failure().is_some_and(is_not_found) => {
             tracing::debug!(device = %id, "device already gone; deleting what is left of its backends");
+            Departure::AlreadyGone
         }
         Err(e)
             if e.failure()
                 .is_some_and(|f| f.desc.contains("already in the process of unplug")) =>
         {
-            wait_gone(client, id, timeout)?;
+            wait_gone(client, id, timeout)?
         }
         Err(source) => {
             return Err(RemovalError::Request {
@@ -114,10 +130,10 @@ pub fn unplug(client: &mut QmpClient, plan: &Plan, timeout: Duration) -> Result<
                 source,
             });
         }
-    }
+    };
     delete_backends(client, plan, timeout)?;
-    tracing::info!(device = %id, driver = plan.driver(), "device removed and its backends deleted");
-    Ok(())
+    tracing::info!(device = %id, driver = plan.driver(), ?departure, "device removed and its backends deleted");
+    Ok(departure)
 }
 
 /// Waits for the device to leave: its `DEVICE_DELETED`, or its absence from
@@ -126,7 +142,7 @@ pub fn wait_gone(
     client: &mut QmpClient,
     id: &QemuId,
     timeout: Duration,
-) -> Result<(), RemovalError> {
+) -> Result<Departure, RemovalError> {
     let deadline = Instant::now() + timeout;
     let ours = |e: &Event| e.is_device_deleted(id.as_str()) || e.is_unplug_guest_error(id.as_str());
     // Events that arrived with the device_del reply (scsi-hd unplugs at once) are queued;
@@ -136,7 +152,7 @@ pub fn wait_gone(
             return Err(RemovalError::GuestRefused { device: id.clone() });
         }
         if !present(client, id)? {
-            return Ok(());
+            return Ok(Departure::Event);
         }
     }
     loop {
@@ -152,8 +168,8 @@ pub fn wait_gone(
             Some(e) if e.is_unplug_guest_error(id.as_str()) => {
                 return Err(RemovalError::GuestRefused { device: id.clone() });
             }
-            Some(_) => return Ok(()),
-            None if !present(client, id)? => return Ok(()),
+            Some(_) => return Ok(Departure::Event),
+            None if !present(client, id)? => return Ok(Departure::Vanished),
             None if left <= slice => {
                 return Err(RemovalError::GuestTimeout {
                     device: id.clone(),
@@ -292,7 +308,8 @@ mod tests {
             ],
             _ => vec![Action::Return(json!({}))],
         });
-        unplug(&mut client(&fake), &disk_plan(), Duration::from_secs(5)).unwrap();
+        let how = unplug(&mut client(&fake), &disk_plan(), Duration::from_secs(5)).unwrap();
+        assert_eq!(how, Departure::Event);
         assert_eq!(
             fake.commands(),
             ["device_del", "blockdev-del", "blockdev-del"]
@@ -316,7 +333,8 @@ mod tests {
             "qom-list" => vec![peripheral(false)],
             _ => vec![Action::Return(json!({}))],
         });
-        unplug(&mut client(&fake), &disk_plan(), Duration::from_secs(5)).unwrap();
+        let how = unplug(&mut client(&fake), &disk_plan(), Duration::from_secs(5)).unwrap();
+        assert_eq!(how, Departure::Vanished);
         assert_eq!(
             fake.commands(),
             ["device_del", "qom-list", "blockdev-del", "blockdev-del"]

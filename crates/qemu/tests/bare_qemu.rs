@@ -586,5 +586,8 @@ fn removal_of_something_already_gone_finishes_cleanly() {
     query(&hv, "system_reset", None);
     hv.unplug(&plan).unwrap();
     // Again, with everything gone: device_del says DeviceNotFound, the nodes are missing.
-    hv.unplug(&plan).unwrap();
+    assert_eq!(
+        hv.unplug(&plan).unwrap(),
+        plugboard_qemu::Departure::AlreadyGone
+    );
 }

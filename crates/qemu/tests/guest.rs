@@ -1,0 +1,351 @@
+//! plugboard-qemu against a real QEMU 10 running the lab guest, which acknowledges hotplug.
+//!
+//! Each test boots the lab kernel (`plugboard-lab`, see `lab/README.md`), attaches a device
+//! through the device manager, looks for it from inside the guest, detaches it and checks
+//! that QEMU reported `DEVICE_DELETED` and that the guest no longer sees it. Slow (a TCG boot
+//! each) and they need the lab kernel, so they are ignored by default; run them with
+//!
+//! ```sh
+//! cargo test -p plugboard-qemu --test guest -- --ignored --test-threads=1
+//! ```
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failure to set up or query is the test's failure"
+)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use plugboard_devices::test_util::vhost_user_spec;
+use plugboard_devices::{
+    BlockDriver, BlockSpec, DeviceId, DeviceIdentity, DeviceKind, DeviceManager, DeviceSpec,
+    FsCache, ImageFormat, ManagerConfig, PlugMode, VhostUserDevice,
+};
+use plugboard_lab::{BootOptions, Guest, Initramfs};
+use plugboard_qemu::test_util::Backend;
+use plugboard_qemu::{Departure, QemuConfig, QemuHypervisor};
+use serde_json::{Value, json};
+
+fn boot(extra_qemu_args: &[&str]) -> Guest {
+    let mut opts = BootOptions::default();
+    opts.machine.memory_mib = 512;
+    opts.machine.extra_qemu_args = extra_qemu_args.iter().map(|s| (*s).to_owned()).collect();
+    Guest::boot(&opts, &Initramfs::new().unwrap()).unwrap()
+}
+
+fn manager(guest: &Guest) -> DeviceManager<QemuHypervisor> {
+    let config = QemuConfig {
+        unplug_timeout: Duration::from_secs(30),
+        ..QemuConfig::default()
+    };
+    let hv = QemuHypervisor::connect(guest.qmp_socket(), config).unwrap();
+    // The pool is the lab's empty hotplug ports; the guinea pigs' ports are taken.
+    let pool = hv.port_pool();
+    assert!(
+        !pool.is_empty()
+            && pool
+                .iter()
+                .all(|p| plugboard_lab::HOTPLUG_PORTS.contains(&p.as_str())),
+        "{pool:?}"
+    );
+    assert_eq!(hv.memory_shared(), Some(true));
+    let ports = u32::try_from(hv.port_pool().len()).unwrap();
+    DeviceManager::new(
+        hv,
+        ManagerConfig {
+            root_ports: ports,
+            name_offset: 0,
+        },
+    )
+}
+
+fn disk_spec(path: &Path, driver: BlockDriver, format: ImageFormat, read_only: bool) -> DeviceSpec {
+    let mut block = BlockSpec::new(path, driver);
+    block.format = format;
+    block.read_only = read_only;
+    DeviceSpec {
+        identity: DeviceIdentity::Path(path.to_owned()),
+        mode: PlugMode::Hot,
+        kind: DeviceKind::Block(block),
+    }
+}
+
+fn image(dir: &Path, name: &str, format: &str, size: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let ok = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", format])
+        .arg(&path)
+        .arg(size)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "qemu-img create {}", path.display());
+    path
+}
+
+/// Runs `script` in the guest and returns its output; panics with it when it fails.
+fn sh(guest: &mut Guest, script: &str) -> String {
+    let out = guest.exec(script).unwrap();
+    assert!(
+        out.success(),
+        "guest script failed ({}):\n{script}\n{}",
+        out.status,
+        out.output
+    );
+    out.output
+}
+
+/// Waits (at most 20 s) in the guest until `path` exists (or, with `gone`, no longer does).
+fn wait_path(guest: &mut Guest, path: &str, gone: bool) {
+    let test = if gone {
+        format!("[ ! -e {path} ]")
+    } else {
+        format!("[ -e {path} ]")
+    };
+    sh(
+        guest,
+        &format!(
+            "for i in $(seq 200); do {test} && exit 0; sleep 0.1; done; echo 'timed out: {test}'; ls /sys/block; exit 1"
+        ),
+    );
+}
+
+fn expect_event_departure(m: &DeviceManager<QemuHypervisor>, id: DeviceId, prefix: &str) {
+    let (name, how) = m.hypervisor().last_departure().unwrap();
+    assert_eq!(name, id.name_id(prefix));
+    assert_eq!(
+        how,
+        Departure::Event,
+        "QEMU's DEVICE_DELETED was not what ended the wait"
+    );
+}
+
+fn peripherals(m: &DeviceManager<QemuHypervisor>) -> Value {
+    m.hypervisor()
+        .with_client(|c| c.execute("qom-list", Some(&json!({"path": "/machine/peripheral"}))))
+        .unwrap()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "boots the lab guest (lab/run-tests.sh)"]
+fn a_qcow2_disk_appears_in_the_guest_and_goes_away() {
+    let mut guest = boot(&[]);
+    let m = manager(&guest);
+    let dir = tempfile::tempdir().unwrap();
+    let rw = image(dir.path(), "rw.qcow2", "qcow2", "32M");
+    let ro = image(dir.path(), "ro.qcow2", "qcow2", "16M");
+
+    let a = m
+        .new_device(disk_spec(
+            &rw,
+            BlockDriver::VirtioBlk,
+            ImageFormat::Qcow2,
+            false,
+        ))
+        .unwrap()
+        .id();
+    let b = m
+        .new_device(disk_spec(
+            &ro,
+            BlockDriver::VirtioBlk,
+            ImageFormat::Qcow2,
+            true,
+        ))
+        .unwrap()
+        .id();
+    m.attach(a).unwrap();
+    m.attach(b).unwrap();
+    let name_a = m.device(a).unwrap().guest.unwrap().drive_name.unwrap();
+    let name_b = m.device(b).unwrap().guest.unwrap().drive_name.unwrap();
+    assert_eq!((name_a.as_str(), name_b.as_str()), ("vda", "vdb"));
+    wait_path(&mut guest, "/sys/block/vda", false);
+    wait_path(&mut guest, "/sys/block/vdb", false);
+    // 32 MiB and 16 MiB in 512-byte sectors; the read-only one is read-only in the guest.
+    let out = sh(
+        &mut guest,
+        "cat /sys/block/vda/size /sys/block/vda/ro /sys/block/vdb/size /sys/block/vdb/ro",
+    );
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["65536", "0", "32768", "1"],
+        "{out}"
+    );
+    // The guest PCI path the manager was told is where the guest found the disk.
+    let path = m.device(a).unwrap().guest.unwrap().pci_paths[0].to_string();
+    let slot = path.split('/').next().unwrap().to_owned();
+    let dev = sh(&mut guest, "readlink -f /sys/block/vda/device");
+    assert!(
+        dev.contains(&format!("0000:00:{slot}.0/")),
+        "PCI path {path}, guest device {dev}"
+    );
+
+    m.detach(a).unwrap();
+    expect_event_departure(&m, a, "drive");
+    wait_path(&mut guest, "/sys/block/vda", true);
+    m.detach(b).unwrap();
+    expect_event_departure(&m, b, "drive");
+    wait_path(&mut guest, "/sys/block/vdb", true);
+    assert!(!peripherals(&m).to_string().contains("drive-"));
+    assert_eq!(m.allocations().root_ports, []);
+
+    // Attach again: the freed index and port are reused and the disk is back as vda.
+    m.attach(a).unwrap();
+    wait_path(&mut guest, "/sys/block/vda", false);
+    m.detach(a).unwrap();
+    wait_path(&mut guest, "/sys/block/vda", true);
+    guest.shutdown().unwrap();
+}
+
+#[test]
+#[ignore = "boots the lab guest (lab/run-tests.sh)"]
+fn a_scsi_disk_goes_to_its_id_and_lun_and_leaves() {
+    let mut guest = boot(&["-device", "virtio-scsi-pci,id=scsi0,bus=hp4"]);
+    let m = manager(&guest);
+    assert!(!m.hypervisor().port_pool().contains(&"hp4".to_owned()));
+    let dir = tempfile::tempdir().unwrap();
+    let raw = image(dir.path(), "s.raw", "raw", "8M");
+    let id = m
+        .new_device(disk_spec(
+            &raw,
+            BlockDriver::VirtioScsi,
+            ImageFormat::Raw,
+            false,
+        ))
+        .unwrap()
+        .id();
+    m.attach(id).unwrap();
+    let scsi = m.device(id).unwrap().guest.unwrap().scsi_address.unwrap();
+    let name = id.name_id("drive");
+    let get = |p: &str| {
+        m.hypervisor()
+            .with_client(|c| {
+                c.execute(
+                    "qom-get",
+                    Some(&json!({"path": format!("/machine/peripheral/{name}"), "property": p})),
+                )
+            })
+            .unwrap()
+            .unwrap()
+    };
+    assert_eq!(
+        (get("scsi-id"), get("lun")),
+        (json!(scsi.id()), json!(scsi.lun()))
+    );
+    // The guest sees the controller (virtio 1af4:1048) on hp4's bus; with SCSI in the guest
+    // kernel it also sees the disk, at host:channel:id:lun.
+    let ctrl = sh(&mut guest, "grep -l 0x1048 /sys/bus/pci/devices/*/device");
+    assert!(
+        !ctrl.trim().is_empty(),
+        "no virtio-scsi controller in the guest"
+    );
+    let has_scsi = guest.exec("[ -d /sys/bus/scsi ]").unwrap().success();
+    let hctl = format!(
+        "/sys/bus/scsi/devices/*:0:{}:{}/block",
+        scsi.id(),
+        scsi.lun()
+    );
+    if has_scsi {
+        sh(
+            &mut guest,
+            &format!("for i in $(seq 200); do ls -d {hctl} && exit 0; sleep 0.1; done; exit 1"),
+        );
+    } else {
+        eprintln!(
+            "note: the lab kernel has no SCSI (CONFIG_SCSI_VIRTIO); checked the controller and QEMU only"
+        );
+    }
+    m.detach(id).unwrap();
+    expect_event_departure(&m, id, "drive");
+    if has_scsi {
+        sh(
+            &mut guest,
+            &format!(
+                "for i in $(seq 200); do ls -d {hctl} 2>/dev/null || exit 0; sleep 0.1; done; exit 1"
+            ),
+        );
+    }
+    assert!(!peripherals(&m).to_string().contains(&name));
+    guest.shutdown().unwrap();
+}
+
+#[test]
+#[ignore = "boots the lab guest (lab/run-tests.sh)"]
+fn vhost_user_blk_against_qemu_storage_daemon() {
+    let mut guest = boot(&[]);
+    let m = manager(&guest);
+    let backend = Backend::storage_daemon("24M").unwrap();
+    let spec = vhost_user_spec(
+        backend.socket().to_str().unwrap(),
+        VhostUserDevice::Blk {
+            driver: BlockDriver::VirtioBlk,
+        },
+    );
+    let id = m.new_device(spec).unwrap().id();
+    m.attach(id).unwrap();
+    assert_eq!(
+        m.device(id)
+            .unwrap()
+            .guest
+            .unwrap()
+            .drive_name
+            .unwrap()
+            .as_str(),
+        "vda"
+    );
+    wait_path(&mut guest, "/sys/block/vda", false);
+    assert_eq!(sh(&mut guest, "cat /sys/block/vda/size").trim(), "49152");
+    // The guest can write through the backend and read it back.
+    sh(
+        &mut guest,
+        "echo plugboard-vhost-user | dd of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null && sync && dd if=/dev/vda bs=512 count=1 2>/dev/null | grep -q plugboard-vhost-user",
+    );
+    m.detach(id).unwrap();
+    expect_event_departure(&m, id, "blk");
+    wait_path(&mut guest, "/sys/block/vda", true);
+    let chardevs = m
+        .hypervisor()
+        .with_client(|c| c.execute("query-chardev", None))
+        .unwrap()
+        .unwrap();
+    assert!(
+        !chardevs.to_string().contains(&id.name_id("blk")),
+        "{chardevs}"
+    );
+    guest.shutdown().unwrap();
+}
+
+#[test]
+#[ignore = "boots the lab guest (lab/run-tests.sh)"]
+fn vhost_user_fs_against_virtiofsd() {
+    let mut guest = boot(&[]);
+    let m = manager(&guest);
+    let backend = Backend::virtiofsd().unwrap();
+    std::fs::write(
+        backend.shared_dir().join("hello.txt"),
+        "hello from the host\n",
+    )
+    .unwrap();
+    let spec = vhost_user_spec(
+        backend.socket().to_str().unwrap(),
+        VhostUserDevice::Fs {
+            tag: "plugfs".into(),
+            cache: FsCache::Never,
+        },
+    );
+    let id = m.new_device(spec).unwrap().id();
+    m.attach(id).unwrap();
+    let out = sh(
+        &mut guest,
+        "mkdir -p /mnt/fs && for i in $(seq 100); do mount -t virtiofs plugfs /mnt/fs 2>/dev/null && break; sleep 0.1; done; cat /mnt/fs/hello.txt && echo from-guest > /mnt/fs/back.txt && umount /mnt/fs",
+    );
+    assert!(out.contains("hello from the host"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(backend.shared_dir().join("back.txt")).unwrap(),
+        "from-guest\n"
+    );
+    m.detach(id).unwrap();
+    expect_event_departure(&m, id, "fs");
+    assert!(!peripherals(&m).to_string().contains(&id.name_id("fs")));
+    guest.shutdown().unwrap();
+}
