@@ -124,6 +124,21 @@ fn the_client_talks_to_a_real_qemu() {
 }
 
 #[test]
+fn getfd_passes_a_descriptor_qemu_can_close_by_name() {
+    use std::os::fd::AsFd;
+    let qemu = BareQemu::builder().start();
+    let mut c = QmpClient::connect(qemu.qmp_socket(), T).unwrap();
+    let file = std::fs::File::open("/dev/null").unwrap();
+    c.send_fd("plugfd", file.as_fd()).unwrap();
+    c.execute("closefd", Some(&json!({"fdname": "plugfd"})))
+        .unwrap();
+    let err = c
+        .execute("closefd", Some(&json!({"fdname": "plugfd"})))
+        .unwrap_err();
+    assert!(err.failure().is_some(), "{err}");
+}
+
+#[test]
 fn qemu_killed_mid_call_is_a_clear_error() {
     let mut qemu = BareQemu::builder().start();
     let mut c = QmpClient::connect(qemu.qmp_socket(), T).unwrap();
