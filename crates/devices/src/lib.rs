@@ -27,6 +27,12 @@
 //! across a hypervisor call. [`DeviceManager::save`] and [`DeviceManager::load`] round-trip
 //! the whole state through the versioned [`SavedState`].
 //!
+//! # Host reads
+//! [`HostDevices`] turns what a container runtime asks for ([`DeviceRequest`]: container
+//! path, node type, `major:minor`) into a [`DeviceSpec`]: the host path from the kernel's
+//! `uevent` (through a `plugboard_sysfs::Sysfs` handle, so a fake kernel can stand in), VFIO
+//! IOMMU-group expansion, and Kata's vhost-user store ([`VhostUserStore`]).
+//!
 //! # Allocators
 //! Block indexes are taken lowest-free from `[0, 65535)` and reused ([`IndexPool`]); a
 //! block index gives the `vdX` [`DriveName`] (plus a name offset) and the virtio-scsi
@@ -36,6 +42,7 @@
 mod attach;
 mod drive_name;
 mod error;
+mod host;
 mod hypervisor;
 mod id;
 mod index;
@@ -55,6 +62,10 @@ pub mod test_util;
 
 pub use drive_name::{DriveName, DriveNameError, MAX_DRIVE_NAME_LEN, VIRTIO_PREFIX};
 pub use error::DeviceError;
+pub use host::{
+    DeviceRequest, HostDevices, HostError, HostPathError, VHOST_USER_BLK_MAJOR,
+    VHOST_USER_SCSI_MAJOR, VfioHostError, VhostUserStore, VhostUserStoreError,
+};
 pub use hypervisor::{
     BlockPlug, GuestView, Hypervisor, HypervisorError, HypervisorKind, Plug, PlugRequest,
     VfioFunctionPlug, VfioPlug, VhostUserPlug,
@@ -63,9 +74,9 @@ pub use id::{DeviceId, DeviceIdError, MAX_NAME_ID_LEN};
 pub use index::{BLOCK_INDEX_LIMIT, BlockIndex, BlockIndexError, IndexError, IndexPool};
 pub use kind::{
     BlockDriver, BlockDriverError, BlockSpec, DeviceIdentity, DeviceKind, DeviceNode, DeviceSpec,
-    FsCache, GenericSpec, HostFunction, ImageFormat, MacAddress, MdevUuid, NodeType, PciAddress,
-    PlugMode, VfioBackend, VfioFunction, VfioSpec, VfioSpecError, VhostUserDevice, VhostUserSpec,
-    VhostUserSpecError,
+    FsCache, GenericSpec, HostFunction, ImageFormat, MacAddress, MdevUuid, NodeType, NodeTypeError,
+    PciAddress, PlugMode, VfioBackend, VfioFunction, VfioSpec, VfioSpecError, VhostUserDevice,
+    VhostUserSpec, VhostUserSpecError,
 };
 pub use manager::{Allocations, DeviceManager, NewDevice, Removed};
 pub use pci_path::{MAX_PCI_SLOT, PciPath, PciPathError, PciSlot};

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,24 @@ impl NodeType {
         match self {
             Self::Block => "block",
             Self::Char => "char",
+        }
+    }
+}
+
+/// A device type that is not `b`, `c` or `u`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("device type {0:?} is not b (block), c or u (char)")]
+pub struct NodeTypeError(pub String);
+
+impl FromStr for NodeType {
+    type Err = NodeTypeError;
+
+    /// Kata's `DevType`: `b` is block; `c` and `u` (unbuffered) are char.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "b" => Ok(Self::Block),
+            "c" | "u" => Ok(Self::Char),
+            other => Err(NodeTypeError(other.to_owned())),
         }
     }
 }
@@ -135,4 +154,17 @@ pub struct DeviceSpec {
     pub mode: PlugMode,
     /// What the device is.
     pub kind: DeviceKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_types() {
+        assert_eq!("b".parse::<NodeType>(), Ok(NodeType::Block));
+        assert_eq!("c".parse::<NodeType>(), Ok(NodeType::Char));
+        assert_eq!("u".parse::<NodeType>(), Ok(NodeType::Char));
+        assert_eq!("p".parse::<NodeType>(), Err(NodeTypeError("p".into())));
+    }
 }
