@@ -4,6 +4,7 @@
 //! `serve`) with a clap `Subcommand` enum and a `run` function.
 
 mod host;
+mod vfio;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -63,12 +64,16 @@ pub enum Command {
     /// Host inventory: PCI devices, IOMMU groups, device nodes.
     #[command(subcommand)]
     Host(host::HostCommand),
+    /// VFIO devices: open one and show what the kernel reports.
+    #[command(subcommand)]
+    Vfio(vfio::VfioCommand),
 }
 
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Host(cmd) => host::run(&cli.global, cmd),
+        Command::Vfio(cmd) => vfio::run(&cli.global, cmd),
     }
 }
 

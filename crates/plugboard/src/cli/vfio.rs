@@ -253,7 +253,8 @@ mod tests {
         assert_eq!(size_text(0x20000), "128 KiB");
         assert_eq!(size_text(0x1000_0000), "256 MiB");
         assert_eq!(size_text(0x20), "32 B");
-        assert_eq!(size_text(0x1800), "6144 B");
+        assert_eq!(size_text(0x1800), "6 KiB");
+        assert_eq!(size_text(0x1801), "6145 B");
         let cap = RegionCap::SparseMmap {
             areas: vec![
                 SparseArea {
@@ -268,6 +269,55 @@ mod tests {
         };
         assert_eq!(cap_text(&cap), "sparse-mmap[0x0+0x2000 0x3000+0x1000]");
         assert_eq!(cap_text(&RegionCap::MsixMappable), "msix-mappable");
+    }
+
+    fn global(kernel: &plugboard_sysfs::fake::FakeKernel) -> Global {
+        Global {
+            sysfs_root: kernel.sysfs_root(),
+            dev_root: kernel.dev_root(),
+            state_dir: "/nonexistent".into(),
+            json: true,
+            verbose: 0,
+        }
+    }
+
+    #[test]
+    fn info_reports_the_library_errors_with_the_device_named() {
+        use plugboard_sysfs::fake::{FakeKernel, PciSpec};
+        let kernel = FakeKernel::builder()
+            .pci(
+                PciSpec::new("0000:01:00.0", 0x8086, 0x10d3)
+                    .class(0x020000)
+                    .iommu_group(3)
+                    .driver("e1000e"),
+            )
+            .legacy_vfio_only()
+            .build()
+            .unwrap();
+        let args = |mode: &str| InfoArgs {
+            address: "01:00.0".parse().unwrap(),
+            mode: mode.parse().unwrap(),
+        };
+        let err = info(&global(&kernel), &args("auto")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "0000:01:00.0 is bound to e1000e, not to vfio-pci: bind it to vfio-pci first"
+        );
+        let sysfs = kernel.sysfs();
+        let nic = sysfs.pci_device("01:00.0".parse().unwrap()).unwrap();
+        nic.bind("vfio-pci").unwrap();
+        let err = info(&global(&kernel), &args("iommufd")).unwrap_err();
+        assert!(
+            err.to_string().contains("lacks the iommufd VFIO interface"),
+            "{err}"
+        );
+        // The fake kernel's nodes are plain files: legacy gets as far as the first ioctl.
+        let err = info(&global(&kernel), &args("auto")).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("vfio/vfio: VFIO_GET_API_VERSION failed"),
+            "{err}"
+        );
     }
 
     #[test]
