@@ -1,0 +1,186 @@
+//! What a client asks to attach, turned into plugboard-devices' [`DeviceSpec`].
+//!
+//! A client names a disk by path (the common case) or hands over a whole `DeviceSpec`.
+//! The device's identity, which the manager dedupes on, is derived here and not taken from
+//! the client: a block device node is `major:minor`, any other file is its canonical path.
+//! The caller's right to the files named is checked on the way (see `auth.rs`).
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
+
+use plugboard_devices::{
+    BlockDriver, BlockSpec, DeviceIdentity, DeviceKind, DeviceNode, DeviceSpec, ImageFormat,
+    NodeType, PlugMode,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Caller;
+use crate::error::ServiceError;
+
+/// A device to attach to a VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum AttachRequest {
+    /// A disk: a host block device or an image file.
+    Disk {
+        /// The block device or image file.
+        path: PathBuf,
+        /// The guest driver (default `virtio-blk`).
+        #[serde(default)]
+        driver: Option<BlockDriver>,
+        /// `raw` (default) or `qcow2`.
+        #[serde(default)]
+        format: ImageFormat,
+        /// The guest may not write.
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// A full plugboard-devices spec (root only unless it is a block device of the
+    /// caller's).
+    Spec {
+        /// The spec.
+        spec: DeviceSpec,
+    },
+}
+
+impl AttachRequest {
+    /// The spec to hand the device manager, after checking `caller` may use what it names.
+    ///
+    /// # Errors
+    /// [`ServiceError::BadRequest`] for a missing file, [`ServiceError::Forbidden`] for
+    /// someone else's file or a kind only root may attach.
+    pub fn to_spec(&self, caller: Caller, vm: &str) -> Result<DeviceSpec, ServiceError> {
+        let action = format!("attach to VM {vm:?}");
+        match self {
+            Self::Disk {
+                path,
+                driver,
+                format,
+                read_only,
+            } => {
+                caller.may_use_file(path, &action)?;
+                let identity = identity_of(path)?;
+                let mut block =
+                    BlockSpec::new(path.clone(), driver.unwrap_or(BlockDriver::VirtioBlk));
+                block.format = *format;
+                block.read_only = *read_only;
+                Ok(DeviceSpec {
+                    identity,
+                    mode: PlugMode::Hot,
+                    kind: DeviceKind::Block(block),
+                })
+            }
+            Self::Spec { spec } => {
+                if let DeviceKind::Block(block) = &spec.kind {
+                    caller.may_use_file(&block.path, &action)?;
+                } else if !caller.is_root() {
+                    return Err(ServiceError::forbidden(
+                        caller.uid(),
+                        action,
+                        format!(
+                            "only root may attach {} devices by spec",
+                            spec.kind.type_name()
+                        ),
+                    ));
+                }
+                Ok(spec.clone())
+            }
+        }
+    }
+}
+
+/// A block device node's `major:minor`, or the canonical path of any other file.
+fn identity_of(path: &std::path::Path) -> Result<DeviceIdentity, ServiceError> {
+    let bad =
+        |e: std::io::Error| ServiceError::BadRequest(format!("cannot use {}: {e}", path.display()));
+    let meta = std::fs::metadata(path).map_err(bad)?;
+    if meta.file_type().is_block_device() {
+        let (major, minor) = split_dev(meta.rdev());
+        return Ok(DeviceIdentity::Node(DeviceNode {
+            node_type: NodeType::Block,
+            major,
+            minor,
+        }));
+    }
+    if !meta.is_file() {
+        return Err(ServiceError::BadRequest(format!(
+            "{} is neither a block device nor a regular file",
+            path.display()
+        )));
+    }
+    Ok(DeviceIdentity::Path(path.canonicalize().map_err(bad)?))
+}
+
+/// glibc's `major()`/`minor()` of a `dev_t`.
+fn split_dev(dev: u64) -> (u32, u32) {
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    (
+        u32::try_from(major).unwrap_or(u32::MAX),
+        u32::try_from(minor).unwrap_or(u32::MAX),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorClass;
+
+    #[test]
+    fn a_disk_file_is_identified_by_its_canonical_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("d.img");
+        std::fs::write(&file, vec![0u8; 4096]).unwrap();
+        let req: AttachRequest = serde_json::from_value(serde_json::json!({
+            "kind": "disk", "path": dir.path().join(".").join("d.img"), "read_only": true
+        }))
+        .unwrap();
+        let spec = req.to_spec(Caller::ROOT, "vm").unwrap();
+        assert_eq!(
+            spec.identity,
+            DeviceIdentity::Path(file.canonicalize().unwrap())
+        );
+        let DeviceKind::Block(block) = spec.kind else {
+            panic!("not a block spec")
+        };
+        assert_eq!(block.driver, BlockDriver::VirtioBlk);
+        assert!(block.read_only);
+    }
+
+    #[test]
+    fn bad_requests_say_what_is_wrong() {
+        let missing = AttachRequest::Disk {
+            path: "/nonexistent/disk.img".into(),
+            driver: None,
+            format: ImageFormat::Raw,
+            read_only: false,
+        };
+        let err = missing.to_spec(Caller::ROOT, "vm").unwrap_err();
+        assert_eq!(err.class(), ErrorClass::BadRequest);
+        assert!(err.to_string().contains("/nonexistent/disk.img"), "{err}");
+        let err = AttachRequest::Disk {
+            path: "/".into(),
+            driver: None,
+            format: ImageFormat::Raw,
+            read_only: false,
+        }
+        .to_spec(Caller::ROOT, "vm")
+        .unwrap_err();
+        assert!(err.to_string().contains("neither"), "{err}");
+        let unknown = serde_json::from_value::<AttachRequest>(
+            serde_json::json!({"kind": "disk", "path": "/x", "size": 3}),
+        );
+        unknown.unwrap_err();
+        let bad_driver = serde_json::from_value::<AttachRequest>(
+            serde_json::json!({"kind": "disk", "path": "/x", "driver": "ide"}),
+        );
+        bad_driver.unwrap_err();
+    }
+
+    #[test]
+    fn dev_numbers_split_like_glibc() {
+        assert_eq!(split_dev(0x0801), (8, 1));
+        assert_eq!(split_dev((259 << 8) | 3), (259, 3));
+        assert_eq!(split_dev(0x0010_0000 | (1 << 8)), (1, 256));
+    }
+}

@@ -1,0 +1,101 @@
+//! Reconciliation: after a restart, compare what a VM's saved state says is plugged with
+//! what its hypervisor really holds, repair the books, and log every difference.
+//!
+//! | saved state | hypervisor | repair |
+//! |---|---|---|
+//! | attached | holds every object of the plug | none |
+//! | attached | misses an object (removed behind our back, VM restarted) | the device is dropped from the books, its block index and ports freed |
+//! | — | holds an object with one of our names that no device accounts for (a plug whose result was never saved) | reported as a stray and left alone: removing a guest's device is not a repair to make unasked |
+//!
+//! The repaired state is loaded into a fresh manager, which then agrees with the VM.
+
+use std::collections::BTreeSet;
+
+use plugboard_devices::{DeviceId, SavedState};
+use plugboard_qemu::QemuError;
+use serde::Serialize;
+
+use crate::backend::Backend;
+
+/// One difference found, and what was done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Repair {
+    /// Saved as attached, not in the VM: forgotten.
+    Forgotten {
+        /// The VM.
+        vm: String,
+        /// The device.
+        device: DeviceId,
+        /// What it was (`block /path`, …).
+        what: String,
+    },
+    /// In the VM with one of our names, in no saved device: left alone.
+    Stray {
+        /// The VM.
+        vm: String,
+        /// The hypervisor's id of the object.
+        id: String,
+    },
+}
+
+/// Repairs `saved` against what `backend` holds. Returns the repaired state and what was
+/// repaired (each already logged).
+///
+/// # Errors
+/// The hypervisor could not be asked.
+pub(crate) fn reconcile(
+    vm: &str,
+    backend: &Backend,
+    mut saved: SavedState,
+) -> Result<(SavedState, Vec<Repair>), QemuError> {
+    let plugged: Vec<_> = saved
+        .devices
+        .iter()
+        .filter_map(|d| d.plugged.as_ref())
+        .collect();
+    let inspection = backend.inspect(&plugged)?;
+    let missing: BTreeSet<DeviceId> = plugged
+        .iter()
+        .zip(&inspection.held)
+        .filter(|(_, held)| !**held)
+        .map(|(r, _)| r.device)
+        .collect();
+    let mut repairs = Vec::new();
+    let mut freed_indexes = BTreeSet::new();
+    let mut freed_ports = BTreeSet::new();
+    saved.devices.retain(|d| {
+        if !missing.contains(&d.id) {
+            return true;
+        }
+        if let Some(r) = &d.plugged {
+            freed_indexes.extend(r.block_index());
+            freed_ports.extend(r.ports());
+        }
+        let what = format!("{} {}", d.spec.kind.type_name(), d.spec.identity);
+        tracing::warn!(
+            vm, device = %d.id, what,
+            "device saved as attached is not in the VM; dropped from the books (attach it again to restore it)"
+        );
+        repairs.push(Repair::Forgotten {
+            vm: vm.to_owned(),
+            device: d.id,
+            what,
+        });
+        false
+    });
+    saved.block_indexes.retain(|i| !freed_indexes.contains(i));
+    saved.root_ports.retain(|p| !freed_ports.contains(p));
+    for id in inspection.strays {
+        tracing::warn!(
+            vm,
+            id,
+            "the VM holds a device named like ours that no saved device accounts for; left alone (remove it with QMP device_del if it is not wanted)"
+        );
+        repairs.push(Repair::Stray {
+            vm: vm.to_owned(),
+            id,
+        });
+    }
+    Ok((saved, repairs))
+}

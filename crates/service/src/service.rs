@@ -1,0 +1,311 @@
+//! The service: one host's devices, its hostdev registry, and the registered VMs.
+//!
+//! [`Service::open`] is the daemon's start: it opens the hostdev registry in the state
+//! directory, runs `recover` (finishing or undoing what a dead process left), loads every
+//! VM's saved device state from the same database, reconnects to each VM's hypervisor and
+//! reconciles (`reconcile.rs`). Every method is synchronous and may block on sysfs, SQLite
+//! or QMP; the HTTP layer runs them on blocking threads. The VM operations are in `vms.rs`
+//! and the host-device operations in `hostdevs.rs`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use plugboard_devices::{DeviceManager, SavedState};
+use plugboard_hostdev::registry::DB_FILE;
+use plugboard_hostdev::{HostdevManager, Recovered};
+use plugboard_sysfs::{Inventory, IommuGroup, PciNames, Sysfs};
+use serde::Serialize;
+
+use crate::backend::Backend;
+use crate::error::{ErrorClass, ServiceError};
+use crate::metrics::{Gauges, Metrics};
+use crate::reconcile::{Repair, reconcile};
+use crate::store::{Store, StoredVm};
+use crate::vm::{Link, Vm};
+
+/// Where the service keeps its state and finds the host.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The state directory (`/var/lib/plugboard`): the hostdev registry database, which
+    /// also holds the VMs.
+    pub state_dir: PathBuf,
+    /// The host's sysfs.
+    pub sysfs: Sysfs,
+    /// The pci.ids file for device names (`None`: no names).
+    pub pci_ids: Option<PathBuf>,
+}
+
+/// What happened at start.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StartReport {
+    /// Pending hostdev operations settled by `recover`.
+    pub recovered: Vec<Recovered>,
+    /// VMs loaded.
+    pub vms: usize,
+    /// VMs whose hypervisor could not be reached (name, why).
+    pub disconnected: Vec<(String, String)>,
+    /// Differences between saved state and the hypervisors, and their repairs.
+    pub repairs: Vec<Repair>,
+}
+
+/// The host service. See the module documentation.
+#[derive(Debug)]
+pub struct Service {
+    pub(crate) config: ServiceConfig,
+    pub(crate) hostdev: Mutex<HostdevManager>,
+    pub(crate) store: Mutex<Store>,
+    pub(crate) vms: RwLock<BTreeMap<String, Arc<Vm>>>,
+    metrics: Metrics,
+}
+
+impl Service {
+    /// Opens the state, recovers, loads and reconciles every VM. A VM whose hypervisor
+    /// cannot be reached stays registered, disconnected, with its saved state untouched.
+    ///
+    /// # Errors
+    /// The registry or the service's tables cannot be opened or read.
+    pub fn open(config: ServiceConfig) -> Result<(Self, StartReport), ServiceError> {
+        let mut hostdev = HostdevManager::open(config.sysfs.clone(), &config.state_dir)
+            .map_err(|e| hostdev_error("open", ErrorClass::Internal, e))?;
+        let recovered = hostdev
+            .recover()
+            .map_err(|e| hostdev_error("recover", ErrorClass::Internal, e))?;
+        for r in &recovered {
+            tracing::info!(device = r.address, op = r.op, action = ?r.action, "recovered an interrupted host-device operation");
+        }
+        let store = Store::open(&config.state_dir.join(DB_FILE))?;
+        let mut report = StartReport {
+            recovered,
+            ..StartReport::default()
+        };
+        let mut vms = BTreeMap::new();
+        for stored in store.load()? {
+            let name = stored.record.name.clone();
+            let (vm, repairs) = restore(stored, &store);
+            if let Link::Disconnected { reason, .. } = &vm.link {
+                report.disconnected.push((name.clone(), reason.clone()));
+            }
+            report.repairs.extend(repairs);
+            vms.insert(name, Arc::new(vm));
+        }
+        report.vms = vms.len();
+        tracing::info!(
+            vms = report.vms, disconnected = report.disconnected.len(),
+            repairs = report.repairs.len(), recovered = report.recovered.len(),
+            state_dir = %config.state_dir.display(), "service state loaded"
+        );
+        Ok((
+            Self {
+                config,
+                hostdev: Mutex::new(hostdev),
+                store: Mutex::new(store),
+                vms: RwLock::new(vms),
+                metrics: Metrics::default(),
+            },
+            report,
+        ))
+    }
+
+    /// The counters the HTTP layer records into.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The `/metrics` text: counters plus the current gauges.
+    pub fn render_metrics(&self) -> String {
+        let mut g = Gauges::default();
+        for vm in self.vms_read().values() {
+            let info = vm.info();
+            if info.connected {
+                g.vms_connected += 1;
+            } else {
+                g.vms_disconnected += 1;
+            }
+            g.devices_attached += info.attached as u64;
+            g.devices_detached += (info.devices - info.attached) as u64;
+        }
+        if let Ok(listing) = self.hostdev().list() {
+            for row in &listing.pci {
+                match row.list {
+                    plugboard_hostdev::registry::List::Active => g.hostdevs_active += 1,
+                    plugboard_hostdev::registry::List::Inactive => g.hostdevs_inactive += 1,
+                }
+            }
+        }
+        self.metrics.render(&g)
+    }
+
+    /// The host's PCI devices, with names (when a pci.ids file is configured).
+    ///
+    /// # Errors
+    /// sysfs cannot be read.
+    pub fn host_devices(&self) -> Result<Inventory, ServiceError> {
+        let mut inventory =
+            self.config
+                .sysfs
+                .pci_inventory()
+                .map_err(|source| ServiceError::Sysfs {
+                    what: "PCI devices",
+                    source,
+                })?;
+        if let Some(path) = &self.config.pci_ids {
+            let names = PciNames::load_for(path, inventory.vendors()).unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "no device names");
+                PciNames::empty()
+            });
+            inventory.apply_names(&names);
+        }
+        Ok(inventory)
+    }
+
+    /// The host's IOMMU groups and their viability.
+    ///
+    /// # Errors
+    /// sysfs cannot be read.
+    pub fn iommu_groups(&self) -> Result<Vec<IommuGroup>, ServiceError> {
+        self.config
+            .sysfs
+            .iommu_groups()
+            .map_err(|source| ServiceError::Sysfs {
+                what: "IOMMU groups",
+                source,
+            })
+    }
+
+    pub(crate) fn hostdev(&self) -> MutexGuard<'_, HostdevManager> {
+        // The manager keeps no state between calls besides its connection.
+        self.hostdev.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn vms_read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Arc<Vm>>> {
+        self.vms.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn vms_write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Arc<Vm>>> {
+        self.vms.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Reconnects one stored VM and reconciles its devices; saves the repaired state.
+fn restore(stored: StoredVm, store: &Store) -> (Vm, Vec<Repair>) {
+    let StoredVm { record, devices } = stored;
+    let name = record.name.clone();
+    let saved = match devices.as_deref().map(SavedState::from_json).transpose() {
+        Ok(saved) => saved,
+        Err(e) => {
+            tracing::error!(vm = name, error = %e, "saved device state does not load; VM left disconnected");
+            let reason = format!("saved device state does not load: {e}");
+            return (
+                Vm::new(
+                    record,
+                    Link::Disconnected {
+                        saved: None,
+                        reason,
+                    },
+                ),
+                Vec::new(),
+            );
+        }
+    };
+    let backend = match Backend::connect(&record.endpoint, &record.root_ports) {
+        Ok(b) => b,
+        Err(e) => {
+            let reason = ServiceError::Connect {
+                vm: name.clone(),
+                socket: endpoint_path(&record),
+                source: Box::new(e),
+            }
+            .chain();
+            tracing::warn!(
+                vm = name,
+                reason,
+                "VM's hypervisor not reachable; left disconnected"
+            );
+            return (
+                Vm::new(record, Link::Disconnected { saved, reason }),
+                Vec::new(),
+            );
+        }
+    };
+    let config = crate::vms::manager_config(&record);
+    let Some(saved) = saved else {
+        return (
+            Vm::new(record, Link::Connected(DeviceManager::new(backend, config))),
+            Vec::new(),
+        );
+    };
+    let (repaired, repairs) = match reconcile(&name, &backend, saved.clone()) {
+        Ok(r) => r,
+        Err(e) => {
+            let reason = format!("cannot ask the hypervisor what it holds: {e}");
+            tracing::warn!(vm = name, reason, "VM left disconnected");
+            return (
+                Vm::new(
+                    record,
+                    Link::Disconnected {
+                        saved: Some(saved),
+                        reason,
+                    },
+                ),
+                Vec::new(),
+            );
+        }
+    };
+    match DeviceManager::load(backend, repaired) {
+        Ok(manager) => {
+            if !repairs.is_empty() {
+                let json = manager.save().to_json();
+                match json.map(|j| store.save_devices(&name, &j)) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(vm = name, error = %e.chain(), "cannot save the repaired state");
+                    }
+                    Err(e) => {
+                        tracing::error!(vm = name, error = %e, "cannot encode the repaired state");
+                    }
+                }
+            }
+            tracing::info!(vm = name, devices = manager.len(), "VM reconnected");
+            (Vm::new(record, Link::Connected(manager)), repairs)
+        }
+        Err(e) => {
+            let reason = format!("saved device state does not load: {e}");
+            tracing::error!(vm = name, reason, "VM left disconnected");
+            (
+                Vm::new(
+                    record,
+                    Link::Disconnected {
+                        saved: Some(saved),
+                        reason,
+                    },
+                ),
+                repairs,
+            )
+        }
+    }
+}
+
+fn endpoint_path(record: &crate::vm::VmRecord) -> PathBuf {
+    match &record.endpoint {
+        crate::backend::Endpoint::Qemu { qmp_socket } => qmp_socket.clone(),
+        #[cfg(any(test, feature = "test-util"))]
+        crate::backend::Endpoint::Memory => PathBuf::from("(memory)"),
+    }
+}
+
+pub(crate) fn hostdev_error(
+    op: &'static str,
+    class: ErrorClass,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> ServiceError {
+    ServiceError::Hostdev {
+        op,
+        class,
+        source: Box::new(source),
+    }
+}

@@ -1,0 +1,253 @@
+//! Service tests against the fake kernel and the in-memory hypervisor: registration,
+//! authorization, persistence across a restart, and reconciliation.
+
+use plugboard_devices::DeviceId;
+use plugboard_sysfs::fake::{FakeKernel, PciSpec};
+
+use crate::backend::Endpoint;
+use crate::error::ErrorClass;
+use crate::{AttachRequest, Caller, HostdevRequest, RegisterVm, Repair, Service, ServiceConfig};
+
+struct Fixture {
+    _kernel: FakeKernel,
+    state: tempfile::TempDir,
+    config: ServiceConfig,
+}
+
+fn fixture() -> Fixture {
+    let kernel = FakeKernel::builder()
+        .pci(
+            PciSpec::new("0000:02:00.0", 0x8086, 0x10d3)
+                .class(0x02_0000)
+                .iommu_group(7)
+                .driver("e1000e"),
+        )
+        .build()
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let config = ServiceConfig {
+        state_dir: state.path().join("state"),
+        sysfs: kernel.sysfs(),
+        pci_ids: None,
+    };
+    Fixture {
+        _kernel: kernel,
+        state,
+        config,
+    }
+}
+
+fn memory_vm(name: &str) -> RegisterVm {
+    RegisterVm {
+        name: name.into(),
+        endpoint: Endpoint::Memory,
+        name_offset: 0,
+    }
+}
+
+fn disk(f: &Fixture, name: &str) -> AttachRequest {
+    let path = f.state.path().join(name);
+    std::fs::write(&path, vec![0u8; 4096]).unwrap();
+    AttachRequest::Disk {
+        path,
+        driver: None,
+        format: plugboard_devices::ImageFormat::Raw,
+        read_only: false,
+    }
+}
+
+#[test]
+fn register_attach_detach_unregister() {
+    let f = fixture();
+    let (svc, report) = Service::open(f.config.clone()).unwrap();
+    assert_eq!(report.vms, 0);
+    let info = svc.register_vm(Caller::new(1000), memory_vm("a")).unwrap();
+    assert_eq!(info.record.owner_uid, 1000);
+    assert!(info.connected);
+    let err = svc
+        .register_vm(Caller::new(1000), memory_vm("a"))
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Conflict);
+
+    let req = disk(&f, "d0.img");
+    let attached = svc.attach(Caller::ROOT, "a", &req).unwrap();
+    assert!(attached.plugged);
+    let again = svc.attach(Caller::ROOT, "a", &req).unwrap();
+    assert!(!again.plugged, "a second attach only counts");
+    assert_eq!(svc.devices("a").unwrap().len(), 1);
+
+    let err = svc.unregister_vm(Caller::ROOT, "a").unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Conflict);
+    let id = attached.device.id;
+    assert!(!svc.detach(Caller::ROOT, "a", id).unwrap().unplugged);
+    assert!(svc.detach(Caller::ROOT, "a", id).unwrap().unplugged);
+    assert!(svc.devices("a").unwrap().is_empty());
+    let err = svc.detach(Caller::ROOT, "a", id).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::NotFound);
+    svc.unregister_vm(Caller::new(1000), "a").unwrap();
+    assert!(svc.vms().is_empty());
+    assert_eq!(svc.devices("a").unwrap_err().class(), ErrorClass::NotFound);
+}
+
+#[test]
+fn only_the_owner_or_root_changes_a_vm() {
+    let f = fixture();
+    let (svc, _) = Service::open(f.config.clone()).unwrap();
+    svc.register_vm(Caller::new(1000), memory_vm("a")).unwrap();
+    let req = disk(&f, "d0.img");
+    let err = svc.attach(Caller::new(1001), "a", &req).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Forbidden);
+    assert!(err.to_string().contains("belongs to uid 1000"), "{err}");
+    // The owner may not attach a file that is not theirs (it is root's here).
+    let err = svc.attach(Caller::new(1000), "a", &req).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Forbidden);
+    assert!(
+        err.to_string().contains("the file belongs to uid 0"),
+        "{err}"
+    );
+    let id = svc.attach(Caller::ROOT, "a", &req).unwrap().device.id;
+    let err = svc.detach(Caller::new(1001), "a", id).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Forbidden);
+    let err = svc.unregister_vm(Caller::new(1001), "a").unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Forbidden);
+    // Host devices outside a VM: root only.
+    let nic = "0000:02:00.0".parse().unwrap();
+    let err = svc.hostdev_detach(Caller::new(1000), nic).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Forbidden);
+    let err = svc.hostdev_reattach(Caller::new(1000), nic).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Forbidden);
+    // Preparing for the caller's own VM is allowed past the policy; for another owner not.
+    let other = HostdevRequest {
+        owner: "qemu/someone-else".into(),
+        devices: vec!["0000:02:00.0".into()],
+        managed: true,
+        whole_group: false,
+        shareable: false,
+    };
+    let err = svc.hostdev_prepare(Caller::new(1000), &other).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Forbidden);
+    let mine = HostdevRequest {
+        owner: "plugboard/a".into(),
+        ..other.clone()
+    };
+    let err = svc.hostdev_prepare(Caller::new(1001), &mine).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Forbidden);
+    svc.hostdev_prepare(Caller::new(1000), &mine).unwrap();
+    assert_eq!(svc.hostdevs().unwrap().pci.len(), 1);
+    let released = svc.hostdev_release(Caller::new(1000), &mine).unwrap();
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0].result, "reattached", "{released:?}");
+}
+
+#[test]
+fn bad_hostdev_requests_are_bad_requests() {
+    let f = fixture();
+    let (svc, _) = Service::open(f.config.clone()).unwrap();
+    let bad = |owner: &str, devices: &[&str]| {
+        svc.hostdev_prepare(
+            Caller::ROOT,
+            &HostdevRequest {
+                owner: owner.into(),
+                devices: devices.iter().map(|d| (*d).to_owned()).collect(),
+                managed: true,
+                whole_group: false,
+                shareable: false,
+            },
+        )
+        .unwrap_err()
+    };
+    assert_eq!(
+        bad("noslash", &["0000:02:00.0"]).class(),
+        ErrorClass::BadRequest
+    );
+    assert_eq!(bad("a/b", &[]).class(), ErrorClass::BadRequest);
+    assert_eq!(bad("a/b", &["zz:zz"]).class(), ErrorClass::BadRequest);
+    assert_eq!(bad("a/b", &["0000:09:00.0"]).class(), ErrorClass::NotFound);
+}
+
+#[test]
+fn state_survives_a_restart_and_is_reconciled() {
+    let f = fixture();
+    let (svc, _) = Service::open(f.config.clone()).unwrap();
+    svc.register_vm(Caller::new(1000), memory_vm("a")).unwrap();
+    svc.register_vm(Caller::new(1000), memory_vm("b")).unwrap();
+    let a0 = svc.attach(Caller::ROOT, "a", &disk(&f, "a0.img")).unwrap();
+    let saved = svc.store().devices("a").unwrap().unwrap();
+    assert!(saved.contains("a0.img"), "{saved}");
+    drop(svc);
+
+    // A restart: the in-memory hypervisor comes back empty, so the attached disk is gone
+    // from the "VM". Reconciliation must notice, drop it from the books, and save that.
+    let (svc, report) = Service::open(f.config.clone()).unwrap();
+    assert_eq!(report.vms, 2);
+    assert_eq!(
+        report.repairs,
+        vec![Repair::Forgotten {
+            vm: "a".into(),
+            device: a0.device.id,
+            what: format!(
+                "block path {}",
+                f.state
+                    .path()
+                    .join("a0.img")
+                    .canonicalize()
+                    .unwrap()
+                    .display()
+            ),
+        }]
+    );
+    let vms = svc.vms();
+    assert_eq!(vms.len(), 2);
+    assert!(
+        vms.iter()
+            .all(|v| v.connected && v.record.owner_uid == 1000)
+    );
+    assert!(svc.devices("a").unwrap().is_empty());
+    let saved = svc.store().devices("a").unwrap().unwrap();
+    assert!(!saved.contains("a0.img"), "the repair is saved: {saved}");
+    // The freed block index and port are reused.
+    let again = svc.attach(Caller::ROOT, "a", &disk(&f, "a1.img")).unwrap();
+    assert_eq!(
+        again.device.plugged.as_ref().unwrap().block_index(),
+        a0.device.plugged.as_ref().unwrap().block_index()
+    );
+    assert_ne!(again.device.id, DeviceId::from_raw(u64::MAX));
+}
+
+#[test]
+fn metrics_count_vms_and_devices() {
+    let f = fixture();
+    let (svc, _) = Service::open(f.config.clone()).unwrap();
+    svc.register_vm(Caller::ROOT, memory_vm("a")).unwrap();
+    svc.attach(Caller::ROOT, "a", &disk(&f, "a0.img")).unwrap();
+    svc.metrics().record(
+        "POST /v1/vms/{name}/devices",
+        201,
+        None,
+        std::time::Duration::from_millis(2),
+    );
+    let text = svc.render_metrics();
+    assert!(
+        text.contains("plugboard_vms{state=\"connected\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("plugboard_devices{state=\"attached\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("plugboard_hostdevs{list=\"active\"} 0\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn host_reads_come_from_sysfs() {
+    let f = fixture();
+    let (svc, _) = Service::open(f.config.clone()).unwrap();
+    let inv = svc.host_devices().unwrap();
+    assert_eq!(inv.devices.len(), 1);
+    let groups = svc.iommu_groups().unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].number, 7);
+}

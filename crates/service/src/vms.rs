@@ -1,0 +1,244 @@
+//! The VM operations of the service: register, unregister, list, and a VM's devices
+//! (list, attach, detach). Every change is saved to the database before it is answered.
+
+use std::sync::Arc;
+
+use plugboard_devices::{DeviceId, DeviceState, ManagerConfig, Released};
+use serde::Serialize;
+
+use crate::attach::AttachRequest;
+use crate::auth::Caller;
+use crate::backend::{Backend, Endpoint};
+use crate::error::ServiceError;
+use crate::service::Service;
+use crate::vm::{Link, RegisterVm, Vm, VmInfo, VmRecord, validate_name};
+
+/// What an attach did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Attached {
+    /// True when the device was plugged now; false when it was attached already and only
+    /// gained an attachment.
+    pub plugged: bool,
+    /// The device as it is now.
+    pub device: DeviceState,
+}
+
+/// What a detach did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Detached {
+    /// The device.
+    pub id: DeviceId,
+    /// True when the device left the VM now; false when other attachments remain.
+    pub unplugged: bool,
+}
+
+/// The manager settings of a VM.
+pub(crate) fn manager_config(record: &VmRecord) -> ManagerConfig {
+    ManagerConfig {
+        root_ports: u32::try_from(record.root_ports.len()).unwrap_or(u32::MAX),
+        name_offset: record.name_offset,
+    }
+}
+
+impl Service {
+    /// Registers a VM owned by `caller` and connects to its hypervisor.
+    ///
+    /// # Errors
+    /// A bad name, a name in use, a QMP socket that is not the caller's, a hypervisor that
+    /// cannot be reached.
+    pub fn register_vm(&self, caller: Caller, request: RegisterVm) -> Result<VmInfo, ServiceError> {
+        validate_name(&request.name)?;
+        let name = request.name;
+        match &request.endpoint {
+            Endpoint::Qemu { qmp_socket } => {
+                if !qmp_socket.is_absolute() {
+                    return Err(ServiceError::BadRequest(format!(
+                        "the QMP socket {} must be an absolute path",
+                        qmp_socket.display()
+                    )));
+                }
+                caller.may_use_file(qmp_socket, &format!("register VM {name:?} with"))?;
+            }
+            #[cfg(any(test, feature = "test-util"))]
+            Endpoint::Memory => {}
+        }
+        if self.vms_read().contains_key(&name) {
+            return Err(ServiceError::VmExists(name));
+        }
+        let backend =
+            Backend::connect(&request.endpoint, &[]).map_err(|source| ServiceError::Connect {
+                vm: name.clone(),
+                socket: match &request.endpoint {
+                    Endpoint::Qemu { qmp_socket } => qmp_socket.clone(),
+                    #[cfg(any(test, feature = "test-util"))]
+                    Endpoint::Memory => "(memory)".into(),
+                },
+                source: Box::new(source),
+            })?;
+        let record = VmRecord {
+            name: name.clone(),
+            owner_uid: caller.uid(),
+            endpoint: request.endpoint,
+            root_ports: backend.port_pool(),
+            name_offset: request.name_offset,
+        };
+        let manager = plugboard_devices::DeviceManager::new(backend, manager_config(&record));
+        let vm = Vm::new(record.clone(), Link::Connected(manager));
+        let mut vms = self.vms_write();
+        if vms.contains_key(&name) {
+            return Err(ServiceError::VmExists(name));
+        }
+        self.store().insert(&record)?;
+        let info = vm.info();
+        vms.insert(name.clone(), Arc::new(vm));
+        drop(vms);
+        tracing::info!(vm = name, owner = caller.uid(), ports = ?record.root_ports, "VM registered; unregister it to forget it");
+        Ok(info)
+    }
+
+    /// Forgets a VM that has no devices.
+    ///
+    /// # Errors
+    /// Unknown VM, not the owner or root, devices still there.
+    pub fn unregister_vm(&self, caller: Caller, name: &str) -> Result<(), ServiceError> {
+        let vm = self.vm(name)?;
+        caller.may_change_vm(name, vm.record.owner_uid, "unregister")?;
+        let _ops = vm.lock_ops();
+        let devices = vm.devices().len();
+        if devices > 0 {
+            return Err(ServiceError::VmHasDevices {
+                vm: name.to_owned(),
+                devices,
+            });
+        }
+        let mut vms = self.vms_write();
+        self.store().delete(name)?;
+        vms.remove(name);
+        tracing::info!(vm = name, "VM unregistered");
+        Ok(())
+    }
+
+    /// Every VM.
+    pub fn vms(&self) -> Vec<VmInfo> {
+        self.vms_read().values().map(|vm| vm.info()).collect()
+    }
+
+    /// One VM.
+    ///
+    /// # Errors
+    /// Unknown VM.
+    pub fn vm_info(&self, name: &str) -> Result<VmInfo, ServiceError> {
+        Ok(self.vm(name)?.info())
+    }
+
+    /// A VM's devices.
+    ///
+    /// # Errors
+    /// Unknown VM.
+    pub fn devices(&self, name: &str) -> Result<Vec<DeviceState>, ServiceError> {
+        Ok(self.vm(name)?.devices())
+    }
+
+    /// Attaches a device to a VM (a second attach of the same device only counts), and
+    /// saves the VM's state.
+    ///
+    /// # Errors
+    /// Unknown VM, not allowed, a bad request, the manager or hypervisor refusing; the VM
+    /// and the books are then as before.
+    pub fn attach(
+        &self,
+        caller: Caller,
+        name: &str,
+        request: &AttachRequest,
+    ) -> Result<Attached, ServiceError> {
+        let vm = self.vm(name)?;
+        caller.may_change_vm(name, vm.record.owner_uid, "attach a device to")?;
+        let spec = request.to_spec(caller, name)?;
+        let _ops = vm.lock_ops();
+        let manager = vm.manager()?;
+        let dev = |source| ServiceError::Device {
+            vm: name.to_owned(),
+            source: Box::new(source),
+        };
+        let id = manager.new_device(spec).map_err(dev)?.id();
+        let acquired = match manager.attach(id) {
+            Ok(a) => a,
+            Err(e) => {
+                // Drop the reference new_device took (the device goes if it was new).
+                if let Err(undo) = manager.remove_device(id) {
+                    tracing::error!(vm = name, device = %id, error = %undo, "cannot drop the reference of a failed attach");
+                }
+                return Err(dev(e));
+            }
+        };
+        self.save(&vm)?;
+        let device = manager
+            .device(id)
+            .ok_or_else(|| ServiceError::NoSuchDevice {
+                vm: name.to_owned(),
+                id,
+            })?;
+        tracing::info!(vm = name, device = %id, identity = %device.spec.identity, "device attached; detach it to undo");
+        Ok(Attached {
+            plugged: acquired == plugboard_devices::Acquired::First,
+            device,
+        })
+    }
+
+    /// Detaches a device (the last detach unplugs it and drops it), and saves the VM's
+    /// state.
+    ///
+    /// # Errors
+    /// Unknown VM or device, not allowed, the hypervisor refusing (the device stays).
+    pub fn detach(
+        &self,
+        caller: Caller,
+        name: &str,
+        id: DeviceId,
+    ) -> Result<Detached, ServiceError> {
+        let vm = self.vm(name)?;
+        caller.may_change_vm(name, vm.record.owner_uid, "detach a device from")?;
+        let _ops = vm.lock_ops();
+        let manager = vm.manager()?;
+        let dev = |source| ServiceError::Device {
+            vm: name.to_owned(),
+            source: Box::new(source),
+        };
+        if manager.device(id).is_none() {
+            return Err(ServiceError::NoSuchDevice {
+                vm: name.to_owned(),
+                id,
+            });
+        }
+        let released = manager.detach(id).map_err(dev)?;
+        let removed = manager.remove_device(id);
+        let saved = self.save(&vm);
+        removed.map_err(dev)?;
+        saved?;
+        tracing::info!(vm = name, device = %id, "device detached");
+        Ok(Detached {
+            id,
+            unplugged: released == Released::Last,
+        })
+    }
+
+    /// Writes a VM's whole device state to the database.
+    fn save(&self, vm: &Vm) -> Result<(), ServiceError> {
+        let manager = vm.manager()?;
+        let json = manager
+            .save()
+            .to_json()
+            .map_err(|source| ServiceError::Persist {
+                vm: vm.record.name.clone(),
+                source,
+            })?;
+        self.store().save_devices(&vm.record.name, &json)
+    }
+
+    pub(crate) fn vm(&self, name: &str) -> Result<Arc<Vm>, ServiceError> {
+        self.vms_read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| ServiceError::NoSuchVm(name.to_owned()))
+    }
+}
