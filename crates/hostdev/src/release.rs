@@ -134,9 +134,7 @@ impl HostdevManager {
                     });
                     continue;
                 }
-                if let Err(err) = DeviceFacts::read(&sysfs, address)
-                    && err.is_not_found()
-                {
+                if sysfs.pci_device(address).is_err_and(|e| e.is_not_found()) {
                     tx.delete_pci_row(&key, row.iommu_group, EventKind::Gone)?;
                     tracing::info!(bdf = %address, "released device vanished from sysfs; dropped from the registry");
                     outcomes.push(ReleaseOutcome { address, result: Ok(Released::Vanished) });

@@ -1,8 +1,9 @@
 //! The registry: who owns which device, kept in an embedded SQLite database that several
 //! processes (the daemon, CLI calls, runtimes embedding this crate) share at once.
 //!
-//! The file is `<state dir>/hostdev.db`, in WAL mode with `synchronous=FULL` (a committed
-//! claim survives a power cut) and a busy timeout. Every read-modify-write runs in a
+//! The file is `<state dir>/hostdev.db`, in WAL mode with a busy timeout, and
+//! `synchronous=NORMAL` by default (see [`Durability`]): a commit survives the death of any
+//! process, and the file is never corrupted. Every read-modify-write runs in a
 //! `BEGIN IMMEDIATE` transaction, which takes the write lock up front: two processes can
 //! never both read "free" and both claim. Row access lives in one file per table.
 
@@ -33,6 +34,24 @@ pub struct RegistryOptions {
     pub busy_timeout: Duration,
     /// Open without write access (a read-only mount or a listing).
     pub read_only: bool,
+    /// When a commit reaches the disk.
+    pub durability: Durability,
+}
+
+/// When a commit reaches the disk (SQLite's `synchronous` in WAL mode).
+///
+/// `Process` is the default, and enough for this registry: a commit survives any process
+/// crash (`kill -9`, a panic, OOM); only an OS crash or power cut can lose the last
+/// commits, and those also reset every driver binding the commits describe, since sysfs
+/// does not survive a reboot either, so the journal and the host stay in step. `PowerCut`
+/// fsyncs every commit, at the disk's fsync rate (a few hundred per second on a VM disk).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// `synchronous=NORMAL`: durable across process crashes; fsync at checkpoints.
+    #[default]
+    Process,
+    /// `synchronous=FULL`: every commit is fsynced before it returns.
+    PowerCut,
 }
 
 impl Default for RegistryOptions {
@@ -40,6 +59,7 @@ impl Default for RegistryOptions {
         Self {
             busy_timeout: Duration::from_secs(10),
             read_only: false,
+            durability: Durability::default(),
         }
     }
 }
@@ -93,8 +113,12 @@ impl Registry {
             if !mode.eq_ignore_ascii_case("wal") {
                 tracing::warn!(path = %path.display(), mode, "registry is not in WAL mode");
             }
-            conn.pragma_update(None, "synchronous", "FULL")
-                .map_err(|e| err("setting synchronous=FULL", e))?;
+            let synchronous = match options.durability {
+                Durability::Process => "NORMAL",
+                Durability::PowerCut => "FULL",
+            };
+            conn.pragma_update(None, "synchronous", synchronous)
+                .map_err(|e| err("setting synchronous", e))?;
             conn.pragma_update(None, "foreign_keys", "ON")
                 .map_err(|e| err("enabling foreign keys", e))?;
             schema::migrate(&mut conn, &path)?;
