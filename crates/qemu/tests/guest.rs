@@ -349,3 +349,83 @@ fn vhost_user_fs_against_virtiofsd() {
     assert!(!peripherals(&m).to_string().contains(&id.name_id("fs")));
     guest.shutdown().unwrap();
 }
+
+/// Builds `examples/nested_vfio.rs` (dev profile) and returns the executable.
+fn build_nested_vfio() -> std::path::PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args([
+            "build",
+            "-p",
+            "plugboard-qemu",
+            "--example",
+            "nested_vfio",
+            "--message-format=json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["target"]["name"] == "nested_vfio")
+        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
+        .unwrap()
+}
+
+#[test]
+#[ignore = "boots the lab guest (lab/run-tests.sh)"]
+fn vfio_pci_into_a_nested_qemu_in_the_lab_guest() {
+    let probe = build_nested_vfio();
+    let qemu = plugboard_qemu::test_util::qemu_binary();
+    let qemu = if qemu.is_absolute() {
+        qemu
+    } else {
+        std::path::PathBuf::from("/usr/bin").join(qemu)
+    };
+    let mut initramfs = Initramfs::new().unwrap();
+    initramfs
+        .add_binary(&qemu, "/usr/bin/qemu-system-x86_64")
+        .unwrap()
+        .add_binary(&probe, "/usr/bin/nested_vfio")
+        .unwrap()
+        .add_file(
+            Path::new("/usr/share/qemu/bios-256k.bin"),
+            "/usr/share/qemu/bios-256k.bin",
+            0o644,
+        );
+    let mut opts = BootOptions::default();
+    opts.machine.memory_mib = 1536;
+    let mut guest = Guest::boot(&opts, &initramfs).unwrap();
+    // A single-device-group e1000e guinea pig, bound to vfio-pci inside the guest.
+    let script = r#"
+        set -e
+        bdf=""
+        for d in /sys/bus/pci/devices/*; do
+          [ "$(cat $d/vendor):$(cat $d/device)" = "0x8086:0x10d3" ] || continue
+          [ "$(ls $d/iommu_group/devices | wc -l)" = 1 ] || continue
+          bdf=$(basename $d); break
+        done
+        [ -n "$bdf" ] || { echo "no single-device e1000e"; exit 1; }
+        echo vfio-pci > /sys/bus/pci/devices/$bdf/driver_override
+        [ ! -e /sys/bus/pci/devices/$bdf/driver ] || echo $bdf > /sys/bus/pci/devices/$bdf/driver/unbind
+        echo $bdf > /sys/bus/pci/drivers_probe
+        [ -e /sys/bus/pci/drivers/vfio-pci/$bdf ]
+        PLUGBOARD_QEMU=/usr/bin/qemu-system-x86_64 /usr/bin/nested_vfio $bdf
+    "#;
+    let out = guest
+        .exec_with(script, Duration::from_secs(900), &mut |line| {
+            eprintln!("guest: {line}");
+        })
+        .unwrap();
+    assert!(
+        out.success() && out.output.contains("NESTED-VFIO-OK"),
+        "{}",
+        out.output
+    );
+    guest.shutdown().unwrap();
+}

@@ -1,0 +1,149 @@
+//! Runs **inside the lab guest** (see `tests/guest.rs`): passes a real PCI function, already
+//! bound to vfio-pci in the guest, to a nested QEMU through the device manager and
+//! `QemuHypervisor`, in legacy (group) and iommufd (cdev) mode, hot and cold.
+//!
+//! Usage: `nested_vfio <DDDD:BB:SS.F>`; prints `NESTED-VFIO-OK` when every step passed. The
+//! nested QEMU has no guest OS, so each hot unplug first times out (nobody acknowledges) and
+//! `system_reset` completes it, the same dance as `tests/bare_qemu.rs`.
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use plugboard_devices::{
+    DeviceIdentity, DeviceKind, DeviceManager, DeviceSpec, HostFunction, ManagerConfig, PciAddress,
+    PlugMode, VfioBackend, VfioFunction, VfioSpec,
+};
+use plugboard_qemu::test_util::BareQemu;
+use plugboard_qemu::{QemuConfig, QemuHypervisor};
+use serde_json::json;
+
+type Result<T> = std::result::Result<T, Box<dyn Error>>;
+
+fn spec(bdf: &str, mode: PlugMode, cdev: bool) -> Result<DeviceSpec> {
+    let sysfs = PathBuf::from(format!("/sys/bus/pci/devices/{bdf}"));
+    let group: u32 = std::fs::read_link(sysfs.join("iommu_group"))?
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("no iommu_group")?
+        .parse()?;
+    let backend = if cdev {
+        let name = std::fs::read_dir(sysfs.join("vfio-dev"))?
+            .next()
+            .ok_or("no vfio-dev (is the device on vfio-pci?)")??
+            .file_name();
+        let index = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("vfio"))
+            .ok_or("odd vfio-dev name")?;
+        VfioBackend::Cdev {
+            index: index.parse()?,
+        }
+    } else {
+        VfioBackend::Group { group }
+    };
+    Ok(DeviceSpec {
+        identity: DeviceIdentity::Path(PathBuf::from(format!("/dev/vfio/{group}"))),
+        mode,
+        kind: DeviceKind::Vfio(VfioSpec {
+            backend,
+            functions: vec![VfioFunction {
+                host: HostFunction::Pci(bdf.parse::<PciAddress>()?),
+                sysfs_path: sysfs,
+                class: None,
+                is_pcie: true,
+                large_bar: false,
+            }],
+        }),
+    })
+}
+
+fn present(hv: &QemuHypervisor, name: &str) -> Result<bool> {
+    let list =
+        hv.with_client(|c| c.execute("qom-list", Some(&json!({"path": "/machine/peripheral"}))))??;
+    Ok(list.to_string().contains(&format!("\"{name}\"")))
+}
+
+fn config() -> QemuConfig {
+    QemuConfig {
+        unplug_timeout: Duration::from_millis(500),
+        ..QemuConfig::default()
+    }
+}
+
+fn hot(bdf: &str, cdev: bool) -> Result<()> {
+    let qemu = BareQemu::builder().ports(&["hp1"]).try_start()?;
+    let hv = QemuHypervisor::connect(qemu.qmp_socket(), config())?;
+    let m = DeviceManager::new(
+        hv,
+        ManagerConfig {
+            root_ports: 1,
+            name_offset: 0,
+        },
+    );
+    let id = m.new_device(spec(bdf, PlugMode::Hot, cdev)?)?.id();
+    m.attach(id)?;
+    let name = id.name_id("vfio-0");
+    if !present(m.hypervisor(), &name)? {
+        return Err(format!("{name} not in the nested QEMU after attach").into());
+    }
+    if cdev {
+        let objects = m
+            .hypervisor()
+            .with_client(|c| c.execute("qom-list", Some(&json!({"path": "/objects"}))))??;
+        if !objects.to_string().contains("iommufd") {
+            return Err(format!("no iommufd object: {objects}").into());
+        }
+    }
+    if m.detach(id).is_ok() {
+        return Err("detach without a guest should time out".into());
+    }
+    m.hypervisor()
+        .with_client(|c| c.execute("system_reset", None))??;
+    m.detach(id)?;
+    if present(m.hypervisor(), &name)? {
+        return Err(format!("{name} still in the nested QEMU after detach").into());
+    }
+    println!("hot {} ok", if cdev { "iommufd" } else { "legacy" });
+    Ok(())
+}
+
+fn cold(bdf: &str, cdev: bool) -> Result<()> {
+    let hv = QemuHypervisor::new(QemuConfig {
+        root_ports: vec!["hp1".into()],
+        ..config()
+    });
+    let m = DeviceManager::new(
+        hv,
+        ManagerConfig {
+            root_ports: 1,
+            name_offset: 0,
+        },
+    );
+    let id = m.new_device(spec(bdf, PlugMode::Cold, cdev)?)?.id();
+    m.attach(id)?;
+    let args = m.hypervisor().boot_args();
+    println!("cold args: {}", args.join(" "));
+    let qemu = BareQemu::builder().ports(&["hp1"]).args(args).try_start()?;
+    m.hypervisor().attach(qemu.qmp_socket())?;
+    if !present(m.hypervisor(), &id.name_id("vfio-0"))? {
+        return Err("the cold-plugged vfio-pci is not in the nested QEMU".into());
+    }
+    println!("cold {} ok", if cdev { "iommufd" } else { "legacy" });
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let bdf = std::env::args()
+        .nth(1)
+        .ok_or("usage: nested_vfio <DDDD:BB:SS.F>")?;
+    if !Path::new(&format!("/sys/bus/pci/drivers/vfio-pci/{bdf}")).exists() {
+        return Err(format!("{bdf} is not bound to vfio-pci").into());
+    }
+    for cdev in [false, true] {
+        hot(&bdf, cdev)?;
+        cold(&bdf, cdev)?;
+    }
+    println!("NESTED-VFIO-OK");
+    Ok(())
+}
