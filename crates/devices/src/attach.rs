@@ -594,3 +594,81 @@ mod tests {
         assert!(m.hypervisor().is_plugged(id));
     }
 }
+
+#[cfg(test)]
+mod stress {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use super::*;
+    use crate::kind::BlockDriver;
+    use crate::plan::ManagerConfig;
+    use crate::test_util::{InMemoryHypervisor, block_spec, vfio_spec};
+
+    /// Four threads attach and detach six devices at random; afterwards every count is the
+    /// number of successful attaches minus detaches, and the hypervisor holds exactly the
+    /// attached devices.
+    #[test]
+    fn threads_agree_with_the_counts() {
+        let m = Arc::new(DeviceManager::new(
+            Arc::new(InMemoryHypervisor::new()),
+            ManagerConfig {
+                root_ports: 4,
+                name_offset: 0,
+            },
+        ));
+        let mut specs: Vec<_> = (0..4)
+            .map(|n| block_spec(n, BlockDriver::VirtioBlk))
+            .collect();
+        specs.push(vfio_spec(1, &[true, true]));
+        specs.push(block_spec(9, BlockDriver::VirtioScsi));
+        let ids: Vec<DeviceId> = specs
+            .into_iter()
+            .map(|s| m.new_device(s).unwrap().id())
+            .collect();
+        let expected: Arc<Vec<AtomicI64>> =
+            Arc::new(ids.iter().map(|_| AtomicI64::new(0)).collect());
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let (m, ids, expected) = (Arc::clone(&m), ids.clone(), Arc::clone(&expected));
+                std::thread::spawn(move || {
+                    // A small xorshift, seeded per thread: no clock, no shared RNG.
+                    let mut x = 0x9e37_79b9_7f4a_7c15_u64 ^ (t + 1);
+                    for _ in 0..400 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let i = usize::try_from(x % 6).unwrap();
+                        if x & 0x100 == 0 {
+                            if m.attach(ids[i]).is_ok() {
+                                expected[i].fetch_add(1, Ordering::SeqCst);
+                            }
+                        } else if m.detach(ids[i]).is_ok() {
+                            expected[i].fetch_sub(1, Ordering::SeqCst);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let mut plugged = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            let d = m.device(*id).unwrap();
+            assert_eq!(
+                i64::from(d.attachments.get()),
+                expected[i].load(Ordering::SeqCst)
+            );
+            if !d.attachments.is_zero() {
+                plugged.push(*id);
+            }
+        }
+        assert_eq!(
+            m.hypervisor().plugged().keys().copied().collect::<Vec<_>>(),
+            plugged
+        );
+        m.detach_all().unwrap();
+        assert_eq!(m.allocations(), crate::manager::Allocations::default());
+    }
+}

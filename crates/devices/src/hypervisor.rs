@@ -190,7 +190,7 @@ pub struct GuestView {
 }
 
 /// A VMM that can take devices. Implemented by `plugboard-qemu`; tests use
-/// [`crate::test_util::InMemoryHypervisor`].
+/// `test_util::InMemoryHypervisor` (feature `test-util`).
 ///
 /// See the module documentation for the contract every implementation keeps.
 pub trait Hypervisor: Send + Sync {

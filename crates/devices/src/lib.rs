@@ -14,7 +14,7 @@
 //! holding the device and everything the manager allocated for it (block index, drive name,
 //! SCSI address, root port), and an add answers with the [`GuestView`]: the PCI path, SCSI
 //! address and drive name the guest will see. `plugboard-qemu` implements it; tests use
-//! [`test_util::InMemoryHypervisor`] (feature `test-util`).
+//! `test_util::InMemoryHypervisor` (feature `test-util`).
 //!
 //! # The manager
 //! [`DeviceManager`] holds one VM's devices. [`DeviceManager::new_device`] creates a device
@@ -55,9 +55,9 @@ mod ports;
 mod refcount;
 mod scsi;
 mod state;
+mod teardown;
 
 #[cfg(any(test, feature = "test-util"))]
-#[doc(hidden)]
 pub mod test_util;
 
 pub use drive_name::{DriveName, DriveNameError, MAX_DRIVE_NAME_LEN, VIRTIO_PREFIX};
@@ -86,3 +86,4 @@ pub use ports::{RootPort, RootPortPool};
 pub use refcount::{Acquired, RefCount, RefCountError, Released};
 pub use scsi::{MAX_SCSI_INDEX, ScsiAddress, ScsiAddressError};
 pub use state::DeviceState;
+pub use teardown::TeardownError;
