@@ -91,7 +91,7 @@ fn hot(bdf: &str, cdev: bool) -> Result<()> {
         let objects = m
             .hypervisor()
             .with_client(|c| c.execute("qom-list", Some(&json!({"path": "/objects"}))))??;
-        if !objects.to_string().contains("iommufd") {
+        if !objects.to_string().contains("-iofd") {
             return Err(format!("no iommufd object: {objects}").into());
         }
     }

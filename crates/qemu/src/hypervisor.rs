@@ -73,7 +73,9 @@ pub struct QemuConfig {
     /// Whether guest RAM is shared; `None` reads it from QEMU at attach (`query-memdev`).
     pub memory_shared: Option<bool>,
     /// The root ports of the manager's pool, in order. Empty: the free root ports found at
-    /// attach, in natural order (coldplug then cannot use ports).
+    /// attach, in natural order (coldplug then cannot use ports). Give it explicitly when
+    /// reattaching to a VM that already holds the manager's devices, or the saved port
+    /// numbers would map onto other ports.
     pub root_ports: Vec<String>,
     /// The virtio-scsi controller for SCSI disks; `None`: the first one found at attach.
     pub scsi_controller: Option<String>,

@@ -25,15 +25,15 @@ pub enum QemuIdError {
 pub struct QemuId(String);
 
 impl QemuId {
-    /// The longest id: 31 (QEMU's node-name limit) less the longest suffix we add (`-iommufd`).
-    pub const MAX_LEN: usize = 23;
+    /// The longest id: 31 (QEMU's node-name limit) less the longest suffix we add (`-file`).
+    pub const MAX_LEN: usize = 26;
 
     /// The id as QEMU sees it.
     pub fn as_str(&self) -> &str {
         &self.0
     }
 
-    /// A backend's name: the id and a suffix (`file`, `fmt`, `chr`, `net`, `mem`, `iommufd`).
+    /// A backend's name: the id and a suffix (`file`, `fmt`, `chr`, `net`, `mem`, `iofd`).
     pub fn derived(&self, suffix: &str) -> String {
         format!("{}-{suffix}", self.0)
     }
@@ -72,7 +72,7 @@ mod tests {
 
     #[test]
     fn accepts_qemu_ids_and_refuses_the_rest() {
-        for good in ["vb0", "disk-1.a_b", "a", "x2345678901234567890123"] {
+        for good in ["vb0", "disk-1.a_b", "a", "x2345678901234567890123456"] {
             assert_eq!(good.parse::<QemuId>().unwrap().as_str(), good);
         }
         for bad in [
@@ -82,7 +82,7 @@ mod tests {
             "has space",
             "a,b",
             "a/b",
-            "x234567890123456789012345",
+            "x23456789012345678901234567",
         ] {
             assert_eq!(
                 bad.parse::<QemuId>(),
@@ -95,7 +95,9 @@ mod tests {
     #[test]
     fn derived_names_fit_qemus_node_name_limit() {
         let id: QemuId = "x".repeat(QemuId::MAX_LEN).parse().unwrap();
-        assert!(id.derived("iommufd").len() <= 31);
+        for suffix in ["file", "fmt", "chr", "net", "mem", "iofd"] {
+            assert!(id.derived(suffix).len() <= 31, "{suffix}");
+        }
         assert_eq!(id.qom_path(), format!("/machine/peripheral/{id}"));
     }
 }

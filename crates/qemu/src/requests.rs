@@ -196,7 +196,7 @@ fn vfio_plans(v: &VfioPlug, vm: VmLayout<'_>) -> Result<Vec<Plan>, RequestError>
         let iommu = match (v.backend, &shared) {
             (VfioBackend::Group { .. }, _) => VfioIommu::Legacy,
             (VfioBackend::Cdev { .. }, None) => {
-                shared = Some(id.derived("iommufd"));
+                shared = Some(id.derived("iofd"));
                 VfioIommu::OwnIommufd
             }
             (VfioBackend::Cdev { .. }, Some(obj)) => VfioIommu::SharedIommufd(obj.clone()),

@@ -28,7 +28,7 @@ pub enum VfioHost {
 pub enum VfioIommu {
     /// The legacy container and group (`/dev/vfio/<group>`).
     Legacy,
-    /// An `iommufd` object created for this device as `<id>-iommufd`, deleted with it.
+    /// An `iommufd` object created for this device as `<id>-iofd`, deleted with it.
     OwnIommufd,
     /// An `iommufd` object that already exists in the VM (shared by several devices).
     SharedIommufd(String),
@@ -55,7 +55,7 @@ pub fn vfio_pci(id: QemuId, dev: &Vfio, port: Option<&str>) -> Plan {
         let object = match &dev.iommu {
             VfioIommu::Legacy => None,
             VfioIommu::OwnIommufd => {
-                let obj = id.derived("iommufd");
+                let obj = id.derived("iofd");
                 backends.push(Backend::Object {
                     id: obj.clone(),
                     args: json!({"qom-type": "iommufd", "id": obj}),
@@ -101,12 +101,12 @@ mod tests {
         let p = plan(VfioHost::Mdev(path.clone()), VfioIommu::OwnIommufd);
         assert_eq!(p.device["sysfsdev"], json!(path));
         assert!(p.device.get("host").is_none());
-        assert_eq!(p.device["iommufd"], "hostdev0-iommufd");
+        assert_eq!(p.device["iommufd"], "hostdev0-iofd");
         assert_eq!(
             p.backends,
             [Backend::Object {
-                id: "hostdev0-iommufd".into(),
-                args: json!({"qom-type": "iommufd", "id": "hostdev0-iommufd"})
+                id: "hostdev0-iofd".into(),
+                args: json!({"qom-type": "iommufd", "id": "hostdev0-iofd"})
             }]
         );
     }

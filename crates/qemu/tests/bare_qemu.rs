@@ -515,7 +515,7 @@ fn vfio_pci_with_a_missing_host_function_is_a_clean_error_in_both_modes() {
             Some(&json!({"path": "/objects"})),
         );
         assert!(
-            !objects.to_string().contains("iommufd"),
+            !objects.to_string().contains("-iofd"),
             "iommufd object left behind: {objects}"
         );
     }
