@@ -4,6 +4,7 @@
 //! `serve`) with a clap `Subcommand` enum and a `run` function.
 
 mod host;
+mod hostdev;
 mod vfio;
 
 use std::io::Write;
@@ -64,6 +65,9 @@ pub enum Command {
     /// Host inventory: PCI devices, IOMMU groups, device nodes.
     #[command(subcommand)]
     Host(host::HostCommand),
+    /// Host-wide ownership of passthrough devices: who uses what, detach, give back.
+    #[command(subcommand)]
+    Hostdev(hostdev::HostdevCommand),
     /// VFIO devices: open one and show what the kernel reports.
     #[command(subcommand)]
     Vfio(vfio::VfioCommand),
@@ -73,6 +77,7 @@ pub enum Command {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Host(cmd) => host::run(&cli.global, cmd),
+        Command::Hostdev(cmd) => hostdev::run(&cli.global, cmd),
         Command::Vfio(cmd) => vfio::run(&cli.global, cmd),
     }
 }
