@@ -254,7 +254,9 @@ impl Backend {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("backend log"));
         crate::sys::kill_with_parent(&mut cmd);
-        let mut child = cmd.spawn().map_err(|e| format!("cannot run {what}: {e}"))?;
+        let mut child = cmd.spawn().map_err(|e| {
+            format!("cannot run {what}: {e} (lab/install-deps.sh and scripts/install-virtiofsd.sh install the backends)")
+        })?;
         let deadline = Instant::now() + Duration::from_secs(10);
         while crate::check_listening(&socket).is_err() {
             if let Ok(Some(status)) = child.try_wait() {

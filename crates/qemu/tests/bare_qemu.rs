@@ -379,6 +379,35 @@ fn vhost_user_blk_against_qemu_storage_daemon() {
 }
 
 #[test]
+fn vhost_user_fs_against_virtiofsd() {
+    let qemu = BareQemu::builder().shared_memory(true).start();
+    let backend = Backend::virtiofsd().unwrap();
+    let m = manager(&qemu, config());
+    let spec = vhost_user_spec(
+        backend.socket().to_str().unwrap(),
+        VhostUserDevice::Fs {
+            tag: "plugfs".into(),
+            cache: plugboard_devices::FsCache::Never,
+        },
+    );
+    let id = m.new_device(spec).unwrap().id();
+    m.attach(id).unwrap();
+    let hv = m.hypervisor();
+    let name = id.name_id("fs");
+    let tag = query(
+        hv,
+        "qom-get",
+        Some(&json!({"path": format!("/machine/peripheral/{name}"), "property": "tag"})),
+    );
+    assert_eq!(tag, json!("plugfs"));
+    m.detach(id).unwrap_err();
+    query(hv, "system_reset", None);
+    m.detach(id).unwrap();
+    assert!(!peripherals(hv).contains(&name));
+    assert!(!chardevs(hv).contains(&format!("{name}-chr")));
+}
+
+#[test]
 fn a_duplicate_qemu_id_is_refused_and_the_first_device_is_left_alone() {
     let qemu = BareQemu::builder().start();
     let a = qemu.image("a.raw", "raw", "4M");
