@@ -56,6 +56,12 @@ pub enum DeviceError {
         /// The shared identity.
         identity: DeviceIdentity,
     },
+    /// A spec with an empty host path (identity, block path or socket).
+    #[error("device {identity} has an empty host path")]
+    EmptyPath {
+        /// The request's identity.
+        identity: DeviceIdentity,
+    },
     /// A VFIO spec that cannot be plugged.
     #[error("invalid VFIO device for {identity}")]
     InvalidVfio {

@@ -249,6 +249,18 @@ impl<H: Hypervisor> DeviceManager<H> {
 }
 
 fn validate(spec: &DeviceSpec) -> Result<(), DeviceError> {
+    let path = match (&spec.identity, &spec.kind) {
+        (DeviceIdentity::Path(p), _) if p.as_os_str().is_empty() => Some(p),
+        (_, DeviceKind::Block(b)) => Some(&b.path),
+        (_, DeviceKind::VhostUser(v)) => Some(&v.socket),
+        (_, DeviceKind::Generic(g)) => Some(&g.path),
+        (_, DeviceKind::Vfio(_)) => None,
+    };
+    if path.is_some_and(|p| p.as_os_str().is_empty()) {
+        return Err(DeviceError::EmptyPath {
+            identity: spec.identity.clone(),
+        });
+    }
     match &spec.kind {
         DeviceKind::Vfio(vfio) if vfio.functions.is_empty() => Err(DeviceError::InvalidVfio {
             identity: spec.identity.clone(),

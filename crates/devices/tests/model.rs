@@ -22,8 +22,8 @@ use plugboard_devices::test_util::{
     vhost_user_spec,
 };
 use plugboard_devices::{
-    Acquired, BlockDriver, DeviceError, DeviceId, DeviceKind, DeviceManager, DeviceSpec,
-    MacAddress, ManagerConfig, NewDevice, Released, Removed, SavedState, VhostUserDevice,
+    Acquired, BlockDriver, DeviceError, DeviceId, DeviceKind, DeviceManager, DeviceSpec, FsCache,
+    MacAddress, ManagerConfig, NewDevice, PlugMode, Released, Removed, SavedState, VhostUserDevice,
 };
 use proptest::prelude::*;
 
@@ -51,6 +51,16 @@ fn specs() -> Vec<DeviceSpec> {
             },
         ),
         generic_spec("/dev/fuse", 10, 229),
+        DeviceSpec {
+            mode: PlugMode::Cold,
+            ..vhost_user_spec(
+                "/run/fs.sock",
+                VhostUserDevice::Fs {
+                    tag: "shared".into(),
+                    cache: FsCache::Auto,
+                },
+            )
+        },
     ]
 }
 
@@ -84,9 +94,21 @@ fn op(n: usize) -> impl Strategy<Value = Op> {
         3 => (0..n).prop_map(Op::Detach),
         2 => (0..n).prop_map(Op::Remove),
         1 => Just(Op::SaveLoad),
-        1 => prop_oneof![Just(HypervisorOp::HotplugAdd), Just(HypervisorOp::HotplugRemove)]
-            .prop_map(Op::Fail),
+        1 => prop_oneof![
+            Just(HypervisorOp::HotplugAdd),
+            Just(HypervisorOp::HotplugRemove),
+            Just(HypervisorOp::Coldplug),
+        ]
+        .prop_map(Op::Fail),
     ]
+}
+
+/// The call that plugs `spec`.
+fn plug_op(spec: &DeviceSpec) -> HypervisorOp {
+    match spec.mode {
+        PlugMode::Hot => HypervisorOp::HotplugAdd,
+        PlugMode::Cold => HypervisorOp::Coldplug,
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -159,7 +181,7 @@ fn step(m: &mut Manager, model: &mut Model, specs: &[DeviceSpec], op: &Op) {
                 d.attachments = 1;
             } else if ports_used + ports > ROOT_PORTS as usize {
                 assert!(matches!(got, Err(DeviceError::RootPort { .. })), "{got:?}");
-            } else if model.armed == Some(HypervisorOp::HotplugAdd) {
+            } else if model.armed == Some(plug_op(&specs[i])) {
                 assert!(matches!(got, Err(DeviceError::Plug { .. })), "{got:?}");
                 model.armed = None;
             } else {
