@@ -5,6 +5,7 @@
 //! Every rule of behaviour lives in a library crate.
 
 mod cli;
+mod serve;
 
 use std::process::ExitCode;
 

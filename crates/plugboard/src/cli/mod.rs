@@ -5,7 +5,9 @@
 
 mod host;
 mod hostdev;
+mod serve;
 mod vfio;
+mod vm;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -71,6 +73,10 @@ pub enum Command {
     /// VFIO devices: open one and show what the kernel reports.
     #[command(subcommand)]
     Vfio(vfio::VfioCommand),
+    /// VMs and their devices, through the daemon.
+    Vm(vm::VmArgs),
+    /// Run the host daemon: HTTP/JSON on a Unix socket.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the parsed command line.
@@ -79,6 +85,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Host(cmd) => host::run(&cli.global, cmd),
         Command::Hostdev(cmd) => hostdev::run(&cli.global, cmd),
         Command::Vfio(cmd) => vfio::run(&cli.global, cmd),
+        Command::Vm(args) => vm::run(&cli.global, args),
+        Command::Serve(args) => serve::run(&cli.global, args),
     }
 }
 

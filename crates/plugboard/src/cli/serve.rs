@@ -1,0 +1,41 @@
+//! `plugboard serve`: start the host daemon (see `crate::serve`).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use plugboard_sysfs::Sysfs;
+
+use super::Global;
+use crate::serve::{self, ServeOptions, client::DEFAULT_SOCKET};
+
+/// Options of `plugboard serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The Unix socket to listen on (created 0660).
+    #[arg(long, env = "PLUGBOARD_SOCKET", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// The socket's group (name or gid): its members may use the daemon.
+    #[arg(long)]
+    socket_group: Option<String>,
+    /// The pci.ids database for device names (a missing file means no names).
+    #[arg(long, env = "PLUGBOARD_PCI_IDS", default_value = plugboard_sysfs::DEFAULT_PCI_IDS)]
+    pci_ids: PathBuf,
+}
+
+/// Runs the daemon until SIGTERM.
+pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<()> {
+    let group = args
+        .socket_group
+        .as_deref()
+        .map(serve::resolve_group)
+        .transpose()
+        .context("--socket-group")?;
+    serve::run(&ServeOptions {
+        socket: args.socket,
+        group,
+        state_dir: global.state_dir.clone(),
+        sysfs: Sysfs::new(&global.sysfs_root).with_dev_root(&global.dev_root),
+        pci_ids: args.pci_ids.exists().then_some(args.pci_ids),
+    })
+}

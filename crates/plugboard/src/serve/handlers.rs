@@ -1,0 +1,209 @@
+//! The route handlers: extract, call the service on a blocking thread, answer.
+//!
+//! The service's calls block (sysfs, SQLite, QMP), so each runs under `spawn_blocking`;
+//! the handler awaits it, which is what lets a graceful shutdown wait for it.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use plugboard_devices::DeviceId;
+use plugboard_service::{AttachRequest, Caller, HostdevRequest, RegisterVm, Service, ServiceError};
+use plugboard_sysfs::PciAddress;
+use serde::Serialize;
+use serde_json::json;
+
+use super::error::{ApiError, JsonBody};
+use super::socket::Peer;
+
+type Svc = State<Arc<Service>>;
+type PeerInfo = ConnectInfo<Peer>;
+
+/// Runs `f` on a blocking thread and turns its error into an answer.
+async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, ServiceError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(ApiError::from),
+        Err(e) => Err(ApiError::internal(format!(
+            "the operation did not finish: {e}"
+        ))),
+    }
+}
+
+fn ok<T: Serialize>(value: &T) -> Response {
+    Json(value).into_response()
+}
+
+/// The caller; a peer whose uid is unknown is `nobody` (65534), who may only read.
+fn caller(peer: &Peer) -> Caller {
+    Caller::new(peer.uid.unwrap_or(65534))
+}
+
+pub async fn healthz() -> Response {
+    ok(&json!({"status": "ok"}))
+}
+
+pub async fn metrics(State(svc): Svc) -> Result<Response, ApiError> {
+    let text = blocking(move || Ok(svc.render_metrics())).await?;
+    Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+pub async fn host_devices(State(svc): Svc) -> Result<Response, ApiError> {
+    Ok(ok(&blocking(move || svc.host_devices()).await?))
+}
+
+pub async fn iommu_groups(State(svc): Svc) -> Result<Response, ApiError> {
+    let groups = blocking(move || svc.iommu_groups()).await?;
+    Ok(ok(&json!({ "groups": groups })))
+}
+
+pub async fn hostdevs(State(svc): Svc) -> Result<Response, ApiError> {
+    Ok(ok(&blocking(move || svc.hostdevs()).await?))
+}
+
+pub async fn hostdev_prepare(
+    State(svc): Svc,
+    ConnectInfo(peer): PeerInfo,
+    JsonBody(req): JsonBody<HostdevRequest>,
+) -> Result<Response, ApiError> {
+    blocking(move || svc.hostdev_prepare(caller(&peer), &req)).await?;
+    Ok(ok(&json!({"prepared": true})))
+}
+
+pub async fn hostdev_release(
+    State(svc): Svc,
+    ConnectInfo(peer): PeerInfo,
+    JsonBody(req): JsonBody<HostdevRequest>,
+) -> Result<Response, ApiError> {
+    let released = blocking(move || svc.hostdev_release(caller(&peer), &req)).await?;
+    Ok(ok(&json!({ "released": released })))
+}
+
+pub async fn hostdev_recover(
+    State(svc): Svc,
+    ConnectInfo(peer): PeerInfo,
+) -> Result<Response, ApiError> {
+    let recovered = blocking(move || svc.hostdev_recover(caller(&peer))).await?;
+    Ok(ok(&json!({ "recovered": recovered })))
+}
+
+fn pci_address(text: &str) -> Result<PciAddress, ApiError> {
+    text.parse()
+        .map_err(|e| ApiError::bad_request(format!("PCI address {text:?}: {e}")))
+}
+
+pub async fn hostdev_detach(
+    State(svc): Svc,
+    ConnectInfo(peer): PeerInfo,
+    Path(address): Path<String>,
+) -> Result<Response, ApiError> {
+    let address = pci_address(&address)?;
+    Ok(ok(&blocking(move || {
+        svc.hostdev_detach(caller(&peer), address)
+    })
+    .await?))
+}
+
+pub async fn hostdev_reattach(
+    State(svc): Svc,
+    ConnectInfo(peer): PeerInfo,
+    Path(address): Path<String>,
+) -> Result<Response, ApiError> {
+    let address = pci_address(&address)?;
+    Ok(ok(&blocking(move || {
+        svc.hostdev_reattach(caller(&peer), address)
+    })
+    .await?))
+}
+
+pub async fn hostdev_reset(
+    State(svc): Svc,
+    ConnectInfo(peer): PeerInfo,
+    Path(address): Path<String>,
+) -> Result<Response, ApiError> {
+    let address = pci_address(&address)?;
+    Ok(ok(&blocking(move || {
+        svc.hostdev_reset(caller(&peer), address)
+    })
+    .await?))
+}
+
+pub async fn vms(State(svc): Svc) -> Result<Response, ApiError> {
+    Ok(ok(
+        &json!({ "vms": blocking(move || Ok(svc.vms())).await? }),
+    ))
+}
+
+pub async fn register_vm(
+    State(svc): Svc,
+    ConnectInfo(peer): PeerInfo,
+    JsonBody(req): JsonBody<RegisterVm>,
+) -> Result<Response, ApiError> {
+    let info = blocking(move || svc.register_vm(caller(&peer), req)).await?;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+pub async fn vm(State(svc): Svc, Path(name): Path<String>) -> Result<Response, ApiError> {
+    Ok(ok(&blocking(move || svc.vm_info(&name)).await?))
+}
+
+pub async fn unregister_vm(
+    State(svc): Svc,
+    ConnectInfo(peer): PeerInfo,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    blocking(move || svc.unregister_vm(caller(&peer), &name)).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+pub async fn devices(State(svc): Svc, Path(name): Path<String>) -> Result<Response, ApiError> {
+    let devices = blocking(move || svc.devices(&name)).await?;
+    Ok(ok(&json!({ "devices": devices })))
+}
+
+pub async fn attach(
+    State(svc): Svc,
+    ConnectInfo(peer): PeerInfo,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<AttachRequest>,
+) -> Result<Response, ApiError> {
+    let attached = blocking(move || svc.attach(caller(&peer), &name, &req)).await?;
+    let status = if attached.plugged {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(attached)).into_response())
+}
+
+pub async fn detach(
+    State(svc): Svc,
+    ConnectInfo(peer): PeerInfo,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = device_id(&id)?;
+    Ok(ok(
+        &blocking(move || svc.detach(caller(&peer), &name, id)).await?
+    ))
+}
+
+/// A device id: 16 hex digits (as logs and the CLI show it) or the decimal number of the
+/// JSON answers.
+fn device_id(text: &str) -> Result<DeviceId, ApiError> {
+    if text.len() == 16 {
+        return text
+            .parse::<DeviceId>()
+            .map_err(|e| ApiError::bad_request(e.to_string()));
+    }
+    text.parse::<u64>().map(DeviceId::from_raw).map_err(|_| {
+        ApiError::bad_request(format!(
+            "device id {text:?}: expected 16 hex digits or a decimal number"
+        ))
+    })
+}
