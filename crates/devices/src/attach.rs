@@ -596,6 +596,69 @@ mod tests {
 }
 
 #[cfg(test)]
+mod panics {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::hypervisor::{GuestView, HypervisorError, HypervisorKind};
+    use crate::kind::BlockDriver;
+    use crate::plan::ManagerConfig;
+    use crate::test_util::{InMemoryHypervisor, block_spec};
+
+    /// A hypervisor whose next add panics.
+    #[derive(Debug, Default)]
+    struct Panicky {
+        inner: InMemoryHypervisor,
+        panic_next: AtomicBool,
+    }
+
+    impl Hypervisor for Panicky {
+        fn kind(&self) -> HypervisorKind {
+            self.inner.kind()
+        }
+
+        fn hotplug_add(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+            assert!(
+                !self.panic_next.swap(false, Ordering::SeqCst),
+                "hypervisor bug"
+            );
+            self.inner.hotplug_add(request)
+        }
+
+        fn hotplug_remove(&self, request: &PlugRequest) -> Result<(), HypervisorError> {
+            self.inner.hotplug_remove(request)
+        }
+
+        fn coldplug(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+            self.inner.coldplug(request)
+        }
+    }
+
+    #[test]
+    fn a_panicking_plug_gives_everything_back_and_strands_no_waiter() {
+        let m = DeviceManager::new(
+            Panicky::default(),
+            ManagerConfig {
+                root_ports: 1,
+                name_offset: 0,
+            },
+        );
+        let id = m
+            .new_device(block_spec(0, BlockDriver::VirtioBlk))
+            .unwrap()
+            .id();
+        let before = (m.devices(), m.allocations());
+        m.hypervisor().panic_next.store(true, Ordering::SeqCst);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.attach(id)));
+        assert!(caught.is_err(), "the panic reaches the caller");
+        assert_eq!((m.devices(), m.allocations()), before);
+        // Not left busy: the next attach (which would wait on a busy device) goes through.
+        assert_eq!(m.attach(id).unwrap(), Acquired::First);
+        assert_eq!(m.allocations().root_ports.len(), 1);
+    }
+}
+
+#[cfg(test)]
 mod stress {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicI64, Ordering};
