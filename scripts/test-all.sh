@@ -31,6 +31,7 @@ trap summary EXIT
 
 if [ "$fast" = 0 ]; then
   stage install as_root lab/install-deps.sh
+  stage virtiofsd scripts/install-virtiofsd.sh
 fi
 stage fmt cargo fmt --all --check
 stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
