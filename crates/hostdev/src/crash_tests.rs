@@ -127,7 +127,9 @@ fn recover_restores_a_consistent_host_after_a_crash_at_every_step() {
             "prepare",
             &[
                 "prepare.journaled",
+                "prepare.binding#1",
                 "prepare.bound#1",
+                "prepare.binding#3",
                 "prepare.bound#2",
                 "prepare.bound#3",
                 "prepare.committed",
@@ -150,7 +152,10 @@ fn recover_restores_a_consistent_host_after_a_crash_at_every_step() {
                 "release.reattached#2",
             ],
         ),
-        ("detach", &["detach.journaled", "detach.bound"]),
+        (
+            "detach",
+            &["detach.journaled", "detach.binding", "detach.bound"],
+        ),
         ("reattach", &["reattach.journaled"]),
     ];
     let mut crashes = 0;
@@ -219,7 +224,7 @@ fn recover_restores_a_consistent_host_after_a_crash_at_every_step() {
             }
         }
     }
-    assert_eq!(crashes, 15);
+    assert_eq!(crashes, 18);
 }
 
 fn libc_sigabrt() -> i32 {

@@ -10,6 +10,7 @@ use std::path::Path;
 
 use plugboard_sysfs::Sysfs;
 
+use crate::intent::IntentStep;
 use crate::process::ProcessStamp;
 use crate::registry::{Registry, RegistryError, RegistryOptions};
 
@@ -48,5 +49,16 @@ impl HostdevManager {
     /// The registry (for listings and audits).
     pub fn registry(&mut self) -> &mut Registry {
         &mut self.registry
+    }
+
+    /// Records that the sysfs write for `address`'s pending intent starts now, so that
+    /// `recover` knows whether sysfs may have been touched.
+    pub(crate) fn mark_binding(&mut self, address: &str) -> Result<(), RegistryError> {
+        self.registry.write(|tx| {
+            if let Some(intent) = tx.intent_for(address)? {
+                tx.set_intent_step(intent.id, IntentStep::Binding)?;
+            }
+            Ok(())
+        })
     }
 }

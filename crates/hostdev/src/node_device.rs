@@ -131,6 +131,11 @@ impl HostdevManager {
             return Ok(Detached::AlreadyDetached);
         };
         fault::point("detach.journaled");
+        if let Err(err) = self.mark_binding(&key) {
+            self.registry.write(|tx| tx.delete_intent(intent))?;
+            return Err(err.into());
+        }
+        fault::point("detach.binding");
         if let Err(source) = facts.device.bind(VFIO_PCI) {
             self.registry.write(|tx| tx.delete_intent(intent))?;
             return Err(NodeDeviceError::Kernel {
@@ -185,6 +190,7 @@ impl HostdevManager {
             Ok::<_, NodeDeviceError>((facts, row, intent))
         })?;
         fault::point("reattach.journaled");
+        self.mark_binding(&key)?;
         let expect = row.as_ref().and_then(|r| r.original_driver.clone());
         let result =
             if facts.kind.is_vfio() || facts.device.driver_override().ok().flatten().is_some() {

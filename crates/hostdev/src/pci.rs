@@ -196,6 +196,11 @@ impl HostdevManager {
 
         let mut bound: Vec<(PciAddress, Option<String>)> = Vec::new();
         for step in plan.iter().filter(|s| s.bind) {
+            if let Err(err) = self.mark_binding(&step.address.to_string()) {
+                self.undo_prepare(&plan, &bound);
+                return Err(err.into());
+            }
+            fault::point("prepare.binding");
             let result = sysfs
                 .pci_device(step.address)
                 .map_err(|source| {

@@ -8,6 +8,7 @@
 //! | detach   | by fact | on vfio → record inactive (finish); otherwise clear a stale override (undo) |
 //! | reattach | finish  | reattach if still on vfio or overridden, then drop the row |
 //!
+//! A prepare or detach intent still at step `reserved` never reached sysfs: it is dropped.
 //! Intents of a process that still runs (pid and start time match) are left alone. Each
 //! intent is first taken over (restamped with our process) in a write transaction, so two
 //! concurrent `recover`s never work on the same one.
@@ -16,7 +17,7 @@ use plugboard_sysfs::{PciAddress, VFIO_PCI};
 use serde::Serialize;
 
 use crate::device::DeviceFacts;
-use crate::intent::{Intent, IntentOp};
+use crate::intent::{Intent, IntentOp, IntentStep};
 use crate::manager::HostdevManager;
 use crate::registry::{EventKind, List, PciRow, RegistryError};
 
@@ -114,6 +115,13 @@ impl HostdevManager {
             }
             Err(err) => return Ok(failed(&err)),
         };
+        if matches!(intent.op, IntentOp::Prepare | IntentOp::Detach)
+            && intent.step == IntentStep::Reserved
+        {
+            // Nothing was written to sysfs for it: dropping the intent undoes it.
+            self.registry.write(|tx| tx.delete_intent(intent.id))?;
+            return Ok(RecoverAction::Undone);
+        }
         let overridden = facts.device.driver_override().ok().flatten().is_some();
         let on_vfio = facts.kind.is_vfio();
         let (action, rows): (RecoverAction, RowChange) = match intent.op {

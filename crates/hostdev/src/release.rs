@@ -225,6 +225,7 @@ impl HostdevManager {
                 return Err(err.into());
             }
         };
+        self.mark_binding(&key)?;
         match device.reattach(item.original_driver.as_deref()) {
             Ok(driver) => {
                 fault::point("release.reattached");
