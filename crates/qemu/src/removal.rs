@@ -131,7 +131,7 @@ pub fn unplug(
             });
         }
     };
-    delete_backends(client, plan, timeout)?;
+    delete_backends(client, plan, BACKEND_RELEASE_TIMEOUT)?;
     tracing::info!(device = %id, driver = plan.driver(), ?departure, "device removed and its backends deleted");
     Ok(departure)
 }
@@ -243,6 +243,10 @@ pub fn delete_backends(
     }
     Ok(())
 }
+
+/// How long QEMU may take to let go of a removed device's backends. QEMU-internal work (the
+/// device's finalization), not the guest's, so it does not scale with the unplug timeout.
+pub const BACKEND_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long to let QEMU run before asking again to delete a backend still in use.
 const BUSY_RETRY: Duration = Duration::from_millis(20);
@@ -407,7 +411,8 @@ mod tests {
             "blockdev-del" => vec![Action::Error("Node vb0-fmt is in use".into())],
             _ => vec![Action::Return(json!({}))],
         });
-        let err = unplug(&mut client(&fake), &disk_plan(), Duration::from_millis(100)).unwrap_err();
+        let err = delete_backends(&mut client(&fake), &disk_plan(), Duration::from_millis(100))
+            .unwrap_err();
         assert!(
             matches!(err, RemovalError::Backend { ref backend, .. } if backend == "vb0-fmt"),
             "{err}"
