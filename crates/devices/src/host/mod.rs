@@ -118,6 +118,23 @@ impl HostDevices {
     /// [`HostError::NoHostPath`], [`HostError::VhostUserStore`].
     pub fn host_path(&self, request: &DeviceRequest) -> Result<PathBuf, HostError> {
         let container_path = || request.container_path.clone();
+        if request.container_path.as_os_str().is_empty() {
+            let what = request.number.map_or_else(
+                || "without a node".to_owned(),
+                |(major, minor)| {
+                    DeviceNode {
+                        node_type: request.node_type,
+                        major,
+                        minor,
+                    }
+                    .to_string()
+                },
+            );
+            return Err(HostError::HostPath {
+                container_path: container_path(),
+                source: HostPathError::EmptyPath(what),
+            });
+        }
         let Some((major, minor)) = request.number else {
             return match &request.host_path {
                 Some(p) if !p.as_os_str().is_empty() => Ok(p.clone()),
@@ -131,12 +148,6 @@ impl HostDevices {
             major,
             minor,
         };
-        if request.container_path.as_os_str().is_empty() {
-            return Err(HostError::HostPath {
-                container_path: container_path(),
-                source: HostPathError::EmptyPath(node.to_string()),
-            });
-        }
         if let Some(store) = self.store_for(node) {
             return store
                 .socket(major, minor)
@@ -292,8 +303,15 @@ mod tests {
         let r = request(NodeType::Block, None, "/dev/vdc");
         assert!(matches!(h.spec(&r), Err(HostError::NoHostPath { .. })));
 
+        // An empty container path is an error first, as in Kata, node or not.
         let r = request(NodeType::Block, Some((8, 16)), "");
         assert!(matches!(h.spec(&r), Err(HostError::HostPath { .. })));
+        let mut r = request(NodeType::Block, None, "");
+        r.host_path = Some(PathBuf::from("/img/disk.raw"));
+        let e = h.spec(&r).unwrap_err();
+        assert!(
+            matches!(&e, HostError::HostPath { source: HostPathError::EmptyPath(w), .. } if w == "without a node")
+        );
     }
 
     #[test]

@@ -128,7 +128,8 @@ pub fn spec(sysfs: &Sysfs, path: &Path) -> Result<VfioSpec, VfioHostError> {
         let device = sysfs.pci_device(member.address).map_err(read)?;
         functions.push(VfioFunction {
             host: HostFunction::Pci(member.address),
-            sysfs_path: device.path().to_path_buf(),
+            // The stable `bus/pci/devices/<bdf>` link, as Kata's `SysfsDev`.
+            sysfs_path: sysfs.pci_devices_dir().join(member.address.to_string()),
             class: Some(member.class.code()),
             is_pcie: device.is_pcie().map_err(read)?,
             large_bar: device.has_large_bar().map_err(read)?,
