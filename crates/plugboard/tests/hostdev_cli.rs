@@ -1,6 +1,6 @@
 //! `plugboard hostdev …` run as a real binary against a fake kernel's tree and a temp
 //! state dir: listing, a claim and release that need no sysfs write (a device already on
-//! vfio-pci is adopted), and one-line errors naming the device or file. Operations that
+//! vfio-pci is adopted), the owner shown by `plugboard host ls/groups/show`, and one-line errors naming the device or file. Operations that
 //! bind drivers are tested in plugboard-hostdev itself, where the fake kernel applies them.
 //!
 //! Every command gets `--sysfs-root`: nothing here may touch this machine's `/sys`.
@@ -86,6 +86,24 @@ fn claim_list_and_release_an_adopted_device() {
     assert_eq!(json["pci"][0]["owner"]["domain"], "vm1");
     let table = stdout(&plugboard(&k, s, &["hostdev", "ls"]));
     assert!(table.contains("0000:02:00.0  active  qemu/vm1"), "{table}");
+
+    // `plugboard host ls`, `host groups` and `host show` name the owner.
+    let host = stdout(&plugboard(&k, s, &["host", "ls", "--no-names"]));
+    let line = host
+        .lines()
+        .find(|l| l.starts_with("0000:02:00.0"))
+        .unwrap();
+    assert!(host.lines().next().unwrap().ends_with("OWNER"), "{host}");
+    assert!(line.ends_with("qemu/vm1"), "{host}");
+    let groups = stdout(&plugboard(&k, s, &["host", "groups", "--no-names"]));
+    assert!(groups.contains("owner qemu/vm1"), "{groups}");
+    let show = plugboard(
+        &k,
+        s,
+        &["host", "show", "--no-names", "--json", "0000:02:00.0"],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(json["device"]["owner"], "qemu/vm1", "{json}");
 
     // Same owner again: refused, naming the device and its owner.
     let out = plugboard(

@@ -88,20 +88,58 @@ pub fn run(global: &Global, command: HostCommand) -> anyhow::Result<()> {
             class,
             driver,
             names,
-        } => ls(&sysfs, global.json, &PciFilter { class, driver }, &names),
-        HostCommand::Groups { names } => groups(&sysfs, global.json, &names),
-        HostCommand::Show { address, names } => show(&sysfs, global.json, address, &names),
+        } => {
+            let owners = owners(&global.state_dir);
+            ls(
+                &sysfs,
+                global.json,
+                &PciFilter { class, driver },
+                &names,
+                &owners,
+            )
+        }
+        HostCommand::Groups { names } => {
+            groups(&sysfs, global.json, &names, &owners(&global.state_dir))
+        }
+        HostCommand::Show { address, names } => {
+            let owners = owners(&global.state_dir);
+            show(&sysfs, global.json, address, &names, &owners)
+        }
         HostCommand::Resolve { kind, number } => resolve(&sysfs, global.json, kind, number),
     }
 }
 
-fn ls(sysfs: &Sysfs, json: bool, filter: &PciFilter, names: &NamesArgs) -> anyhow::Result<()> {
+/// The owner of every PCI device, from the hostdev registry in `state_dir` (read only; no
+/// registry yet means no owners; an unreadable one is a warning, not a failure).
+fn owners(state_dir: &Path) -> BTreeMap<PciAddress, String> {
+    match plugboard_hostdev::read_owners(state_dir) {
+        Ok(owners) => owners
+            .into_iter()
+            .map(|(a, o)| (a, o.to_string()))
+            .collect(),
+        Err(err) => {
+            eprintln!("plugboard: warning: no device owners: {err}");
+            BTreeMap::new()
+        }
+    }
+}
+
+fn ls(
+    sysfs: &Sysfs,
+    json: bool,
+    filter: &PciFilter,
+    names: &NamesArgs,
+    owners: &BTreeMap<PciAddress, String>,
+) -> anyhow::Result<()> {
     let mut inventory = sysfs
         .pci_inventory()
         .with_context(|| format!("cannot list PCI devices under {}", sysfs.root().display()))?;
     let db = names.load(inventory.vendors());
     inventory.apply_names(&db);
     inventory.retain(filter);
+    for d in &mut inventory.devices {
+        d.owner = owners.get(&d.address).cloned();
+    }
     for problem in &inventory.problems {
         tracing::warn!(bdf = %problem.address, error = %problem.error, "device skipped");
     }
@@ -195,7 +233,12 @@ fn print_table(rows: &[Vec<String>]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn groups(sysfs: &Sysfs, json: bool, names: &NamesArgs) -> anyhow::Result<()> {
+fn groups(
+    sysfs: &Sysfs,
+    json: bool,
+    names: &NamesArgs,
+    owners: &BTreeMap<PciAddress, String>,
+) -> anyhow::Result<()> {
     let groups = sysfs.iommu_groups().with_context(|| {
         format!(
             "cannot list IOMMU groups under {}",
@@ -249,7 +292,9 @@ fn groups(sysfs: &Sysfs, json: bool, names: &NamesArgs) -> anyhow::Result<()> {
                     format!("{:04x}:{:04x}", d.ids.vendor, d.ids.device)
                 }),
                 m.driver.clone().unwrap_or_else(|| "-".to_owned()),
-                note.to_owned(),
+                owners
+                    .get(&m.address)
+                    .map_or_else(|| note.to_owned(), |o| format!("{note}, owner {o}")),
             ]);
         }
         for other in &group.other_members {
@@ -288,10 +333,17 @@ fn print_groups(rows: &[Vec<String>]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn show(sysfs: &Sysfs, json: bool, address: PciAddress, names: &NamesArgs) -> anyhow::Result<()> {
+fn show(
+    sysfs: &Sysfs,
+    json: bool,
+    address: PciAddress,
+    names: &NamesArgs,
+    owners: &BTreeMap<PciAddress, String>,
+) -> anyhow::Result<()> {
     let mut info = sysfs
         .pci_device_info(address)
         .with_context(|| format!("cannot read PCI device {address}"))?;
+    info.owner = owners.get(&address).cloned();
     let db = names.load([info.ids.vendor, info.ids.subsystem_vendor]);
     info.apply_names(&db);
     let group = info
