@@ -1,0 +1,135 @@
+//! `plugboard serve` against a real QEMU (paused, no guest): register, attach, restart
+//! the daemon, and reconcile what QEMU holds with what was saved. SCSI disks unplug
+//! without a guest; virtio-blk PCI disks would wait for a guest's acknowledgement, so
+//! their detach is in the lab test (`serve_lab.rs`).
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test helpers: a failure here is a test failure"
+)]
+
+mod serve_util;
+
+use serde_json::{Value, json};
+use serve_util::{Daemon, Qemu, empty_sysfs, image};
+
+fn hex(id: &Value) -> String {
+    format!("{:016x}", id.as_u64().unwrap())
+}
+
+#[test]
+fn devices_survive_a_restart_and_are_reconciled_with_qemu() {
+    let dir = tempfile::tempdir().unwrap();
+    let sysfs = empty_sysfs(dir.path());
+    let state = dir.path().join("state");
+    let qemu = Qemu::start(dir.path(), 2);
+    let daemon = Daemon::start(dir.path(), &state, &sysfs, &[]);
+
+    let (status, vm) = daemon.request(
+        "POST",
+        "/v1/vms",
+        Some(&json!({"name": "vm1", "endpoint": {"kind": "qemu", "qmp_socket": qemu.qmp}})),
+    );
+    assert_eq!(status, 201, "{vm}");
+    assert_eq!(vm["root_ports"], json!(["hp1", "hp2"]));
+    assert_eq!(vm["owner_uid"], 0);
+
+    let attach = |path: &str, driver: &str| {
+        let body = json!({"kind": "disk", "path": image(&dir.path().join(path)), "driver": driver});
+        let (status, answer) = daemon.request("POST", "/v1/vms/vm1/devices", Some(&body));
+        assert_eq!(status, 201, "{answer}");
+        answer["device"].clone()
+    };
+    let blk = attach("blk.img", "virtio-blk");
+    let keep = attach("keep.img", "virtio-scsi");
+    let gone = attach("gone.img", "virtio-scsi");
+    assert_eq!(blk["guest"]["drive_name"], "vda");
+    assert_eq!(blk["plugged"]["plug"]["port"], 0);
+    assert_eq!(keep["guest"]["scsi_address"], json!({"id": 0, "lun": 1}));
+    let (_, before) = daemon.request("GET", "/v1/vms/vm1/devices", None);
+    assert!(daemon.stop().success());
+
+    // Behind the stopped daemon's back: one SCSI disk goes, and an object named like ours
+    // that no saved device accounts for appears.
+    let gone_id = format!("drive-{}", hex(&gone["id"]));
+    assert!(qemu.device_ids().contains(&gone_id));
+    qemu.execute("device_del", Some(&json!({"id": gone_id})));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert!(
+        !qemu.device_ids().contains(&gone_id),
+        "SCSI unplug needs no guest"
+    );
+    qemu.execute(
+        "device_add",
+        Some(&json!({"driver": "virtio-rng-pci", "id": "vfio-0-00000000000000ff", "bus": "hp2"})),
+    );
+
+    let daemon = Daemon::start(dir.path(), &state, &sysfs, &[]);
+    let logs = daemon.logs();
+    assert!(
+        logs.contains("device saved as attached is not in the VM; dropped from the books"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("vfio-0-00000000000000ff"),
+        "the stray is reported: {logs}"
+    );
+    let (status, after) = daemon.request("GET", "/v1/vms/vm1/devices", None);
+    assert_eq!(status, 200);
+    let ids = |v: &Value| -> Vec<Value> {
+        v["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["id"].clone())
+            .collect()
+    };
+    assert_eq!(
+        ids(&before),
+        vec![blk["id"].clone(), keep["id"].clone(), gone["id"].clone()]
+    );
+    assert_eq!(ids(&after), vec![blk["id"].clone(), keep["id"].clone()]);
+    assert_eq!(
+        after["devices"][0], before["devices"][0],
+        "restored as saved"
+    );
+    let (_, vms) = daemon.request("GET", "/v1/vms", None);
+    assert_eq!(vms["vms"][0]["connected"], true);
+    assert_eq!(vms["vms"][0]["attached"], 2);
+
+    // The books and QEMU agree: the kept disk detaches for real, and the freed SCSI
+    // address of the dropped one is handed out again.
+    let (status, answer) = daemon.request(
+        "DELETE",
+        &format!("/v1/vms/vm1/devices/{}", hex(&keep["id"])),
+        None,
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["unplugged"], true);
+    assert!(
+        daemon.stop().success(),
+        "QEMU takes one QMP client at a time"
+    );
+    assert!(
+        !qemu
+            .device_ids()
+            .contains(&format!("drive-{}", hex(&keep["id"])))
+    );
+    let daemon = Daemon::start(dir.path(), &state, &sysfs, &[]);
+    let again = {
+        let body =
+            json!({"kind": "disk", "path": dir.path().join("gone.img"), "driver": "virtio-scsi"});
+        let (status, answer) = daemon.request("POST", "/v1/vms/vm1/devices", Some(&body));
+        assert_eq!(status, 201, "{answer}");
+        answer["device"].clone()
+    };
+    assert_eq!(again["guest"]["scsi_address"], json!({"id": 0, "lun": 1}));
+    let (_, metrics) = daemon.request("GET", "/metrics", None);
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("plugboard_devices{state=\"attached\"} 2\n"),
+        "{metrics}"
+    );
+}
