@@ -8,7 +8,7 @@ use std::io::Write;
 
 use anyhow::Context;
 use clap::Subcommand;
-use plugboard_hostdev::{BatchOptions, DeviceSpec, HostdevManager, Owner};
+use plugboard_hostdev::{BatchOptions, Detached, DeviceSpec, HostdevManager, Owner, ResetDone};
 use plugboard_sysfs::{PciAddress, Sysfs};
 use serde::Serialize;
 
@@ -125,11 +125,16 @@ pub fn run(global: &Global, command: HostdevCommand) -> anyhow::Result<()> {
         }
         HostdevCommand::Detach { address } => {
             let done = m.detach(address)?;
-            report(
-                global.json,
-                &done,
-                &format!("{address}: detached ({done:?})"),
-            )
+            let text = match &done {
+                Detached::Bound { from } => format!(
+                    "{address}: detached from {}, now on vfio-pci (inactive)",
+                    from.as_deref().unwrap_or("no driver")
+                ),
+                Detached::AlreadyDetached => {
+                    format!("{address}: already on a vfio driver (inactive)")
+                }
+            };
+            report(global.json, &done, &text)
         }
         HostdevCommand::Reattach { address } => {
             let driver = m.reattach(address)?;
@@ -141,7 +146,13 @@ pub fn run(global: &Global, command: HostdevCommand) -> anyhow::Result<()> {
         }
         HostdevCommand::Reset { address } => {
             let done = m.reset(address)?;
-            report(global.json, &done, &format!("{address}: {done:?}"))
+            let text = match done {
+                ResetDone::Reset => format!("{address}: reset"),
+                ResetDone::LeftToVfio => {
+                    format!("{address}: on a vfio driver, which resets it when opened")
+                }
+            };
+            report(global.json, &done, &text)
         }
         HostdevCommand::Recover => {
             let done = m.recover()?;
