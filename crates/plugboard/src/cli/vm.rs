@@ -179,7 +179,7 @@ pub fn run(global: &Global, args: VmArgs) -> anyhow::Result<()> {
             };
             println!(
                 "{} {what} to {vm}: {}",
-                text(&device["id"]),
+                id_text(&device["id"]),
                 guest_text(&device["guest"])
             );
             Ok(())
