@@ -3,8 +3,9 @@
 //! - `plugboard-lab kernel`: build the guest kernel if needed, print its path.
 //! - `plugboard-lab run [OPTIONS] -- COMMAND...`: boot the guest, run COMMAND in it, stream
 //!   its output, exit with its status (124: a timeout killed the guest; 125: lab failure).
-//! - `plugboard-lab test`: build every package's `lab` test binary and `plugboard`, pack
-//!   them into one initramfs, boot once, run each with `--ignored --test-threads=1` as root.
+//! - `plugboard-lab test [-p PACKAGE]... [-- TEST-ARGS...]`: build every package's `lab`
+//!   test binary and `plugboard`, pack them into one initramfs, boot once, run each with
+//!   `--ignored --test-threads=1` as root.
 //! - `plugboard-lab initramfs OUT [--file ...]`: write the image for a hand-made QEMU run.
 //!
 //! Each stage's time goes to stderr.
@@ -88,6 +89,12 @@ struct TestArgs {
     /// Deadline for each test binary, in seconds.
     #[arg(long, default_value_t = 1200)]
     timeout: u64,
+    /// Only this package's `lab` tests (repeat for several; default: every package).
+    #[arg(short, long = "package")]
+    packages: Vec<String>,
+    /// Extra arguments for each test binary (a test name filter, `--nocapture`, ...).
+    #[arg(last = true)]
+    test_args: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -223,13 +230,26 @@ fn run(args: &RunArgs) -> Result<i32, LabError> {
 fn test(args: &TestArgs) -> Result<i32, LabError> {
     let root = plugboard_lab::workspace_root();
     let kernel = stage("kernel", plugboard_lab::kernel)?;
+    let mut failed = Vec::new();
+    let mut summary = Vec::new();
     let (tests, plugboard) = stage("build", || {
-        let packages = cargo::packages_with_lab_tests(&root)?;
+        let mut packages = cargo::packages_with_lab_tests(&root)?;
+        if !args.packages.is_empty() {
+            packages.retain(|p| args.packages.contains(p));
+        }
         eprintln!("==> packages with a `lab` test: {packages:?}");
-        Ok((
-            cargo::build_lab_tests(&root, &packages)?,
-            cargo::build_plugboard(&root)?,
-        ))
+        // One package at a time, so one that does not compile fails alone.
+        let mut tests = Vec::new();
+        for p in &packages {
+            match cargo::build_lab_tests(&root, std::slice::from_ref(p)) {
+                Ok(built) => tests.extend(built),
+                Err(e) => {
+                    summary.push(format!("{p}-lab: not built: {e}"));
+                    failed.push(format!("{p}-lab"));
+                }
+            }
+        }
+        Ok((tests, cargo::build_plugboard(&root)?))
     })?;
     let img = stage("initramfs", || {
         let mut img = base_image(&args.machine)?;
@@ -245,16 +265,23 @@ fn test(args: &TestArgs) -> Result<i32, LabError> {
         eprintln!(
             "==> no package has a `lab` test (crates/*/tests/lab.rs); nothing to run in the guest"
         );
-        return Ok(0);
+        for line in &summary {
+            eprintln!("    {line}");
+        }
+        return Ok(i32::from(!failed.is_empty()));
     }
     let opts = boot_options(&args.machine, kernel);
     let mut guest = Some(boot(&opts, &img)?);
-    let mut failed = Vec::new();
-    let mut summary = Vec::new();
+    let extra: String = args
+        .test_args
+        .iter()
+        .map(|a| format!(" {}", shell_quote(a)))
+        .collect();
     let all = Instant::now();
     for t in &tests {
         let name = format!("{}-lab", t.package);
-        let script = format!("cd /lab-tests && ./{name} --ignored --test-threads=1 --color never");
+        let script =
+            format!("cd /lab-tests && ./{name} --ignored --test-threads=1 --color never{extra}");
         // A binary that hung killed the guest: boot a fresh one for the next.
         let mut g = match guest.take() {
             Some(g) => g,
