@@ -158,9 +158,11 @@ fn block_plan(b: &BlockPlug, vm: VmLayout<'_>) -> Result<Plan, RequestError> {
 fn vhost_user_plan(v: &VhostUserPlug, vm: VmLayout<'_>) -> Result<Plan, RequestError> {
     let id: QemuId = v.name_id.parse()?;
     let kind = match &v.spec.device {
+        // One queue: QEMU's default is one per vCPU, and a backend that offers fewer
+        // (qemu-storage-daemon's default is 1) makes device_add fail.
         VhostUserDevice::Blk {
             driver: BlockDriver::VirtioBlk,
-        } => VhostUserKind::Blk { queues: None },
+        } => VhostUserKind::Blk { queues: Some(1) },
         VhostUserDevice::Blk { driver } => {
             return Err(RequestError::Unsupported {
                 what: format!("vhost-user-blk with driver {driver} for {id}"),
