@@ -60,6 +60,7 @@ impl Daemon {
             .arg(sysfs_root)
             .args(extra)
             .env("RUST_LOG", "debug")
+            .env("NO_COLOR", "1")
             .env_remove("PLUGBOARD_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
