@@ -106,7 +106,23 @@ pub struct PciDeviceInfo {
 impl PciDeviceInfo {
     /// Reads every fact about `device` (names left empty; see [`Self::apply_names`]).
     pub fn read(device: &PciDevice) -> Result<Self, SysfsError> {
+        let device = &device.opened()?;
         let bars = device.bars()?;
+        // Each attribute once, and the costly ones only where they can exist.
+        let driver = device.driver()?;
+        let driver_kind = device.driver_kind_of(driver.as_deref());
+        let config_size = device.config_size()?;
+        let sriov_totalvfs = device.sriov_totalvfs()?;
+        let virtfns = if sriov_totalvfs.is_some() {
+            device.virtfns()?
+        } else {
+            Vec::new()
+        };
+        let vfio_dev = if driver_kind.is_vfio() {
+            device.vfio_dev()?
+        } else {
+            None
+        };
         Ok(Self {
             address: device.address(),
             ids: PciIds {
@@ -119,20 +135,20 @@ impl PciDeviceInfo {
             class: device.class()?,
             revision: device.revision()?,
             header_type: device.header_type()?,
-            config_size: device.config_size()?,
-            pcie: device.is_pcie()?,
-            driver: device.driver()?,
-            driver_kind: device.driver_kind()?,
+            config_size,
+            pcie: config_size > 256,
+            driver,
+            driver_kind,
             driver_override: device.driver_override()?,
-            vfio_dev: device.vfio_dev()?,
+            vfio_dev,
             iommu_group: device.iommu_group()?,
             numa_node: device.numa_node()?,
             parent: device.parent()?,
             large_bar: bars.iter().any(Bar::is_large),
             bars,
             physfn: device.physfn()?,
-            virtfns: device.virtfns()?,
-            sriov_totalvfs: device.sriov_totalvfs()?,
+            virtfns,
+            sriov_totalvfs,
             reset: device.reset_methods()?,
             owner: None,
         })

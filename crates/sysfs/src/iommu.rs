@@ -128,7 +128,7 @@ impl Sysfs {
             let device = self.pci_device(address)?;
             let class = device.class()?;
             let driver = device.driver()?;
-            let driver_kind = device.driver_kind()?;
+            let driver_kind = device.driver_kind_of(driver.as_deref());
             members.push(GroupMember {
                 address,
                 class,

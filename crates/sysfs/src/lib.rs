@@ -69,6 +69,7 @@ mod attr;
 mod bind;
 mod block;
 mod devnode;
+mod dir;
 mod error;
 mod inventory;
 mod iommu;

@@ -10,11 +10,13 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Serialize, Serializer};
 
 use crate::address::PciAddress;
 use crate::attr;
+use crate::dir::Dir;
 use crate::error::SysfsError;
 use crate::resource::{Bar, parse_resource};
 use crate::sysfs::Sysfs;
@@ -146,6 +148,7 @@ pub struct PciDevice {
     sysfs: Sysfs,
     address: PciAddress,
     path: PathBuf,
+    dir: Option<Arc<Dir>>,
 }
 
 impl Sysfs {
@@ -169,32 +172,42 @@ impl Sysfs {
 
     /// Every PCI function on the host, sorted by address.
     pub fn pci_devices(&self) -> Result<Vec<PciDevice>, SysfsError> {
-        Ok(self
-            .pci_addresses()?
-            .into_iter()
-            .map(|address| self.pci_device_unchecked(address))
-            .collect())
+        let mut devices = Vec::new();
+        for address in self.pci_addresses()? {
+            match self.pci_device(address) {
+                Ok(device) => devices.push(device),
+                // Removed while we listed: not an error.
+                Err(SysfsError::NotFound { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(devices)
     }
 
     /// The PCI function at `address`; [`SysfsError::NotFound`] when the host has none.
+    ///
+    /// The `bus/pci/devices/<address>` link is read once here, and the handle then reads
+    /// attributes from the device's real directory (no symlink walk per attribute).
     pub fn pci_device(&self, address: PciAddress) -> Result<PciDevice, SysfsError> {
-        let device = self.pci_device_unchecked(address);
-        match fs::symlink_metadata(&device.path) {
-            Ok(_) => Ok(device),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(SysfsError::NotFound {
-                what: format!("PCI device {address}"),
-                path: device.path,
-            }),
-            Err(e) => Err(SysfsError::read(&device.path, e)),
-        }
-    }
-
-    fn pci_device_unchecked(&self, address: PciAddress) -> PciDevice {
-        PciDevice {
-            path: self.pci_devices_dir().join(address.to_string()),
+        let dir = self.pci_devices_dir();
+        let link = dir.join(address.to_string());
+        let path = match fs::read_link(&link) {
+            Ok(target) => attr::join_link(&dir, &target),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SysfsError::NotFound {
+                    what: format!("PCI device {address}"),
+                    path: link,
+                });
+            }
+            // Not a symlink (EINVAL) or unreadable: use the entry itself; reads will say why.
+            Err(_) => link,
+        };
+        Ok(PciDevice {
+            path,
             sysfs: self.clone(),
             address,
-        }
+            dir: None,
+        })
     }
 }
 
@@ -204,7 +217,8 @@ impl PciDevice {
         self.address
     }
 
-    /// `<root>/bus/pci/devices/<address>` (a symlink into `devices/`).
+    /// The device's directory: where `<root>/bus/pci/devices/<address>` points (e.g.
+    /// `<root>/devices/pci0000:00/0000:00:1c.0/0000:01:00.0`).
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -219,48 +233,131 @@ impl PciDevice {
         self.path.join(name)
     }
 
+    /// The same device with its directory held open, so that each read is one `openat`
+    /// instead of a walk of the whole path: use it to read many attributes at once (the
+    /// inventory does). It holds one file descriptor; if the device goes away, reads fail
+    /// with the kernel's error.
+    pub fn opened(&self) -> Result<Self, SysfsError> {
+        let dir = Dir::open(&self.path).map_err(|e| SysfsError::read(&self.path, e))?;
+        Ok(Self {
+            dir: Some(Arc::new(dir)),
+            ..self.clone()
+        })
+    }
+
+    fn read_raw(&self, name: &str) -> io::Result<String> {
+        match &self.dir {
+            Some(dir) => dir.read_small(name),
+            None => attr::read_small(&self.attr_path(name)),
+        }
+    }
+
+    /// A trimmed attribute.
+    fn text(&self, name: &str) -> Result<String, SysfsError> {
+        self.read_raw(name)
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| SysfsError::read(&self.attr_path(name), e))
+    }
+
+    /// A trimmed attribute, `None` when the file does not exist.
+    fn text_opt(&self, name: &str) -> Result<Option<String>, SysfsError> {
+        match self.read_raw(name) {
+            Ok(t) => Ok(Some(t.trim().to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(SysfsError::read(&self.attr_path(name), e)),
+        }
+    }
+
+    fn hex(&self, name: &str, max: u32, expected: &'static str) -> Result<u32, SysfsError> {
+        let text = self.text(name)?;
+        attr::parse_hex_u32(&text)
+            .filter(|v| *v <= max)
+            .ok_or_else(|| SysfsError::parse(&self.attr_path(name), &text, expected))
+    }
+
+    fn hex16(&self, name: &str) -> Result<u16, SysfsError> {
+        let v = self.hex(name, 0xffff, "a 16-bit hex number like 0x8086")?;
+        u16::try_from(v).map_err(|_| SysfsError::parse(&self.attr_path(name), "", "16 bits"))
+    }
+
+    /// The basename of the symlink `name` (not followed); `None` when absent.
+    fn link_name(&self, name: &str) -> Result<Option<String>, SysfsError> {
+        let Some(dir) = &self.dir else {
+            return attr::link_basename(&self.attr_path(name));
+        };
+        match dir.read_link(name) {
+            Ok(target) => target
+                .file_name()
+                .and_then(|n| n.to_str())
+                .map(|n| Some(n.to_owned()))
+                .ok_or_else(|| {
+                    SysfsError::parse(
+                        &self.attr_path(name),
+                        &target.to_string_lossy(),
+                        "a symlink to a named object",
+                    )
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(SysfsError::read(&self.attr_path(name), e)),
+        }
+    }
+
+    fn link_address(&self, name: &str) -> Result<Option<PciAddress>, SysfsError> {
+        match self.link_name(name)? {
+            None => Ok(None),
+            Some(target) => target.parse().map(Some).map_err(|_| {
+                SysfsError::parse(&self.attr_path(name), &target, "a link to a PCI device")
+            }),
+        }
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        match &self.dir {
+            Some(dir) => dir.exists(name),
+            None => fs::symlink_metadata(self.attr_path(name)).is_ok(),
+        }
+    }
+
     /// The vendor ID (`vendor`).
     pub fn vendor_id(&self) -> Result<u16, SysfsError> {
-        attr::read_hex_u16(&self.attr_path("vendor"))
+        self.hex16("vendor")
     }
 
     /// The device ID (`device`).
     pub fn device_id(&self) -> Result<u16, SysfsError> {
-        attr::read_hex_u16(&self.attr_path("device"))
+        self.hex16("device")
     }
 
     /// The subsystem vendor ID (`subsystem_vendor`).
     pub fn subsystem_vendor_id(&self) -> Result<u16, SysfsError> {
-        attr::read_hex_u16(&self.attr_path("subsystem_vendor"))
+        self.hex16("subsystem_vendor")
     }
 
     /// The subsystem device ID (`subsystem_device`).
     pub fn subsystem_device_id(&self) -> Result<u16, SysfsError> {
-        attr::read_hex_u16(&self.attr_path("subsystem_device"))
+        self.hex16("subsystem_device")
     }
 
     /// The class code (`class`, `0x020000`).
     pub fn class(&self) -> Result<PciClass, SysfsError> {
-        let path = self.attr_path("class");
-        let text = attr::read_trimmed(&path)?;
-        attr::parse_hex_u32(&text)
-            .filter(|code| *code <= 0x00ff_ffff)
+        self.hex("class", 0x00ff_ffff, "a 24-bit class code like 0x020000")
             .map(PciClass::new)
-            .ok_or_else(|| SysfsError::parse(&path, &text, "a 24-bit class code like 0x020000"))
     }
 
     /// The revision (`revision`).
     pub fn revision(&self) -> Result<u8, SysfsError> {
-        attr::read_hex_u8(&self.attr_path("revision"))
+        let v = self.hex("revision", 0xff, "an 8-bit hex number like 0x01")?;
+        u8::try_from(v).map_err(|_| SysfsError::parse(&self.attr_path("revision"), "", "8 bits"))
     }
 
     /// The size of the `config` file: 256 for conventional PCI, 4096 for PCIe. (Unprivileged
     /// readers may see only 64 bytes of content, but the size is the real one.)
     pub fn config_size(&self) -> Result<u64, SysfsError> {
-        let path = self.attr_path("config");
-        fs::metadata(&path)
-            .map(|m| m.len())
-            .map_err(|e| SysfsError::read(&path, e))
+        let result = match &self.dir {
+            Some(dir) => dir.len("config"),
+            None => fs::metadata(self.attr_path("config")).map(|m| m.len()),
+        };
+        result.map_err(|e| SysfsError::read(&self.attr_path("config"), e))
     }
 
     /// PCI Express: the config space is larger than 256 bytes.
@@ -272,9 +369,28 @@ impl PciDevice {
     pub fn header_type(&self) -> Result<HeaderType, SysfsError> {
         let path = self.attr_path("config");
         let mut head = [0u8; 0x0f];
-        let mut file = File::open(&path).map_err(|e| SysfsError::read(&path, e))?;
-        file.read_exact(&mut head)
-            .map_err(|e| SysfsError::read(&path, e))?;
+        let read = match &self.dir {
+            Some(dir) => dir.read_head("config", &mut head),
+            None => File::open(&path).and_then(|mut f| {
+                let mut done = 0;
+                while let Some(rest) = head.get_mut(done..).filter(|r| !r.is_empty()) {
+                    let n = f.read(rest)?;
+                    if n == 0 {
+                        break;
+                    }
+                    done += n;
+                }
+                Ok(done)
+            }),
+        };
+        let got = read.map_err(|e| SysfsError::read(&path, e))?;
+        if got < head.len() {
+            return Err(SysfsError::parse(
+                &path,
+                &format!("{got} bytes"),
+                "at least 15 bytes of config space",
+            ));
+        }
         match head[0x0e] & 0x7f {
             0 => Ok(HeaderType::Endpoint),
             1 => Ok(HeaderType::PciBridge),
@@ -289,7 +405,7 @@ impl PciDevice {
 
     /// The bound driver's name, or `None` when unbound.
     pub fn driver(&self) -> Result<Option<String>, SysfsError> {
-        attr::link_basename(&self.attr_path("driver"))
+        self.link_name("driver")
     }
 
     /// The `vfioN` name under `vfio-dev/` (present while a VFIO driver that supports the
@@ -309,50 +425,64 @@ impl PciDevice {
 
     /// What the bound driver is to VFIO: none, vfio-pci, a variant, or a host driver.
     pub fn driver_kind(&self) -> Result<DriverKind, SysfsError> {
-        let driver = self.driver()?;
-        Ok(kind_of(driver.as_deref(), || {
-            attr::is_dir(&self.attr_path("vfio-dev"))
-        }))
+        Ok(self.driver_kind_of(self.driver()?.as_deref()))
+    }
+
+    /// [`Self::driver_kind`] for a driver name already read.
+    pub(crate) fn driver_kind_of(&self, driver: Option<&str>) -> DriverKind {
+        kind_of(driver, || match &self.dir {
+            Some(dir) => dir.is_dir("vfio-dev"),
+            None => attr::is_dir(&self.attr_path("vfio-dev")),
+        })
     }
 
     /// The `driver_override`, or `None` when unset (the kernel shows `(null)`) or when the
     /// kernel has no such attribute.
     pub fn driver_override(&self) -> Result<Option<String>, SysfsError> {
-        Ok(attr::read_optional(&self.attr_path("driver_override"))?
+        Ok(self
+            .text_opt("driver_override")?
             .filter(|value| !value.is_empty() && value != "(null)"))
     }
 
     /// The IOMMU group number, or `None` when the device has none (IOMMU off).
     pub fn iommu_group(&self) -> Result<Option<u32>, SysfsError> {
-        let path = self.attr_path("iommu_group");
-        match attr::link_basename(&path)? {
+        match self.link_name("iommu_group")? {
             None => Ok(None),
-            Some(name) => name
-                .parse()
-                .map(Some)
-                .map_err(|_| SysfsError::parse(&path, &name, "a link to kernel/iommu_groups/<N>")),
+            Some(name) => name.parse().map(Some).map_err(|_| {
+                SysfsError::parse(
+                    &self.attr_path("iommu_group"),
+                    &name,
+                    "a link to kernel/iommu_groups/<N>",
+                )
+            }),
         }
     }
 
     /// The NUMA node, or `None` when the kernel reports -1 or has no such attribute.
     pub fn numa_node(&self) -> Result<Option<u32>, SysfsError> {
-        let path = self.attr_path("numa_node");
-        match attr::read_optional(&path)? {
-            None => Ok(None),
-            Some(text) => match text.parse::<i64>() {
-                Ok(n) if n < 0 => Ok(None),
-                Ok(n) => u32::try_from(n)
-                    .map(Some)
-                    .map_err(|_| SysfsError::parse(&path, &text, "a NUMA node number or -1")),
-                Err(_) => Err(SysfsError::parse(&path, &text, "a NUMA node number or -1")),
-            },
+        let Some(text) = self.text_opt("numa_node")? else {
+            return Ok(None);
+        };
+        let bad = || {
+            SysfsError::parse(
+                &self.attr_path("numa_node"),
+                &text,
+                "a NUMA node number or -1",
+            )
+        };
+        match text.parse::<i64>() {
+            Ok(n) if n < 0 => Ok(None),
+            Ok(n) => u32::try_from(n).map(Some).map_err(|_| bad()),
+            Err(_) => Err(bad()),
         }
     }
 
     /// The used BARs, ROM and windows, from `resource`.
     pub fn bars(&self) -> Result<Vec<Bar>, SysfsError> {
         let path = self.attr_path("resource");
-        let text = fs::read_to_string(&path).map_err(|e| SysfsError::read(&path, e))?;
+        let text = self
+            .read_raw("resource")
+            .map_err(|e| SysfsError::read(&path, e))?;
         parse_resource(&text).map_err(|err| SysfsError::Parse {
             path,
             value: err.to_string(),
@@ -367,14 +497,7 @@ impl PciDevice {
 
     /// For an SR-IOV virtual function, its physical function (`physfn` link).
     pub fn physfn(&self) -> Result<Option<PciAddress>, SysfsError> {
-        let path = self.attr_path("physfn");
-        match attr::link_basename(&path)? {
-            None => Ok(None),
-            Some(name) => name
-                .parse()
-                .map(Some)
-                .map_err(|_| SysfsError::parse(&path, &name, "a link to a PCI device")),
-        }
+        self.link_address("physfn")
     }
 
     /// For an SR-IOV physical function, its virtual functions (`virtfnN` links), by N.
@@ -387,11 +510,7 @@ impl PciDevice {
             else {
                 continue;
             };
-            let path = self.attr_path(&name);
-            if let Some(target) = attr::link_basename(&path)? {
-                let address = target
-                    .parse()
-                    .map_err(|_| SysfsError::parse(&path, &target, "a link to a PCI device"))?;
+            if let Some(address) = self.link_address(&name)? {
                 found.push((index, address));
             }
         }
@@ -401,29 +520,33 @@ impl PciDevice {
 
     /// `sriov_totalvfs`, or `None` when the device is not an SR-IOV PF.
     pub fn sriov_totalvfs(&self) -> Result<Option<u32>, SysfsError> {
-        let path = self.attr_path("sriov_totalvfs");
-        attr::read_optional(&path)?
+        self.text_opt("sriov_totalvfs")?
             .map(|text| {
-                text.parse()
-                    .map_err(|_| SysfsError::parse(&path, &text, "a decimal count"))
+                text.parse().map_err(|_| {
+                    SysfsError::parse(&self.attr_path("sriov_totalvfs"), &text, "a decimal count")
+                })
             })
             .transpose()
     }
 
     /// Which resets exist (`reset` and `reset_method`).
     pub fn reset_methods(&self) -> Result<ResetMethods, SysfsError> {
-        let can_reset = fs::symlink_metadata(self.attr_path("reset")).is_ok();
-        let methods = attr::read_optional(&self.attr_path("reset_method"))?
-            .map(|text| text.split_whitespace().map(str::to_owned).collect())
-            .unwrap_or_default();
+        let can_reset = self.exists("reset");
+        let methods = if can_reset {
+            self.text_opt("reset_method")?
+                .map(|text| text.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         Ok(ResetMethods { can_reset, methods })
     }
 
     /// The upstream PCI device (bridge or port) this function sits behind, if any: the
-    /// parent directory of the device's real path, when it is named like a PCI address.
+    /// device directory's parent, when it is named like a PCI address.
     pub fn parent(&self) -> Result<Option<PciAddress>, SysfsError> {
-        let real = fs::canonicalize(&self.path).map_err(|e| SysfsError::read(&self.path, e))?;
-        Ok(real
+        Ok(self
+            .path
             .parent()
             .and_then(Path::file_name)
             .and_then(|name| name.to_str())

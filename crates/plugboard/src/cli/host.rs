@@ -220,7 +220,7 @@ fn print_table(rows: &[Vec<String>]) -> anyhow::Result<()> {
                 .unwrap_or(0)
         })
         .collect();
-    let mut out = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for row in rows {
         let mut line = String::new();
         for (cell, width) in row.iter().zip(&widths) {
@@ -230,6 +230,7 @@ fn print_table(rows: &[Vec<String>]) -> anyhow::Result<()> {
         }
         writeln!(out, "{}", line.trim_end())?;
     }
+    out.flush()?;
     Ok(())
 }
 
@@ -318,7 +319,7 @@ fn print_groups(rows: &[Vec<String>]) -> anyhow::Result<()> {
                 .unwrap_or(0)
         })
         .collect();
-    let mut out = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for row in rows {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
@@ -330,6 +331,7 @@ fn print_groups(rows: &[Vec<String>]) -> anyhow::Result<()> {
         }
         writeln!(out, "{}", line.trim_end())?;
     }
+    out.flush()?;
     Ok(())
 }
 

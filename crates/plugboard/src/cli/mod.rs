@@ -118,8 +118,10 @@ pub fn print_error_chain(err: &anyhow::Error) {
 
 /// Writes `value` as pretty JSON followed by a newline on stdout.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    // Buffered: stdout is line-buffered, and a large document would be one write per line.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
+    out.flush()?;
     Ok(())
 }

@@ -733,3 +733,30 @@ fn table_errors_are_typed() {
         .build();
     assert!(matches!(twice, Err(FakeError::Table(_))));
 }
+
+#[test]
+fn opened_handles_read_the_same_as_path_handles() {
+    let k = lab();
+    dev(&k, NIC_A).bind("vfio-pci").unwrap();
+    for d in k.sysfs().pci_devices().unwrap() {
+        let o = d.opened().unwrap();
+        assert_eq!(d.vendor_id().unwrap(), o.vendor_id().unwrap());
+        assert_eq!(d.device_id().unwrap(), o.device_id().unwrap());
+        assert_eq!(d.class().unwrap(), o.class().unwrap());
+        assert_eq!(d.revision().unwrap(), o.revision().unwrap());
+        assert_eq!(d.header_type().unwrap(), o.header_type().unwrap());
+        assert_eq!(d.config_size().unwrap(), o.config_size().unwrap());
+        assert_eq!(d.driver().unwrap(), o.driver().unwrap());
+        assert_eq!(d.driver_kind().unwrap(), o.driver_kind().unwrap());
+        assert_eq!(d.driver_override().unwrap(), o.driver_override().unwrap());
+        assert_eq!(d.iommu_group().unwrap(), o.iommu_group().unwrap());
+        assert_eq!(d.numa_node().unwrap(), o.numa_node().unwrap());
+        assert_eq!(d.bars().unwrap(), o.bars().unwrap());
+        assert_eq!(d.reset_methods().unwrap(), o.reset_methods().unwrap());
+        assert_eq!(d.parent().unwrap(), o.parent().unwrap());
+    }
+    // An opened handle on a removed device fails with an error, not a panic.
+    let solo = dev(&k, SOLO).opened().unwrap();
+    fs::remove_dir_all(solo.path()).unwrap();
+    assert!(solo.vendor_id().unwrap_err().is_not_found());
+}
