@@ -40,6 +40,11 @@ impl Initramfs {
     /// The base image: busybox (from `/bin/busybox`), the lab `/init` (`lab/guest/init`),
     /// the usual directories and `/dev/console`.
     pub fn new() -> Result<Self> {
+        Self::with_busybox(Path::new(BUSYBOX))
+    }
+
+    /// The base image with a static busybox from `busybox` instead of `/bin/busybox`.
+    pub fn with_busybox(busybox: &Path) -> Result<Self> {
         let scratch = tempfile::Builder::new()
             .prefix("plugboard-lab-initramfs.")
             .tempdir()
@@ -57,7 +62,7 @@ impl Initramfs {
         }
         me.entries
             .insert("dev/console".into(), Entry::CharDev(5, 1));
-        let busybox = PathBuf::from(BUSYBOX);
+        let busybox = busybox.to_path_buf();
         if !busybox.is_file() {
             return Err(LabError::io(
                 "busybox not found (install busybox-static, lab/install-deps.sh):",
@@ -292,8 +297,11 @@ mod tests {
 
     #[test]
     fn parents_are_created_and_libraries_come_along() {
-        let mut img = Initramfs::new().unwrap();
-        // Any dynamically linked host program does: use ldd's own interpreter target, sh.
+        let dir = tempfile::tempdir().unwrap();
+        let busybox = dir.path().join("busybox");
+        fs::write(&busybox, vec![0u8; 1_000_000]).unwrap();
+        let mut img = Initramfs::with_busybox(&busybox).unwrap();
+        // Any dynamically linked host program does: bash is essential on Debian.
         let sh = Path::new("/bin/bash");
         img.add_binary(sh, "/usr/local/bin/hostbash").unwrap();
         let paths: Vec<&str> = img.paths().collect();
@@ -301,8 +309,9 @@ mod tests {
         assert!(paths.contains(&"usr/local/bin/hostbash"));
         assert!(paths.iter().any(|p| p.contains("libc.so")), "{paths:?}");
         assert!(paths.contains(&"init") && paths.contains(&"dev/console"));
-        let dir = tempfile::tempdir().unwrap();
         let size = img.write(&dir.path().join("i.cpio")).unwrap();
-        assert!(size > 1_000_000, "busybox alone is over 1 MB: {size}");
+        assert!(size > 1_000_000, "busybox alone is 1 MB: {size}");
+        let err = Initramfs::with_busybox(&dir.path().join("none")).unwrap_err();
+        assert!(err.to_string().contains("busybox not found"), "{err}");
     }
 }
