@@ -253,7 +253,8 @@ const BUSY_RETRY: Duration = Duration::from_millis(20);
 
 /// QEMU's ways of saying a backend is still held by a device being finalized.
 fn is_busy(f: &QmpFailure) -> bool {
-    f.desc.ends_with("is in use") || f.desc.ends_with("is busy")
+    // `Node … is in use`, `object '…' is in use, can not be deleted`, `Chardev '…' is busy`.
+    f.desc.contains("is in use") || f.desc.ends_with("is busy")
 }
 
 /// QEMU's ways of saying "no such thing" (checked on 10.0.2): `DeviceNotFound` for devices
@@ -417,6 +418,20 @@ mod tests {
             matches!(err, RemovalError::Backend { ref backend, .. } if backend == "vb0-fmt"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn qemus_busy_messages_are_recognised() {
+        let f = |desc: &str| QmpFailure {
+            class: "GenericError".into(),
+            desc: desc.into(),
+        };
+        assert!(is_busy(&f("Node d-fmt is in use")));
+        assert!(is_busy(&f("object 'v-iofd' is in use, can not be deleted")));
+        assert!(is_busy(&f("Chardev 'c' is busy")));
+        assert!(!is_busy(&f("Chardev 'c' not found")));
+        assert!(is_not_found(&f("object 'v-iofd' not found")));
+        assert!(is_not_found(&f("Failed to find node with node-name='x'")));
     }
 
     #[test]

@@ -398,9 +398,10 @@ fn vfio_pci_into_a_nested_qemu_in_the_lab_guest() {
         .unwrap()
         .add_binary(&probe, "/usr/bin/nested_vfio")
         .unwrap()
+        // Debian's QEMU finds SeaBIOS in /usr/share/seabios (its firmware path).
         .add_file(
-            Path::new("/usr/share/qemu/bios-256k.bin"),
-            "/usr/share/qemu/bios-256k.bin",
+            Path::new("/usr/share/seabios/bios-256k.bin"),
+            "/usr/share/seabios/bios-256k.bin",
             0o644,
         );
     let mut opts = BootOptions::default();
