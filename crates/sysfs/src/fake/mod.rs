@@ -62,7 +62,10 @@
 //!   (and only to it), else to the first driver (by name) whose ID table has the device's
 //!   `vendor:device`. It returns success even when nothing binds, like the kernel.
 //! - `drivers/<d>/bind` fails with ENODEV on a bound device, or when `<d>` does not match;
-//!   `drivers/<d>/unbind` fails with ENODEV unless the device is bound to `<d>`.
+//!   `drivers/<d>/unbind` fails with ENODEV unless the device is bound to `<d>`. (Real 6.12
+//!   answers a bind on a bound device with EBUSY when `<d>` matches it and ENODEV when not;
+//!   the fake follows libvirt's mock and always says ENODEV. Plugboard itself never writes
+//!   `bind`: it uses `drivers_probe`, whose behaviour is the same in both.)
 //! - A driver's probe fails (device left unbound) when the table says so
 //!   ([`DriverSpec::fail_probe`]), and VFIO drivers fail on a device with no IOMMU group.
 //! - Binding a VFIO driver (`vfio-pci` or a [`DriverSpec::vfio_variant`]) creates
