@@ -273,3 +273,142 @@ fn inactive_row(address: PciAddress, facts: &DeviceFacts, original: Option<Strin
         iommu_group: facts.group,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pci::{PrepareError, PrepareOptions};
+    use crate::registry::{List, RegistryOptions};
+    use crate::test_support::*;
+
+    const MANAGED: PrepareOptions = PrepareOptions {
+        managed: true,
+        whole_group: false,
+    };
+
+    #[test]
+    fn detach_is_idempotent_and_reattach_gives_the_device_back() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        assert_eq!(
+            m.detach(addr(NIC1)).unwrap(),
+            Detached::Bound {
+                from: Some("e1000e".into())
+            }
+        );
+        let writes = fx.kernel.writes().len();
+        assert_eq!(m.detach(addr(NIC1)).unwrap(), Detached::AlreadyDetached);
+        assert_eq!(
+            fx.kernel.writes().len(),
+            writes,
+            "the second detach writes nothing"
+        );
+        assert_eq!(
+            books(&mut m),
+            vec![(NIC1.into(), List::Inactive, None, false)]
+        );
+        assert_eq!(m.reattach(addr(NIC1)).unwrap().as_deref(), Some("e1000e"));
+        assert_eq!(fx.driver_override(NIC1), None);
+        assert!(books(&mut m).is_empty());
+        // Reattaching a device the registry never saw, on its host driver: a no-op.
+        assert_eq!(m.reattach(addr(NIC2)).unwrap().as_deref(), Some("e1000e"));
+    }
+
+    #[test]
+    fn reattach_and_reset_refuse_an_active_device_and_a_group_in_use() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        m.prepare_pci(&owner("qemu/vm1"), &[addr(NIC1)], MANAGED)
+            .unwrap();
+        let before = books(&mut m);
+        for err in [
+            m.reattach(addr(NIC1)).unwrap_err(),
+            m.reset(addr(NIC1)).unwrap_err(),
+            m.detach(addr(NIC1)).unwrap_err(),
+        ] {
+            assert!(matches!(err, NodeDeviceError::Active { .. }), "{err:?}");
+            assert!(
+                err.to_string().contains(NIC1) && err.to_string().contains("qemu/vm1"),
+                "{err}"
+            );
+        }
+        assert_eq!(books(&mut m), before);
+        assert_eq!(fx.kernel.resets(addr(NIC1)), 0);
+        // A free member of a group in use stays on vfio-pci.
+        m.detach(addr(SHARED2)).unwrap();
+        m.prepare_pci(&owner("qemu/vm1"), &[addr(SHARED1)], MANAGED)
+            .unwrap();
+        let err = m.reattach(addr(SHARED2)).unwrap_err();
+        assert!(
+            matches!(err, NodeDeviceError::GroupActive { group: 5, .. }),
+            "{err:?}"
+        );
+        assert_eq!(fx.driver(SHARED2).as_deref(), Some("vfio-pci"));
+    }
+
+    #[test]
+    fn reset_writes_reset_on_a_host_driver_and_leaves_vfio_alone() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        assert_eq!(m.reset(addr(NIC1)).unwrap(), ResetDone::Reset);
+        assert_eq!(fx.kernel.resets(addr(NIC1)), 1);
+        m.detach(addr(NIC2)).unwrap();
+        assert_eq!(m.reset(addr(NIC2)).unwrap(), ResetDone::LeftToVfio);
+        assert_eq!(fx.kernel.resets(addr(NIC2)), 0);
+        let err = m.reset(addr(BRIDGE)).unwrap_err();
+        assert!(err.to_string().contains("not an endpoint"), "{err}");
+        let err = m.detach(addr(BRIDGE)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NodeDeviceError::Device(DeviceError::NotEndpoint { .. })
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_locked_or_read_only_registry_fails_before_any_sysfs_write() {
+        let fx = Fixture::new();
+        let quick = RegistryOptions {
+            busy_timeout: std::time::Duration::from_millis(50),
+            ..RegistryOptions::default()
+        };
+        let mut holder = fx.manager();
+        let mut m =
+            HostdevManager::with_options(fx.kernel.sysfs(), fx.state.path(), &quick).unwrap();
+        let db = fx.state.path().join("hostdev.db").display().to_string();
+        holder
+            .registry()
+            .write(|_tx| {
+                let err = m
+                    .prepare_pci(&owner("qemu/vm1"), &[addr(NIC1)], MANAGED)
+                    .unwrap_err();
+                assert!(
+                    matches!(&err, PrepareError::Registry(e) if e.is_locked()),
+                    "{err:?}"
+                );
+                assert!(err.to_string().contains(&db), "{err}");
+                let err = m.detach(addr(NIC2)).unwrap_err();
+                assert!(
+                    err.to_string().contains("locked") && err.to_string().contains(&db),
+                    "{err}"
+                );
+                Ok::<_, crate::registry::RegistryError>(())
+            })
+            .unwrap();
+        let read_only = RegistryOptions {
+            read_only: true,
+            ..RegistryOptions::default()
+        };
+        let mut ro =
+            HostdevManager::with_options(fx.kernel.sysfs(), fx.state.path(), &read_only).unwrap();
+        let err = ro.detach(addr(NIC2)).unwrap_err();
+        assert!(
+            err.to_string().contains("read-only") && err.to_string().contains(&db),
+            "{err}"
+        );
+        assert!(fx.kernel.writes().is_empty(), "{:?}", fx.kernel.writes());
+        assert!(books(&mut holder).is_empty());
+    }
+}

@@ -9,7 +9,8 @@
 //! | reattach | finish  | reattach if still on vfio or overridden, then drop the row |
 //!
 //! A prepare or detach intent still at step `reserved` never reached sysfs: it is dropped.
-//! Intents of a process that still runs (pid and start time match) are left alone. Each
+//! Intents of a process that still runs (pid and start time match), this one included,
+//! are left alone. Each
 //! intent is first taken over (restamped with our process) in a write transaction, so two
 //! concurrent `recover`s never work on the same one.
 
@@ -63,7 +64,10 @@ impl HostdevManager {
         for intent in intents {
             let op = intent.op.as_str();
             let address = intent.address.clone();
-            if intent.process.is_alive() && intent.process != self.stamp {
+            // A live process (this one included: another thread's manager may be mid-way)
+            // is still running its operation. What a live daemon failed to undo waits for
+            // its next start.
+            if intent.process.is_alive() {
                 done.push(Recovered {
                     address,
                     op,
@@ -204,5 +208,82 @@ enum RowChange {
 fn failed(err: &dyn std::error::Error) -> RecoverAction {
     RecoverAction::Failed {
         error: crate::batch::error_chain(err),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::process::ProcessStamp;
+    use crate::registry::List;
+    use crate::test_support::*;
+
+    fn intent(address: &str, op: IntentOp, process: ProcessStamp) -> Intent {
+        Intent {
+            id: 0,
+            op,
+            address: address.to_owned(),
+            original_driver: Some("e1000e".to_owned()),
+            owner: Some(owner("qemu/vm1")),
+            managed: true,
+            writes_sysfs: true,
+            iommu_group: Some(1),
+            step: IntentStep::Binding,
+            process,
+        }
+    }
+
+    #[test]
+    fn intents_of_a_live_process_are_left_alone_and_dead_ones_settled() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        let live = ProcessStamp::current();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = ProcessStamp {
+            pid: child.id(),
+            start: 1,
+        };
+        child.wait().unwrap();
+        // A dead detach that got as far as binding: sysfs says vfio-pci, so it is finished.
+        fx.kernel
+            .sysfs()
+            .pci_device(addr(NIC2))
+            .unwrap()
+            .bind("vfio-pci")
+            .unwrap();
+        m.registry()
+            .write(|tx| {
+                tx.insert_intent(&intent(NIC1, IntentOp::Prepare, live))?;
+                tx.insert_intent(&intent(NIC2, IntentOp::Detach, dead))
+            })
+            .unwrap();
+        let done = m.recover().unwrap();
+        assert_eq!(done.len(), 2, "{done:?}");
+        assert!(done.iter().any(
+            |r| r.address == NIC1 && r.action == RecoverAction::StillRunning { pid: live.pid }
+        ));
+        assert!(
+            done.iter()
+                .any(|r| r.address == NIC2 && r.action == RecoverAction::Finished)
+        );
+        let listing = m.list().unwrap();
+        assert_eq!(listing.pending.len(), 1);
+        assert_eq!(listing.pending[0].address, NIC1);
+        assert!(listing.pending[0].running);
+        assert_eq!(listing.pci.len(), 1);
+        assert_eq!(
+            (listing.pci[0].address.as_str(), listing.pci[0].list),
+            (NIC2, List::Inactive)
+        );
+        // A vanished device's intent is dropped.
+        m.registry()
+            .write(|tx| tx.insert_intent(&intent(NIC3, IntentOp::Release, dead)))
+            .unwrap();
+        fx.unplug(NIC3);
+        let done = m.recover().unwrap();
+        assert!(
+            done.iter()
+                .any(|r| r.address == NIC3 && r.action == RecoverAction::Dropped)
+        );
     }
 }
