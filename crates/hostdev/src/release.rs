@@ -315,6 +315,35 @@ mod tests {
     }
 
     #[test]
+    fn a_device_vanishing_mid_release_is_dropped_and_the_others_given_back() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        let a = owner("qemu/vm1");
+        m.prepare_pci(&a, &[addr(NIC1), addr(NIC2)], MANAGED)
+            .unwrap();
+        let sys = fx.kernel.sysfs_root();
+        let _hook = crate::fault::set_hook(move |point| {
+            if point == "release.journaled" {
+                unplug(&sys, NIC1);
+            }
+        });
+        let out = m.release_pci(&a, &[addr(NIC1), addr(NIC2)]).unwrap();
+        let result = |x: &str| {
+            out.iter()
+                .find(|o| o.address == addr(x))
+                .unwrap()
+                .result
+                .as_ref()
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(result(NIC1), Released::Vanished);
+        assert!(matches!(result(NIC2), Released::Reattached { .. }));
+        assert!(books(&mut m).is_empty());
+        assert_eq!(fx.driver(NIC2).as_deref(), Some("e1000e"));
+    }
+
+    #[test]
     fn a_failed_reattach_keeps_the_device_inactive_and_says_so() {
         let fx = Fixture::with(
             host_spec().driver(plugboard_sysfs::fake::DriverSpec::new("e1000e").fail_probe(NIC1)),
