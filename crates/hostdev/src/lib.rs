@@ -40,6 +40,7 @@ mod node_device;
 mod nvme;
 mod owner;
 mod pci;
+mod plan;
 mod process;
 #[cfg(test)]
 mod race_tests;

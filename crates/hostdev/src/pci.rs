@@ -3,7 +3,8 @@
 //! 1. Under the registry's write lock, read each device (and its IOMMU group) from sysfs
 //!    and check: an endpoint; not active (even for the same owner); no pending operation;
 //!    no member of its group active or being prepared for another owner; the group viable
-//!    once the plan is done; an unmanaged device already inactive or on a vfio driver.
+//!    once the plan is done; an unmanaged device already inactive or on a vfio driver
+//!    (`plan.rs`).
 //! 2. If nothing needs a sysfs write, move the devices to the active list in that same
 //!    transaction. Otherwise journal one intent per device (original driver, owner) and
 //!    commit **before** touching sysfs; the intents also reserve the devices.
@@ -16,15 +17,16 @@
 
 use std::collections::BTreeSet;
 
-use plugboard_sysfs::{BindError, DriverKind, PciAddress, SysfsError, VFIO_PCI};
+use plugboard_sysfs::{BindError, PciAddress, SysfsError, VFIO_PCI};
 use serde::Serialize;
 
-use crate::device::{DeviceError, DeviceFacts};
+use crate::device::DeviceError;
 use crate::fault;
 use crate::intent::{Intent, IntentOp, IntentStep};
 use crate::manager::HostdevManager;
 use crate::owner::Owner;
-use crate::registry::{List, PciRow, RegistryError, Tx};
+use crate::plan::{Step, plan};
+use crate::registry::{List, PciRow, RegistryError};
 
 /// How to prepare.
 #[derive(Debug, Clone, Copy, Default)]
@@ -136,16 +138,6 @@ pub struct Prepared {
     pub original_driver: Option<String>,
     /// True when this call bound it to vfio-pci.
     pub bound: bool,
-}
-
-/// What to do with one device of the plan.
-#[derive(Debug, Clone)]
-struct Step {
-    address: PciAddress,
-    group: Option<u32>,
-    managed: bool,
-    original_driver: Option<String>,
-    bind: bool,
 }
 
 impl HostdevManager {
@@ -284,172 +276,6 @@ impl HostdevManager {
             tracing::error!(error = %err, "rolling back a failed prepare: cannot drop its intents; run `plugboard hostdev recover`");
         }
     }
-}
-
-/// Checks every rule and returns the plan, inside the write transaction.
-fn plan(
-    tx: &Tx<'_>,
-    sysfs: &plugboard_sysfs::Sysfs,
-    owner: &Owner,
-    devices: &[PciAddress],
-    options: PrepareOptions,
-) -> Result<Vec<Step>, PrepareError> {
-    // The devices named, then (whole group) the other endpoints of their groups.
-    let mut wanted: Vec<(DeviceFacts, bool)> = Vec::new();
-    let mut seen = BTreeSet::new();
-    for &address in devices {
-        if seen.insert(address) {
-            wanted.push((DeviceFacts::endpoint(sysfs, address)?, true));
-        }
-    }
-    let mut groups = BTreeSet::new();
-    for (facts, _) in &wanted {
-        if let Some(g) = facts.group {
-            groups.insert((g, facts.address()));
-        }
-    }
-    let mut group_info = Vec::new();
-    for &(number, address) in &groups {
-        if group_info.iter().any(|(g, _): &(u32, _)| *g == number) {
-            continue;
-        }
-        let group = sysfs
-            .iommu_group(number)
-            .map_err(|source| PrepareError::Group {
-                address,
-                group: number,
-                source,
-            })?;
-        group_info.push((number, group));
-    }
-    if options.whole_group {
-        for (_, group) in &group_info {
-            for member in group.members.iter().filter(|m| !m.bridge) {
-                if seen.contains(&member.address) {
-                    continue;
-                }
-                // A member this owner already holds is simply kept.
-                if let Some(row) = tx.pci_row(&member.address.to_string())?
-                    && row.list == List::Active
-                    && row.owner.as_ref() == Some(owner)
-                {
-                    continue;
-                }
-                seen.insert(member.address);
-                wanted.push((DeviceFacts::endpoint(sysfs, member.address)?, false));
-            }
-        }
-    }
-
-    let mut plan = Vec::with_capacity(wanted.len());
-    for (facts, _named) in &wanted {
-        let address = facts.address();
-        let key = address.to_string();
-        if let Some(intent) = tx.intent_for(&key)? {
-            return Err(PrepareError::Pending {
-                address,
-                op: intent.op.as_str(),
-                pid: intent.process.pid,
-            });
-        }
-        let row = tx.pci_row(&key)?;
-        if let Some(row) = &row
-            && row.list == List::Active
-        {
-            return Err(PrepareError::InUse {
-                address,
-                owner: row.owner.clone().unwrap_or_else(Owner::unknown),
-            });
-        }
-        let step = match row {
-            Some(row) => Step {
-                address,
-                group: facts.group,
-                managed: row.managed,
-                original_driver: row.original_driver,
-                bind: !facts.kind.is_vfio(),
-            },
-            None if facts.kind.is_vfio() => {
-                tracing::info!(bdf = %address, driver = ?facts.driver,
-                    "adopting a device already on a vfio driver as unmanaged");
-                Step {
-                    address,
-                    group: facts.group,
-                    managed: false,
-                    original_driver: None,
-                    bind: false,
-                }
-            }
-            None if options.managed => Step {
-                address,
-                group: facts.group,
-                managed: true,
-                original_driver: facts.driver.clone(),
-                bind: true,
-            },
-            None => {
-                return Err(PrepareError::NotDetached {
-                    address,
-                    driver: facts.driver.clone().unwrap_or_else(|| "no driver".into()),
-                });
-            }
-        };
-        plan.push(step);
-    }
-
-    // Groups: never split between owners, and viable once the plan is done.
-    let in_plan: BTreeSet<PciAddress> = plan.iter().map(|s| s.address).collect();
-    for (number, group) in &group_info {
-        let asked = plan
-            .iter()
-            .find(|s| s.group == Some(*number))
-            .map_or_else(|| group.members[0].address, |s| s.address);
-        for member in &group.members {
-            if in_plan.contains(&member.address) {
-                continue;
-            }
-            let key = member.address.to_string();
-            if let Some(row) = tx.pci_row(&key)?
-                && row.list == List::Active
-                && row.owner.as_ref() != Some(owner)
-            {
-                return Err(PrepareError::GroupInUse {
-                    address: asked,
-                    group: *number,
-                    member: member.address,
-                    owner: row.owner.unwrap_or_else(Owner::unknown),
-                });
-            }
-            if let Some(intent) = tx.intent_for(&key)? {
-                // Another process is moving this member: being prepared for another owner
-                // is a conflict; going back to a host driver would break viability.
-                if intent.op != IntentOp::Prepare {
-                    return Err(PrepareError::Pending {
-                        address: member.address,
-                        op: intent.op.as_str(),
-                        pid: intent.process.pid,
-                    });
-                }
-                if intent.owner.as_ref() != Some(owner) {
-                    return Err(PrepareError::GroupInUse {
-                        address: asked,
-                        group: *number,
-                        member: member.address,
-                        owner: intent.owner.unwrap_or_else(Owner::unknown),
-                    });
-                }
-            }
-            if !member.bridge && member.driver_kind == DriverKind::Host {
-                return Err(PrepareError::NotViable {
-                    address: asked,
-                    group: *number,
-                    member: member.address,
-                    driver: member.driver.clone().unwrap_or_default(),
-                });
-            }
-        }
-    }
-    Ok(plan)
 }
 
 fn active_row(step: &Step, owner: &Owner) -> PciRow {
