@@ -133,3 +133,52 @@ fn devices_survive_a_restart_and_are_reconciled_with_qemu() {
         "{metrics}"
     );
 }
+
+#[test]
+fn sigterm_lets_an_in_flight_operation_finish_and_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let sysfs = empty_sysfs(dir.path());
+    let state = dir.path().join("state");
+    let qemu = Qemu::start(dir.path(), 1);
+    // No guest acknowledges a PCI unplug here, so a detach waits the whole timeout: an
+    // operation that is still running when SIGTERM comes.
+    let daemon = Daemon::start(dir.path(), &state, &sysfs, &["--unplug-timeout", "2"]);
+    let (status, _) = daemon.request(
+        "POST",
+        "/v1/vms",
+        Some(&json!({"name": "vm1", "endpoint": {"kind": "qemu", "qmp_socket": qemu.qmp}})),
+    );
+    assert_eq!(status, 201);
+    let body = json!({"kind": "disk", "path": image(&dir.path().join("d.img"))});
+    let (status, attached) = daemon.request("POST", "/v1/vms/vm1/devices", Some(&body));
+    assert_eq!(status, 201, "{attached}");
+    let id = hex(&attached["device"]["id"]);
+
+    let client = daemon.client();
+    let path = format!("/v1/vms/vm1/devices/{id}");
+    let detach = std::thread::spawn(move || client.send("DELETE", &path, None).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    daemon.terminate();
+    let answer = detach.join().unwrap();
+    assert_eq!(
+        answer.status, 502,
+        "the in-flight detach got its answer: {}",
+        answer.body
+    );
+    assert!(answer.body.contains("guest"), "{}", answer.body);
+    let logs = daemon.logs();
+    let status = daemon.wait();
+    assert!(status.success(), "{status}: {logs}");
+    let sigterm = logs.find("SIGTERM").unwrap();
+    let refused = logs.find("request failed").unwrap();
+    assert!(
+        sigterm < refused,
+        "the operation finished after SIGTERM: {logs}"
+    );
+
+    // Nothing half-written: the device is still attached, as QEMU still holds it.
+    let daemon = Daemon::start(dir.path(), &state, &sysfs, &[]);
+    assert!(daemon.logs().contains("repairs=0"), "{}", daemon.logs());
+    let (_, listed) = daemon.request("GET", "/v1/vms/vm1/devices", None);
+    assert_eq!(listed["devices"][0]["attachments"], 1, "{listed}");
+}

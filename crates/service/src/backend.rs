@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 #[cfg(any(test, feature = "test-util"))]
 use std::sync::Arc;
+use std::time::Duration;
 
 use plugboard_devices::{GuestView, Hypervisor, HypervisorError, HypervisorKind, PlugRequest};
 use plugboard_qemu::{QemuConfig, QemuError, QemuHypervisor, VmLayout};
@@ -39,11 +40,16 @@ pub enum Backend {
 impl Backend {
     /// Connects to `endpoint`. For QEMU, `ports` is the root-port pool recorded at
     /// registration (empty: discover the free ports now).
-    pub(crate) fn connect(endpoint: &Endpoint, ports: &[String]) -> Result<Self, QemuError> {
+    pub(crate) fn connect(
+        endpoint: &Endpoint,
+        ports: &[String],
+        unplug_timeout: Duration,
+    ) -> Result<Self, QemuError> {
         match endpoint {
             Endpoint::Qemu { qmp_socket } => {
                 let config = QemuConfig {
                     root_ports: ports.to_vec(),
+                    unplug_timeout,
                     ..QemuConfig::default()
                 };
                 QemuHypervisor::connect(qmp_socket, config).map(|q| Self::Qemu(Box::new(q)))

@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
 
 use plugboard_devices::{DeviceManager, SavedState};
 use plugboard_hostdev::registry::DB_FILE;
@@ -34,6 +35,8 @@ pub struct ServiceConfig {
     pub sysfs: Sysfs,
     /// The pci.ids file for device names (`None`: no names).
     pub pci_ids: Option<PathBuf>,
+    /// How long a detach waits for the guest to let a device go.
+    pub unplug_timeout: Duration,
 }
 
 /// What happened at start.
@@ -82,7 +85,7 @@ impl Service {
         let mut vms = BTreeMap::new();
         for stored in store.load()? {
             let name = stored.record.name.clone();
-            let (vm, repairs) = restore(stored, &store);
+            let (vm, repairs) = restore(stored, &store, config.unplug_timeout);
             if let Link::Disconnected { reason, .. } = &vm.link {
                 report.disconnected.push((name.clone(), reason.clone()));
             }
@@ -192,7 +195,7 @@ impl Service {
 }
 
 /// Reconnects one stored VM and reconciles its devices; saves the repaired state.
-fn restore(stored: StoredVm, store: &Store) -> (Vm, Vec<Repair>) {
+fn restore(stored: StoredVm, store: &Store, unplug_timeout: Duration) -> (Vm, Vec<Repair>) {
     let StoredVm { record, devices } = stored;
     let name = record.name.clone();
     let saved = match devices.as_deref().map(SavedState::from_json).transpose() {
@@ -212,7 +215,7 @@ fn restore(stored: StoredVm, store: &Store) -> (Vm, Vec<Repair>) {
             );
         }
     };
-    let backend = match Backend::connect(&record.endpoint, &record.root_ports) {
+    let backend = match Backend::connect(&record.endpoint, &record.root_ports, unplug_timeout) {
         Ok(b) => b,
         Err(e) => {
             let reason = ServiceError::Connect {

@@ -29,6 +29,7 @@ fn fixture() -> Fixture {
         state_dir: state.path().join("state"),
         sysfs: kernel.sysfs(),
         pci_ids: None,
+        unplug_timeout: plugboard_qemu::DEFAULT_UNPLUG_TIMEOUT,
     };
     Fixture {
         _kernel: kernel,

@@ -65,8 +65,8 @@ impl Service {
         if self.vms_read().contains_key(&name) {
             return Err(ServiceError::VmExists(name));
         }
-        let backend =
-            Backend::connect(&request.endpoint, &[]).map_err(|source| ServiceError::Connect {
+        let backend = Backend::connect(&request.endpoint, &[], self.config.unplug_timeout)
+            .map_err(|source| ServiceError::Connect {
                 vm: name.clone(),
                 socket: match &request.endpoint {
                     Endpoint::Qemu { qmp_socket } => qmp_socket.clone(),

@@ -21,6 +21,9 @@ pub struct ServeArgs {
     /// The pci.ids database for device names (a missing file means no names).
     #[arg(long, env = "PLUGBOARD_PCI_IDS", default_value = plugboard_sysfs::DEFAULT_PCI_IDS)]
     pci_ids: PathBuf,
+    /// Seconds a detach waits for the guest to release a device.
+    #[arg(long, default_value_t = 10)]
+    unplug_timeout: u64,
 }
 
 /// Runs the daemon until SIGTERM.
@@ -37,5 +40,6 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<()> {
         state_dir: global.state_dir.clone(),
         sysfs: Sysfs::new(&global.sysfs_root).with_dev_root(&global.dev_root),
         pci_ids: args.pci_ids.exists().then_some(args.pci_ids),
+        unplug_timeout: std::time::Duration::from_secs(args.unplug_timeout),
     })
 }

@@ -38,6 +38,8 @@ pub struct ServeOptions {
     pub sysfs: Sysfs,
     /// The pci.ids file for names.
     pub pci_ids: Option<PathBuf>,
+    /// How long a detach waits for the guest.
+    pub unplug_timeout: std::time::Duration,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -51,6 +53,7 @@ pub fn run(options: &ServeOptions) -> anyhow::Result<()> {
         state_dir: options.state_dir.clone(),
         sysfs: options.sysfs.clone(),
         pci_ids: options.pci_ids.clone(),
+        unplug_timeout: options.unplug_timeout,
     };
     let (service, report) = Service::open(config).with_context(|| {
         format!(

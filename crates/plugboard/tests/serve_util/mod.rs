@@ -116,14 +116,23 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits for the exit.
-    pub fn stop(mut self) -> ExitStatus {
-        let mut child = self.child.take().unwrap();
+    pub fn stop(self) -> ExitStatus {
+        self.terminate();
+        self.wait()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
         let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &self.pid().to_string()])
             .status()
             .unwrap();
         assert!(ok.success());
-        child.wait().unwrap()
+    }
+
+    /// Waits for the exit.
+    pub fn wait(mut self) -> ExitStatus {
+        self.child.take().unwrap().wait().unwrap()
     }
 }
 
