@@ -91,6 +91,7 @@ fn main() -> ExitCode {
         .to_path_buf();
     let bound = OnVfio::bind(&sysfs, nic);
     let buffer = Buffer::new(args.size);
+    let limit = EntryLimit::raise_to(args.size / (4 << 10));
     println!(
         "dma bench: device {nic}, buffer {} MiB, median of {} runs; ratio = vfio-ioctls / plugboard-vfio (> 1: plugboard-vfio faster)",
         args.size >> 20,
@@ -134,11 +135,48 @@ fn main() -> ExitCode {
         }
     }
     drop(buffer);
+    drop(limit);
     if let Err(err) = bound.restore() {
         eprintln!("dma bench: giving {nic} back failed: {err}");
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
+}
+
+/// type1 refuses more than `dma_entry_limit` mappings per container (65535 by default, so
+/// 1 GiB in 4 KiB pieces does not fit): raise it in the guest for the run, for both
+/// implementations alike, and put it back afterwards.
+struct EntryLimit {
+    old: Option<String>,
+}
+
+const ENTRY_LIMIT: &str = "/sys/module/vfio_iommu_type1/parameters/dma_entry_limit";
+
+impl EntryLimit {
+    fn raise_to(entries: usize) -> Self {
+        let old = std::fs::read_to_string(ENTRY_LIMIT)
+            .ok()
+            .map(|s| s.trim().to_owned());
+        let current: usize = old.as_deref().and_then(|s| s.parse().ok()).unwrap_or(0);
+        if current >= entries {
+            return Self { old: None };
+        }
+        std::fs::write(ENTRY_LIMIT, entries.to_string()).expect("raise dma_entry_limit");
+        println!(
+            "dma bench: vfio_iommu_type1.dma_entry_limit raised from {current} to {entries} for this run"
+        );
+        Self { old }
+    }
+}
+
+impl Drop for EntryLimit {
+    fn drop(&mut self) {
+        if let Some(old) = &self.old
+            && let Err(err) = std::fs::write(ENTRY_LIMIT, old)
+        {
+            eprintln!("dma bench: restoring dma_entry_limit to {old} failed: {err}");
+        }
+    }
 }
 
 fn ms(d: Duration) -> f64 {

@@ -13,7 +13,7 @@
 //! mappings). Devices and [`crate::DmaMapping`]s hold the container in an `Arc`, so it
 //! outlives all of them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::ffi::CStr;
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -27,6 +27,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_API_VERSION, VFIO_GROUP_FLAGS_CONTAINER_SET, VFIO_GROUP_FLAGS_VIABLE, VFIO_TYPE1v2_IOMMU,
 };
 
+use crate::books::{Booked, Books};
 use crate::dma::{AddressSpace, DmaError, check_range};
 use crate::group::{Group, GroupError};
 use crate::ioctl;
@@ -84,30 +85,10 @@ struct GroupSlot {
     users: RefCount,
 }
 
-/// One DMA mapping in the books: length and user address, keyed by IOVA.
-#[derive(Debug, Clone, Copy)]
-struct Booked {
-    len: u64,
-    vaddr: u64,
-}
-
 #[derive(Debug, Default)]
 struct State {
     groups: HashMap<u32, GroupSlot>,
-    books: BTreeMap<u64, Booked>,
-}
-
-impl State {
-    /// Forgets the booked mappings inside `[iova, iova + len)`; returns the bytes forgotten.
-    fn forget(&mut self, iova: u64, len: u64) -> u64 {
-        let end = iova.saturating_add(len);
-        let mut forgotten = 0;
-        while let Some((&start, booked)) = self.books.range(iova..end).next() {
-            forgotten += booked.len;
-            self.books.remove(&start);
-        }
-        forgotten
-    }
+    books: Books,
 }
 
 /// A legacy VFIO container with type1v2 IOMMU. Shared as `Arc<Container>`.
@@ -322,7 +303,7 @@ impl Container {
                 "mapping the container's DMA books again"
             );
         }
-        for (&iova, booked) in &state.books {
+        for (iova, booked) in state.books.iter() {
             // SAFETY: every booked range was mapped through `map_dma`, whose caller promised
             // that it stays valid and unaliased until `unmap_dma` covers it; a range leaves
             // the books only then, so the promise still holds for this one.
@@ -419,7 +400,7 @@ impl AddressSpace for Container {
         let mut state = self.state();
         let unmapped = if state.groups.is_empty() {
             // The kernel already dropped everything; only the books remain.
-            state.forget(iova, len)
+            state.books.forget(iova, len)
         } else {
             let unmapped = ioctl::unmap_dma(self.file.as_fd(), iova, len).map_err(|source| {
                 DmaError::Unmap {
@@ -429,7 +410,7 @@ impl AddressSpace for Container {
                     source,
                 }
             })?;
-            state.forget(iova, len);
+            state.books.forget(iova, len);
             unmapped
         };
         if unmapped != len {
@@ -451,28 +432,6 @@ fn open_rw(path: &Path) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn books_forget_whole_mappings_in_range() {
-        let mut state = State::default();
-        for iova in [0x1000u64, 0x2000, 0x3000, 0x8000] {
-            state.books.insert(
-                iova,
-                Booked {
-                    len: 0x1000,
-                    vaddr: iova,
-                },
-            );
-        }
-        assert_eq!(state.forget(0x2000, 0x2000), 0x2000);
-        assert_eq!(
-            state.books.keys().copied().collect::<Vec<_>>(),
-            [0x1000, 0x8000]
-        );
-        assert_eq!(state.forget(0x4000, 0x1000), 0);
-        assert_eq!(state.forget(0, u64::MAX), 0x2000);
-        assert!(state.books.is_empty());
-    }
 
     #[test]
     fn open_names_the_missing_node() {

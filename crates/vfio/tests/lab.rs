@@ -380,7 +380,8 @@ fn a_non_viable_group_is_refused_naming_the_member_in_the_way_in_both_modes() {
         );
     }
     // The kernel agrees, each interface in its own way: the group reports itself not viable,
-    // and binding the cdev is refused while a member is on a host driver.
+    // and binding the cdev is refused while a member is on a host driver: EPERM, because the
+    // host driver holds the group's DMA ownership (`iommu_device_claim_dma_owner`).
     let container = Container::open(Path::new("/dev")).unwrap();
     let err = container.attach_group(group).unwrap_err();
     assert!(
@@ -400,7 +401,7 @@ fn a_non_viable_group_is_refused_naming_the_member_in_the_way_in_both_modes() {
     };
     assert_eq!(
         (*what, source.raw_os_error()),
-        ("VFIO_DEVICE_BIND_IOMMUFD", Some(libc::EBUSY)),
+        ("VFIO_DEVICE_BIND_IOMMUFD", Some(libc::EPERM)),
         "{err}"
     );
     drop((container, iommufd));
