@@ -80,6 +80,10 @@ fn child_process_entry_point() {
     let Ok(scenario) = std::env::var(SCENARIO) else {
         return;
     };
+    if let Some(op) = scenario.strip_prefix("lab-") {
+        lab_child(op);
+        return;
+    }
     let root = std::path::PathBuf::from(std::env::var(ROOT).unwrap());
     let socket = std::path::PathBuf::from(std::env::var(SOCKET).unwrap());
     let state = std::path::PathBuf::from(std::env::var(STATE).unwrap());
@@ -229,4 +233,101 @@ fn recover_restores_a_consistent_host_after_a_crash_at_every_step() {
 
 fn libc_sigabrt() -> i32 {
     6
+}
+
+/// In the lab guest: refuses to go on anywhere else.
+fn assert_lab_guest() {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    assert!(
+        cmdline.split_whitespace().any(|a| a == "plugboard.lab=1"),
+        "not in the lab guest: refusing to bind anything"
+    );
+}
+
+/// The child of the real-kernel crash test: one prepare or release on the real `/sys`.
+fn lab_child(op: &str) {
+    assert_lab_guest();
+    let state = std::path::PathBuf::from(std::env::var(STATE).unwrap());
+    let nic: plugboard_sysfs::PciAddress = std::env::var(ROOT).unwrap().parse().unwrap();
+    let mut m = HostdevManager::open(plugboard_sysfs::Sysfs::default(), &state).unwrap();
+    let a = owner("qemu/lab-crash");
+    match op {
+        "prepare" => drop(m.prepare_pci(&a, &[nic], MANAGED).unwrap()),
+        "release" => drop(m.release_pci(&a, &[nic]).unwrap()),
+        other => panic!("unknown lab scenario {other}"),
+    }
+}
+
+/// The crash test on a real kernel: run this unit-test binary in the lab guest with
+/// `lab/run.sh -- <binary> crash_tests::lab --ignored --test-threads=1`.
+#[test]
+#[ignore = "needs the lab guest (lab/run.sh with this unit-test binary)"]
+fn lab_recover_after_a_crash_on_a_real_kernel() {
+    assert_lab_guest();
+    let sysfs = plugboard_sysfs::Sysfs::default();
+    let nic = sysfs
+        .pci_devices()
+        .unwrap()
+        .into_iter()
+        .find(|d| {
+            (d.vendor_id().unwrap(), d.device_id().unwrap()) == (0x8086, 0x10d3)
+                && d.iommu_group().unwrap().is_some_and(|g| {
+                    sysfs
+                        .iommu_group(g)
+                        .unwrap()
+                        .members
+                        .iter()
+                        .filter(|m| !m.bridge)
+                        .count()
+                        == 1
+                })
+        })
+        .expect("an e1000e alone in its group")
+        .address();
+    let driver = || sysfs.pci_device(nic).unwrap().driver().unwrap();
+    let points = [
+        ("prepare", "prepare.journaled"),
+        ("prepare", "prepare.binding"),
+        ("prepare", "prepare.bound"),
+        ("release", "release.journaled"),
+        ("release", "release.reattached"),
+    ];
+    for (op, point) in points {
+        let state = tempfile::tempdir().unwrap();
+        let mut m = HostdevManager::open(sysfs.clone(), state.path()).unwrap();
+        if op == "release" {
+            m.prepare_pci(&owner("qemu/lab-crash"), &[nic], MANAGED)
+                .unwrap();
+        }
+        let status = child(
+            "crash_tests::child_process_entry_point",
+            &[
+                (SCENARIO, format!("lab-{op}")),
+                (ROOT, nic.to_string()),
+                (STATE, state.path().display().to_string()),
+                (ABORT_AT, point.to_owned()),
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+        let crashed = status.signal() == Some(libc_sigabrt());
+        let recovered = m.recover().unwrap();
+        let after = books(&mut m);
+        let now = driver();
+        // Give the NIC back whatever happened, before asserting.
+        if now.as_deref() != Some("e1000e") {
+            let _ = sysfs.pci_device(nic).unwrap().reattach(Some("e1000e"));
+        }
+        let ctx = format!("{op} at {point}: {status:?}, recovered {recovered:?}");
+        assert!(crashed, "{ctx}");
+        assert!(after.is_empty(), "{ctx}: {after:?}");
+        assert_eq!(now.as_deref(), Some("e1000e"), "{ctx}");
+        assert_eq!(
+            sysfs.pci_device(nic).unwrap().driver_override().unwrap(),
+            None,
+            "{ctx}"
+        );
+    }
 }
