@@ -35,6 +35,15 @@ pub enum AttachRequest {
         #[serde(default)]
         read_only: bool,
     },
+    /// A host PCI device passed through with VFIO: prepared in the hostdev registry for
+    /// `plugboard/<vm>` (taken from its host driver onto vfio-pci), then plugged.
+    Pci {
+        /// The device, `DDDD:BB:SS.F`.
+        address: plugboard_sysfs::PciAddress,
+        /// Take every endpoint of its IOMMU group.
+        #[serde(default)]
+        whole_group: bool,
+    },
     /// A full plugboard-devices spec (root only unless it is a block device of the
     /// caller's).
     Spec {
@@ -70,6 +79,9 @@ impl AttachRequest {
                     kind: DeviceKind::Block(block),
                 })
             }
+            Self::Pci { address, .. } => Err(ServiceError::BadRequest(format!(
+                "PCI device {address}: passthrough is prepared by the service, not described by a spec"
+            ))),
             Self::Spec { spec } => {
                 if let DeviceKind::Block(block) = &spec.kind {
                     caller.may_use_file(&block.path, &action)?;

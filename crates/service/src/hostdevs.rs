@@ -223,7 +223,7 @@ fn prepare_class(e: &PrepareError) -> ErrorClass {
     }
 }
 
-fn batch_class(e: &BatchError) -> ErrorClass {
+pub(crate) fn batch_class(e: &BatchError) -> ErrorClass {
     match e {
         BatchError::Pci(p) => prepare_class(p),
         BatchError::ManagedScsi(_) => ErrorClass::BadRequest,

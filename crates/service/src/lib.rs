@@ -29,6 +29,7 @@ mod backend;
 mod error;
 mod hostdevs;
 mod metrics;
+mod passthrough;
 mod reconcile;
 mod service;
 mod store;

@@ -13,9 +13,11 @@ use std::collections::BTreeSet;
 
 use plugboard_devices::{DeviceId, SavedState};
 use plugboard_qemu::QemuError;
+use plugboard_sysfs::PciAddress;
 use serde::Serialize;
 
 use crate::backend::Backend;
+use crate::passthrough::pci_functions;
 
 /// One difference found, and what was done.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -29,6 +31,8 @@ pub enum Repair {
         device: DeviceId,
         /// What it was (`block /path`, …).
         what: String,
+        /// The host PCI functions it held (VFIO), released in the hostdev registry.
+        host_pci: Vec<PciAddress>,
     },
     /// In the VM with one of our names, in no saved device: left alone.
     Stray {
@@ -81,6 +85,7 @@ pub(crate) fn reconcile(
             vm: vm.to_owned(),
             device: d.id,
             what,
+            host_pci: pci_functions(d),
         });
         false
     });

@@ -89,6 +89,7 @@ impl Service {
             if let Link::Disconnected { reason, .. } = &vm.link {
                 report.disconnected.push((name.clone(), reason.clone()));
             }
+            release_forgotten(&mut hostdev, &repairs);
             report.repairs.extend(repairs);
             vms.insert(name, Arc::new(vm));
         }
@@ -289,6 +290,40 @@ fn restore(stored: StoredVm, store: &Store, unplug_timeout: Duration) -> (Vm, Ve
                 ),
                 repairs,
             )
+        }
+    }
+}
+
+/// Gives back the host PCI functions of devices that reconciliation dropped.
+fn release_forgotten(hostdev: &mut HostdevManager, repairs: &[Repair]) {
+    for repair in repairs {
+        let Repair::Forgotten { vm, host_pci, .. } = repair else {
+            continue;
+        };
+        if host_pci.is_empty() {
+            continue;
+        }
+        let Ok(owner) = crate::passthrough::owner_of(vm) else {
+            continue;
+        };
+        let specs: Vec<_> = host_pci
+            .iter()
+            .map(|a| plugboard_hostdev::DeviceSpec::Pci(*a))
+            .collect();
+        match hostdev.release(&owner, &specs) {
+            Ok(results) => {
+                for r in results {
+                    tracing::warn!(
+                        vm,
+                        device = r.device,
+                        result = r.result,
+                        "host device of a dropped device released"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::error!(vm, error = %e, "cannot release the host devices of a dropped device");
+            }
         }
     }
 }

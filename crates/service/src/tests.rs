@@ -195,6 +195,7 @@ fn state_survives_a_restart_and_is_reconciled() {
                     .unwrap()
                     .display()
             ),
+            host_pci: Vec::new(),
         }]
     );
     let vms = svc.vms();
@@ -251,4 +252,70 @@ fn host_reads_come_from_sysfs() {
     let groups = svc.iommu_groups().unwrap();
     assert_eq!(groups.len(), 1);
     assert_eq!(groups[0].number, 7);
+}
+
+#[test]
+fn pci_passthrough_prepares_attaches_detaches_and_releases() {
+    let f = fixture();
+    let nic: plugboard_sysfs::PciAddress = "0000:02:00.0".parse().unwrap();
+    let driver = |f: &Fixture| f.config.sysfs.pci_device(nic).unwrap().driver().unwrap();
+    let (svc, _) = Service::open(f.config.clone()).unwrap();
+    svc.register_vm(Caller::new(1000), memory_vm("a")).unwrap();
+    let req = AttachRequest::Pci {
+        address: nic,
+        whole_group: false,
+    };
+    let err = svc.attach(Caller::new(1001), "a", &req).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Forbidden);
+    assert_eq!(
+        driver(&f).as_deref(),
+        Some("e1000e"),
+        "nothing touched on refusal"
+    );
+    let missing = AttachRequest::Pci {
+        address: "0000:09:00.0".parse().unwrap(),
+        whole_group: false,
+    };
+    let err = svc.attach(Caller::ROOT, "a", &missing).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::NotFound, "{}", err.chain());
+
+    let attached = svc.attach(Caller::new(1000), "a", &req).unwrap();
+    assert!(attached.plugged);
+    assert_eq!(driver(&f).as_deref(), Some("vfio-pci"));
+    let plugboard_devices::DeviceKind::Vfio(spec) = &attached.device.spec.kind else {
+        panic!("not a VFIO device");
+    };
+    assert_eq!(
+        spec.backend,
+        plugboard_devices::VfioBackend::Group { group: 7 }
+    );
+    let listing = svc.hostdevs().unwrap();
+    assert_eq!(listing.pci.len(), 1);
+    assert_eq!(
+        listing.pci[0].owner.as_ref().unwrap().to_string(),
+        "plugboard/a"
+    );
+    let err = svc.attach(Caller::new(1000), "a", &req).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::BadRequest, "{}", err.chain());
+
+    svc.detach(Caller::new(1000), "a", attached.device.id)
+        .unwrap();
+    assert_eq!(
+        driver(&f).as_deref(),
+        Some("e1000e"),
+        "given back on detach"
+    );
+    assert!(svc.hostdevs().unwrap().pci.is_empty());
+
+    // Attached, then lost by the VM across a restart: reconciliation releases it.
+    svc.attach(Caller::new(1000), "a", &req).unwrap();
+    drop(svc);
+    let (svc, report) = Service::open(f.config.clone()).unwrap();
+    assert!(
+        matches!(&report.repairs[..], [Repair::Forgotten { host_pci, .. }] if host_pci == &vec![nic]),
+        "{:?}",
+        report.repairs
+    );
+    assert_eq!(driver(&f).as_deref(), Some("e1000e"));
+    assert!(svc.hostdevs().unwrap().pci.is_empty());
 }

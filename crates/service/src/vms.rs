@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use plugboard_devices::{DeviceId, DeviceState, ManagerConfig, Released};
+use plugboard_devices::{DeviceId, DeviceState, ManagerConfig, Released, Removed};
 use serde::Serialize;
 
 use crate::attach::AttachRequest;
 use crate::auth::Caller;
 use crate::backend::{Backend, Endpoint};
 use crate::error::ServiceError;
+use crate::passthrough::{pci_functions, spec_pci_functions};
 use crate::service::Service;
 use crate::vm::{Link, RegisterVm, Vm, VmInfo, VmRecord, validate_name};
 
@@ -153,20 +154,50 @@ impl Service {
     ) -> Result<Attached, ServiceError> {
         let vm = self.vm(name)?;
         caller.may_change_vm(name, vm.record.owner_uid, "attach a device to")?;
-        let spec = request.to_spec(caller, name)?;
         let _ops = vm.lock_ops();
         let manager = vm.manager()?;
         let dev = |source| ServiceError::Device {
             vm: name.to_owned(),
             source: Box::new(source),
         };
-        let id = manager.new_device(spec).map_err(dev)?.id();
+        let (spec, passthrough) = match request {
+            AttachRequest::Pci {
+                address,
+                whole_group,
+            } => {
+                if manager
+                    .devices()
+                    .iter()
+                    .any(|d| pci_functions(d).contains(address))
+                {
+                    return Err(ServiceError::BadRequest(format!(
+                        "PCI device {address} is already passed through to VM {name:?}"
+                    )));
+                }
+                let spec = self.prepare_passthrough(name, *address, *whole_group)?;
+                let functions = spec_pci_functions(&spec);
+                (spec, functions)
+            }
+            other => (other.to_spec(caller, name)?, Vec::new()),
+        };
+        let created = match manager.new_device(spec) {
+            Ok(c) => c,
+            Err(e) => {
+                self.release_passthrough(name, &passthrough);
+                return Err(dev(e));
+            }
+        };
+        let id = created.id();
         let acquired = match manager.attach(id) {
             Ok(a) => a,
             Err(e) => {
                 // Drop the reference new_device took (the device goes if it was new).
-                if let Err(undo) = manager.remove_device(id) {
-                    tracing::error!(vm = name, device = %id, error = %undo, "cannot drop the reference of a failed attach");
+                match manager.remove_device(id) {
+                    Ok(Removed::Gone) => self.release_passthrough(name, &passthrough),
+                    Ok(Removed::StillReferenced) => {}
+                    Err(undo) => {
+                        tracing::error!(vm = name, device = %id, error = %undo, "cannot drop the reference of a failed attach");
+                    }
                 }
                 return Err(dev(e));
             }
@@ -210,9 +241,16 @@ impl Service {
                 id,
             });
         }
+        let functions = manager
+            .device(id)
+            .map(|d| pci_functions(&d))
+            .unwrap_or_default();
         let released = manager.detach(id).map_err(dev)?;
         let removed = manager.remove_device(id);
         let saved = self.save(&vm);
+        if matches!(removed, Ok(Removed::Gone)) {
+            self.release_passthrough(name, &functions);
+        }
         removed.map_err(dev)?;
         saved?;
         tracing::info!(vm = name, device = %id, "device detached");

@@ -44,13 +44,19 @@ pub enum VmCommand {
         /// The VM.
         name: String,
     },
-    /// Attach a disk (or any device, from a spec) to a VM.
+    /// Attach a disk, a host PCI device, or any device from a spec to a VM.
     Attach {
         /// The VM.
         vm: String,
         /// A block device or image file.
-        #[arg(long, required_unless_present = "spec", conflicts_with = "spec")]
+        #[arg(long, required_unless_present_any = ["spec", "pci"], conflicts_with_all = ["spec", "pci"])]
         disk: Option<PathBuf>,
+        /// A host PCI device to pass through (VFIO), `DDDD:BB:SS.F`.
+        #[arg(long, conflicts_with = "spec")]
+        pci: Option<String>,
+        /// With --pci: every endpoint of its IOMMU group.
+        #[arg(long, requires = "pci")]
+        whole_group: bool,
         /// The guest driver: virtio-blk (default), virtio-scsi, nvdimm.
         #[arg(long)]
         driver: Option<String>,
@@ -144,8 +150,13 @@ pub fn run(global: &Global, args: VmArgs) -> anyhow::Result<()> {
             format,
             read_only,
             spec,
+            pci,
+            whole_group,
         } => {
             let body = match (disk, spec) {
+                _ if pci.is_some() => {
+                    json!({"kind": "pci", "address": pci, "whole_group": whole_group})
+                }
                 (_, Some(spec)) => {
                     let text = std::fs::read_to_string(&spec)
                         .with_context(|| format!("cannot read the spec {}", spec.display()))?;
@@ -164,7 +175,7 @@ pub fn run(global: &Global, args: VmArgs) -> anyhow::Result<()> {
                     }
                     body
                 }
-                (None, None) => anyhow::bail!("give --disk PATH or --spec FILE"),
+                (None, None) => anyhow::bail!("give --disk PATH, --pci ADDRESS or --spec FILE"),
             };
             let answer: Value =
                 client.call("POST", &format!("/v1/vms/{vm}/devices"), Some(&body))?;

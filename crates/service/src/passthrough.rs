@@ -1,0 +1,138 @@
+//! PCI passthrough through the service: the hostdev registry and the VM's device manager
+//! in one operation.
+//!
+//! Attaching a host PCI device prepares it in the hostdev registry for the owner
+//! `plugboard/<vm>` (managed: detached from its host driver onto vfio-pci, with its IOMMU
+//! group checked), then describes it as a VFIO group device from sysfs and attaches it.
+//! If the attach fails, the device is released again. Detaching releases it after the
+//! VM has let it go, which gives it back to its host driver.
+
+use plugboard_devices::{
+    DeviceIdentity, DeviceKind, DeviceSpec, DeviceState, HostFunction, PlugMode, VfioBackend,
+    VfioFunction, VfioSpec,
+};
+use plugboard_hostdev::{BatchOptions, DeviceSpec as HostSpec, Owner};
+use plugboard_sysfs::{PciAddress, Sysfs};
+
+use crate::error::ServiceError;
+use crate::hostdevs::OWNER_DRIVER;
+use crate::service::{Service, hostdev_error};
+
+/// The hostdev owner of a VM's devices.
+pub(crate) fn owner_of(vm: &str) -> Result<Owner, ServiceError> {
+    Owner::new(OWNER_DRIVER, vm).map_err(|e| ServiceError::BadRequest(format!("owner: {e}")))
+}
+
+/// The host PCI functions a device holds (VFIO devices), for release.
+pub(crate) fn pci_functions(device: &DeviceState) -> Vec<PciAddress> {
+    spec_pci_functions(&device.spec)
+}
+
+/// The host PCI functions a spec names (VFIO devices).
+pub(crate) fn spec_pci_functions(spec: &DeviceSpec) -> Vec<PciAddress> {
+    match &spec.kind {
+        DeviceKind::Vfio(spec) => spec
+            .functions
+            .iter()
+            .filter_map(|f| match f.host {
+                HostFunction::Pci(a) => Some(a),
+                HostFunction::Mdev(_) => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl Service {
+    /// Prepares `address` (and, with `whole_group`, every endpoint of its IOMMU group) for
+    /// `vm` and returns the VFIO spec that passes them through.
+    pub(crate) fn prepare_passthrough(
+        &self,
+        vm: &str,
+        address: PciAddress,
+        whole_group: bool,
+    ) -> Result<DeviceSpec, ServiceError> {
+        let owner = owner_of(vm)?;
+        let options = BatchOptions {
+            managed: true,
+            whole_group,
+            shareable: false,
+        };
+        self.hostdev()
+            .prepare(&owner, &[HostSpec::Pci(address)], options)
+            .map_err(|e| hostdev_error("prepare", crate::hostdevs::batch_class(&e), e))?;
+        match vfio_spec(&self.config.sysfs, address, whole_group) {
+            Ok(spec) => Ok(spec),
+            Err(e) => {
+                self.release_passthrough(vm, &[address]);
+                Err(e)
+            }
+        }
+    }
+
+    /// Releases host PCI functions of `vm`, logging what could not be given back.
+    pub(crate) fn release_passthrough(&self, vm: &str, functions: &[PciAddress]) {
+        if functions.is_empty() {
+            return;
+        }
+        let Ok(owner) = owner_of(vm) else { return };
+        let specs: Vec<HostSpec> = functions.iter().map(|a| HostSpec::Pci(*a)).collect();
+        match self.hostdev().release(&owner, &specs) {
+            Ok(results) => {
+                for r in results {
+                    tracing::info!(vm, device = r.device, result = r.result, detail = ?r.detail, "host device released");
+                }
+            }
+            Err(e) => {
+                tracing::error!(vm, devices = ?functions, error = %e, "cannot release host devices; run `plugboard hostdev release` to retry");
+            }
+        }
+    }
+}
+
+/// The VFIO spec of `address` (or its whole group), read from sysfs after prepare.
+fn vfio_spec(
+    sysfs: &Sysfs,
+    address: PciAddress,
+    whole_group: bool,
+) -> Result<DeviceSpec, ServiceError> {
+    let read = |what: &'static str| move |source| ServiceError::Sysfs { what, source };
+    let device = sysfs.pci_device(address).map_err(read("a PCI device"))?;
+    let group = device
+        .iommu_group()
+        .map_err(read("an IOMMU group"))?
+        .ok_or_else(|| {
+            ServiceError::BadRequest(format!(
+                "PCI device {address} has no IOMMU group (is the IOMMU on?)"
+            ))
+        })?;
+    let addresses: Vec<PciAddress> = if whole_group {
+        let g = sysfs.iommu_group(group).map_err(read("an IOMMU group"))?;
+        g.members
+            .iter()
+            .filter(|m| !m.bridge)
+            .map(|m| m.address)
+            .collect()
+    } else {
+        vec![address]
+    };
+    let mut functions = Vec::with_capacity(addresses.len());
+    for a in addresses {
+        let d = sysfs.pci_device(a).map_err(read("a PCI device"))?;
+        functions.push(VfioFunction {
+            host: HostFunction::Pci(a),
+            sysfs_path: d.path().to_path_buf(),
+            class: d.class().ok().map(plugboard_sysfs::PciClass::code),
+            is_pcie: d.is_pcie().map_err(read("a PCI device"))?,
+            large_bar: d.has_large_bar().map_err(read("a PCI device"))?,
+        });
+    }
+    Ok(DeviceSpec {
+        identity: DeviceIdentity::Path(sysfs.vfio_group_node(group)),
+        mode: PlugMode::Hot,
+        kind: DeviceKind::Vfio(VfioSpec {
+            backend: VfioBackend::Group { group },
+            functions,
+        }),
+    })
+}
