@@ -515,6 +515,38 @@ mod tests {
     }
 
     #[test]
+    fn a_device_on_a_vfio_variant_driver_is_adopted_and_left_there() {
+        let variant = "0000:0b:00.0";
+        let fx = Fixture::with(
+            host_spec()
+                .driver(
+                    DriverSpec::new("mlx5_vfio_pci")
+                        .id(0x15b3, 0x101e)
+                        .vfio_variant(),
+                )
+                .pci(
+                    plugboard_sysfs::fake::PciSpec::new(variant, 0x15b3, 0x101e)
+                        .iommu_group(11)
+                        .driver("mlx5_vfio_pci"),
+                ),
+        );
+        let mut m = fx.manager();
+        for options in [UNMANAGED, MANAGED] {
+            let done = m
+                .prepare_pci(&owner("qemu/vm1"), &[addr(variant)], options)
+                .unwrap();
+            assert!(!done[0].managed && !done[0].bound, "{done:?}");
+            m.release_pci(&owner("qemu/vm1"), &[addr(variant)]).unwrap();
+            assert_eq!(fx.driver(variant).as_deref(), Some("mlx5_vfio_pci"));
+        }
+        assert_eq!(
+            books(&mut m),
+            vec![(variant.into(), List::Inactive, None, false)]
+        );
+        assert!(fx.kernel.writes().is_empty(), "{:?}", fx.kernel.writes());
+    }
+
+    #[test]
     fn bridges_and_unknown_devices_are_refused_by_name() {
         let fx = Fixture::new();
         let mut m = fx.manager();
