@@ -45,28 +45,34 @@ fn caller(peer: &Peer) -> Caller {
     Caller::new(peer.uid.unwrap_or(65534))
 }
 
+/// `GET /healthz`: the daemon answers.
 pub async fn healthz() -> Response {
     ok(&json!({"status": "ok"}))
 }
 
+/// `GET /metrics`: Prometheus text.
 pub async fn metrics(State(svc): Svc) -> Result<Response, ApiError> {
     let text = blocking(move || Ok(svc.render_metrics())).await?;
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
+/// `GET /v1/host/devices`: the PCI inventory.
 pub async fn host_devices(State(svc): Svc) -> Result<Response, ApiError> {
     Ok(ok(&blocking(move || svc.host_devices()).await?))
 }
 
+/// `GET /v1/host/iommu-groups`: IOMMU groups and viability.
 pub async fn iommu_groups(State(svc): Svc) -> Result<Response, ApiError> {
     let groups = blocking(move || svc.iommu_groups()).await?;
     Ok(ok(&json!({ "groups": groups })))
 }
 
+/// `GET /v1/hostdevs`: the hostdev registry.
 pub async fn hostdevs(State(svc): Svc) -> Result<Response, ApiError> {
     Ok(ok(&blocking(move || svc.hostdevs()).await?))
 }
 
+/// `POST /v1/hostdevs/prepare`.
 pub async fn hostdev_prepare(
     State(svc): Svc,
     ConnectInfo(peer): PeerInfo,
@@ -76,6 +82,7 @@ pub async fn hostdev_prepare(
     Ok(ok(&json!({"prepared": true})))
 }
 
+/// `POST /v1/hostdevs/release`.
 pub async fn hostdev_release(
     State(svc): Svc,
     ConnectInfo(peer): PeerInfo,
@@ -85,6 +92,7 @@ pub async fn hostdev_release(
     Ok(ok(&json!({ "released": released })))
 }
 
+/// `POST /v1/hostdevs/recover` (root).
 pub async fn hostdev_recover(
     State(svc): Svc,
     ConnectInfo(peer): PeerInfo,
@@ -98,6 +106,7 @@ fn pci_address(text: &str) -> Result<PciAddress, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("PCI address {text:?}: {e}")))
 }
 
+/// `POST /v1/hostdevs/{address}/detach` (root).
 pub async fn hostdev_detach(
     State(svc): Svc,
     ConnectInfo(peer): PeerInfo,
@@ -110,6 +119,7 @@ pub async fn hostdev_detach(
     .await?))
 }
 
+/// `POST /v1/hostdevs/{address}/reattach` (root).
 pub async fn hostdev_reattach(
     State(svc): Svc,
     ConnectInfo(peer): PeerInfo,
@@ -122,6 +132,7 @@ pub async fn hostdev_reattach(
     .await?))
 }
 
+/// `POST /v1/hostdevs/{address}/reset` (root).
 pub async fn hostdev_reset(
     State(svc): Svc,
     ConnectInfo(peer): PeerInfo,
@@ -134,12 +145,14 @@ pub async fn hostdev_reset(
     .await?))
 }
 
+/// `GET /v1/vms`.
 pub async fn vms(State(svc): Svc) -> Result<Response, ApiError> {
     Ok(ok(
         &json!({ "vms": blocking(move || Ok(svc.vms())).await? }),
     ))
 }
 
+/// `POST /v1/vms`: 201 with the VM.
 pub async fn register_vm(
     State(svc): Svc,
     ConnectInfo(peer): PeerInfo,
@@ -149,10 +162,12 @@ pub async fn register_vm(
     Ok((StatusCode::CREATED, Json(info)).into_response())
 }
 
+/// `GET /v1/vms/{name}`.
 pub async fn vm(State(svc): Svc, Path(name): Path<String>) -> Result<Response, ApiError> {
     Ok(ok(&blocking(move || svc.vm_info(&name)).await?))
 }
 
+/// `DELETE /v1/vms/{name}`: 204.
 pub async fn unregister_vm(
     State(svc): Svc,
     ConnectInfo(peer): PeerInfo,
@@ -162,11 +177,13 @@ pub async fn unregister_vm(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// `GET /v1/vms/{name}/devices`.
 pub async fn devices(State(svc): Svc, Path(name): Path<String>) -> Result<Response, ApiError> {
     let devices = blocking(move || svc.devices(&name)).await?;
     Ok(ok(&json!({ "devices": devices })))
 }
 
+/// `POST /v1/vms/{name}/devices`: 201 when plugged now, 200 when only counted.
 pub async fn attach(
     State(svc): Svc,
     ConnectInfo(peer): PeerInfo,
@@ -182,6 +199,7 @@ pub async fn attach(
     Ok((status, Json(attached)).into_response())
 }
 
+/// `DELETE /v1/vms/{name}/devices/{id}`.
 pub async fn detach(
     State(svc): Svc,
     ConnectInfo(peer): PeerInfo,
