@@ -140,7 +140,8 @@ impl Service {
         self.metrics.render(&g)
     }
 
-    /// The host's PCI devices, with names (when a pci.ids file is configured).
+    /// The host's PCI devices, with names (when a pci.ids file is configured) and their
+    /// owners in the hostdev registry.
     ///
     /// # Errors
     /// sysfs cannot be read.
@@ -159,6 +160,14 @@ impl Service {
                 PciNames::empty()
             });
             inventory.apply_names(&names);
+        }
+        match self.hostdev().owners() {
+            Ok(owners) => {
+                for d in &mut inventory.devices {
+                    d.owner = owners.get(&d.address).map(ToString::to_string);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "no owners: the hostdev registry cannot be read"),
         }
         Ok(inventory)
     }

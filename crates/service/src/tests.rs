@@ -135,6 +135,8 @@ fn only_the_owner_or_root_changes_a_vm() {
     assert_eq!(err.class(), ErrorClass::Forbidden);
     svc.hostdev_prepare(Caller::new(1000), &mine).unwrap();
     assert_eq!(svc.hostdevs().unwrap().pci.len(), 1);
+    let inventory = svc.host_devices().unwrap();
+    assert_eq!(inventory.devices[0].owner.as_deref(), Some("plugboard/a"));
     let released = svc.hostdev_release(Caller::new(1000), &mine).unwrap();
     assert_eq!(released.len(), 1);
     assert_eq!(released[0].result, "reattached", "{released:?}");
