@@ -294,9 +294,16 @@ fn health_metrics_socket_mode_and_sigterm() {
     let meta = std::fs::metadata(&daemon.socket).unwrap();
     assert_eq!(meta.mode() & 0o777, 0o660);
     assert_eq!(meta.gid(), 1234);
-    assert_eq!(
-        daemon.request("GET", "/healthz", None),
-        (200, json!({"status": "ok"}))
+    let (status, health) = daemon.request("GET", "/healthz", None);
+    assert_eq!(status, 200);
+    assert_eq!(health["status"], "ok");
+    assert!(
+        health["sysfs_root"].as_str().unwrap().ends_with("/sys"),
+        "{health}"
+    );
+    assert!(
+        health["state_dir"].as_str().unwrap().ends_with("/state"),
+        "{health}"
     );
     assert_eq!(
         daemon.request("GET", "/v1/vms", None),

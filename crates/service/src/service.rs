@@ -111,6 +111,11 @@ impl Service {
         ))
     }
 
+    /// Where the service keeps its state and sees the host.
+    pub fn config(&self) -> &ServiceConfig {
+        &self.config
+    }
+
     /// The counters the HTTP layer records into.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics

@@ -46,8 +46,14 @@ fn caller(peer: &Peer) -> Caller {
 }
 
 /// `GET /healthz`: the daemon answers.
-pub async fn healthz() -> Response {
-    ok(&json!({"status": "ok"}))
+pub async fn healthz(State(svc): Svc) -> Response {
+    let config = svc.config();
+    ok(&json!({
+        "status": "ok",
+        "sysfs_root": config.sysfs.root(),
+        "dev_root": config.sysfs.dev_root(),
+        "state_dir": config.state_dir,
+    }))
 }
 
 /// `GET /metrics`: Prometheus text.
