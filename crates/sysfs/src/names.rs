@@ -2,9 +2,10 @@
 //!
 //! Names are a convenience: when the file is missing, every lookup is `None` and nothing
 //! fails. Parsing the whole 1.3 MB database costs tens of milliseconds, more than listing
-//! a host's devices, so [`PciNames::load_for`] first cuts the file down to the vendors
-//! actually present (plus the class table) with a cheap line scan, and hands only that
-//! excerpt to the parser. lspci reads the file for the same reason lazily.
+//! a host's devices, so [`PciNames::load_for_ids`] first cuts the file down to the entries
+//! the present devices need (plus the class table) with a cheap byte scan, and hands only
+//! that excerpt to the parser ([`PciNames::load_for`] keeps whole vendors). lspci reads the
+//! file lazily for the same reason.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -14,6 +15,7 @@ use std::path::Path;
 use pciid_parser::Database;
 
 use crate::error::SysfsError;
+use crate::inventory::PciIds;
 use crate::pci::PciClass;
 
 /// Where Debian's `pci.ids` package puts the database.
@@ -23,14 +25,6 @@ pub const DEFAULT_PCI_IDS: &str = "/usr/share/misc/pci.ids";
 #[derive(Debug, Default)]
 pub struct PciNames {
     db: Option<Database>,
-}
-
-fn vendor_of_line(line: &str) -> Option<u16> {
-    let id = line.get(0..4)?;
-    if !id.bytes().all(|b| b.is_ascii_hexdigit()) || !line[4..].starts_with(' ') {
-        return None;
-    }
-    u16::from_str_radix(id, 16).ok()
 }
 
 impl PciNames {
@@ -47,34 +41,48 @@ impl PciNames {
         Self::parse(path, &text)
     }
 
-    /// Loads only the given vendors' entries and the class table from `path`; a missing
-    /// file gives an empty table.
+    /// Loads only the given vendors' entries (all their devices) and the class table from
+    /// `path`; a missing file gives an empty table.
     pub fn load_for(
         path: &Path,
         vendors: impl IntoIterator<Item = u16>,
     ) -> Result<Self, SysfsError> {
-        let wanted: BTreeSet<u16> = vendors.into_iter().collect();
-        let Some(text) = read_db(path)? else {
-            return Ok(Self::empty());
+        let wanted = Wanted {
+            vendors: vendors.into_iter().collect(),
+            devices: BTreeSet::new(),
+            all_devices: true,
         };
-        let mut excerpt = String::with_capacity(64 * 1024);
-        let mut keep = false;
-        for line in text.lines() {
-            match line.as_bytes().first() {
-                None | Some(b'#') => continue,
-                Some(b'\t') => {}
-                Some(b'C') if line.starts_with("C ") => keep = true,
-                Some(_) => match vendor_of_line(line) {
-                    Some(vendor) => keep = wanted.contains(&vendor),
-                    None => keep = false,
-                },
-            }
-            if keep {
-                excerpt.push_str(line);
-                excerpt.push('\n');
-            }
+        Self::load_excerpt(path, &wanted)
+    }
+
+    /// Loads only what naming these devices needs: their vendors' and subsystem vendors'
+    /// names, their own device and subsystem entries, and the class table. This is the
+    /// fast path for listing a host: the excerpt handed to the parser is a few dozen lines.
+    pub fn load_for_ids(
+        path: &Path,
+        ids: impl IntoIterator<Item = PciIds>,
+    ) -> Result<Self, SysfsError> {
+        let mut wanted = Wanted {
+            vendors: BTreeSet::new(),
+            devices: BTreeSet::new(),
+            all_devices: false,
+        };
+        for id in ids {
+            wanted.vendors.insert(id.vendor);
+            wanted.vendors.insert(id.subsystem_vendor);
+            wanted.devices.insert((id.vendor, id.device));
         }
-        Self::parse(path, &excerpt)
+        Self::load_excerpt(path, &wanted)
+    }
+
+    fn load_excerpt(path: &Path, wanted: &Wanted) -> Result<Self, SysfsError> {
+        let bytes = match fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::empty()),
+            Err(e) => return Err(SysfsError::read(path, e)),
+        };
+        let excerpt = excerpt(&bytes, wanted);
+        Self::parse(path, &String::from_utf8_lossy(&excerpt))
     }
 
     fn parse(path: &Path, text: &str) -> Result<Self, SysfsError> {
@@ -130,6 +138,87 @@ impl PciNames {
     }
 }
 
+/// What to keep from the database.
+struct Wanted {
+    vendors: BTreeSet<u16>,
+    devices: BTreeSet<(u16, u16)>,
+    all_devices: bool,
+}
+
+fn hex4(bytes: &[u8]) -> Option<u16> {
+    let digits = bytes.get(..4)?;
+    let text = std::str::from_utf8(digits).ok()?;
+    if !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u16::from_str_radix(text, 16).ok()
+}
+
+/// The lines of `db` that `wanted` needs, in order: vendor lines of wanted vendors, their
+/// wanted device lines with their subsystem lines, and the whole class section (`C xx` to
+/// the end). Works on bytes: only each line's first bytes are looked at.
+fn excerpt(db: &[u8], wanted: &Wanted) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * 1024);
+    let mut vendor: Option<u16> = None;
+    let mut vendor_emitted = false;
+    let mut keep_device = false;
+    let mut rest = db;
+    while !rest.is_empty() {
+        let end = rest
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |i| i + 1);
+        let (line, tail) = rest.split_at(end);
+        rest = tail;
+        match line.first() {
+            Some(b'#' | b'\n') | None => {}
+            Some(b'C') if line.starts_with(b"C ") => {
+                // The class section runs to the end of the file.
+                out.extend_from_slice(line);
+                out.extend_from_slice(rest);
+                break;
+            }
+            Some(b'\t') if line.get(1) == Some(&b'\t') => {
+                if keep_device {
+                    out.extend_from_slice(line);
+                }
+            }
+            Some(b'\t') => {
+                keep_device = match (vendor, line.get(1..).and_then(hex4)) {
+                    (Some(v), Some(d)) => {
+                        (wanted.all_devices && wanted.vendors.contains(&v))
+                            || wanted.devices.contains(&(v, d))
+                    }
+                    _ => false,
+                };
+                if keep_device {
+                    if !vendor_emitted {
+                        // A device wanted under a vendor whose name was not: the parser
+                        // still needs the vendor line first.
+                        vendor_emitted = true;
+                        if let Some(v) = vendor {
+                            out.extend_from_slice(format!("{v:04x}  \n").as_bytes());
+                        }
+                    }
+                    out.extend_from_slice(line);
+                }
+            }
+            Some(_) => {
+                keep_device = false;
+                vendor = hex4(line).filter(|_| line.get(4) == Some(&b' '));
+                vendor_emitted = vendor.is_some_and(|v| wanted.vendors.contains(&v));
+                if vendor_emitted {
+                    out.extend_from_slice(line);
+                    if !line.ends_with(b"\n") {
+                        out.push(b'\n');
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 fn read_db(path: &Path) -> Result<Option<String>, SysfsError> {
     match fs::read(path) {
         Ok(bytes) => Ok(Some(String::from_utf8_lossy(&bytes).into_owned())),
@@ -164,7 +253,14 @@ C ff  Unassigned class
         std::fs::write(&path, SAMPLE).unwrap();
         let full = PciNames::load(&path).unwrap();
         let some = PciNames::load_for(&path, [0x8086]).unwrap();
-        for names in [&full, &some] {
+        let ids = PciIds {
+            vendor: 0x8086,
+            device: 0x10d3,
+            subsystem_vendor: 0x8086,
+            subsystem_device: 0xa01f,
+        };
+        let exact = PciNames::load_for_ids(&path, [ids]).unwrap();
+        for names in [&full, &some, &exact] {
             assert_eq!(names.vendor(0x8086), Some("Intel Corporation"));
             assert_eq!(
                 names.device(0x8086, 0x10d3),
@@ -187,6 +283,79 @@ C ff  Unassigned class
         assert_eq!(full.vendor(0x1af4), Some("Red Hat, Inc."));
         assert_eq!(some.vendor(0x1af4), None);
         assert_eq!(full.vendor(0x0d57), Some("Not Intel"));
+        // Only what was asked for: not the other vendors, not the other devices.
+        assert_eq!(exact.vendor(0x1af4), None);
+        assert_eq!(exact.device(0x8086, 0x10d4), None);
+    }
+
+    #[test]
+    fn a_device_without_a_wanted_vendor_name_still_parses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pci.ids");
+        std::fs::write(&path, SAMPLE).unwrap();
+        // Subsystem vendor 1af4 wanted, device 8086:10d3 wanted: both come out.
+        let ids = PciIds {
+            vendor: 0x8086,
+            device: 0x10d3,
+            subsystem_vendor: 0x1af4,
+            subsystem_device: 0x0001,
+        };
+        let names = PciNames::load_for_ids(&path, [ids]).unwrap();
+        assert_eq!(
+            names.device(0x8086, 0x10d3),
+            Some("82574L Gigabit Network Connection")
+        );
+        assert_eq!(names.vendor(0x1af4), Some("Red Hat, Inc."));
+    }
+
+    #[test]
+    fn real_database_lookup_agrees_with_full_parse() {
+        let path = Path::new(DEFAULT_PCI_IDS);
+        if !path.exists() {
+            return;
+        }
+        let full = PciNames::load(path).unwrap();
+        let pairs = [
+            (0x8086, 0x10d3, 0x8086, 0xa01f),
+            (0x1af4, 0x1041, 0x1af4, 0x1100),
+            (0x10de, 0x2330, 0x10de, 0x16c1),
+        ];
+        let ids = pairs.map(
+            |(vendor, device, subsystem_vendor, subsystem_device)| PciIds {
+                vendor,
+                device,
+                subsystem_vendor,
+                subsystem_device,
+            },
+        );
+        let fast = PciNames::load_for_ids(path, ids).unwrap();
+        for id in ids {
+            assert_eq!(fast.vendor(id.vendor), full.vendor(id.vendor));
+            assert_eq!(
+                fast.device(id.vendor, id.device),
+                full.device(id.vendor, id.device)
+            );
+            assert_eq!(
+                fast.subsystem(
+                    id.vendor,
+                    id.device,
+                    id.subsystem_vendor,
+                    id.subsystem_device
+                ),
+                full.subsystem(
+                    id.vendor,
+                    id.device,
+                    id.subsystem_vendor,
+                    id.subsystem_device
+                )
+            );
+        }
+        for class in [0x020000, 0x010802, 0x060400, 0x030200, 0x0c0330] {
+            assert_eq!(
+                fast.class(PciClass::new(class)),
+                full.class(PciClass::new(class))
+            );
+        }
     }
 
     #[test]

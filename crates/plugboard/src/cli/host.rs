@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use plugboard_sysfs::{
-    DevKind, DevNumber, IommuGroup, PciAddress, PciDeviceInfo, PciFilter, PciNames, Sysfs,
+    DevKind, DevNumber, IommuGroup, PciAddress, PciDeviceInfo, PciFilter, PciIds, PciNames, Sysfs,
 };
 use serde::Serialize;
 
@@ -69,11 +69,11 @@ pub struct NamesArgs {
 }
 
 impl NamesArgs {
-    fn load(&self, vendors: impl IntoIterator<Item = u16>) -> PciNames {
+    fn load(&self, ids: impl IntoIterator<Item = PciIds>) -> PciNames {
         if self.no_names {
             return PciNames::empty();
         }
-        PciNames::load_for(&self.pci_ids, vendors).unwrap_or_else(|err| {
+        PciNames::load_for_ids(&self.pci_ids, ids).unwrap_or_else(|err| {
             tracing::warn!(error = %err, "no device names");
             PciNames::empty()
         })
@@ -134,7 +134,7 @@ fn ls(
     let mut inventory = sysfs
         .pci_inventory()
         .with_context(|| format!("cannot list PCI devices under {}", sysfs.root().display()))?;
-    let db = names.load(inventory.vendors());
+    let db = names.load(inventory.devices.iter().map(|d| d.ids));
     inventory.apply_names(&db);
     inventory.retain(filter);
     for d in &mut inventory.devices {
@@ -261,7 +261,7 @@ fn groups(
         return Ok(());
     }
     let mut inventory = sysfs.pci_inventory()?;
-    let db = names.load(inventory.vendors());
+    let db = names.load(inventory.devices.iter().map(|d| d.ids));
     inventory.apply_names(&db);
     let by_address: BTreeMap<PciAddress, &PciDeviceInfo> =
         inventory.devices.iter().map(|d| (d.address, d)).collect();
@@ -346,7 +346,7 @@ fn show(
         .pci_device_info(address)
         .with_context(|| format!("cannot read PCI device {address}"))?;
     info.owner = owners.get(&address).cloned();
-    let db = names.load([info.ids.vendor, info.ids.subsystem_vendor]);
+    let db = names.load([info.ids]);
     info.apply_names(&db);
     let group = info
         .iommu_group
