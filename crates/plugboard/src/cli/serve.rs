@@ -34,11 +34,14 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<()> {
         .map(serve::resolve_group)
         .transpose()
         .context("--socket-group")?;
+    // Absolute, so `/healthz` tells clients exactly which host and state this daemon serves.
+    let absolute =
+        |p: &std::path::Path| std::path::absolute(p).with_context(|| format!("{}", p.display()));
     serve::run(&ServeOptions {
         socket: args.socket,
         group,
-        state_dir: global.state_dir.clone(),
-        sysfs: Sysfs::new(&global.sysfs_root).with_dev_root(&global.dev_root),
+        state_dir: absolute(&global.state_dir)?,
+        sysfs: Sysfs::new(absolute(&global.sysfs_root)?).with_dev_root(absolute(&global.dev_root)?),
         pci_ids: args.pci_ids.exists().then_some(args.pci_ids),
         unplug_timeout: std::time::Duration::from_secs(args.unplug_timeout),
     })
