@@ -33,6 +33,19 @@ fn devices_survive_a_restart_and_are_reconciled_with_qemu() {
     assert_eq!(status, 201, "{vm}");
     assert_eq!(vm["root_ports"], json!(["hp1", "hp2"]));
     assert_eq!(vm["owner_uid"], 0);
+    let (status, again) = daemon.request(
+        "POST",
+        "/v1/vms",
+        Some(&json!({"name": "vm2", "endpoint": {"kind": "qemu", "qmp_socket": qemu.qmp}})),
+    );
+    assert_eq!(status, 409, "one QEMU, one VM: {again}");
+    assert!(
+        again["message"]
+            .as_str()
+            .unwrap()
+            .contains("already registered with"),
+        "{again}"
+    );
 
     let attach = |path: &str, driver: &str| {
         let body = json!({"kind": "disk", "path": image(&dir.path().join(path)), "driver": driver});

@@ -66,6 +66,14 @@ pub enum ServiceError {
     /// A VM by that name exists.
     #[error("a VM named {0:?} is already registered")]
     VmExists(String),
+    /// Another VM is registered with the same hypervisor endpoint.
+    #[error("VM {vm:?} is already registered with {endpoint}")]
+    EndpointInUse {
+        /// The VM holding it.
+        vm: String,
+        /// The endpoint.
+        endpoint: String,
+    },
     /// No device with that id in the VM.
     #[error("VM {vm:?} has no device {id}")]
     NoSuchDevice {
@@ -161,9 +169,10 @@ impl ServiceError {
             Self::BadRequest(_) => ErrorClass::BadRequest,
             Self::Forbidden { .. } => ErrorClass::Forbidden,
             Self::NoSuchVm(_) | Self::NoSuchDevice { .. } => ErrorClass::NotFound,
-            Self::VmExists(_) | Self::VmHasDevices { .. } | Self::NotConnected { .. } => {
-                ErrorClass::Conflict
-            }
+            Self::VmExists(_)
+            | Self::EndpointInUse { .. }
+            | Self::VmHasDevices { .. }
+            | Self::NotConnected { .. } => ErrorClass::Conflict,
             Self::Connect { .. } => ErrorClass::Backend,
             Self::Device { source, .. } => device_class(source.as_ref()),
             Self::Hostdev { class, .. } => *class,

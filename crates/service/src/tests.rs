@@ -321,3 +321,62 @@ fn pci_passthrough_prepares_attaches_detaches_and_releases() {
     assert_eq!(driver(&f).as_deref(), Some("e1000e"));
     assert!(svc.hostdevs().unwrap().pci.is_empty());
 }
+
+#[test]
+fn a_vm_whose_hypervisor_is_gone_stays_listed_and_can_be_unregistered() {
+    let f = fixture();
+    let nic: plugboard_sysfs::PciAddress = "0000:02:00.0".parse().unwrap();
+    let (svc, _) = Service::open(f.config.clone()).unwrap();
+    svc.register_vm(Caller::new(1000), memory_vm("a")).unwrap();
+    let req = AttachRequest::Pci {
+        address: nic,
+        whole_group: false,
+    };
+    svc.attach(Caller::new(1000), "a", &req).unwrap();
+    drop(svc);
+    // The VM now points at a QEMU that is not there.
+    let db = rusqlite::Connection::open(f.config.state_dir.join("hostdev.db")).unwrap();
+    let record: String = db
+        .query_row("SELECT record FROM service_vms WHERE name = 'a'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(&record).unwrap();
+    record["endpoint"] = serde_json::json!({"kind": "qemu", "qmp_socket": "/nonexistent/qmp.sock"});
+    db.execute(
+        "UPDATE service_vms SET record = ?1 WHERE name = 'a'",
+        [record.to_string()],
+    )
+    .unwrap();
+    drop(db);
+
+    let (svc, report) = Service::open(f.config.clone()).unwrap();
+    assert_eq!(report.disconnected.len(), 1);
+    assert!(
+        report.disconnected[0].1.contains("/nonexistent/qmp.sock"),
+        "{:?}",
+        report.disconnected
+    );
+    let info = svc.vm_info("a").unwrap();
+    assert!(!info.connected);
+    assert_eq!(info.devices, 1, "the saved devices are still listed");
+    let err = svc
+        .attach(Caller::new(1000), "a", &disk(&f, "x.img"))
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Conflict, "{}", err.chain());
+    assert_eq!(
+        svc.unregister_vm(Caller::new(1001), "a")
+            .unwrap_err()
+            .class(),
+        ErrorClass::Forbidden
+    );
+    svc.unregister_vm(Caller::new(1000), "a").unwrap();
+    assert!(svc.vms().is_empty());
+    let driver = f.config.sysfs.pci_device(nic).unwrap().driver().unwrap();
+    assert_eq!(
+        driver.as_deref(),
+        Some("e1000e"),
+        "its host device was given back"
+    );
+    assert!(svc.hostdevs().unwrap().pci.is_empty());
+}

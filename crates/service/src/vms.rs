@@ -63,9 +63,7 @@ impl Service {
             #[cfg(any(test, feature = "test-util"))]
             Endpoint::Memory => {}
         }
-        if self.vms_read().contains_key(&name) {
-            return Err(ServiceError::VmExists(name));
-        }
+        self.check_free(&name, &request.endpoint)?;
         let backend = Backend::connect(&request.endpoint, &[], self.config.unplug_timeout)
             .map_err(|source| ServiceError::Connect {
                 vm: name.clone(),
@@ -85,6 +83,7 @@ impl Service {
         };
         let manager = plugboard_devices::DeviceManager::new(backend, manager_config(&record));
         let vm = Vm::new(record.clone(), Link::Connected(manager));
+        self.check_free(&name, &record.endpoint)?;
         let mut vms = self.vms_write();
         if vms.contains_key(&name) {
             return Err(ServiceError::VmExists(name));
@@ -97,20 +96,30 @@ impl Service {
         Ok(info)
     }
 
-    /// Forgets a VM that has no devices.
+    /// Forgets a VM that has no devices, or whose hypervisor is gone (its saved devices
+    /// are dropped and the host devices it held are released).
     ///
     /// # Errors
-    /// Unknown VM, not the owner or root, devices still there.
+    /// Unknown VM, not the owner or root, devices still there on a connected VM.
     pub fn unregister_vm(&self, caller: Caller, name: &str) -> Result<(), ServiceError> {
         let vm = self.vm(name)?;
         caller.may_change_vm(name, vm.record.owner_uid, "unregister")?;
         let _ops = vm.lock_ops();
-        let devices = vm.devices().len();
-        if devices > 0 {
-            return Err(ServiceError::VmHasDevices {
-                vm: name.to_owned(),
-                devices,
-            });
+        let devices = vm.devices();
+        if !devices.is_empty() {
+            if matches!(vm.link, Link::Connected(_)) {
+                return Err(ServiceError::VmHasDevices {
+                    vm: name.to_owned(),
+                    devices: devices.len(),
+                });
+            }
+            tracing::warn!(
+                vm = name,
+                devices = devices.len(),
+                "unregistering a disconnected VM; its saved devices are dropped"
+            );
+            let functions: Vec<_> = devices.iter().flat_map(pci_functions).collect();
+            self.release_passthrough(name, &functions);
         }
         let mut vms = self.vms_write();
         self.store().delete(name)?;
@@ -271,6 +280,26 @@ impl Service {
                 source,
             })?;
         self.store().save_devices(&vm.record.name, &json)
+    }
+
+    /// Refuses a name or an endpoint that a registered VM has.
+    fn check_free(&self, name: &str, endpoint: &Endpoint) -> Result<(), ServiceError> {
+        let vms = self.vms_read();
+        if vms.contains_key(name) {
+            return Err(ServiceError::VmExists(name.to_owned()));
+        }
+        if let Some(other) = vms.values().find(|vm| vm.record.endpoint == *endpoint) {
+            let endpoint = match endpoint {
+                Endpoint::Qemu { qmp_socket } => qmp_socket.display().to_string(),
+                #[cfg(any(test, feature = "test-util"))]
+                Endpoint::Memory => return Ok(()),
+            };
+            return Err(ServiceError::EndpointInUse {
+                vm: other.record.name.clone(),
+                endpoint,
+            });
+        }
+        Ok(())
     }
 
     pub(crate) fn vm(&self, name: &str) -> Result<Arc<Vm>, ServiceError> {
