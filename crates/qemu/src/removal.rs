@@ -155,6 +155,7 @@ pub fn wait_gone(
             return Ok(Departure::Event);
         }
     }
+    let mut last_request = Instant::now();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let slice = left.min(POLL_INTERVAL);
@@ -176,8 +177,27 @@ pub fn wait_gone(
                     after: timeout,
                 });
             }
+            None if last_request.elapsed() >= RENOTIFY_INTERVAL => {
+                renotify(client, id);
+                last_request = Instant::now();
+            }
             None => {}
         }
+    }
+}
+
+/// How long a guest gets to answer an unplug request before it is asked again.
+///
+/// A Linux guest still busy with a device's hot-add can miss the eject request that
+/// follows it (seen in the lab: `device_del` a few milliseconds after `device_add`, and
+/// no `DEVICE_DELETED` ever). A repeated `device_del` notifies the guest again; QEMU
+/// accepts it on a running VM and refuses it, harmlessly, on a paused one.
+pub const RENOTIFY_INTERVAL: Duration = Duration::from_secs(1);
+
+fn renotify(client: &mut QmpClient, id: &QemuId) {
+    match client.execute("device_del", Some(&json!({ "id": id.as_str() }))) {
+        Ok(_) => tracing::debug!(device = %id, "asked the guest again to release the device"),
+        Err(e) => tracing::debug!(device = %id, error = %e, "repeated device_del refused"),
     }
 }
 
@@ -418,6 +438,27 @@ mod tests {
             matches!(err, RemovalError::Backend { ref backend, .. } if backend == "vb0-fmt"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_guest_that_missed_the_request_is_asked_again() {
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let a = Arc::clone(&asked);
+        let fake = FakeQmp::start(move |cmd, _| match cmd {
+            // The guest answers only the second request.
+            "device_del" if a.fetch_add(1, Ordering::SeqCst) == 1 => vec![
+                Action::Return(json!({})),
+                Action::Event(
+                    "DEVICE_DELETED",
+                    json!({"device": "vb0", "path": "/machine/peripheral/vb0"}),
+                ),
+            ],
+            "qom-list" => vec![peripheral(true)],
+            _ => vec![Action::Return(json!({}))],
+        });
+        let how = unplug(&mut client(&fake), &disk_plan(), Duration::from_secs(5)).unwrap();
+        assert_eq!(how, Departure::Event);
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
     }
 
     #[test]
