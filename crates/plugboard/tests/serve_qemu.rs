@@ -195,3 +195,46 @@ fn sigterm_lets_an_in_flight_operation_finish_and_answer() {
     let (_, listed) = daemon.request("GET", "/v1/vms/vm1/devices", None);
     assert_eq!(listed["devices"][0]["attachments"], 1, "{listed}");
 }
+
+#[test]
+fn a_vm_whose_qemu_comes_back_is_reconnected_and_reconciled() {
+    let dir = tempfile::tempdir().unwrap();
+    let sysfs = empty_sysfs(dir.path());
+    let state = dir.path().join("state");
+    let qmp = dir.path().join("vm.qmp");
+    let qemu = Qemu::start_at(&qmp, 1);
+    let daemon = Daemon::start(dir.path(), &state, &sysfs, &[]);
+    let (status, _) = daemon.request(
+        "POST",
+        "/v1/vms",
+        Some(&json!({"name": "vm1", "endpoint": {"kind": "qemu", "qmp_socket": qmp}})),
+    );
+    assert_eq!(status, 201);
+    let body =
+        json!({"kind": "disk", "path": image(&dir.path().join("d.img")), "driver": "virtio-scsi"});
+    let (status, _) = daemon.request("POST", "/v1/vms/vm1/devices", Some(&body));
+    assert_eq!(status, 201);
+    assert!(daemon.stop().success());
+    drop(qemu);
+    let _ = std::fs::remove_file(&qmp);
+
+    let daemon = Daemon::start(dir.path(), &state, &sysfs, &[]);
+    let (_, vm) = daemon.request("GET", "/v1/vms/vm1", None);
+    assert_eq!(vm["connected"], false, "{vm}");
+    assert!(vm["reason"].as_str().unwrap().contains("vm.qmp"), "{vm}");
+    let (status, answer) = daemon.request("POST", "/v1/vms/vm1/devices", Some(&body));
+    assert_eq!(status, 409, "{answer}");
+    let (status, answer) = daemon.request("POST", "/v1/vms/vm1/reconnect", None);
+    assert_eq!(status, 409, "QEMU is still gone: {answer}");
+
+    // QEMU is back (a fresh one: the disk is not in it any more).
+    let _qemu = Qemu::start_at(&qmp, 1);
+    let (status, answer) = daemon.request("POST", "/v1/vms/vm1/reconnect", None);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["vm"]["connected"], true);
+    assert_eq!(answer["repairs"][0]["kind"], "forgotten", "{answer}");
+    let (status, answer) = daemon.request("POST", "/v1/vms/vm1/reconnect", None);
+    assert_eq!(status, 400, "connected already: {answer}");
+    let (status, answer) = daemon.request("POST", "/v1/vms/vm1/devices", Some(&body));
+    assert_eq!(status, 201, "{answer}");
+}

@@ -210,7 +210,11 @@ impl Service {
 }
 
 /// Reconnects one stored VM and reconciles its devices; saves the repaired state.
-fn restore(stored: StoredVm, store: &Store, unplug_timeout: Duration) -> (Vm, Vec<Repair>) {
+pub(crate) fn restore(
+    stored: StoredVm,
+    store: &Store,
+    unplug_timeout: Duration,
+) -> (Vm, Vec<Repair>) {
     let StoredVm { record, devices } = stored;
     let name = record.name.clone();
     let saved = match devices.as_deref().map(SavedState::from_json).transpose() {
@@ -309,7 +313,7 @@ fn restore(stored: StoredVm, store: &Store, unplug_timeout: Duration) -> (Vm, Ve
 }
 
 /// Gives back the host PCI functions of devices that reconciliation dropped.
-fn release_forgotten(hostdev: &mut HostdevManager, repairs: &[Repair]) {
+pub(crate) fn release_forgotten(hostdev: &mut HostdevManager, repairs: &[Repair]) {
     for repair in repairs {
         let Repair::Forgotten { vm, host_pci, .. } = repair else {
             continue;

@@ -364,6 +364,14 @@ fn a_vm_whose_hypervisor_is_gone_stays_listed_and_can_be_unregistered() {
         .attach(Caller::new(1000), "a", &disk(&f, "x.img"))
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Conflict, "{}", err.chain());
+    let err = svc.reconnect_vm(Caller::new(1000), "a").unwrap_err();
+    assert_eq!(
+        err.class(),
+        ErrorClass::Conflict,
+        "still not there: {}",
+        err.chain()
+    );
+    assert_eq!(svc.vm_info("a").unwrap().devices, 1);
     assert_eq!(
         svc.unregister_vm(Caller::new(1001), "a")
             .unwrap_err()

@@ -11,7 +11,9 @@ use crate::auth::Caller;
 use crate::backend::{Backend, Endpoint};
 use crate::error::ServiceError;
 use crate::passthrough::{pci_functions, spec_pci_functions};
-use crate::service::Service;
+use crate::reconcile::Repair;
+use crate::service::{Service, release_forgotten, restore};
+use crate::store::StoredVm;
 use crate::vm::{Link, RegisterVm, Vm, VmInfo, VmRecord, validate_name};
 
 /// What an attach did.
@@ -126,6 +128,58 @@ impl Service {
         vms.remove(name);
         tracing::info!(vm = name, "VM unregistered");
         Ok(())
+    }
+
+    /// Connects a VM whose hypervisor was not reachable (it came back, or was restarted
+    /// at the same socket), reconciling its saved devices as at start.
+    ///
+    /// # Errors
+    /// Unknown VM, not the owner or root, a VM that is connected already
+    /// ([`ServiceError::BadRequest`]), a hypervisor still not reachable.
+    pub fn reconnect_vm(
+        &self,
+        caller: Caller,
+        name: &str,
+    ) -> Result<(VmInfo, Vec<Repair>), ServiceError> {
+        let old = self.vm(name)?;
+        caller.may_change_vm(name, old.record.owner_uid, "reconnect")?;
+        let _ops = old.lock_ops();
+        let saved = match &old.link {
+            Link::Connected(_) => {
+                return Err(ServiceError::BadRequest(format!(
+                    "VM {name:?} is connected already"
+                )));
+            }
+            Link::Disconnected { saved, .. } => saved.clone(),
+        };
+        let devices = saved
+            .as_ref()
+            .map(|s| s.to_json())
+            .transpose()
+            .map_err(|source| ServiceError::Persist {
+                vm: name.to_owned(),
+                source,
+            })?;
+        let stored = StoredVm {
+            record: old.record.clone(),
+            devices,
+        };
+        let (vm, repairs) = restore(stored, &self.store(), self.config.unplug_timeout);
+        release_forgotten(&mut self.hostdev(), &repairs);
+        if let Link::Disconnected { reason, .. } = &vm.link {
+            return Err(ServiceError::NotConnected {
+                vm: name.to_owned(),
+                reason: reason.clone(),
+            });
+        }
+        let info = vm.info();
+        self.vms_write().insert(name.to_owned(), Arc::new(vm));
+        tracing::info!(
+            vm = name,
+            repairs = repairs.len(),
+            "VM reconnected on request"
+        );
+        Ok((info, repairs))
     }
 
     /// Every VM.

@@ -39,6 +39,11 @@ pub enum VmCommand {
     },
     /// List the registered VMs.
     Ls,
+    /// Reconnect a VM whose QEMU was not reachable (restarted at the same socket).
+    Reconnect {
+        /// The VM.
+        name: String,
+    },
     /// Forget a VM (it must have no devices).
     Unregister {
         /// The VM.
@@ -134,6 +139,17 @@ pub fn run(global: &Global, args: VmArgs) -> anyhow::Result<()> {
                 ]);
             }
             print_rows(&rows);
+            Ok(())
+        }
+        VmCommand::Reconnect { name } => {
+            let answer: Value = client.call("POST", &format!("/v1/vms/{name}/reconnect"), None)?;
+            if global.json {
+                return print_json(&answer);
+            }
+            println!("reconnected VM {name}");
+            for r in answer["repairs"].as_array().into_iter().flatten() {
+                println!("repaired: {r}");
+            }
             Ok(())
         }
         VmCommand::Unregister { name } => {

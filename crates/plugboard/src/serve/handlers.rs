@@ -183,6 +183,16 @@ pub async fn unregister_vm(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// `POST /v1/vms/{name}/reconnect`: a disconnected VM's hypervisor, again.
+pub async fn reconnect_vm(
+    State(svc): Svc,
+    ConnectInfo(peer): PeerInfo,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let (vm, repairs) = blocking(move || svc.reconnect_vm(caller(&peer), &name)).await?;
+    Ok(ok(&json!({ "vm": vm, "repairs": repairs })))
+}
+
 /// `GET /v1/vms/{name}/devices`.
 pub async fn devices(State(svc): Svc, Path(name): Path<String>) -> Result<Response, ApiError> {
     let devices = blocking(move || svc.devices(&name)).await?;

@@ -44,6 +44,7 @@ pub fn router(service: Arc<Service>) -> Router {
             "/v1/vms/{name}",
             get(handlers::vm).delete(handlers::unregister_vm),
         )
+        .route("/v1/vms/{name}/reconnect", post(handlers::reconnect_vm))
         .route(
             "/v1/vms/{name}/devices",
             get(handlers::devices).post(handlers::attach),

@@ -157,7 +157,12 @@ pub struct Qemu {
 impl Qemu {
     /// Starts it with `ports` root ports.
     pub fn start(dir: &Path, ports: u8) -> Self {
-        let qmp = dir.join(format!("qmp-{}.sock", unique()));
+        Self::start_at(&dir.join(format!("qmp-{}.sock", unique())), ports)
+    }
+
+    /// Starts it with `ports` root ports and its QMP socket at `qmp`.
+    pub fn start_at(qmp: &Path, ports: u8) -> Self {
+        let qmp = qmp.to_path_buf();
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args([
             "-machine",
