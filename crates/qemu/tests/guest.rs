@@ -199,6 +199,15 @@ fn a_qcow2_disk_appears_in_the_guest_and_goes_away() {
     wait_path(&mut guest, "/sys/block/vda", false);
     m.detach(a).unwrap();
     wait_path(&mut guest, "/sys/block/vda", true);
+
+    // Detach right after attach, while the guest is still handling the hot-add: a guest can
+    // miss that unplug request; the removal asks again and still completes.
+    for _ in 0..3 {
+        m.attach(a).unwrap();
+        m.detach(a).unwrap();
+    }
+    wait_path(&mut guest, "/sys/block/vda", true);
+    assert!(!peripherals(&m).to_string().contains("drive-"));
     guest.shutdown().unwrap();
 }
 
