@@ -611,6 +611,43 @@ fn coldplugged_devices_render_as_arguments_qemu_accepts() {
 }
 
 #[test]
+fn a_failed_device_add_rolls_back_nodes_and_chardevs_in_qemu() {
+    let qemu = BareQemu::builder().shared_memory(true).start();
+    let hv = QemuHypervisor::connect(qemu.qmp_socket(), config()).unwrap();
+    let image = qemu.image("r.qcow2", "qcow2", "4M");
+    let disk = plugboard_qemu::block::Disk::new(
+        plugboard_qemu::block::DiskSource::File(image),
+        plugboard_qemu::block::DiskFormat::Qcow2,
+    );
+    let (nodes_before, chardevs_before) = (nodes(&hv), chardevs(&hv));
+    let plan = plugboard_qemu::block::virtio_blk(
+        "rb0".parse().unwrap(),
+        &disk,
+        Some("no-such-port"),
+        None,
+    );
+    let err = hv.plug(&plan).unwrap_err();
+    let QemuError::Hotplug(plugboard_qemu::HotplugError::Step { step, rollback, .. }) = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(step, "device_add rb0");
+    assert_eq!(rollback.undone, ["rb0-fmt", "rb0-file"]);
+    assert_eq!(nodes(&hv), nodes_before);
+
+    let backend = Backend::storage_daemon("4M").unwrap();
+    let dev = plugboard_qemu::vhost_user::VhostUser {
+        socket: backend.socket().to_owned(),
+        kind: plugboard_qemu::vhost_user::VhostUserKind::Blk { queues: Some(1) },
+    };
+    let plan =
+        plugboard_qemu::vhost_user::vhost_user("rv0".parse().unwrap(), &dev, Some("no-such-port"));
+    let err = hv.plug(&plan).unwrap_err();
+    assert!(err.to_string().contains("rolled back"), "{err}");
+    assert_eq!(chardevs(&hv), chardevs_before);
+    assert!(peripherals(&hv).iter().all(|p| p != "rb0" && p != "rv0"));
+}
+
+#[test]
 fn removal_of_something_already_gone_finishes_cleanly() {
     let qemu = BareQemu::builder().start();
     let hv = QemuHypervisor::connect(qemu.qmp_socket(), config()).unwrap();
