@@ -177,3 +177,198 @@ fn plug_error(device: DeviceId, error: QemuError) -> HypervisorError {
     }
     backend(device, error)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use plugboard_devices::{
+        BlockDriver, BlockIndex, BlockPlug, BlockSpec, HostFunction, PciAddress, RootPort,
+        VfioBackend, VfioFunction, VfioFunctionPlug, VfioPlug,
+    };
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::hypervisor::QemuConfig;
+    use crate::qmp::fake::{Action, FakeQmp};
+
+    /// A fake VM with two empty root ports and shared memory; `extra` answers the rest.
+    fn fake_vm(
+        mut extra: impl FnMut(&str, &Value) -> Option<Vec<Action>> + Send + 'static,
+    ) -> FakeQmp {
+        FakeQmp::start(move |cmd, args| {
+            if let Some(actions) = extra(cmd, args) {
+                return actions;
+            }
+            match (cmd, args["path"].as_str()) {
+                ("qom-list", Some("/machine/peripheral")) => vec![Action::Return(json!([
+                    {"name": "hp1", "type": "child<pcie-root-port>"},
+                    {"name": "hp2", "type": "child<pcie-root-port>"},
+                ]))],
+                ("qom-list", _) => vec![Action::Return(json!([]))],
+                ("qom-get", _) => vec![Action::Return(json!(40))],
+                ("query-memdev", _) => vec![Action::Return(json!([{"id": "mem", "share": true}]))],
+                _ => vec![Action::Return(json!({}))],
+            }
+        })
+    }
+
+    fn hv(fake: &FakeQmp) -> QemuHypervisor {
+        let config = QemuConfig {
+            unplug_timeout: Duration::from_secs(2),
+            ..QemuConfig::default()
+        };
+        QemuHypervisor::connect(fake.socket(), config).unwrap()
+    }
+
+    fn disk(fake: &FakeQmp, driver: BlockDriver, mode: PlugMode) -> PlugRequest {
+        let path = fake.dir().join("d.raw");
+        std::fs::write(&path, [0u8; 512]).unwrap();
+        let id = DeviceId::from_raw(9);
+        PlugRequest {
+            device: id,
+            mode,
+            plug: Plug::Block(BlockPlug {
+                name_id: id.name_id("drive"),
+                spec: BlockSpec::new(path, driver),
+                index: BlockIndex::try_from(0).unwrap(),
+                drive_name: None,
+                scsi_address: None,
+                port: Some(RootPort::new(0)),
+            }),
+        }
+    }
+
+    fn vfio_pair() -> PlugRequest {
+        let id = DeviceId::from_raw(5);
+        let function = |f: u8| VfioFunctionPlug {
+            name_id: id.name_id(&format!("vfio-{f}")),
+            function: VfioFunction {
+                host: HostFunction::Pci(format!("0000:65:00.{f}").parse::<PciAddress>().unwrap()),
+                sysfs_path: format!("/sys/bus/pci/devices/0000:65:00.{f}").into(),
+                class: None,
+                is_pcie: true,
+                large_bar: false,
+            },
+            port: Some(RootPort::new(u32::from(f))),
+        };
+        PlugRequest {
+            device: id,
+            mode: PlugMode::Hot,
+            plug: Plug::Vfio(VfioPlug {
+                backend: VfioBackend::Group { group: 3 },
+                functions: vec![function(0), function(1)],
+            }),
+        }
+    }
+
+    #[test]
+    fn a_vfio_group_is_all_or_nothing() {
+        let fake = fake_vm(
+            |cmd, args| match (cmd, args["id"].as_str(), args["host"].as_str()) {
+                ("device_add", _, Some("0000:65:00.1")) => {
+                    Some(vec![Action::Error("group 3 is not viable".into())])
+                }
+                ("device_del", Some(id), _) => Some(vec![
+                    Action::Return(json!({})),
+                    Action::Event(
+                        "DEVICE_DELETED",
+                        json!({"device": id, "path": format!("/machine/peripheral/{id}")}),
+                    ),
+                ]),
+                _ => None,
+            },
+        );
+        let hv = hv(&fake);
+        let err = hv.hotplug_add(&vfio_pair()).unwrap_err();
+        assert!(matches!(err, HypervisorError::Backend { .. }), "{err:?}");
+        let tail: Vec<String> = fake
+            .commands()
+            .into_iter()
+            .filter(|c| c.starts_with("device"))
+            .collect();
+        assert_eq!(
+            tail,
+            ["device_add", "device_add", "device_del"],
+            "the first function is taken back out"
+        );
+    }
+
+    #[test]
+    fn a_duplicate_is_already_plugged_and_a_good_plug_reports_the_pci_path() {
+        let fake = fake_vm(|cmd, args| match (cmd, args["node-name"].as_str()) {
+            ("blockdev-add", Some(n)) if n.ends_with("-file") && n.contains("dup") => {
+                Some(vec![Action::Error(format!(
+                    "Duplicate nodes with node-name='{n}'"
+                ))])
+            }
+            _ => None,
+        });
+        let hv = hv(&fake);
+        let view = hv
+            .hotplug_add(&disk(&fake, BlockDriver::VirtioBlk, PlugMode::Hot))
+            .unwrap();
+        // qom-get addr 40 = slot 5.
+        assert_eq!(
+            view.pci_paths
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>(),
+            ["05/00"]
+        );
+        let mut dup = disk(&fake, BlockDriver::VirtioBlk, PlugMode::Hot);
+        if let Plug::Block(b) = &mut dup.plug {
+            b.name_id = "dup-1".into();
+        }
+        let err = hv.hotplug_add(&dup).unwrap_err();
+        assert!(
+            matches!(err, HypervisorError::AlreadyPlugged { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn nvdimm_removal_is_not_removable() {
+        let fake = fake_vm(|_, _| None);
+        let hv = hv(&fake);
+        let request = disk(&fake, BlockDriver::Nvdimm, PlugMode::Hot);
+        hv.hotplug_add(&request).unwrap();
+        let err = hv.hotplug_remove(&request).unwrap_err();
+        assert!(
+            matches!(err, HypervisorError::NotRemovable { .. }),
+            "{err:?}"
+        );
+        assert!(!fake.commands().contains(&"device_del".to_owned()));
+    }
+
+    #[test]
+    fn coldplug_collects_boot_args_until_the_vm_runs() {
+        let fake = fake_vm(|_, _| None);
+        let hv = QemuHypervisor::new(QemuConfig {
+            root_ports: vec!["hp1".into()],
+            ..QemuConfig::default()
+        });
+        let request = disk(&fake, BlockDriver::VirtioBlk, PlugMode::Cold);
+        hv.coldplug(&request).unwrap();
+        assert!(matches!(
+            hv.coldplug(&request),
+            Err(HypervisorError::AlreadyPlugged { .. })
+        ));
+        let args = hv.boot_args();
+        assert_eq!(args.iter().filter(|a| *a == "-blockdev").count(), 2);
+        assert!(args.last().unwrap().contains("\"bus\":\"hp1\""), "{args:?}");
+        // Removing a cold device before start takes it out of the boot arguments.
+        hv.hotplug_remove(&request).unwrap();
+        assert!(hv.boot_args().is_empty());
+        assert!(matches!(
+            hv.hotplug_remove(&request),
+            Err(HypervisorError::NotPlugged { .. })
+        ));
+        // Once the VM runs, coldplug is refused.
+        hv.attach(fake.socket()).unwrap();
+        assert!(matches!(
+            hv.coldplug(&request),
+            Err(HypervisorError::Unsupported { .. })
+        ));
+    }
+}

@@ -208,3 +208,225 @@ fn vfio_plans(v: &VfioPlug, vm: VmLayout<'_>) -> Result<Vec<Plan>, RequestError>
     }
     Ok(plans)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use plugboard_devices::{
+        BlockIndex, BlockSpec, DeviceId, FsCache, HostFunction, MacAddress, PciAddress, PlugMode,
+        ScsiAddress as ManagerScsi, VfioFunction, VfioFunctionPlug, VhostUserSpec,
+    };
+    use serde_json::json;
+
+    use super::*;
+    use crate::plan::Backend;
+
+    static POOL: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| vec!["hp1".to_owned(), "hp2".to_owned()]);
+
+    fn layout(ports: &[String]) -> VmLayout<'_> {
+        VmLayout {
+            ports,
+            scsi_controller: Some("scsi0"),
+            portless_ok: false,
+            for_removal: false,
+        }
+    }
+
+    fn ports() -> &'static [String] {
+        &POOL
+    }
+
+    fn block(path: &Path, driver: BlockDriver, port: Option<u32>) -> PlugRequest {
+        let id = DeviceId::from_raw(1);
+        PlugRequest {
+            device: id,
+            mode: PlugMode::Hot,
+            plug: Plug::Block(BlockPlug {
+                name_id: id.name_id("drive"),
+                spec: BlockSpec::new(path, driver),
+                index: BlockIndex::try_from(3).unwrap(),
+                drive_name: None,
+                scsi_address: ManagerScsi::from_index(3).ok(),
+                port: port.map(RootPort::new),
+            }),
+        }
+    }
+
+    fn vhost(device: VhostUserDevice) -> PlugRequest {
+        let id = DeviceId::from_raw(2);
+        PlugRequest {
+            device: id,
+            mode: PlugMode::Hot,
+            plug: Plug::VhostUser(VhostUserPlug {
+                name_id: id.name_id("vu"),
+                spec: VhostUserSpec {
+                    socket: "/run/be.sock".into(),
+                    device,
+                },
+                index: None,
+                drive_name: None,
+                port: Some(RootPort::new(0)),
+            }),
+        }
+    }
+
+    #[test]
+    fn the_managers_port_number_picks_the_pools_port() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let p = plans(
+            &block(f.path(), BlockDriver::VirtioBlk, Some(1)),
+            layout(ports()),
+        )
+        .unwrap();
+        assert_eq!(p[0].bus(), Some("hp2"));
+        assert_eq!(p[0].id.as_str(), "drive-0000000000000001");
+        let err = plans(
+            &block(f.path(), BlockDriver::VirtioBlk, Some(2)),
+            layout(ports()),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, RequestError::UnknownPort { pool: 2, .. }),
+            "{err}"
+        );
+        let err = plans(
+            &block(f.path(), BlockDriver::VirtioBlk, None),
+            layout(ports()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, RequestError::NoPort { .. }), "{err}");
+        let cold = VmLayout {
+            portless_ok: true,
+            ..layout(ports())
+        };
+        let p = plans(&block(f.path(), BlockDriver::VirtioBlk, None), cold).unwrap();
+        assert_eq!(p[0].bus(), None);
+    }
+
+    #[test]
+    fn scsi_needs_a_controller_and_mmio_is_unsupported() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let p = plans(
+            &block(f.path(), BlockDriver::VirtioScsi, None),
+            layout(ports()),
+        )
+        .unwrap();
+        assert_eq!(p[0].device["bus"], "scsi0.0");
+        assert_eq!(
+            (p[0].device["scsi-id"].clone(), p[0].device["lun"].clone()),
+            (json!(0), json!(3))
+        );
+        let none = VmLayout {
+            scsi_controller: None,
+            ..layout(ports())
+        };
+        let err = plans(&block(f.path(), BlockDriver::VirtioScsi, None), none).unwrap_err();
+        assert!(matches!(err, RequestError::Unsupported { .. }), "{err}");
+        let err = plans(
+            &block(f.path(), BlockDriver::VirtioMmio, None),
+            layout(ports()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, RequestError::Unsupported { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_fails_a_plug_but_not_a_removal() {
+        let gone = Path::new("/nonexistent/disk.raw");
+        let err = plans(
+            &block(gone, BlockDriver::VirtioBlk, Some(0)),
+            layout(ports()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, RequestError::Block(_)), "{err}");
+        let removal = VmLayout {
+            for_removal: true,
+            ..layout(ports())
+        };
+        assert_eq!(
+            plans(&block(gone, BlockDriver::VirtioBlk, Some(0)), removal)
+                .unwrap()
+                .len(),
+            1
+        );
+        let p = plans(&block(gone, BlockDriver::Nvdimm, None), removal).unwrap();
+        assert!(!p[0].removable);
+    }
+
+    #[test]
+    fn vhost_user_kinds_map_to_their_devices() {
+        let blk = plans(
+            &vhost(VhostUserDevice::Blk {
+                driver: BlockDriver::VirtioBlk,
+            }),
+            layout(ports()),
+        )
+        .unwrap();
+        assert_eq!(blk[0].driver(), "vhost-user-blk-pci");
+        assert_eq!(blk[0].device["num-queues"], 1);
+        let mac: MacAddress = "52:54:00:aa:bb:cc".parse().unwrap();
+        let net = plans(&vhost(VhostUserDevice::Net { mac }), layout(ports())).unwrap();
+        assert_eq!(net[0].device["mac"], "52:54:00:aa:bb:cc");
+        assert!(matches!(net[0].backends[1], Backend::Netdev { .. }));
+        let fs = plans(
+            &vhost(VhostUserDevice::Fs {
+                tag: "share".into(),
+                cache: FsCache::Auto,
+            }),
+            layout(ports()),
+        )
+        .unwrap();
+        assert_eq!(fs[0].device["tag"], "share");
+        let err = plans(
+            &vhost(VhostUserDevice::Blk {
+                driver: BlockDriver::VirtioMmio,
+            }),
+            layout(ports()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, RequestError::Unsupported { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_cdev_group_shares_one_iommufd_object_owned_by_its_first_function() {
+        let id = DeviceId::from_raw(3);
+        let function = |f: u8, port: u32| VfioFunctionPlug {
+            name_id: id.name_id(&format!("vfio-{f}")),
+            function: VfioFunction {
+                host: HostFunction::Pci(format!("0000:65:00.{f}").parse::<PciAddress>().unwrap()),
+                sysfs_path: format!("/sys/bus/pci/devices/0000:65:00.{f}").into(),
+                class: None,
+                is_pcie: true,
+                large_bar: false,
+            },
+            port: Some(RootPort::new(port)),
+        };
+        let request = |backend| PlugRequest {
+            device: id,
+            mode: PlugMode::Hot,
+            plug: Plug::Vfio(VfioPlug {
+                backend,
+                functions: vec![function(0, 0), function(1, 1)],
+            }),
+        };
+        let p = plans(&request(VfioBackend::Cdev { index: 4 }), layout(ports())).unwrap();
+        assert_eq!(p.len(), 2);
+        assert_eq!(
+            p[0].backends.len(),
+            1,
+            "the first function creates the object"
+        );
+        assert!(p[1].backends.is_empty(), "the second one only uses it");
+        assert_eq!(p[0].device["iommufd"], p[1].device["iommufd"]);
+        assert_eq!(p[1].device["host"], "0000:65:00.1");
+        assert_eq!(p[1].bus(), Some("hp2"));
+        let legacy = plans(&request(VfioBackend::Group { group: 7 }), layout(ports())).unwrap();
+        assert!(
+            legacy
+                .iter()
+                .all(|p| p.backends.is_empty() && p.device.get("iommufd").is_none())
+        );
+    }
+}
