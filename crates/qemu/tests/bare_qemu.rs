@@ -114,6 +114,9 @@ fn the_client_talks_to_a_real_qemu() {
         c.execute("query-status", None).unwrap()["running"],
         json!(false)
     );
+    // A reply of a few hundred kilobytes arrives in many reads and parses whole.
+    let schema = c.execute("query-qmp-schema", None).unwrap();
+    assert!(schema.as_array().unwrap().len() > 100);
     let err = c.execute("no-such-command", None).unwrap_err();
     assert_eq!(err.failure().unwrap().class, "CommandNotFound");
     c.execute("cont", None).unwrap();
