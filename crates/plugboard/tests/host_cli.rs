@@ -323,6 +323,17 @@ fn errors_are_one_line_and_name_the_object() {
     }
     let err = stderr_of_failure(&f, &["host", "resolve", "x", "8:0"]);
     assert!(err.contains("is not a device kind"), "{err}");
+    // A mistyped root is an error, not an empty host.
+    let out = Command::new(env!("CARGO_BIN_EXE_plugboard"))
+        .args(["--sysfs-root", "/nonexistent/sys", "host", "ls"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("sysfs root not found: no /nonexistent/sys"),
+        "{err}"
+    );
 }
 
 #[test]

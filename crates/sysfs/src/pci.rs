@@ -153,8 +153,16 @@ pub struct PciDevice {
 
 impl Sysfs {
     /// Every PCI function on the host, sorted by address. Entries of
-    /// `bus/pci/devices` that are not PCI addresses are skipped with a warning.
+    /// `bus/pci/devices` that are not PCI addresses are skipped with a warning. A host
+    /// without a PCI bus has none; a root that does not exist at all is
+    /// [`SysfsError::NotFound`] (a mistyped `--sysfs-root` should not look like an empty host).
     pub fn pci_addresses(&self) -> Result<Vec<PciAddress>, SysfsError> {
+        if !attr::is_dir(self.root()) {
+            return Err(SysfsError::NotFound {
+                what: "sysfs root".to_owned(),
+                path: self.root().to_owned(),
+            });
+        }
         let dir = self.pci_devices_dir();
         let mut addresses: Vec<PciAddress> = attr::list_dir(&dir)?
             .into_iter()
