@@ -95,6 +95,28 @@ impl Drop for Restore {
     }
 }
 
+/// The `plugboard` binary packed into the guest.
+fn plugboard_bin() -> String {
+    std::env::var("PLUGBOARD_BIN").unwrap_or_else(|_| "/usr/bin/plugboard".to_owned())
+}
+
+fn plugboard_text(args: &[&str]) -> String {
+    let out = std::process::Command::new(plugboard_bin())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "plugboard {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn plugboard(args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&plugboard_text(args)).unwrap()
+}
+
 fn char_number(path: &Path) -> DevNumber {
     let meta = std::fs::metadata(path).unwrap();
     assert!(
@@ -199,7 +221,13 @@ fn binds_an_e1000e_to_vfio_pci_and_back() {
     for node in [&group_node, &cdev] {
         let number = char_number(node);
         assert_eq!(&sysfs.resolve_devnode(DevKind::Char, number).unwrap(), node);
+        let shown = plugboard_text(&["host", "resolve", "c", &number.to_string()]);
+        assert_eq!(shown.trim(), node.display().to_string());
     }
+    let shown = plugboard(&["--json", "host", "show", &nic.address().to_string()]);
+    assert_eq!(shown["device"]["driver"], "vfio-pci");
+    assert_eq!(shown["device"]["driver_kind"], "vfio-pci");
+    assert_eq!(shown["iommu_group"]["viable"], true);
     // Reset works while vfio-pci holds the device (when the kernel offers one).
     if nic.reset_methods().unwrap().can_reset {
         nic.reset().unwrap();
@@ -246,6 +274,30 @@ fn multi_device_group_is_not_viable_until_every_member_is_on_vfio() {
     let expected: Vec<PciAddress> = rest.iter().map(PciDevice::address).collect();
     assert_eq!(blockers, expected);
     assert!(sysfs.vfio_group_node(group.number).exists());
+
+    // What the operator sees: `plugboard host groups` says the same.
+    let groups = plugboard(&["--json", "host", "groups"]);
+    let shown = groups["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["number"] == group.number)
+        .unwrap();
+    assert_eq!(shown["viable"], false);
+    let shown_blockers: Vec<String> = shown["blockers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b.as_str().unwrap().to_owned())
+        .collect();
+    let expected_text: Vec<String> = expected.iter().map(ToString::to_string).collect();
+    assert_eq!(shown_blockers, expected_text);
+    let table = plugboard_text(&["host", "groups"]);
+    eprintln!("{table}");
+    assert!(table.contains(&format!(
+        "IOMMU group {}: not viable: blocked by",
+        group.number
+    )));
 
     for nic in rest {
         nic.bind("vfio-pci").unwrap();
