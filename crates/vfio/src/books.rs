@@ -1,90 +1,142 @@
-//! The legacy container's books of its DMA mappings: IOVA → (length, user address).
+//! The legacy container's books of its DMA mappings.
 //!
 //! The kernel throws a container's mappings away when its last group leaves; the container
-//! maps them again from these books when a group joins (see `container.rs`). The books sit
-//! on the DMA hot path (one insert per map, one removal per unmap, a VMM may map guest
-//! memory 4 KiB at a time), so they are a hash map keyed by IOVA with a cheap multiplicative
-//! hash instead of SipHash or a B-tree, and an unmap of exactly one mapping (the common
-//! case) is a single removal. An unmap covering several mappings scans the books.
+//! maps them again from these books when a group joins (see `container.rs`). The books must
+//! keep each mapping as it was made, because type1v2 refuses to unmap part of a mapping: a
+//! VMM that mapped 4 KiB pieces unmaps 4 KiB pieces, and after a replay those must still be
+//! separate mappings in the kernel.
+//!
+//! They sit on the DMA hot path (one record per map, one removal per unmap, and a VMM may
+//! map guest memory 4 KiB at a time), so they store *runs*: mappings of one size at
+//! consecutive IOVAs backed by consecutive user addresses are one entry
+//! `(start, piece, count, vaddr)`. Mapping guest memory piece by piece extends one run;
+//! unmapping the first or last piece shrinks it; unmapping from the middle splits it. A
+//! B-tree keyed by the run's first IOVA finds the run around an address.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::BTreeMap;
 
-/// One DMA mapping: its length and user address.
+/// Mappings of `piece` bytes each, `count` of them, the first at the key's IOVA and
+/// `vaddr`, each next one `piece` further in both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Booked {
+struct Run {
+    piece: u64,
+    count: u64,
+    vaddr: u64,
+}
+
+impl Run {
+    fn len(&self) -> u64 {
+        self.piece * self.count
+    }
+}
+
+/// One mapping, as replayed: IOVA, length, user address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Mapping {
+    pub(crate) iova: u64,
     pub(crate) len: u64,
     pub(crate) vaddr: u64,
 }
 
-/// Fibonacci hashing of the page number: IOVAs are page-aligned and often consecutive, and
-/// the product spreads them over both the low bits (bucket) and high bits (tag) hashbrown
-/// uses.
-#[derive(Debug, Default, Clone, Copy)]
-struct IovaHasher(u64);
-
-const GOLDEN: u64 = 0x9e37_79b9_7f4a_7c15;
-
-impl Hasher for IovaHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(GOLDEN);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0 ^ (n >> 12)).wrapping_mul(GOLDEN);
-    }
-}
-
 /// The books.
 #[derive(Debug, Default)]
-pub(crate) struct Books(HashMap<u64, Booked, BuildHasherDefault<IovaHasher>>);
+pub(crate) struct Books {
+    runs: BTreeMap<u64, Run>,
+    mappings: usize,
+}
 
 impl Books {
-    /// Records a mapping made at `iova`.
-    pub(crate) fn insert(&mut self, iova: u64, booked: Booked) {
-        self.0.insert(iova, booked);
+    /// Records a mapping of `len` bytes at `vaddr` made at `iova` (not overlapping any
+    /// recorded one: the kernel refused those).
+    pub(crate) fn insert(&mut self, iova: u64, len: u64, vaddr: u64) {
+        self.mappings += 1;
+        if let Some((&start, run)) = self.runs.range_mut(..iova).next_back()
+            && run.piece == len
+            && start + run.len() == iova
+            && run.vaddr + run.len() == vaddr
+        {
+            run.count += 1;
+            return;
+        }
+        self.runs.insert(
+            iova,
+            Run {
+                piece: len,
+                count: 1,
+                vaddr,
+            },
+        );
     }
 
     /// Forgets the mappings that start inside `[iova, iova + len)`; returns the bytes
     /// forgotten.
     pub(crate) fn forget(&mut self, iova: u64, len: u64) -> u64 {
-        if let Some(booked) = self.0.get(&iova)
-            && booked.len == len
-        {
-            self.0.remove(&iova);
-            return len;
-        }
         let end = iova.saturating_add(len);
         let mut forgotten = 0;
-        self.0.retain(|&start, booked| {
-            let inside = start >= iova && start < end;
-            if inside {
-                forgotten += booked.len;
+        // Walk back from the range's end over the runs that may hold a mapping starting in
+        // it: those starting before its end and ending after its start (runs never overlap).
+        // Whatever is re-inserted below starts at or after `cursor`, so it is not seen again.
+        let mut cursor = end;
+        while let Some((&start, &run)) = self.runs.range(..cursor).next_back() {
+            if start + run.len() <= iova {
+                break;
             }
-            !inside
-        });
+            cursor = start;
+            // Pieces k with start + k*piece in [iova, end).
+            let first = iova
+                .saturating_sub(start)
+                .div_ceil(run.piece)
+                .min(run.count);
+            let last = (end - start).div_ceil(run.piece).min(run.count);
+            if first >= last {
+                continue;
+            }
+            self.runs.remove(&start);
+            if first > 0 {
+                self.runs.insert(
+                    start,
+                    Run {
+                        count: first,
+                        ..run
+                    },
+                );
+            }
+            if last < run.count {
+                self.runs.insert(
+                    start + last * run.piece,
+                    Run {
+                        count: run.count - last,
+                        vaddr: run.vaddr + last * run.piece,
+                        ..run
+                    },
+                );
+            }
+            let gone = last - first;
+            forgotten += gone * run.piece;
+            self.mappings -= usize::try_from(gone).unwrap_or(self.mappings);
+        }
         forgotten
     }
 
     /// How many mappings there are.
     pub(crate) fn len(&self) -> usize {
-        self.0.len()
+        self.mappings
     }
 
     /// True when there are none.
     pub(crate) fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.mappings == 0
     }
 
-    /// The mappings, in no particular order.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, Booked)> + '_ {
-        self.0.iter().map(|(&iova, &booked)| (iova, booked))
+    /// Every mapping, one by one, in IOVA order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = Mapping> + '_ {
+        self.runs.iter().flat_map(|(&start, run)| {
+            (0..run.count).map(move |k| Mapping {
+                iova: start + k * run.piece,
+                len: run.piece,
+                vaddr: run.vaddr + k * run.piece,
+            })
+        })
     }
 }
 
@@ -92,58 +144,102 @@ impl Books {
 mod tests {
     use super::*;
 
-    fn page(iova: u64) -> Booked {
-        Booked {
-            len: 0x1000,
-            vaddr: iova,
-        }
+    const PAGE: u64 = 0x1000;
+
+    fn all(books: &Books) -> Vec<(u64, u64, u64)> {
+        books.iter().map(|m| (m.iova, m.len, m.vaddr)).collect()
     }
 
     #[test]
-    fn forget_whole_mappings_in_range() {
+    fn consecutive_pieces_make_one_run_and_unmapping_shrinks_or_splits_it() {
         let mut books = Books::default();
-        for iova in [0x1000u64, 0x2000, 0x3000, 0x8000] {
-            books.insert(iova, page(iova));
+        for i in 0..8 {
+            books.insert(0x10_0000 + i * PAGE, PAGE, 0x7000_0000 + i * PAGE);
         }
+        assert_eq!((books.runs.len(), books.len()), (1, 8));
+        assert_eq!(books.forget(0x10_0000, PAGE), PAGE, "first piece");
+        assert_eq!(books.forget(0x10_0000 + 7 * PAGE, PAGE), PAGE, "last piece");
         assert_eq!(
-            books.forget(0x2000, 0x2000),
-            0x2000,
-            "two mappings, one range"
+            books.forget(0x10_0000 + 3 * PAGE, PAGE),
+            PAGE,
+            "middle: splits"
         );
-        let mut left: Vec<u64> = books.iter().map(|(iova, _)| iova).collect();
-        left.sort_unstable();
-        assert_eq!(left, [0x1000, 0x8000]);
-        assert_eq!(books.forget(0x4000, 0x1000), 0, "nothing there");
-        assert_eq!(books.forget(0x8000, 0x1000), 0x1000, "exact match");
-        assert_eq!(books.forget(0, u64::MAX), 0x1000);
-        assert!(books.is_empty());
+        assert_eq!(books.runs.len(), 2);
+        assert_eq!(
+            all(&books),
+            [
+                (0x10_1000, PAGE, 0x7000_1000),
+                (0x10_2000, PAGE, 0x7000_2000),
+                (0x10_4000, PAGE, 0x7000_4000),
+                (0x10_5000, PAGE, 0x7000_5000),
+                (0x10_6000, PAGE, 0x7000_6000),
+            ]
+        );
+        assert_eq!(books.forget(0, u64::MAX), 5 * PAGE);
+        assert!(books.is_empty() && books.runs.is_empty());
     }
 
     #[test]
-    fn an_exact_start_with_another_length_scans() {
-        // A 2-page mapping unmapped with a 4-page range starting at it: not the fast path.
+    fn runs_need_equal_pieces_and_contiguous_user_memory() {
         let mut books = Books::default();
-        books.insert(
-            0x1000,
-            Booked {
-                len: 0x2000,
-                vaddr: 0,
-            },
+        books.insert(0x1000, PAGE, 0x9000);
+        books.insert(0x2000, 2 * PAGE, 0xa000); // another size
+        books.insert(0x4000, 2 * PAGE, 0x10_0000); // user memory not contiguous
+        books.insert(0x6000, 2 * PAGE, 0x10_2000); // extends the previous run
+        assert_eq!(books.runs.len(), 3);
+        assert_eq!(books.len(), 4);
+        // A range covering two whole mappings of different runs.
+        assert_eq!(books.forget(0x1000, 0x3000), 0x3000);
+        assert_eq!(
+            all(&books),
+            [(0x4000, 0x2000, 0x10_0000), (0x6000, 0x2000, 0x10_2000)]
         );
-        books.insert(0x3000, page(0x3000));
-        assert_eq!(books.forget(0x1000, 0x4000), 0x3000);
-        assert_eq!(books.len(), 0);
+        // A range starting inside a mapping forgets only mappings starting in it.
+        assert_eq!(books.forget(0x5000, 0x2000), 0x2000);
+        assert_eq!(all(&books), [(0x4000, 0x2000, 0x10_0000)]);
+        assert_eq!(books.forget(0x8000, 0x1000), 0, "nothing there");
     }
 
+    /// Model test: random maps and unmaps against a plain list of mappings; the books must
+    /// always list the same mappings and forget the same bytes.
     #[test]
-    fn many_consecutive_pages_stay_findable() {
-        let mut books = Books::default();
-        for i in 0..100_000u64 {
-            books.insert(0x1_0000_0000 + i * 0x1000, page(i));
+    fn agrees_with_a_list_of_mappings() {
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..50 {
+            let mut books = Books::default();
+            let mut model: Vec<(u64, u64, u64)> = Vec::new();
+            for _ in 0..300 {
+                let iova = next(64) * PAGE;
+                if next(3) > 0 {
+                    let len = (1 + next(3)) * PAGE;
+                    let overlaps = model
+                        .iter()
+                        .any(|&(i, l, _)| iova < i + l && i < iova + len);
+                    if !overlaps {
+                        let vaddr = 0x7000_0000 + iova + next(2) * 0x100_0000;
+                        books.insert(iova, len, vaddr);
+                        model.push((iova, len, vaddr));
+                    }
+                } else {
+                    let len = (1 + next(8)) * PAGE;
+                    let gone: u64 = model
+                        .iter()
+                        .filter(|&&(i, _, _)| i >= iova && i < iova + len)
+                        .map(|&(_, l, _)| l)
+                        .sum();
+                    model.retain(|&(i, _, _)| !(i >= iova && i < iova + len));
+                    assert_eq!(books.forget(iova, len), gone);
+                }
+                model.sort_unstable();
+                assert_eq!(all(&books), model);
+                assert_eq!(books.len(), model.len());
+            }
         }
-        for i in (0..100_000u64).rev() {
-            assert_eq!(books.forget(0x1_0000_0000 + i * 0x1000, 0x1000), 0x1000);
-        }
-        assert!(books.is_empty());
     }
 }

@@ -27,7 +27,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_API_VERSION, VFIO_GROUP_FLAGS_CONTAINER_SET, VFIO_GROUP_FLAGS_VIABLE, VFIO_TYPE1v2_IOMMU,
 };
 
-use crate::books::{Booked, Books};
+use crate::books::Books;
 use crate::dma::{AddressSpace, DmaError, check_range};
 use crate::group::{Group, GroupError};
 use crate::ioctl;
@@ -303,17 +303,16 @@ impl Container {
                 "mapping the container's DMA books again"
             );
         }
-        for (iova, booked) in state.books.iter() {
+        for mapping in state.books.iter() {
             // SAFETY: every booked range was mapped through `map_dma`, whose caller promised
             // that it stays valid and unaliased until `unmap_dma` covers it; a range leaves
             // the books only then, so the promise still holds for this one.
-            unsafe { ioctl::map_dma(self.file.as_fd(), iova, booked.len, booked.vaddr) }.map_err(
-                |source| GroupError::Replay {
+            unsafe { ioctl::map_dma(self.file.as_fd(), mapping.iova, mapping.len, mapping.vaddr) }
+                .map_err(|source| GroupError::Replay {
                     group: id,
-                    iova,
+                    iova: mapping.iova,
                     source,
-                },
-            )?;
+                })?;
         }
         Ok(())
     }
@@ -391,7 +390,7 @@ impl AddressSpace for Container {
                 source,
             }
         })?;
-        state.books.insert(iova, Booked { len, vaddr });
+        state.books.insert(iova, len, vaddr);
         Ok(())
     }
 
