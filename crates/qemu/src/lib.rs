@@ -19,6 +19,8 @@
 mod backend_socket;
 pub mod block;
 pub mod cmdline;
+#[cfg(any(test, feature = "test-util"))]
+pub mod fake_vhost_user;
 mod hotplug;
 mod hypervisor;
 mod hypervisor_trait;

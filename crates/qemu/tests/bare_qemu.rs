@@ -411,6 +411,51 @@ fn vhost_user_fs_against_virtiofsd() {
 }
 
 #[test]
+fn vhost_user_net_with_its_mac_against_a_minimal_backend() {
+    let qemu = BareQemu::builder().shared_memory(true).start();
+    let backend = plugboard_qemu::fake_vhost_user::FakeVhostUserNet::start();
+    let m = manager(&qemu, config());
+    let mac: plugboard_devices::MacAddress = "52:54:00:12:34:56".parse().unwrap();
+    let spec = vhost_user_spec(
+        backend.socket().to_str().unwrap(),
+        VhostUserDevice::Net { mac },
+    );
+    let id = m.new_device(spec).unwrap().id();
+    if let Err(e) = m.attach(id) {
+        let seen = backend.requests();
+        panic!("{e:?}; the backend saw {:?}", &seen[..seen.len().min(40)]);
+    }
+    let hv = m.hypervisor();
+    let name = id.name_id("net");
+    let path = format!("/machine/peripheral/{name}");
+    assert_eq!(
+        query(
+            hv,
+            "qom-get",
+            Some(&json!({"path": path, "property": "mac"}))
+        ),
+        json!("52:54:00:12:34:56")
+    );
+    assert_eq!(
+        query(
+            hv,
+            "qom-get",
+            Some(&json!({"path": path, "property": "netdev"}))
+        ),
+        json!(format!("{name}-net"))
+    );
+    assert!(
+        backend.requests().contains(&1),
+        "QEMU asked the backend for its features"
+    );
+    m.detach(id).unwrap_err();
+    query(hv, "system_reset", None);
+    m.detach(id).unwrap();
+    assert!(!peripherals(hv).contains(&name));
+    assert!(!chardevs(hv).contains(&format!("{name}-chr")));
+}
+
+#[test]
 fn a_duplicate_qemu_id_is_refused_and_the_first_device_is_left_alone() {
     let qemu = BareQemu::builder().start();
     let a = qemu.image("a.raw", "raw", "4M");

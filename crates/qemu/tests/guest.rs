@@ -444,3 +444,44 @@ fn vfio_pci_into_a_nested_qemu_in_the_lab_guest() {
     );
     guest.shutdown().unwrap();
 }
+
+#[test]
+#[ignore = "boots the lab guest (lab/run-tests.sh)"]
+fn vhost_user_net_nic_with_its_mac() {
+    let mut guest = boot(&[]);
+    let m = manager(&guest);
+    // No vhost-user net backend is packaged here: a minimal one that speaks the control
+    // protocol (and moves no packets) stands in for it.
+    let backend = plugboard_qemu::fake_vhost_user::FakeVhostUserNet::start();
+    // Not 52:54:00:12:34:56: QEMU gives that default MAC to the lab's first e1000e.
+    let mac: plugboard_devices::MacAddress = "52:54:00:ab:cd:ef".parse().unwrap();
+    let spec = vhost_user_spec(
+        backend.socket().to_str().unwrap(),
+        VhostUserDevice::Net { mac },
+    );
+    let id = m.new_device(spec).unwrap().id();
+    m.attach(id).unwrap();
+    let find = "for i in $(seq 200); do f=$(grep -l 52:54:00:ab:cd:ef /sys/class/net/*/address 2>/dev/null) && [ -n \"$f\" ] && { echo $f; exit 0; }; sleep 0.1; done; exit 1";
+    let out = sh(&mut guest, find);
+    let iface = out
+        .trim()
+        .trim_start_matches("/sys/class/net/")
+        .trim_end_matches("/address")
+        .to_owned();
+    let driver = sh(
+        &mut guest,
+        &format!("basename $(readlink /sys/class/net/{iface}/device/driver)"),
+    );
+    assert_eq!(driver.trim(), "virtio_net", "{iface}");
+    // The driver started the device: QEMU handed the backend the memory table (5).
+    assert!(backend.requests().contains(&5), "{:?}", backend.requests());
+    m.detach(id).unwrap();
+    expect_event_departure(&m, id, "net");
+    sh(
+        &mut guest,
+        &format!(
+            "for i in $(seq 200); do [ ! -e /sys/class/net/{iface} ] && exit 0; sleep 0.1; done; exit 1"
+        ),
+    );
+    guest.shutdown().unwrap();
+}
