@@ -35,6 +35,8 @@ C 06  Bridge
 struct Fixture {
     kernel: FakeKernel,
     pci_ids: tempfile::NamedTempFile,
+    /// An empty state dir, so no owners from the machine's real registry leak in.
+    state: tempfile::TempDir,
 }
 
 fn fixture() -> Fixture {
@@ -80,7 +82,12 @@ fn fixture() -> Fixture {
         .unwrap();
     let mut pci_ids = tempfile::NamedTempFile::new().unwrap();
     std::io::Write::write_all(&mut pci_ids, PCI_IDS.as_bytes()).unwrap();
-    Fixture { kernel, pci_ids }
+    let state = tempfile::tempdir().unwrap();
+    Fixture {
+        kernel,
+        pci_ids,
+        state,
+    }
 }
 
 fn run(f: &Fixture, args: &[&str]) -> Output {
@@ -89,6 +96,8 @@ fn run(f: &Fixture, args: &[&str]) -> Output {
         .arg(f.kernel.sysfs_root())
         .arg("--dev-root")
         .arg(f.kernel.dev_root())
+        .arg("--state-dir")
+        .arg(f.state.path())
         .args(args)
         .env("PLUGBOARD_PCI_IDS", f.pci_ids.path())
         .env_remove("RUST_LOG")
