@@ -260,9 +260,23 @@ fn a_scsi_disk_goes_to_its_id_and_lun_and_leaves() {
         scsi.lun()
     );
     if has_scsi {
-        sh(
+        // The disk at the manager's id:lun, 8 MiB.
+        let out = sh(
             &mut guest,
-            &format!("for i in $(seq 200); do ls -d {hctl} && exit 0; sleep 0.1; done; exit 1"),
+            &format!(
+                "for i in $(seq 200); do ls {hctl} 2>/dev/null && exit 0; sleep 0.1; done; exit 1"
+            ),
+        );
+        let disk = out.split_whitespace().last().unwrap().to_owned();
+        assert!(disk.starts_with("sd"), "{out}");
+        assert_eq!(
+            sh(&mut guest, &format!("cat /sys/block/{disk}/size")).trim(),
+            "16384"
+        );
+        eprintln!(
+            "scsi-hd {}:{} is /dev/{disk} in the guest",
+            scsi.id(),
+            scsi.lun()
         );
     } else {
         eprintln!(
