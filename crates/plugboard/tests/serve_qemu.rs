@@ -234,7 +234,7 @@ fn a_vm_whose_qemu_comes_back_is_reconnected_and_reconciled() {
     assert_eq!(answer["vm"]["connected"], true);
     assert_eq!(answer["repairs"][0]["kind"], "forgotten", "{answer}");
     let (status, answer) = daemon.request("POST", "/v1/vms/vm1/reconnect", None);
-    assert_eq!(status, 400, "connected already: {answer}");
+    assert_eq!(status, 409, "connected already: {answer}");
     let (status, answer) = daemon.request("POST", "/v1/vms/vm1/devices", Some(&body));
     assert_eq!(status, 201, "{answer}");
 }

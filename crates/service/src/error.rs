@@ -60,6 +60,9 @@ pub enum ServiceError {
         /// Why not.
         reason: String,
     },
+    /// The request conflicts with the current state; the message says how.
+    #[error("{0}")]
+    Conflict(String),
     /// No VM by that name.
     #[error("no VM named {0:?} is registered")]
     NoSuchVm(String),
@@ -169,7 +172,8 @@ impl ServiceError {
             Self::BadRequest(_) => ErrorClass::BadRequest,
             Self::Forbidden { .. } => ErrorClass::Forbidden,
             Self::NoSuchVm(_) | Self::NoSuchDevice { .. } => ErrorClass::NotFound,
-            Self::VmExists(_)
+            Self::Conflict(_)
+            | Self::VmExists(_)
             | Self::EndpointInUse { .. }
             | Self::VmHasDevices { .. }
             | Self::NotConnected { .. } => ErrorClass::Conflict,

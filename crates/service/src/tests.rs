@@ -298,7 +298,7 @@ fn pci_passthrough_prepares_attaches_detaches_and_releases() {
         "plugboard/a"
     );
     let err = svc.attach(Caller::new(1000), "a", &req).unwrap_err();
-    assert_eq!(err.class(), ErrorClass::BadRequest, "{}", err.chain());
+    assert_eq!(err.class(), ErrorClass::Conflict, "{}", err.chain());
 
     svc.detach(Caller::new(1000), "a", attached.device.id)
         .unwrap();

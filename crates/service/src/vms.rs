@@ -146,7 +146,7 @@ impl Service {
         let _ops = old.lock_ops();
         let saved = match &old.link {
             Link::Connected(_) => {
-                return Err(ServiceError::BadRequest(format!(
+                return Err(ServiceError::Conflict(format!(
                     "VM {name:?} is connected already"
                 )));
             }
@@ -233,7 +233,7 @@ impl Service {
                     .iter()
                     .any(|d| pci_functions(d).contains(address))
                 {
-                    return Err(ServiceError::BadRequest(format!(
+                    return Err(ServiceError::Conflict(format!(
                         "PCI device {address} is already passed through to VM {name:?}"
                     )));
                 }
