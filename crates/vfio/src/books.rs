@@ -8,24 +8,27 @@
 //!
 //! They sit on the DMA hot path (one record per map, one removal per unmap, and a VMM may
 //! map guest memory 4 KiB at a time), so they store *runs*: mappings of one size at
-//! consecutive IOVAs backed by consecutive user addresses are one entry
-//! `(start, piece, count, vaddr)`. Mapping guest memory piece by piece extends one run;
-//! unmapping the first or last piece shrinks it; unmapping from the middle splits it. A
-//! B-tree keyed by the run's first IOVA finds the run around an address.
+//! consecutive IOVAs backed by consecutive user addresses are one entry. A B-tree keyed by
+//! the run's first IOVA finds the run around an address. Mapping guest memory piece by piece
+//! extends one run in place; unmapping its first pieces moves a `skip` mark and unmapping its
+//! last ones lowers its count, also in place, so the common cases change no key; unmapping
+//! from the middle splits the run.
 
 use std::collections::BTreeMap;
 
-/// Mappings of `piece` bytes each, `count` of them, the first at the key's IOVA and
-/// `vaddr`, each next one `piece` further in both.
+/// Mappings of `piece` bytes each: piece `k` (for `skip <= k < count`) is at the key's IOVA
+/// plus `k * piece` and at `vaddr + k * piece`. Pieces below `skip` were unmapped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Run {
     piece: u64,
     count: u64,
+    skip: u64,
     vaddr: u64,
 }
 
 impl Run {
-    fn len(&self) -> u64 {
+    /// The span from the key to the end of the last piece.
+    fn span(&self) -> u64 {
         self.piece * self.count
     }
 }
@@ -50,10 +53,27 @@ impl Books {
     /// recorded one: the kernel refused those).
     pub(crate) fn insert(&mut self, iova: u64, len: u64, vaddr: u64) {
         self.mappings += 1;
+        // A run whose unmapped front covers `iova` moves its key to its first live piece, so
+        // that the new mapping can have a key of its own.
+        if let Some((&start, &run)) = self.runs.range(..=iova).next_back()
+            && iova < start + run.skip * run.piece
+        {
+            self.runs.remove(&start);
+            let moved = start + run.skip * run.piece;
+            self.runs.insert(
+                moved,
+                Run {
+                    count: run.count - run.skip,
+                    skip: 0,
+                    vaddr: run.vaddr + run.skip * run.piece,
+                    ..run
+                },
+            );
+        }
         if let Some((&start, run)) = self.runs.range_mut(..iova).next_back()
             && run.piece == len
-            && start + run.len() == iova
-            && run.vaddr + run.len() == vaddr
+            && start + run.span() == iova
+            && run.vaddr + run.span() == vaddr
         {
             run.count += 1;
             return;
@@ -63,6 +83,7 @@ impl Books {
             Run {
                 piece: len,
                 count: 1,
+                skip: 0,
                 vaddr,
             },
         );
@@ -75,45 +96,54 @@ impl Books {
         let mut forgotten = 0;
         // Walk back from the range's end over the runs that may hold a mapping starting in
         // it: those starting before its end and ending after its start (runs never overlap).
-        // Whatever is re-inserted below starts at or after `cursor`, so it is not seen again.
+        // Whatever is changed below starts at or after `cursor`, so it is not seen again.
         let mut cursor = end;
         while let Some((&start, &run)) = self.runs.range(..cursor).next_back() {
-            if start + run.len() <= iova {
+            if start + run.span() <= iova {
                 break;
             }
             cursor = start;
-            // Pieces k with start + k*piece in [iova, end).
+            // Live pieces k with start + k*piece in [iova, end).
             let first = iova
                 .saturating_sub(start)
                 .div_ceil(run.piece)
-                .min(run.count);
+                .clamp(run.skip, run.count);
             let last = (end - start).div_ceil(run.piece).min(run.count);
             if first >= last {
                 continue;
             }
-            self.runs.remove(&start);
-            if first > 0 {
-                self.runs.insert(
-                    start,
-                    Run {
-                        count: first,
-                        ..run
-                    },
-                );
-            }
-            if last < run.count {
-                self.runs.insert(
-                    start + last * run.piece,
-                    Run {
-                        count: run.count - last,
-                        vaddr: run.vaddr + last * run.piece,
-                        ..run
-                    },
-                );
-            }
             let gone = last - first;
             forgotten += gone * run.piece;
             self.mappings -= usize::try_from(gone).unwrap_or(self.mappings);
+            match (first == run.skip, last == run.count) {
+                (true, true) => {
+                    self.runs.remove(&start);
+                }
+                (true, false) => {
+                    if let Some(run) = self.runs.get_mut(&start) {
+                        run.skip = last;
+                    }
+                }
+                (false, true) => {
+                    if let Some(run) = self.runs.get_mut(&start) {
+                        run.count = first;
+                    }
+                }
+                (false, false) => {
+                    if let Some(run) = self.runs.get_mut(&start) {
+                        run.count = first;
+                    }
+                    self.runs.insert(
+                        start + last * run.piece,
+                        Run {
+                            count: run.count - last,
+                            skip: 0,
+                            vaddr: run.vaddr + last * run.piece,
+                            ..run
+                        },
+                    );
+                }
+            }
         }
         forgotten
     }
@@ -131,7 +161,7 @@ impl Books {
     /// Every mapping, one by one, in IOVA order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = Mapping> + '_ {
         self.runs.iter().flat_map(|(&start, run)| {
-            (0..run.count).map(move |k| Mapping {
+            (run.skip..run.count).map(move |k| Mapping {
                 iova: start + k * run.piece,
                 len: run.piece,
                 vaddr: run.vaddr + k * run.piece,
@@ -198,6 +228,33 @@ mod tests {
         assert_eq!(books.forget(0x5000, 0x2000), 0x2000);
         assert_eq!(all(&books), [(0x4000, 0x2000, 0x10_0000)]);
         assert_eq!(books.forget(0x8000, 0x1000), 0, "nothing there");
+    }
+
+    #[test]
+    fn mapping_again_where_a_run_was_unmapped_keeps_both() {
+        let mut books = Books::default();
+        for i in 0..4 {
+            books.insert(i * PAGE, PAGE, 0x10_0000 + i * PAGE);
+        }
+        assert_eq!(
+            books.forget(0, 2 * PAGE),
+            2 * PAGE,
+            "front pieces: in place"
+        );
+        assert_eq!(books.runs.len(), 1);
+        books.insert(PAGE, PAGE, 0x50_0000);
+        books.insert(0, PAGE, 0x60_0000);
+        assert_eq!(
+            all(&books),
+            [
+                (0, PAGE, 0x60_0000),
+                (PAGE, PAGE, 0x50_0000),
+                (2 * PAGE, PAGE, 0x10_2000),
+                (3 * PAGE, PAGE, 0x10_3000),
+            ]
+        );
+        assert_eq!(books.forget(3 * PAGE, PAGE), PAGE, "last piece: in place");
+        assert_eq!(books.len(), 3);
     }
 
     /// Model test: random maps and unmaps against a plain list of mappings; the books must
