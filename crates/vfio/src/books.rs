@@ -53,11 +53,33 @@ impl Books {
     /// recorded one: the kernel refused those).
     pub(crate) fn insert(&mut self, iova: u64, len: u64, vaddr: u64) {
         self.mappings += 1;
+        // One search finds the run with the greatest key at or below `iova`. Runs never
+        // overlap, so it is the only one that can end at `iova` (extend it) or cover `iova`
+        // with its unmapped front (move it).
+        let Some((&start, run)) = self.runs.range_mut(..=iova).next_back() else {
+            self.runs.insert(
+                iova,
+                Run {
+                    piece: len,
+                    count: 1,
+                    skip: 0,
+                    vaddr,
+                },
+            );
+            return;
+        };
+        if start < iova
+            && run.piece == len
+            && start + run.span() == iova
+            && run.vaddr + run.span() == vaddr
+        {
+            run.count += 1;
+            return;
+        }
+        let run = *run;
         // A run whose unmapped front covers `iova` moves its key to its first live piece, so
         // that the new mapping can have a key of its own.
-        if let Some((&start, &run)) = self.runs.range(..=iova).next_back()
-            && iova < start + run.skip * run.piece
-        {
+        if iova < start + run.skip * run.piece {
             self.runs.remove(&start);
             let moved = start + run.skip * run.piece;
             self.runs.insert(
@@ -69,14 +91,6 @@ impl Books {
                     ..run
                 },
             );
-        }
-        if let Some((&start, run)) = self.runs.range_mut(..iova).next_back()
-            && run.piece == len
-            && start + run.span() == iova
-            && run.vaddr + run.span() == vaddr
-        {
-            run.count += 1;
-            return;
         }
         self.runs.insert(
             iova,
@@ -93,6 +107,30 @@ impl Books {
     /// forgotten.
     pub(crate) fn forget(&mut self, iova: u64, len: u64) -> u64 {
         let end = iova.saturating_add(len);
+        // The common case in one search: the range is the first or last live pieces of the
+        // run around `iova` (runs never overlap, so no other run is involved).
+        if let Some((&start, run)) = self.runs.range_mut(..=iova).next_back()
+            && (iova - start).is_multiple_of(run.piece)
+            && (end - start).is_multiple_of(run.piece)
+            && end - start <= run.span()
+        {
+            let first = (iova - start) / run.piece;
+            let last = (end - start) / run.piece;
+            let gone = last - first;
+            if first == run.skip && last < run.count {
+                run.skip = last;
+            } else if last == run.count && first > run.skip {
+                run.count = first;
+            } else {
+                return self.forget_general(iova, end);
+            }
+            self.mappings -= usize::try_from(gone).unwrap_or(self.mappings);
+            return gone * run.piece;
+        }
+        self.forget_general(iova, end)
+    }
+
+    fn forget_general(&mut self, iova: u64, end: u64) -> u64 {
         let mut forgotten = 0;
         // Walk back from the range's end over the runs that may hold a mapping starting in
         // it: those starting before its end and ending after its start (runs never overlap).
@@ -268,7 +306,7 @@ mod tests {
             seed ^= seed << 17;
             seed % n
         };
-        for _ in 0..50 {
+        for _ in 0..300 {
             let mut books = Books::default();
             let mut model: Vec<(u64, u64, u64)> = Vec::new();
             for _ in 0..300 {
