@@ -36,6 +36,9 @@ fi
 stage fmt cargo fmt --all --check
 stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 stage test cargo test --workspace --locked
-if [ "$fast" = 0 ] && [ -x lab/run-tests.sh ]; then
+if [ "$fast" = 0 ]; then
+  # Real-kernel tests inside the lab guest, then host-side tests that boot it.
   stage lab lab/run-tests.sh
+  # A real QEMU 10 hot-plugging into the lab guest through the device manager.
+  stage qemu-guest cargo test -p plugboard-qemu --locked --test guest -- --ignored --test-threads=1
 fi
