@@ -35,7 +35,7 @@ use crate::group::GroupError;
 use crate::ioctl;
 use crate::iommufd::{CdevError, IommufdError};
 use crate::mode::{self, Interface, Mode, ModeError};
-use crate::open::{OpenError, check_viable, name_blockers};
+use crate::open::{OpenError, check_viable, explain_bind_refusal, name_blockers};
 
 /// The fds a VMM needs for one device, opened and bound by a privileged helper.
 #[derive(Debug)]
@@ -247,7 +247,8 @@ pub fn open_for_vmm(sysfs: &Sysfs, address: PciAddress, mode: Mode) -> Result<Vm
                         interface,
                         missing: facts.vfio_dev_dir.clone(),
                     })?;
-            let (iommufd, cdev, dev_id) = iommufd_fds(sysfs.dev_root(), &cdev_path, &device)?;
+            let (iommufd, cdev, dev_id) = iommufd_fds(sysfs.dev_root(), &cdev_path, &device)
+                .map_err(|err| explain_bind_refusal(err, sysfs, group_id))?;
             VmmFds::Iommufd {
                 iommufd,
                 cdev,

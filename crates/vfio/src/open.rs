@@ -13,7 +13,7 @@ use tracing::info;
 use crate::container::{Container, ContainerError};
 use crate::device::{DeviceError, VfioDevice};
 use crate::group::{Blocker, GroupError};
-use crate::iommufd::{Iommufd, IommufdError};
+use crate::iommufd::{CdevError, Iommufd, IommufdError};
 use crate::mode::{self, Interface, Mode, ModeError};
 
 /// Why a device could not be opened.
@@ -143,7 +143,8 @@ impl Vfio {
                             interface,
                             missing: facts.vfio_dev_dir.clone(),
                         })?;
-                VfioDevice::open_cdev(&iommufd, &cdev, &name)?
+                VfioDevice::open_cdev(&iommufd, &cdev, &name)
+                    .map_err(|err| explain_bind_refusal(err, &self.sysfs, group))?
             }
         };
         Ok(device)
@@ -190,6 +191,25 @@ fn blockers_of(group: &plugboard_sysfs::IommuGroup) -> Vec<Blocker> {
             driver: member.driver.clone().unwrap_or_default(),
         })
         .collect()
+}
+
+/// The kernel refuses to bind a cdev with EPERM while another member of its group is on a
+/// host driver (that driver holds the group's DMA ownership). When sysfs now shows such a
+/// member (it was bound after [`check_viable`] looked), say so as a non-viable group.
+pub(crate) fn explain_bind_refusal(err: DeviceError, sysfs: &Sysfs, group: u32) -> OpenError {
+    let refused = matches!(&err, DeviceError::Cdev(CdevError::Ioctl { source, .. })
+        if source.raw_os_error() == Some(libc::EPERM));
+    if refused
+        && let Ok(info) = sysfs.iommu_group(group)
+        && !info.is_viable()
+    {
+        return GroupError::NotViable {
+            group,
+            blockers: blockers_of(&info),
+        }
+        .into();
+    }
+    err.into()
 }
 
 /// Fills in the blockers of a kernel "not viable" answer from sysfs.
@@ -255,6 +275,37 @@ mod tests {
         assert!(
             vfio.container().is_none() && vfio.iommufd().is_none(),
             "nothing was opened"
+        );
+    }
+
+    #[test]
+    fn a_cdev_bind_refused_with_eperm_is_explained_by_the_group() {
+        let kernel = two_nics_behind_a_bridge();
+        let sysfs = kernel.sysfs();
+        let refusal = || {
+            DeviceError::Cdev(CdevError::Ioctl {
+                device: "0000:01:01.0".into(),
+                what: "VFIO_DEVICE_BIND_IOMMUFD",
+                source: std::io::Error::from_raw_os_error(libc::EPERM),
+            })
+        };
+        // Both NICs on e1000e: the group is not viable, so EPERM is explained.
+        let err = explain_bind_refusal(refusal(), &sysfs, 5);
+        let (group, blockers) = err.not_viable().expect("explained");
+        assert_eq!((group, blockers.len()), (5, 2));
+        // Once both are on vfio-pci, EPERM has another cause and is passed on as it is.
+        for bdf in ["01:01.0", "01:02.0"] {
+            sysfs
+                .pci_device(bdf.parse().unwrap())
+                .unwrap()
+                .bind("vfio-pci")
+                .unwrap();
+        }
+        let err = explain_bind_refusal(refusal(), &sysfs, 5);
+        assert!(err.not_viable().is_none());
+        assert!(
+            err.to_string().ends_with("VFIO_DEVICE_BIND_IOMMUFD failed"),
+            "{err}"
         );
     }
 
