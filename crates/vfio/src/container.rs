@@ -137,7 +137,8 @@ impl Container {
 
     /// Adopts a container fd and a group fd received from a privileged helper (see
     /// [`crate::VmmFds`]): the group is already attached and the IOMMU set. The returned
-    /// lease is the group's first user.
+    /// lease is the group's first user. Such a container knows no `/dev` root, so it cannot
+    /// open further groups itself: a VMM gets each group's fd from the helper.
     pub fn from_fds(
         container: OwnedFd,
         group: OwnedFd,
