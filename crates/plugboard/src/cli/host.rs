@@ -82,6 +82,9 @@ impl NamesArgs {
 
 /// Runs one `host` subcommand.
 pub fn run(global: &Global, command: HostCommand) -> anyhow::Result<()> {
+    if let Some(done) = super::daemon::host(global, &command) {
+        return done;
+    }
     let sysfs = Sysfs::new(&global.sysfs_root).with_dev_root(&global.dev_root);
     match command {
         HostCommand::Ls {

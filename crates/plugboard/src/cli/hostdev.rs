@@ -69,6 +69,9 @@ pub enum HostdevCommand {
 
 /// Runs one `hostdev` subcommand.
 pub fn run(global: &Global, command: HostdevCommand) -> anyhow::Result<()> {
+    if let Some(done) = super::daemon::hostdev(global, &command) {
+        return done;
+    }
     let sysfs = Sysfs::new(&global.sysfs_root).with_dev_root(&global.dev_root);
     let mut m = HostdevManager::open(sysfs, &global.state_dir)?;
     match command {

@@ -3,6 +3,7 @@
 //! Each subcommand family lives in its own module (`host`, `hostdev`, `vfio`, `vm`,
 //! `serve`) with a clap `Subcommand` enum and a `run` function.
 
+mod daemon;
 mod host;
 mod hostdev;
 mod serve;

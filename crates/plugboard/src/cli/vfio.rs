@@ -35,7 +35,10 @@ pub struct InfoArgs {
 /// Runs a `plugboard vfio` command.
 pub fn run(global: &Global, command: VfioCommand) -> anyhow::Result<()> {
     match command {
-        VfioCommand::Info(args) => info(global, &args),
+        VfioCommand::Info(args) => {
+            super::daemon::vfio_guard(global, args.address)?;
+            info(global, &args)
+        }
     }
 }
 
