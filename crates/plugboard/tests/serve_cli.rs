@@ -208,3 +208,39 @@ fn another_host_or_state_means_local_work() {
     );
     let _ = Path::new("/");
 }
+
+#[test]
+fn vfio_info_leaves_a_device_a_vm_holds_alone() {
+    let s = setup();
+    // Prepare the NIC for a VM in-process, where the fake kernel applies its semantics; the
+    // daemon shares the registry.
+    let mut hostdev = plugboard_hostdev::HostdevManager::open(s.kernel.sysfs(), &s.state).unwrap();
+    hostdev
+        .prepare(
+            &"qemu/vm9".parse().unwrap(),
+            &["0000:02:00.0".parse().unwrap()],
+            plugboard_hostdev::BatchOptions {
+                managed: true,
+                whole_group: false,
+                shareable: false,
+            },
+        )
+        .unwrap();
+    let err = stderr(&plugboard(&s, 0, false, &["vfio", "info", "0000:02:00.0"]));
+    assert!(
+        err.contains(
+            "PCI device 0000:02:00.0 is in use by qemu/vm9 (the daemon's registry); not opening it"
+        ),
+        "{err}"
+    );
+    let ls = stdout(&plugboard(&s, ALICE, false, &["hostdev", "ls"]));
+    assert!(
+        ls.contains("0000:02:00.0") && ls.contains("active") && ls.contains("qemu/vm9"),
+        "{ls}"
+    );
+    let host = stdout(&plugboard(&s, ALICE, false, &["host", "ls"]));
+    assert!(
+        host.contains("qemu/vm9") && host.contains("vfio-pci"),
+        "{host}"
+    );
+}
