@@ -10,8 +10,14 @@
 //! | register a VM | everyone; the caller becomes its owner; the QMP socket must be the caller's |
 //! | unregister a VM, attach or detach its devices | its owner and root |
 //! | a disk backed by a file | root, or a caller who owns the file |
-//! | prepare or release host devices for a VM | its owner and root |
+//! | prepare (unmanaged) or release host devices for a VM, pass a detached device through | its owner and root |
+//! | take a device from its host driver (managed prepare, `vm attach --pci` of a bound device) | root |
 //! | prepare or release for an owner that is not a VM here, detach, reattach, reset, recover | root |
+//!
+//! Taking a device from its host driver is root's alone, even for a caller's own VM: the
+//! device could be the host's own disk controller or network card. Root makes a device
+//! available by detaching it (`plugboard hostdev detach`, libvirt's `nodedev-detach`); its
+//! owner may then pass it through, and it stays on vfio-pci when they let it go.
 //!
 //! The file and socket checks stop a confused deputy: the service runs as root, so
 //! without them any caller could hand a VM another user's disk or QEMU.
@@ -79,6 +85,23 @@ impl Caller {
         ))
     }
 
+    /// Allows taking a device away from its host driver (a managed prepare): root only,
+    /// even for the caller's own VM, because the device may be one the host itself needs.
+    ///
+    /// # Errors
+    /// [`ServiceError::Forbidden`], with the way to make the device available.
+    pub fn may_take_from_host(self, action: &str) -> Result<(), ServiceError> {
+        if self.is_root() {
+            return Ok(());
+        }
+        Err(ServiceError::forbidden(
+            self.uid,
+            action,
+            "only root may take a device from its host driver; root can make it available \
+             with `plugboard hostdev detach`, and its owner may then pass it through",
+        ))
+    }
+
     /// Allows the service to open `path` on the caller's behalf: root, or the file's owner.
     ///
     /// # Errors
@@ -114,6 +137,13 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.class(), ErrorClass::Forbidden);
         assert!(err.to_string().contains("belongs to uid 1000"), "{err}");
+    }
+
+    #[test]
+    fn only_root_may_take_a_device_from_its_host_driver() {
+        Caller::ROOT.may_take_from_host("detach").unwrap();
+        let err = Caller::new(1000).may_take_from_host("detach").unwrap_err();
+        assert!(err.to_string().contains("hostdev detach"), "{err}");
     }
 
     #[test]

@@ -89,6 +89,12 @@ impl Service {
         request: &HostdevRequest,
     ) -> Result<(), ServiceError> {
         let (owner, specs) = self.check_owner(caller, request, "prepare host devices for")?;
+        if request.managed {
+            caller.may_take_from_host(&format!(
+                "take {} from its host driver (managed prepare)",
+                request.devices.join(", ")
+            ))?;
+        }
         let options = BatchOptions {
             managed: request.managed,
             whole_group: request.whole_group,

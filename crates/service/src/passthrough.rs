@@ -2,8 +2,9 @@
 //! in one operation.
 //!
 //! Attaching a host PCI device prepares it in the hostdev registry for the owner
-//! `plugboard/<vm>` (managed: detached from its host driver onto vfio-pci, with its IOMMU
-//! group checked), then describes it as a VFIO group device from sysfs and attaches it.
+//! `plugboard/<vm>` (for root, managed: detached from its host driver onto vfio-pci; for
+//! anyone else, unmanaged: root must have detached it first; its IOMMU group checked
+//! either way), then describes it as a VFIO group device from sysfs and attaches it.
 //! If the attach fails, the device is released again. Detaching releases it after the
 //! VM has let it go, which gives it back to its host driver.
 
@@ -12,8 +13,9 @@ use plugboard_devices::{
     VfioFunction, VfioSpec,
 };
 use plugboard_hostdev::{BatchOptions, DeviceSpec as HostSpec, Owner};
-use plugboard_sysfs::{PciAddress, Sysfs};
+use plugboard_sysfs::{DriverKind, PciAddress, Sysfs};
 
+use crate::auth::Caller;
 use crate::error::ServiceError;
 use crate::hostdevs::OWNER_DRIVER;
 use crate::service::{Service, hostdev_error};
@@ -46,15 +48,20 @@ pub(crate) fn spec_pci_functions(spec: &DeviceSpec) -> Vec<PciAddress> {
 impl Service {
     /// Prepares `address` (and, with `whole_group`, every endpoint of its IOMMU group) for
     /// `vm` and returns the VFIO spec that passes them through.
+    ///
+    /// `managed` (root's callers only) takes the devices from their host drivers and gives
+    /// them back on release; otherwise they must already be detached (or found on vfio-pci)
+    /// and stay detached after release.
     pub(crate) fn prepare_passthrough(
         &self,
         vm: &str,
         address: PciAddress,
         whole_group: bool,
+        managed: bool,
     ) -> Result<DeviceSpec, ServiceError> {
         let owner = owner_of(vm)?;
         let options = BatchOptions {
-            managed: true,
+            managed,
             whole_group,
             shareable: false,
         };
@@ -68,6 +75,25 @@ impl Service {
                 Err(e)
             }
         }
+    }
+
+    /// Refuses, as an authorization matter, a non-root caller's passthrough of a device
+    /// that is still on a host driver. Unreadable or missing devices are left to hostdev's
+    /// prepare, which names them.
+    pub(crate) fn refuse_if_on_host_driver(
+        &self,
+        caller: Caller,
+        address: PciAddress,
+    ) -> Result<(), ServiceError> {
+        let Ok(device) = self.config.sysfs.pci_device(address) else {
+            return Ok(());
+        };
+        if let (Ok(Some(driver)), Ok(DriverKind::Host)) = (device.driver(), device.driver_kind()) {
+            return caller.may_take_from_host(&format!(
+                "take PCI device {address} from its host driver {driver}"
+            ));
+        }
+        Ok(())
     }
 
     /// Releases host PCI functions of `vm`, logging what could not be given back.

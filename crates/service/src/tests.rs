@@ -117,7 +117,7 @@ fn only_the_owner_or_root_changes_a_vm() {
     assert_eq!(err.class(), ErrorClass::Forbidden);
     let err = svc.hostdev_reattach(Caller::new(1000), nic).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden);
-    // Preparing for the caller's own VM is allowed past the policy; for another owner not.
+    // Preparing for another owner than the caller's own VMs: refused.
     let other = HostdevRequest {
         owner: "qemu/someone-else".into(),
         devices: vec!["0000:02:00.0".into()],
@@ -133,7 +133,13 @@ fn only_the_owner_or_root_changes_a_vm() {
     };
     let err = svc.hostdev_prepare(Caller::new(1001), &mine).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden);
-    svc.hostdev_prepare(Caller::new(1000), &mine).unwrap();
+    // A managed prepare takes the device from its host driver: root's alone, even for the
+    // caller's own VM (an unmanaged one is shown in
+    // `an_owner_passes_through_what_root_detached_and_it_stays_detached`).
+    let err = svc.hostdev_prepare(Caller::new(1000), &mine).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Forbidden);
+    assert!(svc.hostdevs().unwrap().pci.is_empty());
+    svc.hostdev_prepare(Caller::ROOT, &mine).unwrap();
     assert_eq!(svc.hostdevs().unwrap().pci.len(), 1);
     let inventory = svc.host_devices().unwrap();
     assert_eq!(inventory.devices[0].owner.as_deref(), Some("plugboard/a"));
@@ -257,7 +263,7 @@ fn host_reads_come_from_sysfs() {
 }
 
 #[test]
-fn pci_passthrough_prepares_attaches_detaches_and_releases() {
+fn root_pci_passthrough_prepares_attaches_detaches_and_releases() {
     let f = fixture();
     let nic: plugboard_sysfs::PciAddress = "0000:02:00.0".parse().unwrap();
     let driver = |f: &Fixture| f.config.sysfs.pci_device(nic).unwrap().driver().unwrap();
@@ -281,7 +287,12 @@ fn pci_passthrough_prepares_attaches_detaches_and_releases() {
     let err = svc.attach(Caller::ROOT, "a", &missing).unwrap_err();
     assert_eq!(err.class(), ErrorClass::NotFound, "{}", err.chain());
 
-    let attached = svc.attach(Caller::new(1000), "a", &req).unwrap();
+    // The VM's owner may not take a device from its host driver; root may.
+    let err = svc.attach(Caller::new(1000), "a", &req).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Forbidden, "{}", err.chain());
+    assert!(err.to_string().contains("e1000e"), "{err}");
+    assert_eq!(driver(&f).as_deref(), Some("e1000e"));
+    let attached = svc.attach(Caller::ROOT, "a", &req).unwrap();
     assert!(attached.plugged);
     assert_eq!(driver(&f).as_deref(), Some("vfio-pci"));
     let plugboard_devices::DeviceKind::Vfio(spec) = &attached.device.spec.kind else {
@@ -310,7 +321,7 @@ fn pci_passthrough_prepares_attaches_detaches_and_releases() {
     assert!(svc.hostdevs().unwrap().pci.is_empty());
 
     // Attached, then lost by the VM across a restart: reconciliation releases it.
-    svc.attach(Caller::new(1000), "a", &req).unwrap();
+    svc.attach(Caller::ROOT, "a", &req).unwrap();
     drop(svc);
     let (svc, report) = Service::open(f.config.clone()).unwrap();
     assert!(
@@ -323,6 +334,47 @@ fn pci_passthrough_prepares_attaches_detaches_and_releases() {
 }
 
 #[test]
+fn an_owner_passes_through_what_root_detached_and_it_stays_detached() {
+    let f = fixture();
+    let nic: plugboard_sysfs::PciAddress = "0000:02:00.0".parse().unwrap();
+    let driver = |f: &Fixture| f.config.sysfs.pci_device(nic).unwrap().driver().unwrap();
+    let (svc, _) = Service::open(f.config.clone()).unwrap();
+    svc.register_vm(Caller::new(1000), memory_vm("a")).unwrap();
+    let req = AttachRequest::Pci {
+        address: nic,
+        whole_group: false,
+    };
+    // A managed prepare through the hostdev route is root's too.
+    let managed = HostdevRequest {
+        owner: "plugboard/a".into(),
+        devices: vec![nic.to_string()],
+        managed: true,
+        whole_group: false,
+        shareable: false,
+    };
+    let err = svc
+        .hostdev_prepare(Caller::new(1000), &managed)
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Forbidden, "{}", err.chain());
+    assert_eq!(driver(&f).as_deref(), Some("e1000e"));
+
+    svc.hostdev_detach(Caller::ROOT, nic).unwrap();
+    assert_eq!(driver(&f).as_deref(), Some("vfio-pci"));
+    let attached = svc.attach(Caller::new(1000), "a", &req).unwrap();
+    assert!(attached.plugged);
+    svc.detach(Caller::new(1000), "a", attached.device.id)
+        .unwrap();
+    assert_eq!(
+        driver(&f).as_deref(),
+        Some("vfio-pci"),
+        "an unmanaged device stays detached for root to give back"
+    );
+    let listing = svc.hostdevs().unwrap();
+    assert_eq!(listing.pci.len(), 1);
+    assert!(listing.pci[0].owner.is_none(), "{:?}", listing.pci[0]);
+}
+
+#[test]
 fn a_vm_whose_hypervisor_is_gone_stays_listed_and_can_be_unregistered() {
     let f = fixture();
     let nic: plugboard_sysfs::PciAddress = "0000:02:00.0".parse().unwrap();
@@ -332,7 +384,7 @@ fn a_vm_whose_hypervisor_is_gone_stays_listed_and_can_be_unregistered() {
         address: nic,
         whole_group: false,
     };
-    svc.attach(Caller::new(1000), "a", &req).unwrap();
+    svc.attach(Caller::ROOT, "a", &req).unwrap();
     drop(svc);
     // The VM now points at a QEMU that is not there.
     let db = rusqlite::Connection::open(f.config.state_dir.join("hostdev.db")).unwrap();

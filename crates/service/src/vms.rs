@@ -237,7 +237,13 @@ impl Service {
                         "PCI device {address} is already passed through to VM {name:?}"
                     )));
                 }
-                let spec = self.prepare_passthrough(name, *address, *whole_group)?;
+                // Only root takes a device from its host driver (see `auth`); others
+                // pass through what root has already detached.
+                if !caller.is_root() {
+                    self.refuse_if_on_host_driver(caller, *address)?;
+                }
+                let spec =
+                    self.prepare_passthrough(name, *address, *whole_group, caller.is_root())?;
                 let functions = spec_pci_functions(&spec);
                 (spec, functions)
             }
