@@ -41,4 +41,6 @@ if [ "$fast" = 0 ]; then
   stage lab lab/run-tests.sh
   # A real QEMU 10 hot-plugging into the lab guest through the device manager.
   stage qemu-guest cargo test -p plugboard-qemu --locked --test guest -- --ignored --test-threads=1
+  # The daemon end to end: register the lab VM, attach a disk the guest sees, restart, detach.
+  stage serve-lab cargo test -p plugboard --locked --test serve_lab -- --ignored --test-threads=1
 fi
