@@ -91,7 +91,7 @@ fn host_remote(client: &Client, json: bool, command: &HostCommand) -> anyhow::Re
                     ]);
                 }
             }
-            print_rows(&rows);
+            super::table::print_table(&rows)?;
             Ok(())
         }
         HostCommand::Show { address, .. } => {
@@ -144,7 +144,7 @@ fn host_remote(client: &Client, json: bool, command: &HostCommand) -> anyhow::Re
                     text(&d["owner"]),
                 ]);
             }
-            print_rows(&rows);
+            super::table::print_table(&rows)?;
             for p in inventory["problems"].as_array().into_iter().flatten() {
                 eprintln!(
                     "plugboard: warning: {}: {}",
@@ -218,7 +218,7 @@ fn hostdev_remote(client: &Client, json: bool, command: &HostdevCommand) -> anyh
                     owner(&c["owner"]),
                 ]);
             }
-            print_rows(&rows);
+            super::table::print_table(&rows)?;
             for p in listing["pending"].as_array().into_iter().flatten() {
                 println!(
                     "pending: {} {} by process {}",
@@ -261,7 +261,7 @@ fn hostdev_remote(client: &Client, json: bool, command: &HostdevCommand) -> anyh
                         text(&r["detail"]),
                     ]);
                 }
-                print_rows(&rows);
+                super::table::print_table(&rows)?;
             }
             let failed: Vec<String> = answer["released"]
                 .as_array()
@@ -360,26 +360,5 @@ fn text(v: &Value) -> String {
         Value::Null => "-".to_owned(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
-    }
-}
-
-fn print_rows(rows: &[Vec<String>]) {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(String::len)
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
     }
 }

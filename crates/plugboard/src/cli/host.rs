@@ -183,7 +183,7 @@ fn ls(
     if !with_owner {
         rows[0].pop();
     }
-    print_table(&rows)?;
+    super::table::print_table(&rows)?;
     for problem in &inventory.problems {
         eprintln!("plugboard: warning: {}: {}", problem.address, problem.error);
     }
@@ -208,33 +208,6 @@ fn name_text(d: &PciDeviceInfo) -> String {
         (Some(v), None) => format!("{v} device {:04x}", d.ids.device),
         _ => "-".to_owned(),
     }
-}
-
-/// Prints rows as left-aligned columns two spaces apart, without trailing spaces.
-fn print_table(rows: &[Vec<String>]) -> anyhow::Result<()> {
-    use std::io::Write;
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|cell| cell.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for row in rows {
-        let mut line = String::new();
-        for (cell, width) in row.iter().zip(&widths) {
-            line.push_str(cell);
-            let pad = width - cell.chars().count();
-            line.extend(std::iter::repeat_n(' ', pad + 2));
-        }
-        writeln!(out, "{}", line.trim_end())?;
-    }
-    out.flush()?;
-    Ok(())
 }
 
 fn groups(
@@ -485,7 +458,7 @@ fn show(
         .into_iter()
         .map(|(k, v)| vec![format!("{k}:"), v.trim_end().to_owned()])
         .collect();
-    print_table(&table)
+    Ok(super::table::print_table(&table)?)
 }
 
 fn human_size(bytes: u64) -> String {

@@ -4,8 +4,6 @@
 //! Everything here is formatting and argument parsing; the rules live in
 //! `plugboard-hostdev`. Tables are for people, `--json` prints the library's records.
 
-use std::io::Write;
-
 use anyhow::Context;
 use clap::Subcommand;
 use plugboard_hostdev::{BatchOptions, Detached, DeviceSpec, HostdevManager, Owner, ResetDone};
@@ -255,25 +253,10 @@ fn join(devices: &[DeviceSpec]) -> String {
         .join(" ")
 }
 
-/// Left-aligned columns, two spaces apart.
+/// Prints `header` then `rows` as a table.
 fn table(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let mut out = std::io::stdout().lock();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| -> std::io::Result<()> {
-        let mut text = String::new();
-        for (cell, w) in cells.zip(&widths) {
-            text.push_str(&format!("{cell:<w$}  "));
-        }
-        writeln!(out, "{}", text.trim_end())
-    };
-    line(&mut header.iter().copied())?;
-    for row in rows {
-        line(&mut row.iter().map(String::as_str))?;
-    }
-    Ok(())
+    let mut all = Vec::with_capacity(rows.len() + 1);
+    all.push(header.iter().map(|h| (*h).to_owned()).collect());
+    all.extend_from_slice(rows);
+    Ok(super::table::print_table(&all)?)
 }

@@ -7,6 +7,7 @@ mod daemon;
 mod host;
 mod hostdev;
 mod serve;
+mod table;
 mod vfio;
 mod vm;
 

@@ -203,7 +203,7 @@ fn print_report(report: &Report) -> anyhow::Result<()> {
             },
         ]);
     }
-    write_table(&mut out, &rows)?;
+    super::table::write_table(&mut out, &rows)?;
     writeln!(out)?;
     let mut rows = vec![vec![
         "IRQ".to_owned(),
@@ -219,31 +219,7 @@ fn print_report(report: &Report) -> anyhow::Result<()> {
             list(&i.flags.names()),
         ]);
     }
-    write_table(&mut out, &rows)?;
-    Ok(())
-}
-
-/// Left-aligned columns two spaces apart, without trailing spaces.
-fn write_table(out: &mut impl std::io::Write, rows: &[Vec<String>]) -> std::io::Result<()> {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(|cell| cell.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in rows {
-        let mut line = String::new();
-        for (cell, width) in row.iter().zip(&widths) {
-            line.push_str(cell);
-            let pad = width - cell.chars().count();
-            line.extend(std::iter::repeat_n(' ', pad + 2));
-        }
-        writeln!(out, "{}", line.trim_end())?;
-    }
+    super::table::write_table(&mut out, &rows)?;
     Ok(())
 }
 
@@ -321,19 +297,5 @@ mod tests {
                 .ends_with("vfio/vfio: VFIO_GET_API_VERSION failed"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn table_columns_align() {
-        let mut out = Vec::new();
-        write_table(
-            &mut out,
-            &[
-                vec!["A".into(), "BB".into()],
-                vec!["CCC".into(), "D".into()],
-            ],
-        )
-        .unwrap();
-        assert_eq!(String::from_utf8(out).unwrap(), "A    BB\nCCC  D\n");
     }
 }

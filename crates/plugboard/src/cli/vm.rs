@@ -138,7 +138,7 @@ pub fn run(global: &Global, args: VmArgs) -> anyhow::Result<()> {
                     text(&vm["endpoint"]["qmp_socket"]),
                 ]);
             }
-            print_rows(&rows);
+            super::table::print_table(&rows)?;
             Ok(())
         }
         VmCommand::Reconnect { name } => {
@@ -245,7 +245,7 @@ pub fn run(global: &Global, args: VmArgs) -> anyhow::Result<()> {
                     guest_text(&d["guest"]),
                 ]);
             }
-            print_rows(&rows);
+            super::table::print_table(&rows)?;
             Ok(())
         }
     }
@@ -284,26 +284,5 @@ fn guest_text(guest: &Value) -> String {
         "-".to_owned()
     } else {
         parts.join(", ")
-    }
-}
-
-fn print_rows(rows: &[Vec<String>]) {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            rows.iter()
-                .filter_map(|r| r.get(c))
-                .map(String::len)
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
     }
 }
