@@ -102,6 +102,13 @@ pub enum LabError {
 }
 
 impl LabError {
+    /// Whether QEMU itself died from a signal (an assertion's abort) before the guest was
+    /// ready: a QEMU crash, which a caller may retry once, unlike a guest that fails.
+    pub fn is_qemu_abort_while_booting(&self) -> bool {
+        matches!(self, Self::GuestExited { status, during, .. }
+            if during == "booting" && status.contains("signal"))
+    }
+
     /// Shorthand for [`LabError::Io`].
     pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
         Self::Io {
@@ -114,3 +121,32 @@ impl LabError {
 
 /// The lab's result type.
 pub type Result<T> = std::result::Result<T, LabError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exited(status: &str, during: &str) -> LabError {
+        LabError::GuestExited {
+            status: status.into(),
+            during: during.into(),
+            tail: String::new(),
+            stderr: String::new(),
+        }
+    }
+
+    #[test]
+    fn only_a_qemu_killed_by_a_signal_while_booting_is_retried() {
+        assert!(exited("signal: 6 (SIGABRT)", "booting").is_qemu_abort_while_booting());
+        // QEMU's own error exit (bad arguments), or a guest that powered off or panicked
+        // (`-no-reboot`): not a QEMU crash.
+        assert!(!exited("exit status: 1", "booting").is_qemu_abort_while_booting());
+        assert!(!exited("exit status: 0", "booting").is_qemu_abort_while_booting());
+        // After boot, a crash fails the test that saw it.
+        assert!(!exited("signal: 6 (SIGABRT)", "running a command").is_qemu_abort_while_booting());
+        assert!(
+            !LabError::NotRunning("never started").is_qemu_abort_while_booting(),
+            "other errors are not retried"
+        );
+    }
+}

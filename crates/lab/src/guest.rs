@@ -117,6 +117,18 @@ impl Guest {
                 timeout = timeout.min(KVM_BOOT_TIMEOUT);
             }
             result = Self::boot_once(opts, initramfs, &kernel, accel, timeout, note.clone());
+            if let Err(e) = &result
+                && e.is_qemu_abort_while_booting()
+            {
+                // QEMU 10.0's TCG can abort in `iotlb_to_section` while the guest sets up
+                // its IOMMU and BARs: a QEMU race, not the guest's fault nor ours. Boot once
+                // more, and say so; a second abort, or any other failure, stands.
+                eprintln!(
+                    "plugboard-lab: QEMU aborted while the guest was booting; booting once more: {}",
+                    first_line(e)
+                );
+                result = Self::boot_once(opts, initramfs, &kernel, accel, timeout, note.clone());
+            }
             match &result {
                 Ok(_) => break,
                 Err(e) if i + 1 < plan.len() => {
