@@ -15,8 +15,7 @@
     reason = "a test fixture: failing to set it up is the test's failure"
 )]
 
-use std::io::{IoSliceMut, Read, Write};
-use std::mem::MaybeUninit;
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -105,25 +104,14 @@ fn serve(mut stream: UnixStream, requests: &Mutex<Vec<u32>>, stop: &AtomicBool) 
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
     while !stop.load(Ordering::Relaxed) {
-        // The 12-byte header, with any fds riding on it (closed when dropped).
+        // The 12-byte header, with any fds riding on it (memory regions, kick and call
+        // eventfds): not needed, so receiving closes them.
         let mut header = [0u8; 12];
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
-        let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
-        let got = rustix::net::recvmsg(
-            &stream,
-            &mut [IoSliceMut::new(&mut header)],
-            &mut control,
-            rustix::net::RecvFlags::CMSG_CLOEXEC,
-        );
-        let n = match got {
-            Ok(msg) if msg.bytes == 0 => return,
-            Ok(msg) => msg.bytes,
-            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => continue,
-            Err(_) => return,
+        let n = match crate::sys::recv_with_fds(&stream, &mut header) {
+            crate::sys::Received::Data { bytes, .. } => bytes,
+            crate::sys::Received::Again => continue,
+            crate::sys::Received::Closed => return,
         };
-        // The fds (memory regions, kick and call eventfds) are not needed: dropping the
-        // received messages closes them.
-        control.drain().for_each(drop);
         if n < header.len() && stream.read_exact(&mut header[n..]).is_err() {
             return;
         }

@@ -10,8 +10,7 @@
     reason = "a test fixture: failing to set it up is the test's failure"
 )]
 
-use std::io::{IoSliceMut, Write};
-use std::mem::MaybeUninit;
+use std::io::Write;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -163,25 +162,14 @@ fn serve(
     let mut fds = 0usize;
     while !stop.load(Ordering::Relaxed) {
         let mut chunk = [0u8; 4096];
-        let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(4))];
-        let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
-        let got = rustix::net::recvmsg(
-            &stream,
-            &mut [IoSliceMut::new(&mut chunk)],
-            &mut control,
-            rustix::net::RecvFlags::CMSG_CLOEXEC,
-        );
-        let n = match got {
-            Ok(msg) if msg.bytes == 0 => return,
-            Ok(msg) => msg.bytes,
-            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => continue,
-            Err(_) => return,
-        };
-        for msg in control.drain() {
-            if let rustix::net::RecvAncillaryMessage::ScmRights(rights) = msg {
-                fds += rights.count();
+        let n = match crate::sys::recv_with_fds(&stream, &mut chunk) {
+            crate::sys::Received::Data { bytes, fds: got } => {
+                fds += got;
+                bytes
             }
-        }
+            crate::sys::Received::Again => continue,
+            crate::sys::Received::Closed => return,
+        };
         buf.extend_from_slice(&chunk[..n]);
         while let Some(end) = buf.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = buf.drain(..=end).collect();
