@@ -11,7 +11,9 @@ use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use plugboard_devices::DeviceId;
-use plugboard_service::{AttachRequest, Caller, HostdevRequest, RegisterVm, Service, ServiceError};
+use plugboard_service::{
+    AttachRequest, Caller, HostdevRequest, NodeDeviceResult, RegisterVm, Service, ServiceError,
+};
 use plugboard_sysfs::PciAddress;
 use serde::Serialize;
 use serde_json::json;
@@ -112,17 +114,27 @@ fn pci_address(text: &str) -> Result<PciAddress, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("PCI address {text:?}: {e}")))
 }
 
+/// A node-device operation (detach, reattach, reset) on the PCI device in the path.
+type NodeDeviceOp = fn(&Service, Caller, PciAddress) -> Result<NodeDeviceResult, ServiceError>;
+
+async fn node_device(
+    svc: Arc<Service>,
+    peer: &Peer,
+    address: &str,
+    op: NodeDeviceOp,
+) -> Result<Response, ApiError> {
+    let address = pci_address(address)?;
+    let caller = caller(peer);
+    Ok(ok(&blocking(move || op(&svc, caller, address)).await?))
+}
+
 /// `POST /v1/hostdevs/{address}/detach` (root).
 pub async fn hostdev_detach(
     State(svc): Svc,
     ConnectInfo(peer): PeerInfo,
     Path(address): Path<String>,
 ) -> Result<Response, ApiError> {
-    let address = pci_address(&address)?;
-    Ok(ok(&blocking(move || {
-        svc.hostdev_detach(caller(&peer), address)
-    })
-    .await?))
+    node_device(svc, &peer, &address, Service::hostdev_detach).await
 }
 
 /// `POST /v1/hostdevs/{address}/reattach` (root).
@@ -131,11 +143,7 @@ pub async fn hostdev_reattach(
     ConnectInfo(peer): PeerInfo,
     Path(address): Path<String>,
 ) -> Result<Response, ApiError> {
-    let address = pci_address(&address)?;
-    Ok(ok(&blocking(move || {
-        svc.hostdev_reattach(caller(&peer), address)
-    })
-    .await?))
+    node_device(svc, &peer, &address, Service::hostdev_reattach).await
 }
 
 /// `POST /v1/hostdevs/{address}/reset` (root).
@@ -144,11 +152,7 @@ pub async fn hostdev_reset(
     ConnectInfo(peer): PeerInfo,
     Path(address): Path<String>,
 ) -> Result<Response, ApiError> {
-    let address = pci_address(&address)?;
-    Ok(ok(&blocking(move || {
-        svc.hostdev_reset(caller(&peer), address)
-    })
-    .await?))
+    node_device(svc, &peer, &address, Service::hostdev_reset).await
 }
 
 /// `GET /v1/vms`.
