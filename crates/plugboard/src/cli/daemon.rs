@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 
 use super::host::HostCommand;
 use super::hostdev::HostdevCommand;
+use super::table::text;
 use super::{Global, print_json};
 use crate::serve::client::{Client, DEFAULT_SOCKET};
 
@@ -353,12 +354,4 @@ fn list(v: &Value) -> String {
         .map(text)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }

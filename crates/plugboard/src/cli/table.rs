@@ -30,6 +30,15 @@ pub fn write_table(out: &mut impl Write, rows: &[Vec<String>]) -> std::io::Resul
     Ok(())
 }
 
+/// A JSON value as a table cell: strings bare, `null` as `-`, anything else as JSON.
+pub fn text(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Null => "-".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
 /// [`write_table`] to stdout, buffered.
 pub fn print_table(rows: &[Vec<String>]) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -45,6 +54,13 @@ mod tests {
         let mut out = Vec::new();
         write_table(&mut out, rows).unwrap();
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn json_cells() {
+        assert_eq!(text(&serde_json::json!(null)), "-");
+        assert_eq!(text(&serde_json::json!("vda")), "vda");
+        assert_eq!(text(&serde_json::json!(7)), "7");
     }
 
     #[test]

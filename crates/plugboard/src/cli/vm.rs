@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use super::table::text;
 use super::{Global, print_json};
 use crate::serve::client::{Client, DEFAULT_SOCKET};
 
@@ -253,14 +254,6 @@ pub fn run(global: &Global, args: VmArgs) -> anyhow::Result<()> {
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot make {} absolute", path.display()))
-}
-
-fn text(v: &Value) -> String {
-    match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
 }
 
 /// A device id as logs show it: 16 hex digits.
