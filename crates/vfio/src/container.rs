@@ -10,7 +10,8 @@
 //! and attaches the group, and dropping the last detaches and closes it. The container also
 //! keeps the books of its DMA mappings and maps them again when a group joins after the
 //! kernel dropped them with the last one (cloud-hypervisor #7328: the next hotplug found no
-//! mappings). Devices and [`crate::DmaMapping`]s hold the container in an `Arc`, so it
+//! mappings), unless it was opened with [`DmaReplay::Off`] for a VMM that maps its memory
+//! again itself. Devices and [`crate::DmaMapping`]s hold the container in an `Arc`, so it
 //! outlives all of them.
 
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tracing::{debug, info, warn};
@@ -78,6 +80,23 @@ pub enum ContainerError {
     },
 }
 
+/// What a legacy container does about the DMA mappings that the kernel throws away when the
+/// container's last group leaves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DmaReplay {
+    /// Keep books of every mapping and map them all again when a group joins after the last
+    /// one left, so that a device hotplugged after the last one was unplugged finds guest
+    /// memory mapped (cloud-hypervisor #7328). Each DMA call takes the container's lock to
+    /// keep the books. The default.
+    #[default]
+    On,
+    /// Keep no books: the mappings go with the last group, and whoever made them maps them
+    /// again when a group joins (as users of rust-vmm's vfio-ioctls must). DMA calls take no
+    /// lock. For a VMM that re-maps guest memory on hotplug itself: with [`DmaReplay::On`]
+    /// its map of a range the container already restored fails with `EEXIST`.
+    Off,
+}
+
 /// One group the container holds: its fd and how many devices use it.
 #[derive(Debug)]
 struct GroupSlot {
@@ -93,9 +112,14 @@ struct State {
 
 /// A legacy VFIO container with type1v2 IOMMU. Shared as `Arc<Container>`.
 pub struct Container {
-    file: File,
+    /// An `OwnedFd`, not a `File`: its `as_fd` inlines, and it is on every DMA call.
+    file: OwnedFd,
     path: PathBuf,
     dev_root: PathBuf,
+    replay: DmaReplay,
+    /// How many groups are attached: `state.groups.len()`, written under the lock, read
+    /// without it by the DMA calls of a container that keeps no books.
+    attached: AtomicUsize,
     state: Mutex<State>,
 }
 
@@ -104,6 +128,7 @@ impl fmt::Debug for Container {
         let state = self.state();
         f.debug_struct("Container")
             .field("path", &self.path)
+            .field("replay", &self.replay)
             .field("groups", &state.groups.keys().collect::<Vec<_>>())
             .field("mappings", &state.books.len())
             .finish()
@@ -117,17 +142,27 @@ impl fmt::Display for Container {
 }
 
 impl Container {
-    /// Opens `<dev_root>/vfio/vfio` and checks the API version and type1v2 support.
+    /// Opens `<dev_root>/vfio/vfio` and checks the API version and type1v2 support. The
+    /// container keeps books of its DMA mappings ([`DmaReplay::On`]).
     pub fn open(dev_root: &Path) -> Result<Arc<Self>, ContainerError> {
+        Self::open_with(dev_root, DmaReplay::On)
+    }
+
+    /// [`Container::open`] with the given [`DmaReplay`].
+    pub fn open_with(dev_root: &Path, replay: DmaReplay) -> Result<Arc<Self>, ContainerError> {
         let path = dev_root.join("vfio/vfio");
-        let file = open_rw(&path).map_err(|source| ContainerError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        let file = open_rw(&path)
+            .map_err(|source| ContainerError::Open {
+                path: path.clone(),
+                source,
+            })?
+            .into();
         let container = Self {
             file,
             path,
             dev_root: dev_root.to_path_buf(),
+            replay,
+            attached: AtomicUsize::new(0),
             state: Mutex::new(State::default()),
         };
         container.check()?;
@@ -138,7 +173,8 @@ impl Container {
     /// Adopts a container fd and a group fd received from a privileged helper (see
     /// [`crate::VmmFds`]): the group is already attached and the IOMMU set. The returned
     /// lease is the group's first user. Such a container knows no `/dev` root, so it cannot
-    /// open further groups itself: a VMM gets each group's fd from the helper.
+    /// open further groups itself: a VMM gets each group's fd from the helper. It keeps books
+    /// of its DMA mappings ([`DmaReplay::On`]).
     pub fn from_fds(
         container: OwnedFd,
         group: OwnedFd,
@@ -146,9 +182,11 @@ impl Container {
     ) -> Result<(Arc<Self>, Group), ContainerError> {
         let path = PathBuf::from("(received fd)");
         let container = Self {
-            file: File::from(container),
+            file: container,
             path,
             dev_root: PathBuf::new(),
+            replay: DmaReplay::On,
+            attached: AtomicUsize::new(0),
             state: Mutex::new(State::default()),
         };
         container.check()?;
@@ -162,10 +200,11 @@ impl Container {
         }
         let mut users = RefCount::default();
         users.acquire();
-        container
-            .state()
-            .groups
-            .insert(group_id, GroupSlot { file: group, users });
+        container.add_group(
+            &mut container.state(),
+            group_id,
+            GroupSlot { file: group, users },
+        );
         let container = Arc::new(container);
         let lease = Group::new(Arc::clone(&container), group_id);
         Ok((container, lease))
@@ -226,9 +265,19 @@ impl Container {
             .map_or(0, |slot| slot.users.users())
     }
 
-    /// How many DMA mappings the container holds.
+    /// How many DMA mappings the container's books hold (always 0 with [`DmaReplay::Off`]).
     pub fn mapping_count(&self) -> usize {
         self.state().books.len()
+    }
+
+    /// What the container does about the mappings the kernel drops with its last group.
+    pub fn dma_replay(&self) -> DmaReplay {
+        self.replay
+    }
+
+    fn add_group(&self, state: &mut State, id: u32, slot: GroupSlot) {
+        state.groups.insert(id, slot);
+        self.attached.store(state.groups.len(), Ordering::Relaxed);
     }
 
     /// Gets a lease on group `id`: the first one opens `<dev_root>/vfio/<id>`, checks that
@@ -284,7 +333,7 @@ impl Container {
         }
         let mut users = RefCount::default();
         users.acquire();
-        state.groups.insert(id, GroupSlot { file, users });
+        self.add_group(&mut state, id, GroupSlot { file, users });
         info!(group = id, container = %self.path.display(), "attached IOMMU group to the container (undone when its last device closes)");
         Ok(Group::new(Arc::clone(self), id))
     }
@@ -354,10 +403,16 @@ impl Container {
         let Some(slot) = state.groups.remove(&id) else {
             return Err(GroupError::NotAttached { group: id });
         };
+        self.attached.store(state.groups.len(), Ordering::Relaxed);
         let unset = ioctl::group_unset_container(slot.file.as_fd());
         // Closing the fd detaches the group in any case (the kernel's release does it).
         drop(slot);
-        if state.groups.is_empty() && !state.books.is_empty() {
+        if state.groups.is_empty() && self.replay == DmaReplay::Off {
+            info!(
+                container = %self.path.display(),
+                "the last group left the container: the kernel dropped its DMA mappings, and with DmaReplay::Off they stay gone until mapped again"
+            );
+        } else if state.groups.is_empty() && !state.books.is_empty() {
             info!(
                 mappings = state.books.len(),
                 "the last group left the container: the kernel dropped its DMA mappings; they are booked and will be mapped again when a group joins"
@@ -372,46 +427,79 @@ impl Container {
     }
 }
 
+impl Container {
+    #[cold]
+    fn no_iommu(&self) -> DmaError {
+        DmaError::NoIommu {
+            space: self.to_string(),
+        }
+    }
+
+    #[cold]
+    fn map_failed(&self, iova: u64, len: u64, source: io::Error) -> DmaError {
+        DmaError::Map {
+            space: self.to_string(),
+            iova,
+            len,
+            source,
+        }
+    }
+
+    /// Unmaps in the kernel; returns the bytes it unmapped.
+    fn unmap_in_kernel(&self, iova: u64, len: u64) -> Result<u64, DmaError> {
+        ioctl::unmap_dma(self.file.as_fd(), iova, len).map_err(|source| DmaError::Unmap {
+            space: self.to_string(),
+            iova,
+            len,
+            source,
+        })
+    }
+}
+
 impl AddressSpace for Container {
     unsafe fn map_dma(&self, iova: u64, len: usize, vaddr: *mut u8) -> Result<(), DmaError> {
         let vaddr = u64::try_from(vaddr.addr()).unwrap_or(u64::MAX);
         let (iova, len) = check_range(iova, len, vaddr)?;
+        if self.replay == DmaReplay::Off {
+            // No books, so no lock. A group that leaves meanwhile makes the kernel refuse
+            // the call (EINVAL), which the error reports.
+            if self.attached.load(Ordering::Relaxed) == 0 {
+                return Err(self.no_iommu());
+            }
+            // SAFETY: our caller upholds `map_dma`'s contract for this range.
+            return unsafe { ioctl::map_dma(self.file.as_fd(), iova, len, vaddr) }
+                .map_err(|source| self.map_failed(iova, len, source));
+        }
         let mut state = self.state();
         if state.groups.is_empty() {
-            return Err(DmaError::NoIommu {
-                space: self.to_string(),
-            });
+            return Err(self.no_iommu());
         }
         // SAFETY: our caller upholds `map_dma`'s contract for this range.
-        unsafe { ioctl::map_dma(self.file.as_fd(), iova, len, vaddr) }.map_err(|source| {
-            DmaError::Map {
-                space: self.to_string(),
-                iova,
-                len,
-                source,
-            }
-        })?;
+        unsafe { ioctl::map_dma(self.file.as_fd(), iova, len, vaddr) }
+            .map_err(|source| self.map_failed(iova, len, source))?;
         state.books.insert(iova, len, vaddr);
         Ok(())
     }
 
     fn unmap_dma(&self, iova: u64, len: usize) -> Result<(), DmaError> {
         let (iova, len) = check_range(iova, len, 0)?;
-        let mut state = self.state();
-        let unmapped = if state.groups.is_empty() {
-            // The kernel already dropped everything; only the books remain.
-            state.books.forget(iova, len)
+        let unmapped = if self.replay == DmaReplay::Off {
+            if self.attached.load(Ordering::Relaxed) == 0 {
+                // The kernel dropped every mapping with the last group; none is left to
+                // unmap, and there are no books to tell what was there.
+                return Ok(());
+            }
+            self.unmap_in_kernel(iova, len)?
         } else {
-            let unmapped = ioctl::unmap_dma(self.file.as_fd(), iova, len).map_err(|source| {
-                DmaError::Unmap {
-                    space: self.to_string(),
-                    iova,
-                    len,
-                    source,
-                }
-            })?;
-            state.books.forget(iova, len);
-            unmapped
+            let mut state = self.state();
+            if state.groups.is_empty() {
+                // The kernel already dropped everything; only the books remain.
+                state.books.forget(iova, len)
+            } else {
+                let unmapped = self.unmap_in_kernel(iova, len)?;
+                state.books.forget(iova, len);
+                unmapped
+            }
         };
         if unmapped != len {
             return Err(DmaError::PartialUnmap {

@@ -51,7 +51,8 @@ pub enum IommufdError {
 
 /// An iommufd with one IOAS, shared as `Arc<Iommufd>` by the devices attached to it.
 pub struct Iommufd {
-    file: File,
+    /// An `OwnedFd`, not a `File`: its `as_fd` inlines, and it is on every DMA call.
+    file: OwnedFd,
     path: PathBuf,
     ioas: u32,
 }
@@ -79,16 +80,16 @@ impl Iommufd {
             path: path.clone(),
             source,
         })?;
-        Self::with_new_ioas(file, path)
+        Self::with_new_ioas(file.into(), path)
     }
 
     /// Takes an iommufd received from a privileged helper (see [`crate::VmmFds`]) and
     /// allocates this process's IOAS in it.
     pub fn from_fd(fd: OwnedFd) -> Result<Arc<Self>, IommufdError> {
-        Self::with_new_ioas(File::from(fd), PathBuf::from("(received fd)"))
+        Self::with_new_ioas(fd, PathBuf::from("(received fd)"))
     }
 
-    fn with_new_ioas(file: File, path: PathBuf) -> Result<Arc<Self>, IommufdError> {
+    fn with_new_ioas(file: OwnedFd, path: PathBuf) -> Result<Arc<Self>, IommufdError> {
         let ioas = ioctl::ioas_alloc(file.as_fd()).map_err(|source| IommufdError::Ioctl {
             path: path.clone(),
             what: "IOMMU_IOAS_ALLOC",

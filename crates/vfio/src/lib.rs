@@ -16,7 +16,8 @@
 //! - [`AddressSpace`] (DMA map/unmap, with the unsafe contract documented on
 //!   [`AddressSpace::map_dma`]) is implemented by [`Container`] (type1v2; it counts the
 //!   devices of each group so that two devices of one group share the one group fd, and
-//!   keeps its mappings across the moment its last group leaves) and by [`Iommufd`] (one IOAS
+//!   keeps its mappings across the moment its last group leaves unless told otherwise with
+//!   [`DmaReplay`]) and by [`Iommufd`] (one IOAS
 //!   shared by every device attached to it). [`DmaMapping`] is the RAII form.
 //! - [`VfioDevice`] is the same type in both modes: info, regions with their capabilities
 //!   (sparse mmap areas), IRQ info, config-space and region read/write, reset. It is built
@@ -66,7 +67,7 @@ mod open;
 mod refcount;
 mod region;
 
-pub use container::{Container, ContainerError};
+pub use container::{Container, ContainerError, DmaReplay};
 pub use device::{DeviceError, VfioDevice};
 pub use dma::{AddressSpace, DMA_PAGE_SIZE, DmaError, DmaMapping};
 pub use fds::{FdsError, VmmFds, open_for_vmm};

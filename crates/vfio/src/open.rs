@@ -10,7 +10,7 @@ use std::sync::Arc;
 use plugboard_sysfs::{PciAddress, Sysfs, SysfsError};
 use tracing::info;
 
-use crate::container::{Container, ContainerError};
+use crate::container::{Container, ContainerError, DmaReplay};
 use crate::device::{DeviceError, VfioDevice};
 use crate::group::{Blocker, GroupError};
 use crate::iommufd::{CdevError, Iommufd, IommufdError};
@@ -70,6 +70,7 @@ impl From<IommufdError> for OpenError {
 #[derive(Debug)]
 pub struct Vfio {
     sysfs: Sysfs,
+    replay: DmaReplay,
     container: Option<Arc<Container>>,
     iommufd: Option<Arc<Iommufd>>,
 }
@@ -79,9 +80,18 @@ impl Vfio {
     pub fn new(sysfs: Sysfs) -> Self {
         Self {
             sysfs,
+            replay: DmaReplay::On,
             container: None,
             iommufd: None,
         }
+    }
+
+    /// What the legacy container, when this context opens it, does about the mappings the
+    /// kernel drops with its last group (default [`DmaReplay::On`]).
+    #[must_use]
+    pub fn with_dma_replay(mut self, replay: DmaReplay) -> Self {
+        self.replay = replay;
+        self
     }
 
     /// The legacy container, once a device has been opened through it.
@@ -99,7 +109,7 @@ impl Vfio {
         if let Some(container) = &self.container {
             return Ok(Arc::clone(container));
         }
-        let container = Container::open(self.sysfs.dev_root())?;
+        let container = Container::open_with(self.sysfs.dev_root(), self.replay)?;
         self.container = Some(Arc::clone(&container));
         Ok(container)
     }

@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use plugboard_sysfs::{PciAddress, Sysfs};
 use plugboard_vfio::{
-    AddressSpace, Container, DeviceError, DmaError, DmaMapping, GroupError, Interface, Iommufd,
-    Mode, ModeError, OpenError, RegionCap, Vfio, VfioDevice, VmmFds, open_for_vmm,
+    AddressSpace, Container, DeviceError, DmaError, DmaMapping, DmaReplay, GroupError, Interface,
+    Iommufd, Mode, ModeError, OpenError, RegionCap, Vfio, VfioDevice, VmmFds, open_for_vmm,
 };
 use support::{Buffer, OnVfio, require_lab_guest, shared_group_nics, single_group_nic};
 
@@ -545,11 +545,53 @@ fn a_legacy_container_maps_its_books_again_after_the_last_group_left() {
     let err =
         unsafe { container.map_dma(IOVA + 4 * 1024 * 1024, 4096, buffer.as_ptr()) }.unwrap_err();
     assert!(matches!(err, DmaError::NoIommu { .. }), "{err}");
-    // The next device brings the group back, and the mapping with it: the kernel unmaps the
-    // full length only if it was mapped again.
+    // The next device brings the group back, and the mapping with it: mapping the range
+    // again is refused as already there, and the kernel unmaps the full length only if it
+    // was mapped again.
     let device = open(&mut vfio, nic, Mode::Legacy);
+    // SAFETY: as above (refused: the replay mapped it).
+    let err = unsafe { container.map_dma(IOVA, 2 * MIB, buffer.as_ptr()) }.unwrap_err();
+    let DmaError::Map { source, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(source.raw_os_error(), Some(libc::EEXIST), "{err}");
     container.unmap_dma(IOVA, 2 * MIB).unwrap();
     assert_eq!(container.mapping_count(), 0);
+    device.close().unwrap();
+    drop((vfio, container, buffer));
+    bound.restore().unwrap();
+}
+
+#[test]
+#[ignore = "needs the lab guest (lab/run-tests.sh)"]
+fn a_legacy_container_without_replay_leaves_mapping_again_to_its_user() {
+    let sysfs = require_lab_guest();
+    let nic = single_group_nic(&sysfs, 0);
+    let bound = OnVfio::bind(&sysfs, nic);
+    let buffer = Buffer::new(2 * MIB);
+    let mut vfio = Vfio::new(sysfs.clone()).with_dma_replay(DmaReplay::Off);
+    let device = open(&mut vfio, nic, Mode::Legacy);
+    let container = Arc::clone(device.container().unwrap());
+    assert_eq!(container.dma_replay(), DmaReplay::Off);
+    // SAFETY: the buffer is never referenced from Rust and outlives every mapping of it.
+    unsafe { container.map_dma(IOVA, 2 * MIB, buffer.as_ptr()) }.unwrap();
+    assert_eq!(container.mapping_count(), 0, "no books are kept");
+    device.close().unwrap();
+    // SAFETY: as above (refused: no IOMMU without a group).
+    let err = unsafe { container.map_dma(IOVA, 4096, buffer.as_ptr()) }.unwrap_err();
+    assert!(matches!(err, DmaError::NoIommu { .. }), "{err}");
+    // The next device brings the group back without the mapping: its user maps the same
+    // range again (no EEXIST), and it unmaps in full.
+    let device = open(&mut vfio, nic, Mode::Legacy);
+    // SAFETY: as above.
+    unsafe { container.map_dma(IOVA, 2 * MIB, buffer.as_ptr()) }.unwrap();
+    container.unmap_dma(IOVA, 2 * MIB).unwrap();
+    // Unmapping it again finds nothing there: the kernel reports 0 bytes unmapped.
+    let err = container.unmap_dma(IOVA, 2 * MIB).unwrap_err();
+    assert!(
+        matches!(err, DmaError::PartialUnmap { unmapped: 0, .. }),
+        "{err}"
+    );
     device.close().unwrap();
     drop((vfio, container, buffer));
     bound.restore().unwrap();
