@@ -11,10 +11,23 @@
 //! ```
 //!
 //! For each interface and piece size it maps the whole buffer piece by piece at consecutive
-//! IOVAs, then unmaps it piece by piece, and times that. Opening the device is not timed.
-//! After one unrecorded warm-up run of each, each figure is the median (and the minimum) of
-//! `--reps` runs (default 8), alternating which implementation goes first.
-//! The ratio is vfio-ioctls' time over ours: above 1 means plugboard-vfio was faster.
+//! IOVAs, then unmaps it piece by piece, and times that. The legacy interface runs twice: as
+//! opened by default, with the container keeping books of its mappings to map them again
+//! after its last group left (`DmaReplay::On`, which vfio-ioctls does not do), and with
+//! `DmaReplay::Off` (no books, no lock: the same work as vfio-ioctls). Opening the device is not timed.
+//! After one unrecorded warm-up run of each, it does `--reps` rounds (default 8); a round
+//! runs both implementations once, alternating which goes first.
+//!
+//! Both are called the same way: by default through their mode-agnostic trait objects
+//! (`Arc<dyn AddressSpace>` and `Arc<dyn VfioOps>`), which is how a VMM that supports both
+//! modes holds them; with `--direct`, through the concrete types (`Container`/`Iommufd` and
+//! `VfioContainer`/`VfioIommufd`).
+//!
+//! It prints each one's median and minimum, and two ratios of vfio-ioctls' time over ours
+//! (above 1 means plugboard-vfio was faster): the ratio of the medians and the median of the
+//! rounds' own ratios. The second pairs runs made seconds apart, so slow drift of the
+//! machine (this runs under emulation on a shared host) cancels out of it. `faster` counts
+//! the rounds in which plugboard-vfio was the faster one.
 
 #![expect(
     clippy::expect_used,
@@ -30,8 +43,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use plugboard_sysfs::{PciAddress, Sysfs};
-use plugboard_vfio::{Mode, Vfio};
+use plugboard_vfio::{AddressSpace, Container, DmaReplay, Iommufd, Mode, Vfio};
 use support::{Buffer, OnVfio, in_lab_guest, single_group_nic};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioIommufd, VfioOps};
 
 const IOVA: u64 = 0x1_0000_0000;
 
@@ -44,12 +58,23 @@ enum Who {
 struct Args {
     size: usize,
     reps: usize,
+    call: Call,
+}
+
+/// How the benchmark calls both implementations.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// Through the mode-agnostic trait objects.
+    Trait,
+    /// Through the concrete types.
+    Direct,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         size: 1024 << 20,
         reps: 8,
+        call: Call::Trait,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -61,6 +86,7 @@ fn parse_args() -> Result<Args, String> {
         match arg.as_str() {
             "--size-mib" => args.size = value("--size-mib")? << 20,
             "--reps" => args.reps = value("--reps")?.max(1),
+            "--direct" => args.call = Call::Direct,
             // cargo bench passes --bench; ignore it and other harness flags.
             other if other.starts_with("--") => {}
             other => return Err(format!("unknown argument {other}")),
@@ -94,60 +120,74 @@ fn main() -> ExitCode {
     let buffer = Buffer::new(args.size);
     let limit = EntryLimit::raise_to(args.size / (4 << 10));
     println!(
-        "dma bench: device {nic}, buffer {} MiB, median of {} runs; ratio = vfio-ioctls / plugboard-vfio (> 1: plugboard-vfio faster)",
+        "dma bench: device {nic}, buffer {} MiB, {} rounds, called {}; ratio = vfio-ioctls / plugboard-vfio (> 1: plugboard-vfio faster)",
         args.size >> 20,
-        args.reps
+        args.reps,
+        match args.call {
+            Call::Trait => "through the trait objects",
+            Call::Direct => "through the concrete types",
+        }
     );
     println!(
-        "{:<8} {:>6} {:>8} {:>16} {:>16} {:>7} {:>14} {:>14} {:>7}",
+        "{:<20} {:>6} {:>8} {:>15} {:>15} {:>14} {:>14} {:>8} {:>8} {:>6}",
         "mode",
         "piece",
         "pieces",
-        "plugboard-vfio",
-        "vfio-ioctls",
-        "ratio",
+        "ours (median)",
+        "theirs (median)",
         "ours (min)",
         "theirs (min)",
-        "ratio"
+        "ratio",
+        "paired",
+        "faster"
     );
-    for mode in [Mode::Legacy, Mode::Iommufd] {
+    let configs = [
+        (Mode::Legacy, DmaReplay::On, "legacy"),
+        (Mode::Legacy, DmaReplay::Off, "legacy (replay off)"),
+        (Mode::Iommufd, DmaReplay::On, "iommufd"),
+    ];
+    for (mode, replay, label) in configs {
         for piece in [4usize << 10, 2 << 20] {
-            let mut ours = Vec::new();
-            let mut theirs = Vec::new();
+            let run = |who: Who| match who {
+                Who::Ours => run_ours(&sysfs, nic, (mode, replay), args.call, &buffer, piece),
+                Who::Theirs => run_theirs(&sysfs_path, mode, args.call, &buffer, piece),
+            };
             // One unrecorded run of each first: the first run after a switch of mode or
             // piece size pays for warming the kernel's caches and IOMMU page tables.
-            run_ours(&sysfs, nic, mode, &buffer, piece);
-            run_theirs(&sysfs_path, mode, &buffer, piece);
-            for rep in 0..args.reps {
-                let order = if rep % 2 == 0 {
-                    [Who::Ours, Who::Theirs]
+            run(Who::Ours);
+            run(Who::Theirs);
+            let mut ours = Vec::new();
+            let mut theirs = Vec::new();
+            let mut paired = Vec::new();
+            for round in 0..args.reps {
+                let (o, t) = if round % 2 == 0 {
+                    let o = run(Who::Ours);
+                    (o, run(Who::Theirs))
                 } else {
-                    [Who::Theirs, Who::Ours]
+                    let t = run(Who::Theirs);
+                    (run(Who::Ours), t)
                 };
-                for who in order {
-                    let took = match who {
-                        Who::Ours => run_ours(&sysfs, nic, mode, &buffer, piece),
-                        Who::Theirs => run_theirs(&sysfs_path, mode, &buffer, piece),
-                    };
-                    match who {
-                        Who::Ours => ours.push(took),
-                        Who::Theirs => theirs.push(took),
-                    }
-                }
+                ours.push(o);
+                theirs.push(t);
+                paired.push(t.as_secs_f64() / o.as_secs_f64());
             }
             let (ours_min, theirs_min) = (min(&ours), min(&theirs));
             let (ours, theirs) = (median(&mut ours), median(&mut theirs));
+            paired.sort_unstable_by(f64::total_cmp);
+            let faster = paired.iter().filter(|&&r| r > 1.0).count();
             println!(
-                "{:<8} {:>6} {:>8} {:>13.1} ms {:>13.1} ms {:>7.3} {:>11.1} ms {:>11.1} ms {:>7.3}",
-                mode.to_string(),
+                "{:<20} {:>6} {:>8} {:>12.1} ms {:>12.1} ms {:>11.1} ms {:>11.1} ms {:>8.3} {:>8.3} {:>3}/{:<2}",
+                label,
                 if piece < 1 << 20 { "4KiB" } else { "2MiB" },
                 args.size / piece,
                 ms(ours),
                 ms(theirs),
-                theirs.as_secs_f64() / ours.as_secs_f64(),
                 ms(ours_min),
                 ms(theirs_min),
-                theirs_min.as_secs_f64() / ours_min.as_secs_f64()
+                theirs.as_secs_f64() / ours.as_secs_f64(),
+                paired[paired.len() / 2],
+                faster,
+                paired.len(),
             );
         }
     }
@@ -209,70 +249,105 @@ fn median(times: &mut [Duration]) -> Duration {
     times[times.len() / 2]
 }
 
-fn iovas(buffer: &Buffer, piece: usize) -> impl Iterator<Item = (u64, usize)> {
-    (0..buffer.len() / piece).map(move |i| (IOVA + (i * piece) as u64, i * piece))
+/// One implementation's DMA calls, as the benchmark makes them; a failure ends the run.
+trait Dma {
+    /// # Safety
+    ///
+    /// As for `AddressSpace::map_dma`.
+    unsafe fn map(&self, iova: u64, len: usize, at: *mut u8);
+    fn unmap(&self, iova: u64, len: usize);
 }
 
-fn run_ours(sysfs: &Sysfs, nic: PciAddress, mode: Mode, buffer: &Buffer, piece: usize) -> Duration {
-    let mut vfio = Vfio::new(sysfs.clone());
+macro_rules! impl_dma {
+    ($($ty:ty => $map:ident, $unmap:ident, $who:literal;)*) => {$(
+        impl Dma for $ty {
+            unsafe fn map(&self, iova: u64, len: usize, at: *mut u8) {
+                // SAFETY: our caller upholds the map call's contract (see `Dma::map`).
+                unsafe { self.$map(iova, len, at) }.expect(concat!($who, " map"));
+            }
+            fn unmap(&self, iova: u64, len: usize) {
+                self.$unmap(iova, len).expect(concat!($who, " unmap"));
+            }
+        }
+    )*};
+}
+
+impl_dma! {
+    dyn AddressSpace => map_dma, unmap_dma, "plugboard-vfio";
+    Container => map_dma, unmap_dma, "plugboard-vfio";
+    Iommufd => map_dma, unmap_dma, "plugboard-vfio";
+    dyn VfioOps => vfio_dma_map, vfio_dma_unmap, "vfio-ioctls";
+    VfioContainer => vfio_dma_map, vfio_dma_unmap, "vfio-ioctls";
+    VfioIommufd => vfio_dma_map, vfio_dma_unmap, "vfio-ioctls";
+}
+
+/// Maps the buffer piece by piece at consecutive IOVAs, then unmaps it piece by piece, and
+/// returns how long that took. Both implementations run through this one loop.
+fn time_map_unmap<D: Dma + ?Sized>(dma: &D, buffer: &Buffer, piece: usize) -> Duration {
+    let pieces = buffer.len() / piece;
+    let start = Instant::now();
+    for i in 0..pieces {
+        // SAFETY: the buffer is never referenced from Rust, and every piece is unmapped
+        // below, before the buffer can be dropped.
+        unsafe { dma.map(IOVA + (i * piece) as u64, piece, buffer.at(i * piece)) };
+    }
+    for i in 0..pieces {
+        dma.unmap(IOVA + (i * piece) as u64, piece);
+    }
+    start.elapsed()
+}
+
+fn run_ours(
+    sysfs: &Sysfs,
+    nic: PciAddress,
+    (mode, replay): (Mode, DmaReplay),
+    call: Call,
+    buffer: &Buffer,
+    piece: usize,
+) -> Duration {
+    let mut vfio = Vfio::new(sysfs.clone()).with_dma_replay(replay);
     let device = vfio
         .open(nic, mode)
         .unwrap_or_else(|e| panic!("open {nic} ({mode}): {e}"));
-    let space = device.address_space();
-    let start = Instant::now();
-    for (iova, offset) in iovas(buffer, piece) {
-        // SAFETY: the buffer is never referenced from Rust and is unmapped below, before it
-        // is dropped.
-        unsafe { space.map_dma(iova, piece, buffer.at(offset)) }.expect("plugboard-vfio map");
-    }
-    for (iova, _) in iovas(buffer, piece) {
-        space.unmap_dma(iova, piece).expect("plugboard-vfio unmap");
-    }
-    let took = start.elapsed();
+    let took = match (call, device.container(), device.iommufd()) {
+        (Call::Trait, _, _) => time_map_unmap(&*device.address_space(), buffer, piece),
+        (Call::Direct, Some(container), _) => time_map_unmap(&**container, buffer, piece),
+        (Call::Direct, None, Some(iommufd)) => time_map_unmap(&**iommufd, buffer, piece),
+        (Call::Direct, None, None) => panic!("{nic}: neither a container nor an iommufd"),
+    };
     device.close().expect("close");
     took
 }
 
-fn run_theirs(sysfs_path: &Path, mode: Mode, buffer: &Buffer, piece: usize) -> Duration {
-    use vfio_ioctls::{VfioContainer, VfioDevice, VfioIommufd, VfioOps};
-    match mode {
-        Mode::Legacy => {
-            let container = Arc::new(VfioContainer::new(None).expect("vfio-ioctls container"));
-            let ops: Arc<dyn VfioOps> = container.clone();
-            let device =
-                VfioDevice::new(sysfs_path, ops, false).expect("vfio-ioctls device (legacy)");
-            let start = Instant::now();
-            for (iova, offset) in iovas(buffer, piece) {
-                // SAFETY: as in `run_ours`.
-                unsafe { container.vfio_dma_map(iova, piece, buffer.at(offset)) }
-                    .expect("vfio-ioctls map");
-            }
-            for (iova, _) in iovas(buffer, piece) {
-                container
-                    .vfio_dma_unmap(iova, piece)
-                    .expect("vfio-ioctls unmap");
-            }
-            let took = start.elapsed();
-            drop(device);
-            took
-        }
-        _ => {
-            let iommufd = Arc::new(iommufd_ioctls::IommuFd::new().expect("vfio-ioctls iommufd"));
-            let ctx = Arc::new(VfioIommufd::new(iommufd, None, None).expect("vfio-ioctls IOAS"));
-            let device = VfioDevice::new(sysfs_path, ctx.clone(), true)
-                .expect("vfio-ioctls device (iommufd)");
-            let start = Instant::now();
-            for (iova, offset) in iovas(buffer, piece) {
-                // SAFETY: as in `run_ours`.
-                unsafe { ctx.vfio_dma_map(iova, piece, buffer.at(offset)) }
-                    .expect("vfio-ioctls map");
-            }
-            for (iova, _) in iovas(buffer, piece) {
-                ctx.vfio_dma_unmap(iova, piece).expect("vfio-ioctls unmap");
-            }
-            let took = start.elapsed();
-            drop(device);
-            took
-        }
+fn run_theirs(
+    sysfs_path: &Path,
+    mode: Mode,
+    call: Call,
+    buffer: &Buffer,
+    piece: usize,
+) -> Duration {
+    if mode == Mode::Legacy {
+        let container = Arc::new(VfioContainer::new(None).expect("vfio-ioctls container"));
+        let ops: Arc<dyn VfioOps> = container.clone();
+        let device = VfioDevice::new(sysfs_path, Arc::clone(&ops), false)
+            .expect("vfio-ioctls device (legacy)");
+        let took = match call {
+            Call::Trait => time_map_unmap(&*ops, buffer, piece),
+            Call::Direct => time_map_unmap(&*container, buffer, piece),
+        };
+        drop(device);
+        took
+    } else {
+        let iommufd = Arc::new(iommufd_ioctls::IommuFd::new().expect("vfio-ioctls iommufd"));
+        let ctx = Arc::new(VfioIommufd::new(iommufd, None, None).expect("vfio-ioctls IOAS"));
+        let ops: Arc<dyn VfioOps> = ctx.clone();
+        let device = VfioDevice::new(sysfs_path, Arc::clone(&ops), true)
+            .expect("vfio-ioctls device (iommufd)");
+        let took = match call {
+            Call::Trait => time_map_unmap(&*ops, buffer, piece),
+            Call::Direct => time_map_unmap(&*ctx, buffer, piece),
+        };
+        drop(device);
+        took
     }
 }
