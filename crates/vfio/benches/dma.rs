@@ -327,27 +327,34 @@ fn run_theirs(
     piece: usize,
 ) -> Duration {
     if mode == Mode::Legacy {
-        let container = Arc::new(VfioContainer::new(None).expect("vfio-ioctls container"));
-        let ops: Arc<dyn VfioOps> = container.clone();
-        let device = VfioDevice::new(sysfs_path, Arc::clone(&ops), false)
-            .expect("vfio-ioctls device (legacy)");
-        let took = match call {
-            Call::Trait => time_map_unmap(&*ops, buffer, piece),
-            Call::Direct => time_map_unmap(&*container, buffer, piece),
-        };
-        drop(device);
-        took
+        let container = VfioContainer::new(None).expect("vfio-ioctls container");
+        time_theirs(
+            sysfs_path,
+            &Arc::new(container),
+            false,
+            (call, buffer, piece),
+        )
     } else {
         let iommufd = Arc::new(iommufd_ioctls::IommuFd::new().expect("vfio-ioctls iommufd"));
-        let ctx = Arc::new(VfioIommufd::new(iommufd, None, None).expect("vfio-ioctls IOAS"));
-        let ops: Arc<dyn VfioOps> = ctx.clone();
-        let device = VfioDevice::new(sysfs_path, Arc::clone(&ops), true)
-            .expect("vfio-ioctls device (iommufd)");
-        let took = match call {
-            Call::Trait => time_map_unmap(&*ops, buffer, piece),
-            Call::Direct => time_map_unmap(&*ctx, buffer, piece),
-        };
-        drop(device);
-        took
+        let ctx = VfioIommufd::new(iommufd, None, None).expect("vfio-ioctls IOAS");
+        time_theirs(sysfs_path, &Arc::new(ctx), true, (call, buffer, piece))
     }
+}
+
+/// Opens the device with vfio-ioctls in `space` (through its cdev when `cdev`) and times
+/// the map and unmap calls on it.
+fn time_theirs<S: VfioOps + Dma + 'static>(
+    sysfs_path: &Path,
+    space: &Arc<S>,
+    cdev: bool,
+    (call, buffer, piece): (Call, &Buffer, usize),
+) -> Duration {
+    let ops: Arc<dyn VfioOps> = Arc::clone(space) as Arc<dyn VfioOps>;
+    let device = VfioDevice::new(sysfs_path, Arc::clone(&ops), cdev).expect("vfio-ioctls device");
+    let took = match call {
+        Call::Trait => time_map_unmap(&*ops, buffer, piece),
+        Call::Direct => time_map_unmap(&**space, buffer, piece),
+    };
+    drop(device);
+    took
 }
