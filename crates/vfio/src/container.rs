@@ -173,19 +173,19 @@ impl Container {
     /// Adopts a container fd and a group fd received from a privileged helper (see
     /// [`crate::VmmFds`]): the group is already attached and the IOMMU set. The returned
     /// lease is the group's first user. Such a container knows no `/dev` root, so it cannot
-    /// open further groups itself: a VMM gets each group's fd from the helper. It keeps books
-    /// of its DMA mappings ([`DmaReplay::On`]).
+    /// open further groups itself: a VMM gets each group's fd from the helper.
     pub fn from_fds(
         container: OwnedFd,
         group: OwnedFd,
         group_id: u32,
+        replay: DmaReplay,
     ) -> Result<(Arc<Self>, Group), ContainerError> {
         let path = PathBuf::from("(received fd)");
         let container = Self {
             file: container,
             path,
             dev_root: PathBuf::new(),
-            replay: DmaReplay::On,
+            replay,
             attached: AtomicUsize::new(0),
             state: Mutex::new(State::default()),
         };

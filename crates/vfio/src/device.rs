@@ -23,7 +23,7 @@ use std::sync::Arc;
 use tracing::debug;
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 
-use crate::container::{Container, ContainerError};
+use crate::container::{Container, ContainerError, DmaReplay};
 use crate::dma::AddressSpace;
 use crate::group::{Group, GroupError};
 use crate::info::DeviceInfo;
@@ -170,14 +170,16 @@ impl VfioDevice {
     }
 
     /// Builds a device from the legacy fds a privileged helper handed over (see
-    /// [`crate::VmmFds`]): a container with the group attached and the IOMMU set.
+    /// [`crate::VmmFds`]): a container with the group attached and the IOMMU set, which then
+    /// does what `replay` says about the mappings the kernel drops with its last group.
     pub fn from_legacy_fds(
         container: OwnedFd,
         group: OwnedFd,
         group_id: u32,
         name: &str,
+        replay: DmaReplay,
     ) -> Result<Self, DeviceError> {
-        let (_container, lease) = Container::from_fds(container, group, group_id)?;
+        let (_container, lease) = Container::from_fds(container, group, group_id, replay)?;
         Self::open_in_group(lease, name)
     }
 

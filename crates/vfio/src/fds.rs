@@ -29,7 +29,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_API_VERSION, VFIO_GROUP_FLAGS_VIABLE, VFIO_TYPE1v2_IOMMU,
 };
 
-use crate::container::ContainerError;
+use crate::container::{ContainerError, DmaReplay};
 use crate::device::{DeviceError, VfioDevice};
 use crate::group::GroupError;
 use crate::ioctl;
@@ -194,15 +194,22 @@ impl VmmFds {
         }
     }
 
-    /// Builds the device from the fds (in the VMM).
+    /// Builds the device from the fds (in the VMM). A legacy container keeps books of its
+    /// DMA mappings ([`DmaReplay::On`]).
     pub fn into_device(self) -> Result<VfioDevice, DeviceError> {
+        self.into_device_with(DmaReplay::On)
+    }
+
+    /// [`VmmFds::into_device`] with the given [`DmaReplay`] for a legacy container (an
+    /// iommufd IOAS has no such choice: it keeps its mappings while it exists).
+    pub fn into_device_with(self, replay: DmaReplay) -> Result<VfioDevice, DeviceError> {
         match self {
             Self::Legacy {
                 container,
                 group,
                 group_id,
                 device,
-            } => VfioDevice::from_legacy_fds(container, group, group_id, &device),
+            } => VfioDevice::from_legacy_fds(container, group, group_id, &device, replay),
             Self::Iommufd {
                 iommufd,
                 cdev,

@@ -503,10 +503,14 @@ fn fds_opened_for_a_vmm_work_after_crossing_a_socket_in_both_modes() {
         fds.send(&helper).unwrap();
         drop(fds); // the helper's copies go; the VMM's keep the kernel objects alive
         let received = VmmFds::recv(&vmm).unwrap();
+        // A VMM that maps again after a hotplug itself asks for no replay.
         let device = received
-            .into_device()
+            .into_device_with(DmaReplay::Off)
             .unwrap_or_else(|e| panic!("{mode}: {e}"));
         assert_eq!(device.interface(), interface_of(mode));
+        if let Some(container) = device.container() {
+            assert_eq!(container.dma_replay(), DmaReplay::Off);
+        }
         assert_eq!(config_u16(&device, 0), 0x8086);
         // SAFETY: the buffer is never referenced from Rust and outlives the mapping.
         unsafe {
