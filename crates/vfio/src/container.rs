@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::ffi::CStr;
 use std::fmt;
-use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -33,6 +32,7 @@ use crate::books::Books;
 use crate::dma::{AddressSpace, DmaError, check_range};
 use crate::group::{Group, GroupError};
 use crate::ioctl;
+use crate::node::open_node;
 use crate::refcount::{Acquired, RefCount, Released};
 
 /// Why a container could not be opened or adopted.
@@ -151,12 +151,10 @@ impl Container {
     /// [`Container::open`] with the given [`DmaReplay`].
     pub fn open_with(dev_root: &Path, replay: DmaReplay) -> Result<Arc<Self>, ContainerError> {
         let path = dev_root.join("vfio/vfio");
-        let file = open_rw(&path)
-            .map_err(|source| ContainerError::Open {
-                path: path.clone(),
-                source,
-            })?
-            .into();
+        let file = open_node(&path).map_err(|source| ContainerError::Open {
+            path: path.clone(),
+            source,
+        })?;
         let container = Self {
             file,
             path,
@@ -296,13 +294,11 @@ impl Container {
             return Ok(Group::new(Arc::clone(self), id));
         }
         let path = self.dev_root.join("vfio").join(id.to_string());
-        let file: OwnedFd = open_rw(&path)
-            .map_err(|source| GroupError::Open {
-                group: id,
-                path: path.clone(),
-                source,
-            })?
-            .into();
+        let file = open_node(&path).map_err(|source| GroupError::Open {
+            group: id,
+            path: path.clone(),
+            source,
+        })?;
         let flags = ioctl::group_status(file.as_fd()).map_err(|source| GroupError::Ioctl {
             group: id,
             what: "VFIO_GROUP_GET_STATUS",
@@ -511,10 +507,6 @@ impl AddressSpace for Container {
         }
         Ok(())
     }
-}
-
-fn open_rw(path: &Path) -> io::Result<File> {
-    OpenOptions::new().read(true).write(true).open(path)
 }
 
 #[cfg(test)]

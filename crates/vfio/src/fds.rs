@@ -12,7 +12,6 @@
 //! [`VmmFds::send`] and [`VmmFds::recv`] carry one device's fds and what the VMM needs to
 //! use them (interface, group or device id, device name) in one `SCM_RIGHTS` message.
 
-use std::fs::OpenOptions;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -35,6 +34,7 @@ use crate::group::GroupError;
 use crate::ioctl;
 use crate::iommufd::{CdevError, IommufdError};
 use crate::mode::{self, Interface, Mode, ModeError};
+use crate::node::open_node;
 use crate::open::{OpenError, check_viable, explain_bind_refusal, name_blockers};
 
 /// The fds a VMM needs for one device, opened and bound by a privileged helper.
@@ -273,10 +273,6 @@ enum LegacyError {
     Group(GroupError),
 }
 
-fn open_rw(path: &Path) -> io::Result<OwnedFd> {
-    Ok(OpenOptions::new().read(true).write(true).open(path)?.into())
-}
-
 /// A container with group `group_id` attached and type1v2 set. No guard undoes the attach:
 /// the VMM owns it from here, and closing the last copy of either fd undoes it.
 fn legacy_fds(dev_root: &Path, group_id: u32) -> Result<(OwnedFd, OwnedFd), LegacyError> {
@@ -288,7 +284,7 @@ fn legacy_fds(dev_root: &Path, group_id: u32) -> Result<(OwnedFd, OwnedFd), Lega
             source,
         })
     };
-    let container = open_rw(&path).map_err(|source| {
+    let container = open_node(&path).map_err(|source| {
         LegacyError::Container(ContainerError::Open {
             path: path.clone(),
             source,
@@ -303,7 +299,7 @@ fn legacy_fds(dev_root: &Path, group_id: u32) -> Result<(OwnedFd, OwnedFd), Lega
         }));
     }
     let group_path = dev_root.join("vfio").join(group_id.to_string());
-    let group = open_rw(&group_path).map_err(|source| {
+    let group = open_node(&group_path).map_err(|source| {
         LegacyError::Group(GroupError::Open {
             group: group_id,
             path: group_path.clone(),
@@ -339,11 +335,11 @@ fn iommufd_fds(
     device: &str,
 ) -> Result<(OwnedFd, OwnedFd, u32), DeviceError> {
     let iommu_path = dev_root.join("iommu");
-    let iommufd = open_rw(&iommu_path).map_err(|source| IommufdError::Open {
+    let iommufd = open_node(&iommu_path).map_err(|source| IommufdError::Open {
         path: iommu_path.clone(),
         source,
     })?;
-    let cdev = open_rw(cdev_path).map_err(|source| CdevError::Open {
+    let cdev = open_node(cdev_path).map_err(|source| CdevError::Open {
         path: cdev_path.to_path_buf(),
         source,
     })?;

@@ -13,7 +13,7 @@
 //! device's binding and attachment: it detaches before the cdev closes.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -23,6 +23,7 @@ use tracing::{debug, warn};
 
 use crate::dma::{AddressSpace, DmaError, check_range};
 use crate::ioctl;
+use crate::node::open_node;
 
 /// Why an iommufd could not be opened or set up.
 #[derive(Debug, thiserror::Error)]
@@ -76,11 +77,11 @@ impl Iommufd {
     /// Opens `<dev_root>/iommu` and allocates an IOAS in it.
     pub fn open(dev_root: &Path) -> Result<Arc<Self>, IommufdError> {
         let path = dev_root.join("iommu");
-        let file = open_iommu(&path).map_err(|source| IommufdError::Open {
+        let file = open_node(&path).map_err(|source| IommufdError::Open {
             path: path.clone(),
             source,
         })?;
-        Self::with_new_ioas(file.into(), path)
+        Self::with_new_ioas(file, path)
     }
 
     /// Takes an iommufd received from a privileged helper (see [`crate::VmmFds`]) and
@@ -211,14 +212,10 @@ impl AttachedCdev {
         device: &str,
         iommufd: &Arc<Iommufd>,
     ) -> Result<Self, CdevError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|source| CdevError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let file = File::from(open_node(path).map_err(|source| CdevError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?);
         let dev_id =
             ioctl::device_bind_iommufd(file.as_fd(), iommufd.as_fd()).map_err(|source| {
                 CdevError::Ioctl {
@@ -289,10 +286,6 @@ impl Drop for AttachedCdev {
             warn!(ioas = self.iommufd.ioas, error = %err, "detaching the device from the IOAS failed; closing the cdev detaches it");
         }
     }
-}
-
-fn open_iommu(path: &Path) -> io::Result<File> {
-    OpenOptions::new().read(true).write(true).open(path)
 }
 
 #[cfg(test)]

@@ -63,6 +63,7 @@ mod ioctl;
 mod iommufd;
 mod irq;
 mod mode;
+mod node;
 mod open;
 mod refcount;
 mod region;
