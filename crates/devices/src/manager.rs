@@ -235,16 +235,7 @@ impl<H: Hypervisor> DeviceManager<H> {
 
     /// The block indexes and root ports in use.
     pub fn allocations(&self) -> Allocations {
-        let books = self.lock();
-        Allocations {
-            block_indexes: books
-                .alloc
-                .block
-                .used()
-                .filter_map(|i| BlockIndex::try_from(i).ok())
-                .collect(),
-            root_ports: books.alloc.ports.used().collect(),
-        }
+        self.lock().alloc.in_use()
     }
 }
 

@@ -14,7 +14,7 @@ use crate::hypervisor::{Hypervisor, HypervisorKind, Plug};
 use crate::id::DeviceId;
 use crate::index::{BlockIndex, IndexError};
 use crate::kind::{DeviceIdentity, DeviceKind};
-use crate::manager::DeviceManager;
+use crate::manager::{Allocations, DeviceManager};
 use crate::plan::ManagerConfig;
 use crate::ports::RootPort;
 use crate::state::{Books, DeviceState, Entry};
@@ -142,19 +142,18 @@ impl<H: Hypervisor> DeviceManager<H> {
         let mut devices: Vec<DeviceState> =
             books.devices.values().map(|e| e.state.clone()).collect();
         devices.sort_by_key(|d| d.id);
+        let Allocations {
+            block_indexes,
+            root_ports,
+        } = books.alloc.in_use();
         SavedState {
             version: SAVED_STATE_VERSION,
             hypervisor: self.hypervisor.kind(),
             config: books.alloc.config,
             next_id: books.next_id,
             devices,
-            block_indexes: books
-                .alloc
-                .block
-                .used()
-                .filter_map(|i| BlockIndex::try_from(i).ok())
-                .collect(),
-            root_ports: books.alloc.ports.used().collect(),
+            block_indexes,
+            root_ports,
         }
     }
 

@@ -12,6 +12,7 @@ use crate::hypervisor::{BlockPlug, Plug, PlugRequest, VfioFunctionPlug, VfioPlug
 use crate::id::DeviceId;
 use crate::index::{BLOCK_INDEX_LIMIT, BlockIndex, IndexError, IndexPool};
 use crate::kind::{BlockDriver, DeviceKind, DeviceSpec, VhostUserDevice};
+use crate::manager::Allocations;
 use crate::ports::{RootPort, RootPortPool};
 use crate::scsi::ScsiAddress;
 
@@ -127,6 +128,18 @@ impl Allocators {
             mode: spec.mode,
             plug,
         }))
+    }
+
+    /// The block indexes and root ports in use, in order.
+    pub(crate) fn in_use(&self) -> Allocations {
+        Allocations {
+            block_indexes: self
+                .block
+                .used()
+                .filter_map(|i| BlockIndex::try_from(i).ok())
+                .collect(),
+            root_ports: self.ports.used().collect(),
+        }
     }
 
     /// Gives back what `request` took, in reverse order of taking.
