@@ -44,6 +44,17 @@ pub struct DeviceRequest {
     pub mode: PlugMode,
 }
 
+impl DeviceRequest {
+    /// The request's device node, when it has a number.
+    fn node(&self) -> Option<DeviceNode> {
+        self.number.map(|(major, minor)| DeviceNode {
+            node_type: self.node_type,
+            major,
+            minor,
+        })
+    }
+}
+
 /// Why a request did not become a spec.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -119,23 +130,15 @@ impl HostDevices {
     pub fn host_path(&self, request: &DeviceRequest) -> Result<PathBuf, HostError> {
         let container_path = || request.container_path.clone();
         if request.container_path.as_os_str().is_empty() {
-            let what = request.number.map_or_else(
-                || "without a node".to_owned(),
-                |(major, minor)| {
-                    DeviceNode {
-                        node_type: request.node_type,
-                        major,
-                        minor,
-                    }
-                    .to_string()
-                },
-            );
+            let what = request
+                .node()
+                .map_or_else(|| "without a node".to_owned(), |node| node.to_string());
             return Err(HostError::HostPath {
                 container_path: container_path(),
                 source: HostPathError::EmptyPath(what),
             });
         }
-        let Some((major, minor)) = request.number else {
+        let Some(node) = request.node() else {
             return match &request.host_path {
                 Some(p) if !p.as_os_str().is_empty() => Ok(p.clone()),
                 _ => Err(HostError::NoHostPath {
@@ -143,18 +146,13 @@ impl HostDevices {
                 }),
             };
         };
-        let node = DeviceNode {
-            node_type: request.node_type,
-            major,
-            minor,
-        };
         if let Some(store) = self.store_for(node) {
-            return store
-                .socket(major, minor)
-                .map_err(|source| HostError::VhostUserStore {
+            return store.socket(node.major, node.minor).map_err(|source| {
+                HostError::VhostUserStore {
                     container_path: container_path(),
                     source,
-                });
+                }
+            });
         }
         host_path::resolve(&self.sysfs, node, &request.container_path).map_err(|source| {
             HostError::HostPath {
@@ -172,11 +170,7 @@ impl HostDevices {
     /// As [`Self::host_path`], and [`HostError::Vfio`].
     pub fn spec(&self, request: &DeviceRequest) -> Result<DeviceSpec, HostError> {
         let host_path = self.host_path(request)?;
-        let node = request.number.map(|(major, minor)| DeviceNode {
-            node_type: request.node_type,
-            major,
-            minor,
-        });
+        let node = request.node();
         let identity = node.map_or_else(
             || DeviceIdentity::Path(host_path.clone()),
             DeviceIdentity::Node,
