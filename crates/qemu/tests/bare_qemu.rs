@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use plugboard_devices::test_util::vhost_user_spec;
 use plugboard_devices::{
-    BlockDriver, BlockSpec, DeviceError, DeviceIdentity, DeviceKind, DeviceManager, DeviceSpec,
-    Hypervisor, HypervisorError, ImageFormat, ManagerConfig, PlugMode, VhostUserDevice,
+    BlockDriver, BlockSpec, DeviceError, DeviceId, DeviceIdentity, DeviceKind, DeviceManager,
+    DeviceSpec, Hypervisor, HypervisorError, ImageFormat, ManagerConfig, PlugMode, VhostUserDevice,
 };
 use plugboard_qemu::qmp::QmpClient;
 use plugboard_qemu::test_util::{Backend, BareQemu};
@@ -52,6 +52,19 @@ fn disk_spec(path: &Path, driver: BlockDriver, format: ImageFormat, read_only: b
         mode: PlugMode::Hot,
         kind: DeviceKind::Block(block),
     }
+}
+
+/// Registers a hot-plugged disk with the manager and returns its id.
+fn new_disk(
+    m: &DeviceManager<QemuHypervisor>,
+    path: &Path,
+    driver: BlockDriver,
+    format: ImageFormat,
+    read_only: bool,
+) -> DeviceId {
+    m.new_device(disk_spec(path, driver, format, read_only))
+        .unwrap()
+        .id()
 }
 
 fn query(hv: &QemuHypervisor, command: &str, args: Option<&Value>) -> Value {
@@ -180,15 +193,7 @@ fn a_read_only_qcow2_disk_goes_in_and_a_silent_guest_leaves_a_retryable_removal(
     let qemu = BareQemu::builder().start();
     let image = qemu.image("d.qcow2", "qcow2", "16M");
     let m = manager(&qemu, config());
-    let id = m
-        .new_device(disk_spec(
-            &image,
-            BlockDriver::VirtioBlk,
-            ImageFormat::Qcow2,
-            true,
-        ))
-        .unwrap()
-        .id();
+    let id = new_disk(&m, &image, BlockDriver::VirtioBlk, ImageFormat::Qcow2, true);
     m.attach(id).unwrap();
     let hv = m.hypervisor();
     let name = id.name_id("drive");
@@ -247,15 +252,7 @@ fn scsi_hd_goes_to_the_managers_id_and_lun_and_leaves_at_once() {
     let image = qemu.image("s.raw", "raw", "8M");
     let m = manager(&qemu, config());
     assert_eq!(m.hypervisor().port_pool(), ["hp1", "hp2", "hp3"]);
-    let id = m
-        .new_device(disk_spec(
-            &image,
-            BlockDriver::VirtioScsi,
-            ImageFormat::Raw,
-            false,
-        ))
-        .unwrap()
-        .id();
+    let id = new_disk(&m, &image, BlockDriver::VirtioScsi, ImageFormat::Raw, false);
     m.attach(id).unwrap();
     let hv = m.hypervisor();
     let name = id.name_id("drive");
@@ -287,15 +284,7 @@ fn nvdimm_goes_in_and_detach_is_refused_clearly() {
         .set_len(16 << 20)
         .unwrap();
     let m = manager(&qemu, config());
-    let id = m
-        .new_device(disk_spec(
-            &file,
-            BlockDriver::Nvdimm,
-            ImageFormat::Raw,
-            false,
-        ))
-        .unwrap()
-        .id();
+    let id = new_disk(&m, &file, BlockDriver::Nvdimm, ImageFormat::Raw, false);
     m.attach(id).unwrap();
     let hv = m.hypervisor();
     let mem = query(hv, "query-memory-devices", None);
@@ -461,15 +450,7 @@ fn a_duplicate_qemu_id_is_refused_and_the_first_device_is_left_alone() {
     let a = qemu.image("a.raw", "raw", "4M");
     let b = qemu.image("b.raw", "raw", "4M");
     let m = manager(&qemu, config());
-    let id = m
-        .new_device(disk_spec(
-            &a,
-            BlockDriver::VirtioBlk,
-            ImageFormat::Raw,
-            false,
-        ))
-        .unwrap()
-        .id();
+    let id = new_disk(&m, &a, BlockDriver::VirtioBlk, ImageFormat::Raw, false);
     let request = {
         m.attach(id).unwrap();
         let hv = m.hypervisor();
@@ -509,15 +490,7 @@ fn qemu_killed_mid_hotplug_rolls_the_manager_back() {
     let mut qemu = BareQemu::builder().start();
     let image = qemu.image("k.raw", "raw", "4M");
     let m = manager(&qemu, config());
-    let id = m
-        .new_device(disk_spec(
-            &image,
-            BlockDriver::VirtioBlk,
-            ImageFormat::Raw,
-            false,
-        ))
-        .unwrap()
-        .id();
+    let id = new_disk(&m, &image, BlockDriver::VirtioBlk, ImageFormat::Raw, false);
     let pid = rustix::process::Pid::from_raw(i32::try_from(qemu.pid()).unwrap()).unwrap();
     // Freeze QEMU so the attach is surely in flight, then kill it.
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
@@ -546,26 +519,10 @@ fn a_full_port_pool_is_refused_before_qemu_is_touched() {
     let b = qemu.image("b.raw", "raw", "4M");
     let m = manager(&qemu, config());
     assert_eq!(m.config().root_ports, 1);
-    let ida = m
-        .new_device(disk_spec(
-            &a,
-            BlockDriver::VirtioBlk,
-            ImageFormat::Raw,
-            false,
-        ))
-        .unwrap()
-        .id();
+    let ida = new_disk(&m, &a, BlockDriver::VirtioBlk, ImageFormat::Raw, false);
     m.attach(ida).unwrap();
     let before = nodes(m.hypervisor());
-    let idb = m
-        .new_device(disk_spec(
-            &b,
-            BlockDriver::VirtioBlk,
-            ImageFormat::Raw,
-            false,
-        ))
-        .unwrap()
-        .id();
+    let idb = new_disk(&m, &b, BlockDriver::VirtioBlk, ImageFormat::Raw, false);
     let err = m.attach(idb).unwrap_err();
     assert!(matches!(err, DeviceError::RootPort { .. }), "{err:?}");
     assert_eq!(nodes(m.hypervisor()), before);
