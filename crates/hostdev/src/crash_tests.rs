@@ -19,11 +19,6 @@ const ROOT: &str = "PLUGBOARD_HOSTDEV_TEST_ROOT";
 const STATE: &str = "PLUGBOARD_HOSTDEV_TEST_STATE";
 const SOCKET: &str = "PLUGBOARD_HOSTDEV_TEST_SOCKET";
 
-const MANAGED: PrepareOptions = PrepareOptions {
-    managed: true,
-    whole_group: false,
-};
-
 /// The operation each scenario runs in the child, on a host set up by [`setup`].
 fn run_scenario(m: &mut HostdevManager, scenario: &str) {
     let a = owner("qemu/vm1");

@@ -277,14 +277,9 @@ fn inactive_row(address: PciAddress, facts: &DeviceFacts, original: Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::{PrepareError, PrepareOptions};
+    use crate::pci::PrepareError;
     use crate::registry::{List, RegistryOptions};
     use crate::test_support::*;
-
-    const MANAGED: PrepareOptions = PrepareOptions {
-        managed: true,
-        whole_group: false,
-    };
 
     #[test]
     fn detach_is_idempotent_and_reattach_gives_the_device_back() {

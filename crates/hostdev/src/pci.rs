@@ -308,15 +308,6 @@ mod tests {
     use crate::release::Released;
     use crate::test_support::*;
 
-    const MANAGED: PrepareOptions = PrepareOptions {
-        managed: true,
-        whole_group: false,
-    };
-    const UNMANAGED: PrepareOptions = PrepareOptions {
-        managed: false,
-        whole_group: false,
-    };
-
     #[test]
     fn managed_round_trip_binds_vfio_and_gives_the_original_driver_back() {
         let fx = Fixture::new();

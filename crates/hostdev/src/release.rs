@@ -266,13 +266,7 @@ pub(crate) fn group_busy(tx: &Tx<'_>, g: u32) -> Result<bool, RegistryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::PrepareOptions;
     use crate::test_support::*;
-
-    const MANAGED: PrepareOptions = PrepareOptions {
-        managed: true,
-        whole_group: false,
-    };
 
     #[test]
     fn release_is_best_effort_with_a_result_per_device() {

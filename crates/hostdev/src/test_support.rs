@@ -16,6 +16,7 @@ use plugboard_sysfs::{AttrWriter, PciAddress, Sysfs};
 
 use crate::manager::HostdevManager;
 use crate::owner::Owner;
+use crate::pci::PrepareOptions;
 use crate::registry::List;
 
 /// Single-device groups 1-3: NICs on e1000e.
@@ -31,6 +32,17 @@ pub const NVME: &str = "0000:06:00.0";
 /// Group 7: two functions of one card.
 pub const FN0: &str = "0000:07:00.0";
 pub const FN1: &str = "0000:07:00.1";
+
+/// Prepare one device at a time, detaching it from its host driver.
+pub const MANAGED: PrepareOptions = PrepareOptions {
+    managed: true,
+    whole_group: false,
+};
+/// Prepare one device at a time that must already be detached.
+pub const UNMANAGED: PrepareOptions = PrepareOptions {
+    managed: false,
+    whole_group: false,
+};
 
 /// The standard fake host.
 pub fn host_spec() -> FakeKernelBuilder {
