@@ -125,12 +125,7 @@ fn identity_of(path: &std::path::Path) -> Result<DeviceIdentity, ServiceError> {
 
 /// glibc's `major()`/`minor()` of a `dev_t`.
 fn split_dev(dev: u64) -> (u32, u32) {
-    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
-    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
-    (
-        u32::try_from(major).unwrap_or(u32::MAX),
-        u32::try_from(minor).unwrap_or(u32::MAX),
-    )
+    (rustix::fs::major(dev), rustix::fs::minor(dev))
 }
 
 #[cfg(test)]
