@@ -38,6 +38,38 @@ fn fixture() -> Fixture {
     }
 }
 
+impl Fixture {
+    /// The fixture NIC's driver now.
+    fn nic_driver(&self) -> Option<String> {
+        self.config
+            .sysfs
+            .pci_device(nic())
+            .unwrap()
+            .driver()
+            .unwrap()
+    }
+}
+
+/// The fixture's one PCI device, a NIC alone in IOMMU group 7.
+fn nic() -> plugboard_sysfs::PciAddress {
+    "0000:02:00.0".parse().unwrap()
+}
+
+/// Passing the fixture's NIC through, without its group.
+fn nic_passthrough() -> AttachRequest {
+    AttachRequest::Pci {
+        address: nic(),
+        whole_group: false,
+    }
+}
+
+/// The service over the fixture with VM `a` registered by uid 1000.
+fn service_with_vm_a(f: &Fixture) -> Service {
+    let (svc, _) = Service::open(f.config.clone()).unwrap();
+    svc.register_vm(Caller::new(1000), memory_vm("a")).unwrap();
+    svc
+}
+
 fn memory_vm(name: &str) -> RegisterVm {
     RegisterVm {
         name: name.into(),
@@ -93,8 +125,7 @@ fn register_attach_detach_unregister() {
 #[test]
 fn only_the_owner_or_root_changes_a_vm() {
     let f = fixture();
-    let (svc, _) = Service::open(f.config.clone()).unwrap();
-    svc.register_vm(Caller::new(1000), memory_vm("a")).unwrap();
+    let svc = service_with_vm_a(&f);
     let req = disk(&f, "d0.img");
     let err = svc.attach(Caller::new(1001), "a", &req).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden);
@@ -112,7 +143,7 @@ fn only_the_owner_or_root_changes_a_vm() {
     let err = svc.unregister_vm(Caller::new(1001), "a").unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden);
     // Host devices outside a VM: root only.
-    let nic = "0000:02:00.0".parse().unwrap();
+    let nic = nic();
     let err = svc.hostdev_detach(Caller::new(1000), nic).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden);
     let err = svc.hostdev_reattach(Caller::new(1000), nic).unwrap_err();
@@ -265,18 +296,12 @@ fn host_reads_come_from_sysfs() {
 #[test]
 fn root_pci_passthrough_prepares_attaches_detaches_and_releases() {
     let f = fixture();
-    let nic: plugboard_sysfs::PciAddress = "0000:02:00.0".parse().unwrap();
-    let driver = |f: &Fixture| f.config.sysfs.pci_device(nic).unwrap().driver().unwrap();
-    let (svc, _) = Service::open(f.config.clone()).unwrap();
-    svc.register_vm(Caller::new(1000), memory_vm("a")).unwrap();
-    let req = AttachRequest::Pci {
-        address: nic,
-        whole_group: false,
-    };
+    let svc = service_with_vm_a(&f);
+    let req = nic_passthrough();
     let err = svc.attach(Caller::new(1001), "a", &req).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden);
     assert_eq!(
-        driver(&f).as_deref(),
+        f.nic_driver().as_deref(),
         Some("e1000e"),
         "nothing touched on refusal"
     );
@@ -291,10 +316,10 @@ fn root_pci_passthrough_prepares_attaches_detaches_and_releases() {
     let err = svc.attach(Caller::new(1000), "a", &req).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden, "{}", err.chain());
     assert!(err.to_string().contains("e1000e"), "{err}");
-    assert_eq!(driver(&f).as_deref(), Some("e1000e"));
+    assert_eq!(f.nic_driver().as_deref(), Some("e1000e"));
     let attached = svc.attach(Caller::ROOT, "a", &req).unwrap();
     assert!(attached.plugged);
-    assert_eq!(driver(&f).as_deref(), Some("vfio-pci"));
+    assert_eq!(f.nic_driver().as_deref(), Some("vfio-pci"));
     let plugboard_devices::DeviceKind::Vfio(spec) = &attached.device.spec.kind else {
         panic!("not a VFIO device");
     };
@@ -314,7 +339,7 @@ fn root_pci_passthrough_prepares_attaches_detaches_and_releases() {
     svc.detach(Caller::new(1000), "a", attached.device.id)
         .unwrap();
     assert_eq!(
-        driver(&f).as_deref(),
+        f.nic_driver().as_deref(),
         Some("e1000e"),
         "given back on detach"
     );
@@ -325,25 +350,20 @@ fn root_pci_passthrough_prepares_attaches_detaches_and_releases() {
     drop(svc);
     let (svc, report) = Service::open(f.config.clone()).unwrap();
     assert!(
-        matches!(&report.repairs[..], [Repair::Forgotten { host_pci, .. }] if host_pci == &vec![nic]),
+        matches!(&report.repairs[..], [Repair::Forgotten { host_pci, .. }] if host_pci == &vec![nic()]),
         "{:?}",
         report.repairs
     );
-    assert_eq!(driver(&f).as_deref(), Some("e1000e"));
+    assert_eq!(f.nic_driver().as_deref(), Some("e1000e"));
     assert!(svc.hostdevs().unwrap().pci.is_empty());
 }
 
 #[test]
 fn an_owner_passes_through_what_root_detached_and_it_stays_detached() {
     let f = fixture();
-    let nic: plugboard_sysfs::PciAddress = "0000:02:00.0".parse().unwrap();
-    let driver = |f: &Fixture| f.config.sysfs.pci_device(nic).unwrap().driver().unwrap();
-    let (svc, _) = Service::open(f.config.clone()).unwrap();
-    svc.register_vm(Caller::new(1000), memory_vm("a")).unwrap();
-    let req = AttachRequest::Pci {
-        address: nic,
-        whole_group: false,
-    };
+    let nic = nic();
+    let svc = service_with_vm_a(&f);
+    let req = nic_passthrough();
     // A managed prepare through the hostdev route is root's too.
     let managed = HostdevRequest {
         owner: "plugboard/a".into(),
@@ -356,16 +376,16 @@ fn an_owner_passes_through_what_root_detached_and_it_stays_detached() {
         .hostdev_prepare(Caller::new(1000), &managed)
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden, "{}", err.chain());
-    assert_eq!(driver(&f).as_deref(), Some("e1000e"));
+    assert_eq!(f.nic_driver().as_deref(), Some("e1000e"));
 
     svc.hostdev_detach(Caller::ROOT, nic).unwrap();
-    assert_eq!(driver(&f).as_deref(), Some("vfio-pci"));
+    assert_eq!(f.nic_driver().as_deref(), Some("vfio-pci"));
     let attached = svc.attach(Caller::new(1000), "a", &req).unwrap();
     assert!(attached.plugged);
     svc.detach(Caller::new(1000), "a", attached.device.id)
         .unwrap();
     assert_eq!(
-        driver(&f).as_deref(),
+        f.nic_driver().as_deref(),
         Some("vfio-pci"),
         "an unmanaged device stays detached for root to give back"
     );
@@ -377,14 +397,8 @@ fn an_owner_passes_through_what_root_detached_and_it_stays_detached() {
 #[test]
 fn a_vm_whose_hypervisor_is_gone_stays_listed_and_can_be_unregistered() {
     let f = fixture();
-    let nic: plugboard_sysfs::PciAddress = "0000:02:00.0".parse().unwrap();
-    let (svc, _) = Service::open(f.config.clone()).unwrap();
-    svc.register_vm(Caller::new(1000), memory_vm("a")).unwrap();
-    let req = AttachRequest::Pci {
-        address: nic,
-        whole_group: false,
-    };
-    svc.attach(Caller::ROOT, "a", &req).unwrap();
+    let svc = service_with_vm_a(&f);
+    svc.attach(Caller::ROOT, "a", &nic_passthrough()).unwrap();
     drop(svc);
     // The VM now points at a QEMU that is not there.
     let db = rusqlite::Connection::open(f.config.state_dir.join("hostdev.db")).unwrap();
@@ -432,9 +446,8 @@ fn a_vm_whose_hypervisor_is_gone_stays_listed_and_can_be_unregistered() {
     );
     svc.unregister_vm(Caller::new(1000), "a").unwrap();
     assert!(svc.vms().is_empty());
-    let driver = f.config.sysfs.pci_device(nic).unwrap().driver().unwrap();
     assert_eq!(
-        driver.as_deref(),
+        f.nic_driver().as_deref(),
         Some("e1000e"),
         "its host device was given back"
     );
