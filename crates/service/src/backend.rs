@@ -27,6 +27,18 @@ pub enum Endpoint {
     Memory,
 }
 
+impl Endpoint {
+    /// The socket the hypervisor is reached at, for messages (`(memory)` for a VM in
+    /// memory).
+    pub(crate) fn socket(&self) -> PathBuf {
+        match self {
+            Self::Qemu { qmp_socket } => qmp_socket.clone(),
+            #[cfg(any(test, feature = "test-util"))]
+            Self::Memory => PathBuf::from("(memory)"),
+        }
+    }
+}
+
 /// A connected hypervisor.
 #[derive(Debug)]
 pub enum Backend {

@@ -239,7 +239,7 @@ pub(crate) fn restore(
         Err(e) => {
             let reason = ServiceError::Connect {
                 vm: name.clone(),
-                socket: endpoint_path(&record),
+                socket: record.endpoint.socket(),
                 source: Box::new(e),
             }
             .chain();
@@ -343,14 +343,6 @@ pub(crate) fn release_forgotten(hostdev: &mut HostdevManager, repairs: &[Repair]
                 tracing::error!(vm, error = %e, "cannot release the host devices of a dropped device");
             }
         }
-    }
-}
-
-fn endpoint_path(record: &crate::vm::VmRecord) -> PathBuf {
-    match &record.endpoint {
-        crate::backend::Endpoint::Qemu { qmp_socket } => qmp_socket.clone(),
-        #[cfg(any(test, feature = "test-util"))]
-        crate::backend::Endpoint::Memory => PathBuf::from("(memory)"),
     }
 }
 

@@ -69,11 +69,7 @@ impl Service {
         let backend = Backend::connect(&request.endpoint, &[], self.config.unplug_timeout)
             .map_err(|source| ServiceError::Connect {
                 vm: name.clone(),
-                socket: match &request.endpoint {
-                    Endpoint::Qemu { qmp_socket } => qmp_socket.clone(),
-                    #[cfg(any(test, feature = "test-util"))]
-                    Endpoint::Memory => "(memory)".into(),
-                },
+                socket: request.endpoint.socket(),
                 source: Box::new(source),
             })?;
         let record = VmRecord {
