@@ -11,6 +11,8 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use crate::kind::{DeviceNode, NodeType};
+
 /// The major of vhost-user-blk nodes in the store.
 pub const VHOST_USER_BLK_MAJOR: u32 = 241;
 /// The major of vhost-user-scsi nodes in the store.
@@ -88,6 +90,11 @@ impl VhostUserStore {
             path: path.to_path_buf(),
             source,
         };
+        let wanted = DeviceNode {
+            node_type: NodeType::Block,
+            major,
+            minor,
+        };
         let entries = fs::read_dir(&dir).map_err(|e| read(&dir, e))?;
         let mut names = Vec::new();
         for entry in entries {
@@ -96,7 +103,8 @@ impl VhostUserStore {
             let Ok(meta) = fs::metadata(entry.path()) else {
                 continue;
             };
-            if meta.file_type().is_block_device() && dev_major_minor(meta.rdev()) == (major, minor)
+            if meta.file_type().is_block_device()
+                && DeviceNode::from_rdev(NodeType::Block, meta.rdev()) == wanted
             {
                 names.push(entry.file_name());
             }
@@ -114,16 +122,6 @@ impl VhostUserStore {
         })?;
         Ok(socket)
     }
-}
-
-/// Splits a Linux `dev_t` into major and minor (glibc's `gnu_dev_major`/`gnu_dev_minor`).
-fn dev_major_minor(dev: u64) -> (u32, u32) {
-    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
-    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
-    (
-        u32::try_from(major).unwrap_or(u32::MAX),
-        u32::try_from(minor).unwrap_or(u32::MAX),
-    )
 }
 
 #[cfg(test)]
@@ -206,13 +204,5 @@ mod tests {
             missing.socket(241, 0),
             Err(VhostUserStoreError::Read { .. })
         ));
-    }
-
-    #[test]
-    fn dev_t_split() {
-        // makedev(8, 1) and a large one: makedev(259, 70000).
-        assert_eq!(dev_major_minor(0x801), (8, 1));
-        let dev = (259u64 & 0xfff) << 8 | (70000u64 & 0xff) | ((70000u64 & !0xff) << 12);
-        assert_eq!(dev_major_minor(dev), (259, 70000));
     }
 }

@@ -74,6 +74,22 @@ pub struct DeviceNode {
     pub minor: u32,
 }
 
+impl DeviceNode {
+    /// The node of type `node_type` whose `dev_t` (a file's `st_rdev`,
+    /// [`std::os::unix::fs::MetadataExt::rdev`]) is `rdev`, split as glibc's
+    /// `major()`/`minor()` do.
+    #[must_use]
+    pub fn from_rdev(node_type: NodeType, rdev: u64) -> Self {
+        let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
+        let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
+        Self {
+            node_type,
+            major: u32::try_from(major).unwrap_or(u32::MAX),
+            minor: u32::try_from(minor).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 impl fmt::Display for DeviceNode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = match self.node_type {
@@ -166,5 +182,17 @@ mod tests {
         assert_eq!("c".parse::<NodeType>(), Ok(NodeType::Char));
         assert_eq!("u".parse::<NodeType>(), Ok(NodeType::Char));
         assert_eq!("p".parse::<NodeType>(), Err(NodeTypeError("p".into())));
+    }
+
+    #[test]
+    fn dev_t_split() {
+        let split = |dev| {
+            let node = DeviceNode::from_rdev(NodeType::Block, dev);
+            (node.major, node.minor)
+        };
+        // makedev(8, 1) and a large one: makedev(259, 70000).
+        assert_eq!(split(0x801), (8, 1));
+        let dev = (259u64 & 0xfff) << 8 | (70000u64 & 0xff) | ((70000u64 & !0xff) << 12);
+        assert_eq!(split(dev), (259, 70000));
     }
 }
