@@ -118,6 +118,17 @@ fn chardevs(hv: &QemuHypervisor) -> Vec<String> {
         .collect()
 }
 
+/// Detaches a vhost-user device from a VM with no guest to acknowledge: the first detach
+/// times out, a reset completes it; then the device `name` and its chardev are gone.
+fn detach_through_a_reset(m: &DeviceManager<QemuHypervisor>, id: DeviceId, name: &str) {
+    let hv = m.hypervisor();
+    m.detach(id).unwrap_err();
+    query(hv, "system_reset", None);
+    m.detach(id).unwrap();
+    assert!(!peripherals(hv).iter().any(|p| p == name));
+    assert!(!chardevs(hv).contains(&format!("{name}-chr")));
+}
+
 #[test]
 fn the_client_talks_to_a_real_qemu() {
     let qemu = BareQemu::builder().start();
@@ -362,12 +373,7 @@ fn vhost_user_blk_against_qemu_storage_daemon() {
     let name = id.name_id("blk");
     assert!(peripherals(hv).contains(&name));
     assert!(chardevs(hv).contains(&format!("{name}-chr")));
-    // No guest to acknowledge: the first detach times out, a reset completes it.
-    m.detach(id).unwrap_err();
-    query(hv, "system_reset", None);
-    m.detach(id).unwrap();
-    assert!(!peripherals(hv).contains(&name));
-    assert!(!chardevs(hv).contains(&format!("{name}-chr")));
+    detach_through_a_reset(&m, id, &name);
 }
 
 #[test]
@@ -392,11 +398,7 @@ fn vhost_user_fs_against_virtiofsd() {
         Some(&json!({"path": format!("/machine/peripheral/{name}"), "property": "tag"})),
     );
     assert_eq!(tag, json!("plugfs"));
-    m.detach(id).unwrap_err();
-    query(hv, "system_reset", None);
-    m.detach(id).unwrap();
-    assert!(!peripherals(hv).contains(&name));
-    assert!(!chardevs(hv).contains(&format!("{name}-chr")));
+    detach_through_a_reset(&m, id, &name);
 }
 
 #[test]
@@ -437,11 +439,7 @@ fn vhost_user_net_with_its_mac_against_a_minimal_backend() {
         backend.requests().contains(&1),
         "QEMU asked the backend for its features"
     );
-    m.detach(id).unwrap_err();
-    query(hv, "system_reset", None);
-    m.detach(id).unwrap();
-    assert!(!peripherals(hv).contains(&name));
-    assert!(!chardevs(hv).contains(&format!("{name}-chr")));
+    detach_through_a_reset(&m, id, &name);
 }
 
 #[test]
