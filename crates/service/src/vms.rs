@@ -300,16 +300,13 @@ impl Service {
             vm: name.to_owned(),
             source: Box::new(source),
         };
-        if manager.device(id).is_none() {
+        let Some(device) = manager.device(id) else {
             return Err(ServiceError::NoSuchDevice {
                 vm: name.to_owned(),
                 id,
             });
-        }
-        let functions = manager
-            .device(id)
-            .map(|d| pci_functions(&d))
-            .unwrap_or_default();
+        };
+        let functions = pci_functions(&device);
         let released = manager.detach(id).map_err(dev)?;
         let removed = manager.remove_device(id);
         let saved = self.save(&vm);
