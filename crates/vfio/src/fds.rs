@@ -33,7 +33,7 @@ use crate::device::{DeviceError, VfioDevice};
 use crate::group::GroupError;
 use crate::ioctl;
 use crate::iommufd::{CdevError, IommufdError};
-use crate::mode::{self, Interface, Mode, ModeError};
+use crate::mode::{self, Interface, Mode, Route};
 use crate::node::open_node;
 use crate::open::{OpenError, check_viable, explain_bind_refusal, name_blockers};
 
@@ -223,15 +223,11 @@ impl VmmFds {
 /// Opens and binds PCI device `address` for a VMM, in the interface `mode` selects, and
 /// returns the fds to hand over. The caller's copies can be dropped once sent.
 pub fn open_for_vmm(sysfs: &Sysfs, address: PciAddress, mode: Mode) -> Result<VmmFds, OpenError> {
-    let facts = mode::pci_facts(sysfs, address)?;
     let device = address.to_string();
-    let interface = mode::decide(&device, mode, &facts)?;
-    let group_id = facts.group.ok_or_else(|| ModeError::NoIommuGroup {
-        device: device.clone(),
-    })?;
-    check_viable(sysfs, group_id, &device)?;
-    let fds = match interface {
-        Interface::Legacy => {
+    let route = mode::route(&device, mode, mode::pci_facts(sysfs, address)?)?;
+    check_viable(sysfs, route.group(), &device)?;
+    let fds = match route {
+        Route::Legacy { group: group_id } => {
             let (container, group) =
                 legacy_fds(sysfs.dev_root(), group_id).map_err(|err| match err {
                     LegacyError::Group(err) => OpenError::from(name_blockers(err, sysfs)),
@@ -244,18 +240,9 @@ pub fn open_for_vmm(sysfs: &Sysfs, address: PciAddress, mode: Mode) -> Result<Vm
                 device,
             }
         }
-        Interface::Iommufd => {
-            let cdev_path =
-                facts
-                    .cdev
-                    .map(|(path, _)| path)
-                    .ok_or_else(|| ModeError::KernelLacks {
-                        device: device.clone(),
-                        interface,
-                        missing: facts.vfio_dev_dir.clone(),
-                    })?;
-            let (iommufd, cdev, dev_id) = iommufd_fds(sysfs.dev_root(), &cdev_path, &device)
-                .map_err(|err| explain_bind_refusal(err, sysfs, group_id))?;
+        Route::Iommufd { group, cdev } => {
+            let (iommufd, cdev, dev_id) = iommufd_fds(sysfs.dev_root(), &cdev, &device)
+                .map_err(|err| explain_bind_refusal(err, sysfs, group))?;
             VmmFds::Iommufd {
                 iommufd,
                 cdev,

@@ -196,6 +196,56 @@ pub(crate) fn decide(device: &str, mode: Mode, facts: &Facts) -> Result<Interfac
     }
 }
 
+/// How to open a device: the interface [`decide`] chose, with what opening through it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Through group `group` in a container.
+    Legacy { group: u32 },
+    /// Through the cdev node `cdev`; `group` is checked for viability first.
+    Iommufd { group: u32, cdev: PathBuf },
+}
+
+impl Route {
+    /// The device's IOMMU group.
+    pub(crate) fn group(&self) -> u32 {
+        match self {
+            Self::Legacy { group } | Self::Iommufd { group, .. } => *group,
+        }
+    }
+
+    /// The interface.
+    pub(crate) fn interface(&self) -> Interface {
+        match self {
+            Self::Legacy { .. } => Interface::Legacy,
+            Self::Iommufd { .. } => Interface::Iommufd,
+        }
+    }
+}
+
+/// [`decide`], and the group and cdev node it checked, taken out of `facts`.
+pub(crate) fn route(device: &str, mode: Mode, facts: Facts) -> Result<Route, ModeError> {
+    let interface = decide(device, mode, &facts)?;
+    // `decide` refuses a device without a group and picks iommufd only with a cdev node, so
+    // these errors cannot happen; they keep this total.
+    let group = facts.group.ok_or_else(|| ModeError::NoIommuGroup {
+        device: device.to_owned(),
+    })?;
+    Ok(match interface {
+        Interface::Legacy => Route::Legacy { group },
+        Interface::Iommufd => Route::Iommufd {
+            group,
+            cdev: facts
+                .cdev
+                .map(|(path, _)| path)
+                .ok_or_else(|| ModeError::KernelLacks {
+                    device: device.to_owned(),
+                    interface,
+                    missing: facts.vfio_dev_dir,
+                })?,
+        },
+    })
+}
+
 fn dev_node(sysfs: &Sysfs, relative: &str) -> (PathBuf, bool) {
     let path = sysfs.dev_path(relative);
     let exists = path.exists();
@@ -271,6 +321,25 @@ mod tests {
             vfio_dev_dir: "/sys/bus/pci/devices/0000:01:00.0/vfio-dev".into(),
             cdev: Some(("/dev/vfio/devices/vfio0".into(), true)),
         }
+    }
+
+    #[test]
+    fn the_route_carries_the_group_and_the_cdev_node_decide_checked() {
+        let cdev = PathBuf::from("/dev/vfio/devices/vfio0");
+        assert_eq!(
+            route("d", Mode::Auto, facts()).unwrap(),
+            Route::Iommufd { group: 7, cdev }
+        );
+        let route = route("d", Mode::Legacy, facts()).unwrap();
+        assert_eq!((route.interface(), route.group()), (Interface::Legacy, 7));
+        let no_group = Facts {
+            group: None,
+            ..facts()
+        };
+        assert!(matches!(
+            super::route("d", Mode::Auto, no_group),
+            Err(ModeError::NoIommuGroup { .. })
+        ));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::container::{Container, ContainerError, DmaReplay};
 use crate::device::{DeviceError, VfioDevice};
 use crate::group::{Blocker, GroupError};
 use crate::iommufd::{CdevError, Iommufd, IommufdError};
-use crate::mode::{self, Interface, Mode, ModeError};
+use crate::mode::{self, Mode, ModeError, Route};
 
 /// Why a device could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -126,33 +126,21 @@ impl Vfio {
 
     /// Opens PCI device `address` through the interface `mode` selects.
     pub fn open(&mut self, address: PciAddress, mode: Mode) -> Result<VfioDevice, OpenError> {
-        let facts = mode::pci_facts(&self.sysfs, address)?;
         let name = address.to_string();
-        let interface = mode::decide(&name, mode, &facts)?;
-        let group = facts.group.ok_or_else(|| ModeError::NoIommuGroup {
-            device: name.clone(),
-        })?;
+        let route = mode::route(&name, mode, mode::pci_facts(&self.sysfs, address)?)?;
+        let group = route.group();
         check_viable(&self.sysfs, group, &name)?;
-        info!(device = %name, %mode, %interface, group, "opening VFIO device");
-        let device = match interface {
-            Interface::Legacy => {
+        info!(device = %name, %mode, interface = %route.interface(), group, "opening VFIO device");
+        let device = match route {
+            Route::Legacy { group } => {
                 let container = self.legacy_container()?;
                 let lease = container
                     .attach_group(group)
                     .map_err(|err| name_blockers(err, &self.sysfs))?;
                 VfioDevice::open_in_group(lease, &name)?
             }
-            Interface::Iommufd => {
+            Route::Iommufd { group, cdev } => {
                 let iommufd = self.shared_iommufd()?;
-                let cdev =
-                    facts
-                        .cdev
-                        .map(|(path, _)| path)
-                        .ok_or_else(|| ModeError::KernelLacks {
-                            device: name.clone(),
-                            interface,
-                            missing: facts.vfio_dev_dir.clone(),
-                        })?;
                 VfioDevice::open_cdev(&iommufd, &cdev, &name)
                     .map_err(|err| explain_bind_refusal(err, &self.sysfs, group))?
             }
@@ -162,11 +150,7 @@ impl Vfio {
 
     /// Opens mediated device `uuid` (legacy only).
     pub fn open_mdev(&mut self, uuid: &str, mode: Mode) -> Result<VfioDevice, OpenError> {
-        let facts = mode::mdev_facts(&self.sysfs, uuid)?;
-        mode::decide(uuid, mode, &facts)?;
-        let group = facts.group.ok_or_else(|| ModeError::NoIommuGroup {
-            device: uuid.to_owned(),
-        })?;
+        let group = mode::route(uuid, mode, mode::mdev_facts(&self.sysfs, uuid)?)?.group();
         let container = self.legacy_container()?;
         let lease = container
             .attach_group(group)
