@@ -515,6 +515,15 @@ mod tests {
         assert_eq!(calls[1].request, request);
     }
 
+    /// `m.attach(id)` on a thread of its own.
+    fn attach_on_a_thread(
+        m: &Arc<Manager>,
+        id: DeviceId,
+    ) -> std::thread::JoinHandle<Result<Acquired, DeviceError>> {
+        let m = Arc::clone(m);
+        std::thread::spawn(move || m.attach(id))
+    }
+
     #[test]
     fn a_slow_plug_blocks_neither_reads_nor_other_devices() {
         let m = Arc::new(manager(ManagerConfig::default()));
@@ -523,8 +532,7 @@ mod tests {
         let other = new(&m, block_spec(1, BlockDriver::VirtioBlk));
         m.attach(other).unwrap();
         m.hypervisor().hold(HypervisorOp::HotplugAdd);
-        let m2 = Arc::clone(&m);
-        let t = std::thread::spawn(move || m2.attach(slow));
+        let t = attach_on_a_thread(&m, slow);
         m.hypervisor().wait_for_held_calls(1);
         // The plug of `slow` is now inside the hypervisor. Everything else goes on.
         assert!(
@@ -549,15 +557,9 @@ mod tests {
         let m = Arc::new(manager(ManagerConfig::default()));
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         m.hypervisor().hold(HypervisorOp::HotplugAdd);
-        let first = {
-            let m = Arc::clone(&m);
-            std::thread::spawn(move || m.attach(id))
-        };
+        let first = attach_on_a_thread(&m, id);
         m.hypervisor().wait_for_held_calls(1);
-        let second = {
-            let m = Arc::clone(&m);
-            std::thread::spawn(move || m.attach(id))
-        };
+        let second = attach_on_a_thread(&m, id);
         // However the second thread is scheduled, it cannot report success before the
         // plug is done: it waits for the busy device.
         m.hypervisor().release(HypervisorOp::HotplugAdd);
@@ -577,15 +579,9 @@ mod tests {
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         m.hypervisor().hold(HypervisorOp::HotplugAdd);
         m.hypervisor().fail_next(HypervisorOp::HotplugAdd);
-        let a = {
-            let m = Arc::clone(&m);
-            std::thread::spawn(move || m.attach(id))
-        };
+        let a = attach_on_a_thread(&m, id);
         m.hypervisor().wait_for_held_calls(1);
-        let b = {
-            let m = Arc::clone(&m);
-            std::thread::spawn(move || m.attach(id))
-        };
+        let b = attach_on_a_thread(&m, id);
         m.hypervisor().release(HypervisorOp::HotplugAdd);
         let results = [a.join().unwrap(), b.join().unwrap()];
         let ok: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
