@@ -449,37 +449,33 @@ fn a_duplicate_qemu_id_is_refused_and_the_first_device_is_left_alone() {
     let b = qemu.image("b.raw", "raw", "4M");
     let m = manager(&qemu, config());
     let id = new_disk(&m, &a, BlockDriver::VirtioBlk, ImageFormat::Raw, false);
-    let request = {
-        m.attach(id).unwrap();
-        let hv = m.hypervisor();
-        // Another request under the same QEMU names (what a crashed, reloaded manager might send).
-        let mut spec = disk_spec(&b, BlockDriver::VirtioBlk, ImageFormat::Raw, false);
-        spec.mode = PlugMode::Hot;
-        let before = (nodes(hv), peripherals(hv));
-        let request = plugboard_devices::PlugRequest {
-            device: id,
-            mode: PlugMode::Hot,
-            plug: plugboard_devices::Plug::Block(plugboard_devices::BlockPlug {
-                name_id: id.name_id("drive"),
-                spec: match spec.kind {
-                    DeviceKind::Block(b) => b,
-                    _ => unreachable!(),
-                },
-                index: plugboard_devices::BlockIndex::try_from(1).unwrap(),
-                drive_name: None,
-                scsi_address: None,
-                port: Some(plugboard_devices::RootPort::new(1)),
-            }),
-        };
-        let err = hv.hotplug_add(&request).unwrap_err();
-        assert!(
-            matches!(err, HypervisorError::AlreadyPlugged { .. }),
-            "{err:?}"
-        );
-        assert_eq!((nodes(hv), peripherals(hv)), before, "nothing changed");
-        request
+    m.attach(id).unwrap();
+    let hv = m.hypervisor();
+    // Another request under the same QEMU names (what a crashed, reloaded manager might send).
+    let DeviceKind::Block(spec) =
+        disk_spec(&b, BlockDriver::VirtioBlk, ImageFormat::Raw, false).kind
+    else {
+        unreachable!()
     };
-    let _ = request;
+    let before = (nodes(hv), peripherals(hv));
+    let request = plugboard_devices::PlugRequest {
+        device: id,
+        mode: PlugMode::Hot,
+        plug: plugboard_devices::Plug::Block(plugboard_devices::BlockPlug {
+            name_id: id.name_id("drive"),
+            spec,
+            index: plugboard_devices::BlockIndex::try_from(1).unwrap(),
+            drive_name: None,
+            scsi_address: None,
+            port: Some(plugboard_devices::RootPort::new(1)),
+        }),
+    };
+    let err = hv.hotplug_add(&request).unwrap_err();
+    assert!(
+        matches!(err, HypervisorError::AlreadyPlugged { .. }),
+        "{err:?}"
+    );
+    assert_eq!((nodes(hv), peripherals(hv)), before, "nothing changed");
     assert!(m.is_attached(id));
 }
 
