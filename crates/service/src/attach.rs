@@ -107,12 +107,10 @@ fn identity_of(path: &std::path::Path) -> Result<DeviceIdentity, ServiceError> {
         |e: std::io::Error| ServiceError::BadRequest(format!("cannot use {}: {e}", path.display()));
     let meta = std::fs::metadata(path).map_err(bad)?;
     if meta.file_type().is_block_device() {
-        let (major, minor) = split_dev(meta.rdev());
-        return Ok(DeviceIdentity::Node(DeviceNode {
-            node_type: NodeType::Block,
-            major,
-            minor,
-        }));
+        return Ok(DeviceIdentity::Node(DeviceNode::from_rdev(
+            NodeType::Block,
+            meta.rdev(),
+        )));
     }
     if !meta.is_file() {
         return Err(ServiceError::BadRequest(format!(
@@ -121,11 +119,6 @@ fn identity_of(path: &std::path::Path) -> Result<DeviceIdentity, ServiceError> {
         )));
     }
     Ok(DeviceIdentity::Path(path.canonicalize().map_err(bad)?))
-}
-
-/// glibc's `major()`/`minor()` of a `dev_t`.
-fn split_dev(dev: u64) -> (u32, u32) {
-    (rustix::fs::major(dev), rustix::fs::minor(dev))
 }
 
 #[cfg(test)]
@@ -186,6 +179,10 @@ mod tests {
 
     #[test]
     fn dev_numbers_split_like_glibc() {
+        let split_dev = |dev| {
+            let node = DeviceNode::from_rdev(NodeType::Block, dev);
+            (node.major, node.minor)
+        };
         assert_eq!(split_dev(0x0801), (8, 1));
         assert_eq!(split_dev((259 << 8) | 3), (259, 3));
         assert_eq!(split_dev(0x0010_0000 | (1 << 8)), (1, 256));
