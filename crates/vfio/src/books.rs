@@ -32,9 +32,25 @@ struct Run {
 }
 
 impl Run {
+    /// A run of the one mapping `len` bytes at `vaddr`.
+    fn single(len: u64, vaddr: u64) -> Self {
+        Self {
+            piece: len,
+            count: 1,
+            skip: 0,
+            vaddr,
+        }
+    }
+
     /// The span from the key to the end of the last piece.
     fn span(&self) -> u64 {
         self.piece * self.count
+    }
+
+    /// Whether a mapping of `len` bytes at `vaddr` made at `iova` is this run's next piece,
+    /// the run being keyed `start`.
+    fn continues_with(&self, start: u64, iova: u64, len: u64, vaddr: u64) -> bool {
+        self.piece == len && start + self.span() == iova && self.vaddr + self.span() == vaddr
     }
 }
 
@@ -64,9 +80,7 @@ impl Books {
     pub(crate) fn insert(&mut self, iova: u64, len: u64, vaddr: u64) {
         self.mappings += 1;
         if let Some((start, run)) = &mut self.hot
-            && run.piece == len
-            && *start + run.span() == iova
-            && run.vaddr + run.span() == vaddr
+            && run.continues_with(*start, iova, len, vaddr)
         {
             run.count += 1;
             return;
@@ -97,22 +111,10 @@ impl Books {
         // overlap, so it is the only one that can end at `iova` (extend it) or cover `iova`
         // with its unmapped front (move it).
         let Some((&start, run)) = self.runs.range_mut(..=iova).next_back() else {
-            self.runs.insert(
-                iova,
-                Run {
-                    piece: len,
-                    count: 1,
-                    skip: 0,
-                    vaddr,
-                },
-            );
+            self.runs.insert(iova, Run::single(len, vaddr));
             return iova;
         };
-        if start < iova
-            && run.piece == len
-            && start + run.span() == iova
-            && run.vaddr + run.span() == vaddr
-        {
+        if run.continues_with(start, iova, len, vaddr) {
             run.count += 1;
             return start;
         }
@@ -132,15 +134,7 @@ impl Books {
                 },
             );
         }
-        self.runs.insert(
-            iova,
-            Run {
-                piece: len,
-                count: 1,
-                skip: 0,
-                vaddr,
-            },
-        );
+        self.runs.insert(iova, Run::single(len, vaddr));
         iova
     }
 
