@@ -136,7 +136,7 @@ impl<H: Hypervisor> DeviceManager<H> {
     /// a half-done plug.
     pub fn save(&self) -> SavedState {
         let mut books = self.lock();
-        while books.in_flight > 0 {
+        while books.any_busy() {
             books = self.wait(books);
         }
         let mut devices: Vec<DeviceState> =

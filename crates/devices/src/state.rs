@@ -47,8 +47,6 @@ pub(crate) struct Books {
     pub(crate) by_identity: HashMap<DeviceIdentity, DeviceId>,
     pub(crate) next_id: u64,
     pub(crate) alloc: Allocators,
-    /// Devices with `busy` set.
-    pub(crate) in_flight: usize,
 }
 
 impl Books {
@@ -58,20 +56,17 @@ impl Books {
             by_identity: HashMap::new(),
             next_id: 0,
             alloc: Allocators::new(config),
-            in_flight: 0,
         }
     }
 
     pub(crate) fn set_busy(&mut self, id: DeviceId, busy: bool) {
-        if let Some(entry) = self.devices.get_mut(&id)
-            && entry.busy != busy
-        {
+        if let Some(entry) = self.devices.get_mut(&id) {
             entry.busy = busy;
-            if busy {
-                self.in_flight += 1;
-            } else {
-                self.in_flight = self.in_flight.saturating_sub(1);
-            }
         }
+    }
+
+    /// Whether a plug or unplug of any device is with the hypervisor.
+    pub(crate) fn any_busy(&self) -> bool {
+        self.devices.values().any(|e| e.busy)
     }
 }
