@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::error::SysfsError;
 
@@ -94,7 +94,16 @@ pub(crate) fn read_decimal<T: std::str::FromStr>(
 /// The last component of a symlink's target, without following it (`driver` →
 /// `../../../bus/pci/drivers/e1000e` gives `e1000e`). A missing link is `None`.
 pub(crate) fn link_basename(path: &Path) -> Result<Option<String>, SysfsError> {
-    match fs::read_link(path) {
+    basename_of_link(path, fs::read_link(path))
+}
+
+/// [`link_basename`] of a link already read (by path or through a directory fd): `read` is
+/// what reading the link at `path` gave.
+pub(crate) fn basename_of_link(
+    path: &Path,
+    read: io::Result<PathBuf>,
+) -> Result<Option<String>, SysfsError> {
+    match read {
         Ok(target) => target
             .file_name()
             .and_then(|n| n.to_str())

@@ -293,21 +293,7 @@ impl PciDevice {
         let Some(dir) = &self.dir else {
             return attr::link_basename(&self.attr_path(name));
         };
-        match dir.read_link(name) {
-            Ok(target) => target
-                .file_name()
-                .and_then(|n| n.to_str())
-                .map(|n| Some(n.to_owned()))
-                .ok_or_else(|| {
-                    SysfsError::parse(
-                        &self.attr_path(name),
-                        &target.to_string_lossy(),
-                        "a symlink to a named object",
-                    )
-                }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(SysfsError::read(&self.attr_path(name), e)),
-        }
+        attr::basename_of_link(&self.attr_path(name), dir.read_link(name))
     }
 
     fn link_address(&self, name: &str) -> Result<Option<PciAddress>, SysfsError> {
