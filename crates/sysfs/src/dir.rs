@@ -29,14 +29,18 @@ impl Dir {
         Ok(Self { fd })
     }
 
-    /// The whole (small) file `name`, read like [`crate::attr::read_small`].
-    pub(crate) fn read_small(&self, name: &str) -> io::Result<String> {
-        let file = rustix::fs::openat(
+    fn open_read_only(&self, name: &str) -> io::Result<OwnedFd> {
+        Ok(rustix::fs::openat(
             &self.fd,
             name,
             OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
-        )?;
+        )?)
+    }
+
+    /// The whole (small) file `name`, read like [`crate::attr::read_small`].
+    pub(crate) fn read_small(&self, name: &str) -> io::Result<String> {
+        let file = self.open_read_only(name)?;
         let mut buf = [0u8; 1024];
         let mut out = Vec::new();
         loop {
@@ -51,12 +55,7 @@ impl Dir {
 
     /// The first `buf.len()` bytes of `name` (fewer if it is shorter); returns the count.
     pub(crate) fn read_head(&self, name: &str, buf: &mut [u8]) -> io::Result<usize> {
-        let file = rustix::fs::openat(
-            &self.fd,
-            name,
-            OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let file = self.open_read_only(name)?;
         let mut done = 0;
         while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
             let n = rustix::io::read(&file, rest)?;
