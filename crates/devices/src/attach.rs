@@ -85,11 +85,7 @@ impl<H: Hypervisor> DeviceManager<H> {
     /// every error the manager and the VM are as before.
     pub fn detach(&self, id: DeviceId) -> Result<Released, DeviceError> {
         let mut books = self.lock_idle(id)?;
-        let entry = books
-            .devices
-            .get_mut(&id)
-            .ok_or(DeviceError::NotFound { id })?;
-        let state = &mut entry.state;
+        let state = &mut books.entry_mut(id)?.state;
         let step = state
             .attachments
             .peek_release()

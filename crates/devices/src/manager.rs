@@ -118,10 +118,7 @@ impl<H: Hypervisor> DeviceManager<H> {
         validate(&spec)?;
         let mut books = self.lock();
         if let Some(&id) = books.by_identity.get(&spec.identity) {
-            let entry = books
-                .devices
-                .get_mut(&id)
-                .ok_or(DeviceError::NotFound { id })?;
+            let entry = books.entry_mut(id)?;
             if entry.state.spec != spec {
                 return Err(DeviceError::Conflict {
                     id,
@@ -168,11 +165,7 @@ impl<H: Hypervisor> DeviceManager<H> {
     /// [`DeviceError::NotFound`], [`DeviceError::StillAttached`].
     pub fn remove_device(&self, id: DeviceId) -> Result<Removed, DeviceError> {
         let mut books = self.lock_idle(id)?;
-        let entry = books
-            .devices
-            .get_mut(&id)
-            .ok_or(DeviceError::NotFound { id })?;
-        let state = &mut entry.state;
+        let state = &mut books.entry_mut(id)?.state;
         // Every device in the books holds at least one reference.
         let step = state
             .references

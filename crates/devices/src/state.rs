@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::DeviceError;
 use crate::hypervisor::{GuestView, PlugRequest};
 use crate::id::DeviceId;
 use crate::kind::{DeviceIdentity, DeviceSpec};
@@ -57,6 +58,13 @@ impl Books {
             next_id: 0,
             alloc: Allocators::new(config),
         }
+    }
+
+    /// The entry of `id`; [`DeviceError::NotFound`] when there is none.
+    pub(crate) fn entry_mut(&mut self, id: DeviceId) -> Result<&mut Entry, DeviceError> {
+        self.devices
+            .get_mut(&id)
+            .ok_or(DeviceError::NotFound { id })
     }
 
     pub(crate) fn set_busy(&mut self, id: DeviceId, busy: bool) {
