@@ -10,7 +10,7 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::cmdline;
@@ -114,22 +114,15 @@ impl BareQemuBuilder {
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", qemu_binary().display()))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while crate::check_listening(&qmp).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!(
-                    "QEMU exited ({status}) before its QMP socket appeared: {stderr}"
-                ));
+        match wait_listening(&mut child, &qmp, &log) {
+            Ok(()) => Ok(BareQemu { child, dir, qmp }),
+            Err(NotListening::Exited { status, stderr }) => Err(format!(
+                "QEMU exited ({status}) before its QMP socket appeared: {stderr}"
+            )),
+            Err(NotListening::TimedOut) => {
+                Err("QEMU's QMP socket did not appear within 10 s".into())
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("QEMU's QMP socket did not appear within 10 s".into());
-            }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(BareQemu { child, dir, qmp })
     }
 }
 
@@ -257,23 +250,16 @@ impl Backend {
         let mut child = cmd.spawn().map_err(|e| {
             format!("cannot run {what}: {e} (lab/install-deps.sh and scripts/install-virtiofsd.sh install the backends)")
         })?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while crate::check_listening(&socket).is_err() {
-            if let Ok(Some(status)) = child.try_wait() {
-                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(format!("{what} exited ({status}): {stderr}"));
+        match wait_listening(&mut child, &socket, &log) {
+            Ok(()) => Ok(Self { child, dir, socket }),
+            Err(NotListening::Exited { status, stderr }) => {
+                Err(format!("{what} exited ({status}): {stderr}"))
             }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{what} did not listen on {} within 10 s",
-                    socket.display()
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(10));
+            Err(NotListening::TimedOut) => Err(format!(
+                "{what} did not listen on {} within 10 s",
+                socket.display()
+            )),
         }
-        Ok(Self { child, dir, socket })
     }
 
     /// The listening socket.
@@ -297,6 +283,32 @@ impl Drop for Backend {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Why a started process is not listening on its socket.
+enum NotListening {
+    /// It exited first; `stderr` is what it wrote to its log.
+    Exited { status: ExitStatus, stderr: String },
+    /// It did not listen within 10 s; it has been killed and reaped.
+    TimedOut,
+}
+
+/// Waits (at most 10 s) until `child` listens on `socket`; `log` is where its stderr goes.
+fn wait_listening(child: &mut Child, socket: &Path, log: &Path) -> Result<(), NotListening> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while crate::check_listening(socket).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let stderr = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(NotListening::Exited { status, stderr });
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(NotListening::TimedOut);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
 }
 
 /// The virtiofsd binary: `PLUGBOARD_VIRTIOFSD`, else on PATH, else cargo's bin directory
