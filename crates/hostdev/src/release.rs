@@ -268,6 +268,17 @@ mod tests {
     use super::*;
     use crate::test_support::*;
 
+    /// The successful result for `address` in `out`.
+    fn result_of(out: &[ReleaseOutcome], address: &str) -> Released {
+        out.iter()
+            .find(|o| o.address == addr(address))
+            .unwrap()
+            .result
+            .as_ref()
+            .unwrap()
+            .clone()
+    }
+
     #[test]
     fn release_is_best_effort_with_a_result_per_device() {
         let fx = Fixture::new();
@@ -281,15 +292,7 @@ mod tests {
         let out = m
             .release_pci(&a, &[addr(NIC1), addr(NIC2), addr(NIC3), addr(FN0)])
             .unwrap();
-        let result = |a: &str| {
-            out.iter()
-                .find(|o| o.address == addr(a))
-                .unwrap()
-                .result
-                .as_ref()
-                .unwrap()
-                .clone()
-        };
+        let result = |a: &str| result_of(&out, a);
         assert!(matches!(result(NIC1), Released::Reattached { .. }));
         assert_eq!(result(NIC2), Released::NotOwned);
         assert_eq!(result(NIC3), Released::Vanished);
@@ -322,15 +325,7 @@ mod tests {
             }
         });
         let out = m.release_pci(&a, &[addr(NIC1), addr(NIC2)]).unwrap();
-        let result = |x: &str| {
-            out.iter()
-                .find(|o| o.address == addr(x))
-                .unwrap()
-                .result
-                .as_ref()
-                .unwrap()
-                .clone()
-        };
+        let result = |a: &str| result_of(&out, a);
         assert_eq!(result(NIC1), Released::Vanished);
         assert!(matches!(result(NIC2), Released::Reattached { .. }));
         assert!(books(&mut m).is_empty());
