@@ -81,25 +81,25 @@ impl Tx<'_> {
     /// Every pending intent, oldest first.
     pub fn intents(&self) -> Result<Vec<Intent>, RegistryError> {
         let sql = format!("SELECT {COLUMNS} FROM intents ORDER BY id");
-        let raws = self
-            .tx
-            .prepare_cached(&sql)
-            .and_then(|mut st| {
-                st.query_map([], RawIntent::read)?
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(self.err("reading intents"))?;
-        raws.into_iter().map(|r| r.into_intent(self)).collect()
+        self.collect_intents(&sql, [])
     }
 
     /// The pending intents on members of IOMMU group `group`.
     pub fn intents_in_group(&self, group: u32) -> Result<Vec<Intent>, RegistryError> {
         let sql = format!("SELECT {COLUMNS} FROM intents WHERE iommu_group = ?1");
+        self.collect_intents(&sql, [group])
+    }
+
+    fn collect_intents(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+    ) -> Result<Vec<Intent>, RegistryError> {
         let raws = self
             .tx
-            .prepare_cached(&sql)
+            .prepare_cached(sql)
             .and_then(|mut st| {
-                st.query_map([group], RawIntent::read)?
+                st.query_map(params, RawIntent::read)?
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(self.err("reading intents"))?;
