@@ -38,15 +38,15 @@ pub(crate) fn plan(
     options: PrepareOptions,
 ) -> Result<Vec<Step>, PrepareError> {
     // The devices named, then (whole group) the other endpoints of their groups.
-    let mut wanted: Vec<(DeviceFacts, bool)> = Vec::new();
+    let mut wanted: Vec<DeviceFacts> = Vec::new();
     let mut seen = BTreeSet::new();
     for &address in devices {
         if seen.insert(address) {
-            wanted.push((DeviceFacts::endpoint(sysfs, address)?, true));
+            wanted.push(DeviceFacts::endpoint(sysfs, address)?);
         }
     }
     let mut groups = BTreeSet::new();
-    for (facts, _) in &wanted {
+    for facts in &wanted {
         if let Some(g) = facts.group {
             groups.insert((g, facts.address()));
         }
@@ -79,13 +79,13 @@ pub(crate) fn plan(
                     continue;
                 }
                 seen.insert(member.address);
-                wanted.push((DeviceFacts::endpoint(sysfs, member.address)?, false));
+                wanted.push(DeviceFacts::endpoint(sysfs, member.address)?);
             }
         }
     }
 
     let mut plan = Vec::with_capacity(wanted.len());
-    for (facts, _named) in &wanted {
+    for facts in &wanted {
         let address = facts.address();
         let key = address.to_string();
         if let Some(intent) = tx.intent_for(&key)? {
