@@ -137,7 +137,7 @@ impl HostdevManager {
                 {
                     match facts.device.reattach(intent.original_driver.as_deref()) {
                         Ok(_) => (RecoverAction::Undone, RowChange::None),
-                        Err(err) => (failed(&err), RowChange::KeepOnVfio(intent.clone())),
+                        Err(err) => (failed(&err), RowChange::KeepOnVfio),
                     }
                 } else {
                     (RecoverAction::Undone, RowChange::None)
@@ -147,7 +147,7 @@ impl HostdevManager {
                 if on_vfio || overridden {
                     match facts.device.reattach(intent.original_driver.as_deref()) {
                         Ok(_) => (RecoverAction::Finished, RowChange::Delete),
-                        Err(err) => (failed(&err), RowChange::KeepOnVfio(intent.clone())),
+                        Err(err) => (failed(&err), RowChange::KeepOnVfio),
                     }
                 } else {
                     (RecoverAction::Finished, RowChange::Delete)
@@ -155,10 +155,7 @@ impl HostdevManager {
             }
             IntentOp::Detach => {
                 if on_vfio {
-                    (
-                        RecoverAction::Finished,
-                        RowChange::KeepOnVfio(intent.clone()),
-                    )
+                    (RecoverAction::Finished, RowChange::KeepOnVfio)
                 } else if overridden
                     && facts.device.driver_override().ok().flatten().as_deref() == Some(VFIO_PCI)
                 {
@@ -175,7 +172,7 @@ impl HostdevManager {
             match &rows {
                 RowChange::None => {}
                 RowChange::Delete => tx.delete_pci_row(key, intent.iommu_group, EventKind::Host)?,
-                RowChange::KeepOnVfio(i) => {
+                RowChange::KeepOnVfio => {
                     // Keep the books true: a device left on vfio-pci is on the inactive list.
                     let existing = tx.pci_row(key)?;
                     if existing.as_ref().is_none_or(|r| r.list != List::Active) {
@@ -183,11 +180,11 @@ impl HostdevManager {
                             address: key.to_owned(),
                             list: List::Inactive,
                             owner: None,
-                            managed: existing.as_ref().map_or(i.managed, |r| r.managed),
+                            managed: existing.as_ref().map_or(intent.managed, |r| r.managed),
                             original_driver: existing
                                 .and_then(|r| r.original_driver)
-                                .or_else(|| i.original_driver.clone()),
-                            iommu_group: i.iommu_group,
+                                .or_else(|| intent.original_driver.clone()),
+                            iommu_group: intent.iommu_group,
                         })?;
                     }
                 }
@@ -202,7 +199,7 @@ impl HostdevManager {
 enum RowChange {
     None,
     Delete,
-    KeepOnVfio(Intent),
+    KeepOnVfio,
 }
 
 fn failed(err: &dyn std::error::Error) -> RecoverAction {
