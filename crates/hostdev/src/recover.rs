@@ -126,7 +126,8 @@ impl HostdevManager {
             self.registry.write(|tx| tx.delete_intent(intent.id))?;
             return Ok(RecoverAction::Undone);
         }
-        let overridden = facts.device.driver_override().ok().flatten().is_some();
+        let current_override = facts.device.driver_override().ok().flatten();
+        let overridden = current_override.is_some();
         let on_vfio = facts.kind.is_vfio();
         let (action, rows): (RecoverAction, RowChange) = match intent.op {
             IntentOp::Prepare => {
@@ -156,9 +157,7 @@ impl HostdevManager {
             IntentOp::Detach => {
                 if on_vfio {
                     (RecoverAction::Finished, RowChange::KeepOnVfio)
-                } else if overridden
-                    && facts.device.driver_override().ok().flatten().as_deref() == Some(VFIO_PCI)
-                {
+                } else if current_override.as_deref() == Some(VFIO_PCI) {
                     match facts.device.set_driver_override(None) {
                         Ok(()) => (RecoverAction::Undone, RowChange::None),
                         Err(err) => (failed(&err), RowChange::None),
