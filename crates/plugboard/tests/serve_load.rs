@@ -111,6 +111,37 @@ fn report(name: &str, tally: &Tally, wall: Duration) {
     );
 }
 
+/// One phase: `CLIENTS` tasks, task `i` from `client(i, deadline)`, run until they end
+/// (each stops at the deadline, `length` from now). Their merged tally and the wall time.
+async fn phase<F, Fut>(length: Duration, client: F) -> (Tally, Duration)
+where
+    F: Fn(usize, Instant) -> Fut,
+    Fut: Future<Output = Tally> + Send + 'static,
+{
+    let started = Instant::now();
+    let deadline = started + length;
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|i| tokio::spawn(client(i, deadline)))
+        .collect();
+    let mut all = Tally::default();
+    for task in tasks {
+        let t = task.await.unwrap();
+        all.latencies.extend(t.latencies);
+        all.errors.extend(t.errors);
+    }
+    (all, started.elapsed())
+}
+
+/// [`report`], then fails on any error answer (the first five shown).
+fn report_no_errors(name: &str, tally: &Tally, wall: Duration) {
+    report(name, tally, wall);
+    assert!(
+        tally.errors.is_empty(),
+        "{:?}",
+        &tally.errors[..tally.errors.len().min(5)]
+    );
+}
+
 #[test]
 #[ignore = "load test: prints figures (see the file's header for the command)"]
 fn load() {
@@ -138,94 +169,57 @@ fn load() {
     let length = phase_length();
 
     // Phase 1: reads.
-    let (tally, wall) = runtime.block_on(async {
-        let started = Instant::now();
-        let deadline = started + length;
-        let tasks: Vec<_> = (0..CLIENTS)
-            .map(|i| {
-                let socket = socket.clone();
-                tokio::spawn(async move {
-                    let mut sender = connect(&socket).await;
-                    let path = format!("/v1/vms/vm{}/devices", i % VMS);
-                    let mut t = Tally::default();
-                    while Instant::now() < deadline {
-                        let (status, body, took) = call(&mut sender, "GET", &path, None).await;
-                        t.latencies.push(took);
-                        if status != 200 {
-                            t.errors.push(format!("GET {path}: {status} {body}"));
-                        }
-                    }
-                    t
-                })
-            })
-            .collect();
-        let mut all = Tally::default();
-        for task in tasks {
-            let t = task.await.unwrap();
-            all.latencies.extend(t.latencies);
-            all.errors.extend(t.errors);
+    let (tally, wall) = runtime.block_on(phase(length, |i, deadline| {
+        let socket = socket.clone();
+        async move {
+            let mut sender = connect(&socket).await;
+            let path = format!("/v1/vms/vm{}/devices", i % VMS);
+            let mut t = Tally::default();
+            while Instant::now() < deadline {
+                let (status, body, took) = call(&mut sender, "GET", &path, None).await;
+                t.latencies.push(took);
+                if status != 200 {
+                    t.errors.push(format!("GET {path}: {status} {body}"));
+                }
+            }
+            t
         }
-        (all, started.elapsed())
-    });
-    report("GET /v1/vms/{name}/devices", &tally, wall);
-    assert!(
-        tally.errors.is_empty(),
-        "{:?}",
-        &tally.errors[..tally.errors.len().min(5)]
-    );
+    }));
+    report_no_errors("GET /v1/vms/{name}/devices", &tally, wall);
 
     // Phase 2: attach and detach, each client its own disk (on VM i % 4).
-    let (tally, wall) = runtime.block_on(async {
-        let started = Instant::now();
-        let deadline = started + length;
-        let tasks: Vec<_> = (0..CLIENTS)
-            .map(|i| {
-                let socket = socket.clone();
-                let disk = disks[i].clone();
-                tokio::spawn(async move {
-                    let mut sender = connect(&socket).await;
-                    let devices = format!("/v1/vms/vm{}/devices", i % VMS);
-                    let body = json!({"kind": "disk", "path": disk, "driver": "virtio-scsi"});
-                    let mut t = Tally::default();
-                    while Instant::now() < deadline {
-                        let (status, answer, took) =
-                            call(&mut sender, "POST", &devices, Some(&body)).await;
-                        t.latencies.push(took);
-                        if status != 201 {
-                            t.errors
-                                .push(format!("attach {}: {status} {answer}", disk.display()));
-                            break;
-                        }
-                        let id = answer["device"]["id"].as_u64().unwrap();
-                        let path = format!("{devices}/{id}");
-                        let (status, answer, took) = call(&mut sender, "DELETE", &path, None).await;
-                        t.latencies.push(took);
-                        if status != 200 {
-                            t.errors.push(format!("detach {path}: {status} {answer}"));
-                            break;
-                        }
-                    }
-                    t
-                })
-            })
-            .collect();
-        let mut all = Tally::default();
-        for task in tasks {
-            let t = task.await.unwrap();
-            all.latencies.extend(t.latencies);
-            all.errors.extend(t.errors);
+    let (tally, wall) = runtime.block_on(phase(length, |i, deadline| {
+        let socket = socket.clone();
+        let disk = disks[i].clone();
+        async move {
+            let mut sender = connect(&socket).await;
+            let devices = format!("/v1/vms/vm{}/devices", i % VMS);
+            let body = json!({"kind": "disk", "path": disk, "driver": "virtio-scsi"});
+            let mut t = Tally::default();
+            while Instant::now() < deadline {
+                let (status, answer, took) = call(&mut sender, "POST", &devices, Some(&body)).await;
+                t.latencies.push(took);
+                if status != 201 {
+                    t.errors
+                        .push(format!("attach {}: {status} {answer}", disk.display()));
+                    break;
+                }
+                let id = answer["device"]["id"].as_u64().unwrap();
+                let path = format!("{devices}/{id}");
+                let (status, answer, took) = call(&mut sender, "DELETE", &path, None).await;
+                t.latencies.push(took);
+                if status != 200 {
+                    t.errors.push(format!("detach {path}: {status} {answer}"));
+                    break;
+                }
+            }
+            t
         }
-        (all, started.elapsed())
-    });
-    report(
+    }));
+    report_no_errors(
         "POST+DELETE /v1/vms/{name}/devices (attach/detach)",
         &tally,
         wall,
-    );
-    assert!(
-        tally.errors.is_empty(),
-        "{:?}",
-        &tally.errors[..tally.errors.len().min(5)]
     );
     let (_, vms) = daemon.request("GET", "/v1/vms", None);
     for vm in vms["vms"].as_array().unwrap() {
