@@ -200,8 +200,8 @@ impl Registry {
 impl Tx<'_> {
     /// Maps a SQLite error met while doing `step` to a [`RegistryError`] naming the file.
     pub(crate) fn err(&self, step: &'static str) -> impl Fn(rusqlite::Error) -> RegistryError {
-        let path = self.path.to_path_buf();
-        move |e| RegistryError::classify(&path, step, 0, e)
+        let path = self.path;
+        move |e| RegistryError::classify(path, step, 0, e)
     }
 
     /// An [`RegistryError::Invalid`] for `column` holding `value`.
