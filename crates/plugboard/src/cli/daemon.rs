@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::host::HostCommand;
 use super::hostdev::HostdevCommand;
-use super::table::text;
+use super::table::{header, text};
 use super::{Global, print_json};
 use crate::serve::client::{Client, DEFAULT_SOCKET};
 
@@ -110,19 +110,15 @@ fn host_remote(client: &Client, json: bool, command: &HostCommand) -> anyhow::Re
             if json {
                 return print_json(&inventory);
             }
-            let mut rows = vec![
-                [
-                    "ADDRESS",
-                    "CLASS",
-                    "VENDOR:DEVICE",
-                    "NAME",
-                    "DRIVER",
-                    "GROUP",
-                    "OWNER",
-                ]
-                .map(str::to_owned)
-                .to_vec(),
-            ];
+            let mut rows = vec![header(&[
+                "ADDRESS",
+                "CLASS",
+                "VENDOR:DEVICE",
+                "NAME",
+                "DRIVER",
+                "GROUP",
+                "OWNER",
+            ])];
             for d in inventory["devices"].as_array().into_iter().flatten() {
                 let name = [&d["names"]["vendor"], &d["names"]["device"]]
                     .iter()
@@ -185,18 +181,14 @@ fn hostdev_remote(client: &Client, json: bool, command: &HostdevCommand) -> anyh
             if json {
                 return print_json(&listing);
             }
-            let mut rows = vec![
-                [
-                    "DEVICE",
-                    "LIST",
-                    "OWNER",
-                    "MANAGED",
-                    "ORIGINAL DRIVER",
-                    "GROUP",
-                ]
-                .map(str::to_owned)
-                .to_vec(),
-            ];
+            let mut rows = vec![header(&[
+                "DEVICE",
+                "LIST",
+                "OWNER",
+                "MANAGED",
+                "ORIGINAL DRIVER",
+                "GROUP",
+            ])];
             for r in listing["pci"].as_array().into_iter().flatten() {
                 rows.push(vec![
                     text(&r["address"]),
@@ -254,7 +246,7 @@ fn hostdev_remote(client: &Client, json: bool, command: &HostdevCommand) -> anyh
             if json {
                 print_json(&answer)?;
             } else {
-                let mut rows = vec![["DEVICE", "RESULT", "DETAIL"].map(str::to_owned).to_vec()];
+                let mut rows = vec![header(&["DEVICE", "RESULT", "DETAIL"])];
                 for r in answer["released"].as_array().into_iter().flatten() {
                     rows.push(vec![
                         text(&r["device"]),

@@ -150,20 +150,16 @@ fn ls(
         return print_json(&inventory);
     }
     let with_owner = inventory.devices.iter().any(|d| d.owner.is_some());
-    let mut rows = vec![
-        [
-            "ADDRESS",
-            "CLASS",
-            "VENDOR:DEVICE",
-            "NAME",
-            "DRIVER",
-            "GROUP",
-            "NUMA",
-            "OWNER",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-    ];
+    let mut rows = vec![super::table::header(&[
+        "ADDRESS",
+        "CLASS",
+        "VENDOR:DEVICE",
+        "NAME",
+        "DRIVER",
+        "GROUP",
+        "NUMA",
+        "OWNER",
+    ])];
     for d in &inventory.devices {
         let mut row = vec![
             d.address.to_string(),

@@ -256,7 +256,7 @@ fn join(devices: &[DeviceSpec]) -> String {
 /// Prints `header` then `rows` as a table.
 fn table(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
     let mut all = Vec::with_capacity(rows.len() + 1);
-    all.push(header.iter().map(|h| (*h).to_owned()).collect());
+    all.push(super::table::header(header));
     all.extend_from_slice(rows);
     Ok(super::table::print_table(&all)?)
 }

@@ -30,6 +30,11 @@ pub fn write_table(out: &mut impl Write, rows: &[Vec<String>]) -> std::io::Resul
     Ok(())
 }
 
+/// A header row: the column names as cells.
+pub fn header(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| (*n).to_owned()).collect()
+}
+
 /// A JSON value as a table cell: strings bare, `null` as `-`, anything else as JSON.
 pub fn text(v: &serde_json::Value) -> String {
     match v {

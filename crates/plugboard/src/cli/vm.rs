@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
-use super::table::text;
+use super::table::{header, text};
 use super::{Global, print_json};
 use crate::serve::client::{Client, DEFAULT_SOCKET};
 
@@ -120,12 +120,13 @@ pub fn run(global: &Global, args: VmArgs) -> anyhow::Result<()> {
             if global.json {
                 return print_json(&answer);
             }
-            let mut rows = vec![
-                vec!["NAME", "OWNER", "CONNECTED", "DEVICES", "ENDPOINT"]
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect(),
-            ];
+            let mut rows = vec![header(&[
+                "NAME",
+                "OWNER",
+                "CONNECTED",
+                "DEVICES",
+                "ENDPOINT",
+            ])];
             for vm in answer["vms"].as_array().into_iter().flatten() {
                 rows.push(vec![
                     text(&vm["name"]),
@@ -230,12 +231,7 @@ pub fn run(global: &Global, args: VmArgs) -> anyhow::Result<()> {
             if global.json {
                 return print_json(&answer);
             }
-            let mut rows = vec![
-                vec!["ID", "KIND", "DEVICE", "ATTACHED", "GUEST"]
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect(),
-            ];
+            let mut rows = vec![header(&["ID", "KIND", "DEVICE", "ATTACHED", "GUEST"])];
             for d in answer["devices"].as_array().into_iter().flatten() {
                 let kind = &d["spec"]["kind"];
                 rows.push(vec![
