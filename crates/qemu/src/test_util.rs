@@ -161,17 +161,9 @@ impl BareQemu {
     /// Creates an image with `qemu-img create -f <format>` in the scratch directory.
     pub fn image(&self, name: &str, format: &str, size: &str) -> PathBuf {
         let path = self.dir().join(name);
-        let out = Command::new("qemu-img")
-            .args(["create", "-q", "-f", format])
-            .arg(&path)
-            .arg(size)
-            .output()
-            .expect("run qemu-img");
-        assert!(
-            out.status.success(),
-            "qemu-img: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(e) = create_image(&path, format, size) {
+            panic!("{e}");
+        }
         path
     }
 }
@@ -179,6 +171,25 @@ impl BareQemu {
 impl Drop for BareQemu {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Creates an image at `path` with `qemu-img create -f <format>`; the error carries
+/// qemu-img's stderr.
+pub fn create_image(path: &Path, format: &str, size: &str) -> Result<(), String> {
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", format])
+        .arg(path)
+        .arg(size)
+        .output()
+        .map_err(|e| format!("cannot run qemu-img: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "qemu-img: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 
@@ -197,18 +208,7 @@ impl Backend {
         let dir = tempfile::tempdir().expect("temp dir");
         let image = dir.path().join("disk.raw");
         let socket = dir.path().join("vhost-user-blk.sock");
-        let out = Command::new("qemu-img")
-            .args(["create", "-q", "-f", "raw"])
-            .arg(&image)
-            .arg(size)
-            .output()
-            .map_err(|e| format!("cannot run qemu-img: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "qemu-img: {}",
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
+        create_image(&image, "raw", size)?;
         let mut cmd = Command::new("qemu-storage-daemon");
         cmd.arg("--blockdev")
             .arg(format!("driver=file,node-name=file0,filename={}", image.display()))

@@ -18,7 +18,7 @@ use plugboard_devices::{
     DeviceSpec, Hypervisor, HypervisorError, ImageFormat, ManagerConfig, PlugMode, VhostUserDevice,
 };
 use plugboard_qemu::qmp::QmpClient;
-use plugboard_qemu::test_util::{Backend, BareQemu};
+use plugboard_qemu::test_util::{Backend, BareQemu, create_image};
 use plugboard_qemu::{QemuConfig, QemuError, QemuHypervisor, RemovalError};
 use serde_json::{Value, json};
 
@@ -561,15 +561,7 @@ fn coldplugged_devices_render_as_arguments_qemu_accepts() {
     let qcow = dir.path().join("c.qcow2");
     let raw = dir.path().join("c.raw");
     for (p, f) in [(&qcow, "qcow2"), (&raw, "raw")] {
-        assert!(
-            std::process::Command::new("qemu-img")
-                .args(["create", "-q", "-f", f])
-                .arg(p)
-                .arg("8M")
-                .status()
-                .unwrap()
-                .success()
-        );
+        create_image(p, f, "8M").unwrap();
     }
     let m = DeviceManager::new(
         hv,

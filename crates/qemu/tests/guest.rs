@@ -22,7 +22,7 @@ use plugboard_devices::{
     FsCache, ImageFormat, ManagerConfig, PlugMode, VhostUserDevice,
 };
 use plugboard_lab::{BootOptions, Guest, Initramfs};
-use plugboard_qemu::test_util::Backend;
+use plugboard_qemu::test_util::{Backend, create_image};
 use plugboard_qemu::{Departure, QemuConfig, QemuHypervisor};
 use serde_json::{Value, json};
 
@@ -72,14 +72,7 @@ fn disk_spec(path: &Path, driver: BlockDriver, format: ImageFormat, read_only: b
 
 fn image(dir: &Path, name: &str, format: &str, size: &str) -> std::path::PathBuf {
     let path = dir.join(name);
-    let ok = std::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", format])
-        .arg(&path)
-        .arg(size)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "qemu-img create {}", path.display());
+    create_image(&path, format, size).unwrap();
     path
 }
 
