@@ -150,11 +150,7 @@ fn load() {
     let qemus: Vec<Qemu> = (0..VMS).map(|_| Qemu::start(dir.path(), 1)).collect();
     let daemon = Daemon::start_bin(&bin(), dir.path(), &dir.path().join("state"), &sysfs, &[]);
     for (n, q) in qemus.iter().enumerate() {
-        let (status, answer) = daemon.request(
-            "POST",
-            "/v1/vms",
-            Some(&json!({"name": format!("vm{n}"), "endpoint": {"kind": "qemu", "qmp_socket": q.qmp}})),
-        );
+        let (status, answer) = daemon.register_qemu(&format!("vm{n}"), &q.qmp);
         assert_eq!(status, 201, "{answer}");
     }
     let disks: Vec<PathBuf> = (0..CLIENTS)
@@ -248,11 +244,7 @@ fn idle_rss() {
     let daemon = Daemon::start_bin(&bin(), dir.path(), &dir.path().join("state"), &sysfs, &[]);
     std::thread::sleep(Duration::from_secs(1));
     let at_start = rss_kib(daemon.pid());
-    let (status, _) = daemon.request(
-        "POST",
-        "/v1/vms",
-        Some(&json!({"name": "vm0", "endpoint": {"kind": "qemu", "qmp_socket": qemu.qmp}})),
-    );
+    let (status, _) = daemon.register_qemu("vm0", &qemu.qmp);
     assert_eq!(status, 201);
     for _ in 0..100 {
         daemon.request("GET", "/v1/vms", None);

@@ -25,19 +25,11 @@ fn devices_survive_a_restart_and_are_reconciled_with_qemu() {
     let qemu = Qemu::start(dir.path(), 2);
     let daemon = Daemon::start(dir.path(), &state, &sysfs, &[]);
 
-    let (status, vm) = daemon.request(
-        "POST",
-        "/v1/vms",
-        Some(&json!({"name": "vm1", "endpoint": {"kind": "qemu", "qmp_socket": qemu.qmp}})),
-    );
+    let (status, vm) = daemon.register_qemu("vm1", &qemu.qmp);
     assert_eq!(status, 201, "{vm}");
     assert_eq!(vm["root_ports"], json!(["hp1", "hp2"]));
     assert_eq!(vm["owner_uid"], 0);
-    let (status, again) = daemon.request(
-        "POST",
-        "/v1/vms",
-        Some(&json!({"name": "vm2", "endpoint": {"kind": "qemu", "qmp_socket": qemu.qmp}})),
-    );
+    let (status, again) = daemon.register_qemu("vm2", &qemu.qmp);
     assert_eq!(status, 409, "one QEMU, one VM: {again}");
     assert!(
         again["message"]
@@ -156,11 +148,7 @@ fn sigterm_lets_an_in_flight_operation_finish_and_answer() {
     // No guest acknowledges a PCI unplug here, so a detach waits the whole timeout: an
     // operation that is still running when SIGTERM comes.
     let daemon = Daemon::start(dir.path(), &state, &sysfs, &["--unplug-timeout", "2"]);
-    let (status, _) = daemon.request(
-        "POST",
-        "/v1/vms",
-        Some(&json!({"name": "vm1", "endpoint": {"kind": "qemu", "qmp_socket": qemu.qmp}})),
-    );
+    let (status, _) = daemon.register_qemu("vm1", &qemu.qmp);
     assert_eq!(status, 201);
     let body = json!({"kind": "disk", "path": image(&dir.path().join("d.img"))});
     let (status, attached) = daemon.request("POST", "/v1/vms/vm1/devices", Some(&body));
@@ -204,11 +192,7 @@ fn a_vm_whose_qemu_comes_back_is_reconnected_and_reconciled() {
     let qmp = dir.path().join("vm.qmp");
     let qemu = Qemu::start_at(&qmp, 1);
     let daemon = Daemon::start(dir.path(), &state, &sysfs, &[]);
-    let (status, _) = daemon.request(
-        "POST",
-        "/v1/vms",
-        Some(&json!({"name": "vm1", "endpoint": {"kind": "qemu", "qmp_socket": qmp}})),
-    );
+    let (status, _) = daemon.register_qemu("vm1", &qmp);
     assert_eq!(status, 201);
     let body =
         json!({"kind": "disk", "path": image(&dir.path().join("d.img")), "driver": "virtio-scsi"});

@@ -115,6 +115,13 @@ impl Daemon {
         (answer.status, value)
     }
 
+    /// `POST /v1/vms`: registers VM `name` on the QEMU at `qmp`; the answer's status and body.
+    pub fn register_qemu(&self, name: &str, qmp: &Path) -> (u16, Value) {
+        let body =
+            serde_json::json!({"name": name, "endpoint": {"kind": "qemu", "qmp_socket": qmp}});
+        self.request("POST", "/v1/vms", Some(&body))
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(self) -> ExitStatus {
         self.terminate();
