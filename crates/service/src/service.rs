@@ -23,7 +23,7 @@ use crate::error::{ErrorClass, ServiceError};
 use crate::metrics::{Gauges, Metrics};
 use crate::reconcile::{Repair, reconcile};
 use crate::store::{Store, StoredVm};
-use crate::vm::{Link, Vm};
+use crate::vm::{Link, Vm, VmRecord};
 
 /// Where the service keeps its state and finds the host.
 #[derive(Debug, Clone)]
@@ -222,16 +222,7 @@ pub(crate) fn restore(
         Err(e) => {
             tracing::error!(vm = name, error = %e, "saved device state does not load; VM left disconnected");
             let reason = format!("saved device state does not load: {e}");
-            return (
-                Vm::new(
-                    record,
-                    Link::Disconnected {
-                        saved: None,
-                        reason,
-                    },
-                ),
-                Vec::new(),
-            );
+            return (disconnected(record, None, reason), Vec::new());
         }
     };
     let backend = match Backend::connect(&record.endpoint, &record.root_ports, unplug_timeout) {
@@ -248,10 +239,7 @@ pub(crate) fn restore(
                 reason,
                 "VM's hypervisor not reachable; left disconnected"
             );
-            return (
-                Vm::new(record, Link::Disconnected { saved, reason }),
-                Vec::new(),
-            );
+            return (disconnected(record, saved, reason), Vec::new());
         }
     };
     let config = crate::vms::manager_config(&record);
@@ -266,16 +254,7 @@ pub(crate) fn restore(
         Err(e) => {
             let reason = format!("cannot ask the hypervisor what it holds: {e}");
             tracing::warn!(vm = name, reason, "VM left disconnected");
-            return (
-                Vm::new(
-                    record,
-                    Link::Disconnected {
-                        saved: Some(saved),
-                        reason,
-                    },
-                ),
-                Vec::new(),
-            );
+            return (disconnected(record, Some(saved), reason), Vec::new());
         }
     };
     match DeviceManager::load(backend, repaired) {
@@ -298,18 +277,14 @@ pub(crate) fn restore(
         Err(e) => {
             let reason = format!("saved device state does not load: {e}");
             tracing::error!(vm = name, reason, "VM left disconnected");
-            (
-                Vm::new(
-                    record,
-                    Link::Disconnected {
-                        saved: Some(saved),
-                        reason,
-                    },
-                ),
-                repairs,
-            )
+            (disconnected(record, Some(saved), reason), repairs)
         }
     }
+}
+
+/// A VM left disconnected, keeping what was saved for a later reconnect.
+fn disconnected(record: VmRecord, saved: Option<SavedState>, reason: String) -> Vm {
+    Vm::new(record, Link::Disconnected { saved, reason })
 }
 
 /// Gives back the host PCI functions of devices that reconciliation dropped.
