@@ -190,7 +190,10 @@ impl HostdevManager {
             Ok::<_, NodeDeviceError>((facts, row, intent))
         })?;
         fault::point("reattach.journaled");
-        self.mark_binding(&key)?;
+        if let Err(err) = self.mark_binding(&key) {
+            self.registry.write(|tx| tx.delete_intent(intent))?;
+            return Err(err.into());
+        }
         let expect = row.as_ref().and_then(|r| r.original_driver.clone());
         let result =
             if facts.kind.is_vfio() || facts.device.driver_override().ok().flatten().is_some() {

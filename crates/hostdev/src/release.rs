@@ -225,7 +225,10 @@ impl HostdevManager {
                 return Err(err.into());
             }
         };
-        self.mark_binding(&key)?;
+        if let Err(err) = self.mark_binding(&key) {
+            self.registry.write(|tx| tx.delete_intent(item.intent))?;
+            return Err(err.into());
+        }
         match device.reattach(item.original_driver.as_deref()) {
             Ok(driver) => {
                 fault::point("release.reattached");
