@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
+use plugboard_service::ServiceConfig;
 use plugboard_sysfs::Sysfs;
 
 use super::Global;
@@ -40,9 +41,12 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<()> {
     serve::run(&ServeOptions {
         socket: args.socket,
         group,
-        state_dir: absolute(&global.state_dir)?,
-        sysfs: Sysfs::new(absolute(&global.sysfs_root)?).with_dev_root(absolute(&global.dev_root)?),
-        pci_ids: args.pci_ids.exists().then_some(args.pci_ids),
-        unplug_timeout: std::time::Duration::from_secs(args.unplug_timeout),
+        service: ServiceConfig {
+            state_dir: absolute(&global.state_dir)?,
+            sysfs: Sysfs::new(absolute(&global.sysfs_root)?)
+                .with_dev_root(absolute(&global.dev_root)?),
+            pci_ids: args.pci_ids.exists().then_some(args.pci_ids),
+            unplug_timeout: std::time::Duration::from_secs(args.unplug_timeout),
+        },
     })
 }

@@ -21,7 +21,6 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use plugboard_service::{Service, ServiceConfig};
-use plugboard_sysfs::Sysfs;
 
 pub use socket::resolve_group;
 
@@ -32,14 +31,8 @@ pub struct ServeOptions {
     pub socket: PathBuf,
     /// The socket's group (`None`: root's).
     pub group: Option<u32>,
-    /// The state directory.
-    pub state_dir: PathBuf,
-    /// The host's sysfs.
-    pub sysfs: Sysfs,
-    /// The pci.ids file for names.
-    pub pci_ids: Option<PathBuf>,
-    /// How long a detach waits for the guest.
-    pub unplug_timeout: std::time::Duration,
+    /// The service's state directory, host and settings.
+    pub service: ServiceConfig,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -49,16 +42,10 @@ pub fn run(options: &ServeOptions) -> anyhow::Result<()> {
         .thread_name("plugboard-worker")
         .build()
         .context("cannot start the async runtime")?;
-    let config = ServiceConfig {
-        state_dir: options.state_dir.clone(),
-        sysfs: options.sysfs.clone(),
-        pci_ids: options.pci_ids.clone(),
-        unplug_timeout: options.unplug_timeout,
-    };
-    let (service, report) = Service::open(config).with_context(|| {
+    let (service, report) = Service::open(options.service.clone()).with_context(|| {
         format!(
             "cannot open the service state in {}",
-            options.state_dir.display()
+            options.service.state_dir.display()
         )
     })?;
     for (vm, reason) in &report.disconnected {
