@@ -9,18 +9,21 @@
     reason = "test helpers: a failure to set up or query is the test's failure"
 )]
 
+mod support;
+
 use std::path::Path;
 use std::time::Duration;
 
 use plugboard_devices::test_util::vhost_user_spec;
 use plugboard_devices::{
-    BlockDriver, BlockSpec, DeviceError, DeviceId, DeviceIdentity, DeviceKind, DeviceManager,
-    DeviceSpec, Hypervisor, HypervisorError, ImageFormat, ManagerConfig, PlugMode, VhostUserDevice,
+    BlockDriver, DeviceError, DeviceId, DeviceKind, DeviceManager, Hypervisor, HypervisorError,
+    ImageFormat, ManagerConfig, PlugMode, VhostUserDevice,
 };
 use plugboard_qemu::qmp::QmpClient;
 use plugboard_qemu::test_util::{Backend, BareQemu, create_image};
 use plugboard_qemu::{QemuConfig, QemuError, QemuHypervisor, RemovalError};
 use serde_json::{Value, json};
+use support::{disk_spec, manager_over};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -32,26 +35,7 @@ fn config() -> QemuConfig {
 }
 
 fn manager(qemu: &BareQemu, config: QemuConfig) -> DeviceManager<QemuHypervisor> {
-    let hv = QemuHypervisor::connect(qemu.qmp_socket(), config).unwrap();
-    let ports = u32::try_from(hv.port_pool().len()).unwrap();
-    DeviceManager::new(
-        hv,
-        ManagerConfig {
-            root_ports: ports,
-            name_offset: 0,
-        },
-    )
-}
-
-fn disk_spec(path: &Path, driver: BlockDriver, format: ImageFormat, read_only: bool) -> DeviceSpec {
-    let mut block = BlockSpec::new(path, driver);
-    block.format = format;
-    block.read_only = read_only;
-    DeviceSpec {
-        identity: DeviceIdentity::Path(path.to_owned()),
-        mode: PlugMode::Hot,
-        kind: DeviceKind::Block(block),
-    }
+    manager_over(QemuHypervisor::connect(qemu.qmp_socket(), config).unwrap())
 }
 
 /// Registers a hot-plugged disk with the manager and returns its id.

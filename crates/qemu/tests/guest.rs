@@ -13,18 +13,20 @@
     reason = "test helpers: a failure to set up or query is the test's failure"
 )]
 
+mod support;
+
 use std::path::Path;
 use std::time::Duration;
 
 use plugboard_devices::test_util::vhost_user_spec;
 use plugboard_devices::{
-    BlockDriver, BlockSpec, DeviceId, DeviceIdentity, DeviceKind, DeviceManager, DeviceSpec,
-    FsCache, ImageFormat, ManagerConfig, PlugMode, VhostUserDevice,
+    BlockDriver, DeviceId, DeviceManager, FsCache, ImageFormat, VhostUserDevice,
 };
 use plugboard_lab::{BootOptions, Guest, Initramfs};
 use plugboard_qemu::test_util::{Backend, create_image};
 use plugboard_qemu::{Departure, QemuConfig, QemuHypervisor};
 use serde_json::{Value, json};
+use support::{disk_spec, manager_over};
 
 fn boot(extra_qemu_args: &[&str]) -> Guest {
     let mut opts = BootOptions::default();
@@ -49,25 +51,7 @@ fn manager(guest: &Guest) -> DeviceManager<QemuHypervisor> {
         "{pool:?}"
     );
     assert_eq!(hv.memory_shared(), Some(true));
-    let ports = u32::try_from(hv.port_pool().len()).unwrap();
-    DeviceManager::new(
-        hv,
-        ManagerConfig {
-            root_ports: ports,
-            name_offset: 0,
-        },
-    )
-}
-
-fn disk_spec(path: &Path, driver: BlockDriver, format: ImageFormat, read_only: bool) -> DeviceSpec {
-    let mut block = BlockSpec::new(path, driver);
-    block.format = format;
-    block.read_only = read_only;
-    DeviceSpec {
-        identity: DeviceIdentity::Path(path.to_owned()),
-        mode: PlugMode::Hot,
-        kind: DeviceKind::Block(block),
-    }
+    manager_over(hv)
 }
 
 fn image(dir: &Path, name: &str, format: &str, size: &str) -> std::path::PathBuf {
