@@ -1,6 +1,7 @@
 //! The VM operations of the service: register, unregister, list, and a VM's devices
 //! (list, attach, detach). Every change is saved to the database before it is answered.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use plugboard_devices::{DeviceId, DeviceState, ManagerConfig, Released, Removed};
@@ -65,7 +66,7 @@ impl Service {
             #[cfg(any(test, feature = "test-util"))]
             Endpoint::Memory => {}
         }
-        self.check_free(&name, &request.endpoint)?;
+        check_free(&self.vms_read(), &name, &request.endpoint)?;
         let backend = Backend::connect(&request.endpoint, &[], self.config.unplug_timeout)
             .map_err(|source| ServiceError::Connect {
                 vm: name.clone(),
@@ -81,11 +82,10 @@ impl Service {
         };
         let manager = plugboard_devices::DeviceManager::new(backend, manager_config(&record));
         let vm = Vm::new(record.clone(), Link::Connected(manager));
-        self.check_free(&name, &record.endpoint)?;
+        // Checked again under the write lock: another registration of the same name or
+        // endpoint may have finished while this one connected.
         let mut vms = self.vms_write();
-        if vms.contains_key(&name) {
-            return Err(ServiceError::VmExists(name));
-        }
+        check_free(&vms, &name, &record.endpoint)?;
         self.store().insert(&record)?;
         let info = vm.info();
         vms.insert(name.clone(), Arc::new(vm));
@@ -336,29 +336,33 @@ impl Service {
     }
 
     /// Refuses a name or an endpoint that a registered VM has.
-    fn check_free(&self, name: &str, endpoint: &Endpoint) -> Result<(), ServiceError> {
-        let vms = self.vms_read();
-        if vms.contains_key(name) {
-            return Err(ServiceError::VmExists(name.to_owned()));
-        }
-        if let Some(other) = vms.values().find(|vm| vm.record.endpoint == *endpoint) {
-            let endpoint = match endpoint {
-                Endpoint::Qemu { qmp_socket } => qmp_socket.display().to_string(),
-                #[cfg(any(test, feature = "test-util"))]
-                Endpoint::Memory => return Ok(()),
-            };
-            return Err(ServiceError::EndpointInUse {
-                vm: other.record.name.clone(),
-                endpoint,
-            });
-        }
-        Ok(())
-    }
-
     pub(crate) fn vm(&self, name: &str) -> Result<Arc<Vm>, ServiceError> {
         self.vms_read()
             .get(name)
             .cloned()
             .ok_or_else(|| ServiceError::NoSuchVm(name.to_owned()))
     }
+}
+
+/// Refuses `name` or `endpoint` when a VM in `vms` already has it.
+fn check_free(
+    vms: &BTreeMap<String, Arc<Vm>>,
+    name: &str,
+    endpoint: &Endpoint,
+) -> Result<(), ServiceError> {
+    if vms.contains_key(name) {
+        return Err(ServiceError::VmExists(name.to_owned()));
+    }
+    if let Some(other) = vms.values().find(|vm| vm.record.endpoint == *endpoint) {
+        let endpoint = match endpoint {
+            Endpoint::Qemu { qmp_socket } => qmp_socket.display().to_string(),
+            #[cfg(any(test, feature = "test-util"))]
+            Endpoint::Memory => return Ok(()),
+        };
+        return Err(ServiceError::EndpointInUse {
+            vm: other.record.name.clone(),
+            endpoint,
+        });
+    }
+    Ok(())
 }
