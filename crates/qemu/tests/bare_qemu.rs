@@ -11,7 +11,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use plugboard_devices::test_util::vhost_user_spec;
@@ -23,7 +22,7 @@ use plugboard_qemu::qmp::QmpClient;
 use plugboard_qemu::test_util::{Backend, BareQemu, create_image};
 use plugboard_qemu::{QemuConfig, QemuError, QemuHypervisor, RemovalError};
 use serde_json::{Value, json};
-use support::{disk_spec, manager_over};
+use support::{disk_spec, manager_over, new_disk};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -36,19 +35,6 @@ fn config() -> QemuConfig {
 
 fn manager(qemu: &BareQemu, config: QemuConfig) -> DeviceManager<QemuHypervisor> {
     manager_over(QemuHypervisor::connect(qemu.qmp_socket(), config).unwrap())
-}
-
-/// Registers a hot-plugged disk with the manager and returns its id.
-fn new_disk(
-    m: &DeviceManager<QemuHypervisor>,
-    path: &Path,
-    driver: BlockDriver,
-    format: ImageFormat,
-    read_only: bool,
-) -> DeviceId {
-    m.new_device(disk_spec(path, driver, format, read_only))
-        .unwrap()
-        .id()
 }
 
 fn query(hv: &QemuHypervisor, command: &str, args: Option<&Value>) -> Value {

@@ -26,7 +26,7 @@ use plugboard_lab::{BootOptions, Guest, Initramfs};
 use plugboard_qemu::test_util::{Backend, create_image};
 use plugboard_qemu::{Departure, QemuConfig, QemuHypervisor};
 use serde_json::{Value, json};
-use support::{disk_spec, manager_over};
+use support::{manager_over, new_disk};
 
 fn boot(extra_qemu_args: &[&str]) -> Guest {
     let mut opts = BootOptions::default();
@@ -113,24 +113,8 @@ fn a_qcow2_disk_appears_in_the_guest_and_goes_away() {
     let rw = image(dir.path(), "rw.qcow2", "qcow2", "32M");
     let ro = image(dir.path(), "ro.qcow2", "qcow2", "16M");
 
-    let a = m
-        .new_device(disk_spec(
-            &rw,
-            BlockDriver::VirtioBlk,
-            ImageFormat::Qcow2,
-            false,
-        ))
-        .unwrap()
-        .id();
-    let b = m
-        .new_device(disk_spec(
-            &ro,
-            BlockDriver::VirtioBlk,
-            ImageFormat::Qcow2,
-            true,
-        ))
-        .unwrap()
-        .id();
+    let a = new_disk(&m, &rw, BlockDriver::VirtioBlk, ImageFormat::Qcow2, false);
+    let b = new_disk(&m, &ro, BlockDriver::VirtioBlk, ImageFormat::Qcow2, true);
     // One at a time, as the manager's name prediction assumes (the guest names disks in
     // probe order; two hot-adds in flight at once may be probed in either order).
     m.attach(a).unwrap();
@@ -196,15 +180,7 @@ fn a_scsi_disk_goes_to_its_id_and_lun_and_leaves() {
     assert!(!m.hypervisor().port_pool().contains(&"hp4".to_owned()));
     let dir = tempfile::tempdir().unwrap();
     let raw = image(dir.path(), "s.raw", "raw", "8M");
-    let id = m
-        .new_device(disk_spec(
-            &raw,
-            BlockDriver::VirtioScsi,
-            ImageFormat::Raw,
-            false,
-        ))
-        .unwrap()
-        .id();
+    let id = new_disk(&m, &raw, BlockDriver::VirtioScsi, ImageFormat::Raw, false);
     m.attach(id).unwrap();
     let scsi = m.device(id).unwrap().guest.unwrap().scsi_address.unwrap();
     let name = id.name_id("drive");

@@ -1,11 +1,11 @@
 //! What the bare-QEMU tests (`bare_qemu.rs`) and the lab-guest tests (`guest.rs`) share:
-//! a device manager over a connected QEMU, and the spec of a hot-plugged image-file disk.
+//! a device manager over a connected QEMU, and hot-plugged image-file disks.
 
 use std::path::Path;
 
 use plugboard_devices::{
-    BlockDriver, BlockSpec, DeviceIdentity, DeviceKind, DeviceManager, DeviceSpec, ImageFormat,
-    ManagerConfig, PlugMode,
+    BlockDriver, BlockSpec, DeviceId, DeviceIdentity, DeviceKind, DeviceManager, DeviceSpec,
+    ImageFormat, ManagerConfig, PlugMode,
 };
 use plugboard_qemu::QemuHypervisor;
 
@@ -19,6 +19,19 @@ pub fn manager_over(hv: QemuHypervisor) -> DeviceManager<QemuHypervisor> {
             name_offset: 0,
         },
     )
+}
+
+/// Registers a hot-plugged disk with the manager and returns its id.
+pub fn new_disk(
+    m: &DeviceManager<QemuHypervisor>,
+    path: &Path,
+    driver: BlockDriver,
+    format: ImageFormat,
+    read_only: bool,
+) -> DeviceId {
+    m.new_device(disk_spec(path, driver, format, read_only))
+        .unwrap()
+        .id()
 }
 
 /// A hot-plugged disk backed by the image file at `path`.
