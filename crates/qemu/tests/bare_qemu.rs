@@ -33,8 +33,8 @@ fn config() -> QemuConfig {
     }
 }
 
-fn manager(qemu: &BareQemu, config: QemuConfig) -> DeviceManager<QemuHypervisor> {
-    manager_over(QemuHypervisor::connect(qemu.qmp_socket(), config).unwrap())
+fn manager(qemu: &BareQemu) -> DeviceManager<QemuHypervisor> {
+    manager_over(QemuHypervisor::connect(qemu.qmp_socket(), config()).unwrap())
 }
 
 fn query(hv: &QemuHypervisor, command: &str, args: Option<&Value>) -> Value {
@@ -173,7 +173,7 @@ fn ports_and_memory_are_discovered_at_attach() {
 fn a_read_only_qcow2_disk_goes_in_and_a_silent_guest_leaves_a_retryable_removal() {
     let qemu = BareQemu::builder().start();
     let image = qemu.image("d.qcow2", "qcow2", "16M");
-    let m = manager(&qemu, config());
+    let m = manager(&qemu);
     let id = new_disk(&m, &image, BlockDriver::VirtioBlk, ImageFormat::Qcow2, true);
     m.attach(id).unwrap();
     let hv = m.hypervisor();
@@ -231,7 +231,7 @@ fn scsi_hd_goes_to_the_managers_id_and_lun_and_leaves_at_once() {
         .args(["-device", "virtio-scsi-pci,id=scsi0,bus=hp4"])
         .start();
     let image = qemu.image("s.raw", "raw", "8M");
-    let m = manager(&qemu, config());
+    let m = manager(&qemu);
     assert_eq!(m.hypervisor().port_pool(), ["hp1", "hp2", "hp3"]);
     let id = new_disk(&m, &image, BlockDriver::VirtioScsi, ImageFormat::Raw, false);
     m.attach(id).unwrap();
@@ -264,7 +264,7 @@ fn nvdimm_goes_in_and_detach_is_refused_clearly() {
         .unwrap()
         .set_len(16 << 20)
         .unwrap();
-    let m = manager(&qemu, config());
+    let m = manager(&qemu);
     let id = new_disk(&m, &file, BlockDriver::Nvdimm, ImageFormat::Raw, false);
     m.attach(id).unwrap();
     let hv = m.hypervisor();
@@ -288,7 +288,7 @@ fn nvdimm_goes_in_and_detach_is_refused_clearly() {
 #[test]
 fn vhost_user_is_refused_before_qemu_is_touched() {
     let qemu = BareQemu::builder().shared_memory(true).start();
-    let m = manager(&qemu, config());
+    let m = manager(&qemu);
     let before = chardevs(m.hypervisor());
     // No socket at all.
     let missing = qemu.dir().join("missing.sock");
@@ -313,7 +313,7 @@ fn vhost_user_is_refused_before_qemu_is_touched() {
     // A live backend, but the VM's memory is private.
     let private = BareQemu::builder().start();
     let backend = Backend::storage_daemon("8M").unwrap();
-    let m = manager(&private, config());
+    let m = manager(&private);
     let spec = vhost_user_spec(
         backend.socket().to_str().unwrap(),
         VhostUserDevice::Blk {
@@ -330,7 +330,7 @@ fn vhost_user_is_refused_before_qemu_is_touched() {
 fn vhost_user_blk_against_qemu_storage_daemon() {
     let qemu = BareQemu::builder().shared_memory(true).start();
     let backend = Backend::storage_daemon("8M").unwrap();
-    let m = manager(&qemu, config());
+    let m = manager(&qemu);
     let spec = vhost_user_spec(
         backend.socket().to_str().unwrap(),
         VhostUserDevice::Blk {
@@ -350,7 +350,7 @@ fn vhost_user_blk_against_qemu_storage_daemon() {
 fn vhost_user_fs_against_virtiofsd() {
     let qemu = BareQemu::builder().shared_memory(true).start();
     let backend = Backend::virtiofsd().unwrap();
-    let m = manager(&qemu, config());
+    let m = manager(&qemu);
     let spec = vhost_user_spec(
         backend.socket().to_str().unwrap(),
         VhostUserDevice::Fs {
@@ -375,7 +375,7 @@ fn vhost_user_fs_against_virtiofsd() {
 fn vhost_user_net_with_its_mac_against_a_minimal_backend() {
     let qemu = BareQemu::builder().shared_memory(true).start();
     let backend = plugboard_qemu::fake_vhost_user::FakeVhostUserNet::start();
-    let m = manager(&qemu, config());
+    let m = manager(&qemu);
     let mac: plugboard_devices::MacAddress = "52:54:00:12:34:56".parse().unwrap();
     let spec = vhost_user_spec(
         backend.socket().to_str().unwrap(),
@@ -417,7 +417,7 @@ fn a_duplicate_qemu_id_is_refused_and_the_first_device_is_left_alone() {
     let qemu = BareQemu::builder().start();
     let a = qemu.image("a.raw", "raw", "4M");
     let b = qemu.image("b.raw", "raw", "4M");
-    let m = manager(&qemu, config());
+    let m = manager(&qemu);
     let id = new_disk(&m, &a, BlockDriver::VirtioBlk, ImageFormat::Raw, false);
     m.attach(id).unwrap();
     let hv = m.hypervisor();
@@ -453,7 +453,7 @@ fn a_duplicate_qemu_id_is_refused_and_the_first_device_is_left_alone() {
 fn qemu_killed_mid_hotplug_rolls_the_manager_back() {
     let mut qemu = BareQemu::builder().start();
     let image = qemu.image("k.raw", "raw", "4M");
-    let m = manager(&qemu, config());
+    let m = manager(&qemu);
     let id = new_disk(&m, &image, BlockDriver::VirtioBlk, ImageFormat::Raw, false);
     let pid = rustix::process::Pid::from_raw(i32::try_from(qemu.pid()).unwrap()).unwrap();
     // Freeze QEMU so the attach is surely in flight, then kill it.
@@ -481,7 +481,7 @@ fn a_full_port_pool_is_refused_before_qemu_is_touched() {
     let qemu = BareQemu::builder().ports(&["hp1"]).start();
     let a = qemu.image("a.raw", "raw", "4M");
     let b = qemu.image("b.raw", "raw", "4M");
-    let m = manager(&qemu, config());
+    let m = manager(&qemu);
     assert_eq!(m.config().root_ports, 1);
     let ida = new_disk(&m, &a, BlockDriver::VirtioBlk, ImageFormat::Raw, false);
     m.attach(ida).unwrap();
@@ -497,7 +497,7 @@ fn a_full_port_pool_is_refused_before_qemu_is_touched() {
 fn vfio_pci_with_a_missing_host_function_is_a_clean_error_in_both_modes() {
     // Bus 0xfe does not exist here: QEMU fails on sysfs before it would open /dev/vfio.
     let qemu = BareQemu::builder().start();
-    let m = manager(&qemu, config());
+    let m = manager(&qemu);
     for (group, cdev) in [(0xfe, false), (0xfd, true)] {
         let mut spec = plugboard_devices::test_util::vfio_spec(group, &[true]);
         if cdev && let DeviceKind::Vfio(v) = &mut spec.kind {
