@@ -3,7 +3,7 @@
 //! Fast enough for the normal suite (each test starts its own QEMU in well under a second).
 //! Without a guest, PCI unplugs are never acknowledged; `system_reset` completes them, which
 //! is also how the "guest never answers, retry later" path is shown. The tests that need a
-//! guest to acknowledge hotplug live in `tests/lab.rs`.
+//! guest to acknowledge hotplug live in `tests/guest.rs`.
 #![expect(
     clippy::unwrap_used,
     reason = "test helpers: a failure to set up or query is the test's failure"
