@@ -96,13 +96,27 @@ pub fn check_listening(path: &Path) -> Result<(), BackendSocketError> {
 /// One line of `/proc/net/unix`:
 /// `Num RefCount Protocol Flags Type St Inode Path`.
 fn is_listener_for(line: &str, path: &Path) -> bool {
-    let mut fields = line.split_whitespace();
-    let flags = fields.nth(3).and_then(|f| u32::from_str_radix(f, 16).ok());
-    let kind = fields.next().and_then(|f| u32::from_str_radix(f, 16).ok());
-    let bound = fields.nth(2);
-    flags.is_some_and(|f| f & SO_ACCEPTCON != 0)
-        && kind == Some(SOCK_STREAM)
-        && bound.is_some_and(|b| Path::new(b) == path)
+    let Some((fields, bound)) = split_unix_line(line) else {
+        return false;
+    };
+    let hex = |f: &str| u32::from_str_radix(f, 16).ok();
+    hex(fields[3]).is_some_and(|f| f & SO_ACCEPTCON != 0)
+        && hex(fields[4]) == Some(SOCK_STREAM)
+        && Path::new(bound) == path
+}
+
+/// The seven fields before the path, and the path: the rest of the line, which may hold
+/// spaces (the kernel prints it as it is). `None` for a line with no path (an unbound
+/// socket).
+fn split_unix_line(line: &str) -> Option<([&str; 7], &str)> {
+    let mut rest = line;
+    let mut fields = [""; 7];
+    for field in &mut fields {
+        rest = rest.trim_start();
+        let end = rest.find(char::is_whitespace)?;
+        (*field, rest) = rest.split_at(end);
+    }
+    Some((fields, rest.trim_start()))
 }
 
 #[cfg(test)]
@@ -120,6 +134,22 @@ mod tests {
         check_listening(&path).unwrap();
         // Nobody connected: the backend did not see a client come and go.
         listener.accept().unwrap_err();
+    }
+
+    #[test]
+    fn a_path_with_spaces_is_matched_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vhost user be.sock");
+        let _listener = UnixListener::bind(&path).unwrap();
+        check_listening(&path).unwrap();
+        // Only the whole path matches, not its first word.
+        let line = "0000000000000000: 00000002 00000000 00010000 0001 01  4242 /run/a b.sock";
+        assert!(is_listener_for(line, Path::new("/run/a b.sock")));
+        assert!(!is_listener_for(line, Path::new("/run/a")));
+        assert!(!is_listener_for(
+            "0000000000000000: 00000002 00000000 00010000 0001 01  4242",
+            Path::new("")
+        ));
     }
 
     #[test]
