@@ -76,16 +76,14 @@ pub struct DeviceNode {
 
 impl DeviceNode {
     /// The node of type `node_type` whose `dev_t` (a file's `st_rdev`,
-    /// [`std::os::unix::fs::MetadataExt::rdev`]) is `rdev`, split as glibc's
-    /// `major()`/`minor()` do.
+    /// [`std::os::unix::fs::MetadataExt::rdev`]) is `rdev`, split by `rustix`'s
+    /// `major()`/`minor()` (glibc's arithmetic).
     #[must_use]
     pub fn from_rdev(node_type: NodeType, rdev: u64) -> Self {
-        let major = ((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff);
-        let minor = (rdev & 0xff) | ((rdev >> 12) & !0xff);
         Self {
             node_type,
-            major: u32::try_from(major).unwrap_or(u32::MAX),
-            minor: u32::try_from(minor).unwrap_or(u32::MAX),
+            major: rustix::fs::major(rdev),
+            minor: rustix::fs::minor(rdev),
         }
     }
 }
@@ -194,5 +192,7 @@ mod tests {
         assert_eq!(split(0x801), (8, 1));
         let dev = (259u64 & 0xfff) << 8 | (70000u64 & 0xff) | ((70000u64 & !0xff) << 12);
         assert_eq!(split(dev), (259, 70000));
+        // A major above 4095 keeps its high bits out of the minor.
+        assert_eq!(split(rustix::fs::makedev(4096, 1)), (4096, 1));
     }
 }
