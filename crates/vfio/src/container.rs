@@ -441,14 +441,14 @@ impl Container {
         }
     }
 
-    /// Unmaps in the kernel; returns the bytes it unmapped.
-    fn unmap_in_kernel(&self, iova: u64, len: u64) -> Result<u64, DmaError> {
-        ioctl::unmap_dma(self.file.as_fd(), iova, len).map_err(|source| DmaError::Unmap {
+    #[cold]
+    fn unmap_failed(&self, iova: u64, len: u64, source: io::Error) -> DmaError {
+        DmaError::Unmap {
             space: self.to_string(),
             iova,
             len,
             source,
-        })
+        }
     }
 }
 
@@ -485,14 +485,16 @@ impl AddressSpace for Container {
                 // unmap, and there are no books to tell what was there.
                 return Ok(());
             }
-            self.unmap_in_kernel(iova, len)?
+            ioctl::unmap_dma(self.file.as_fd(), iova, len)
+                .map_err(|source| self.unmap_failed(iova, len, source))?
         } else {
             let mut state = self.state();
             if state.groups.is_empty() {
                 // The kernel already dropped everything; only the books remain.
                 state.books.forget(iova, len)
             } else {
-                let unmapped = self.unmap_in_kernel(iova, len)?;
+                let unmapped = ioctl::unmap_dma(self.file.as_fd(), iova, len)
+                    .map_err(|source| self.unmap_failed(iova, len, source))?;
                 state.books.forget(iova, len);
                 unmapped
             }
