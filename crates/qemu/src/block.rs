@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::id::QemuId;
-use crate::plan::{Backend, Plan, on_root_port};
+use crate::plan::{BackendObject, Plan, on_root_port};
 
 /// Why a disk could not be described.
 #[derive(Debug, thiserror::Error)]
@@ -114,11 +114,11 @@ impl Disk {
     }
 
     /// The protocol node and the format node, in creation order.
-    pub fn nodes(&self, id: &QemuId) -> Vec<Backend> {
+    pub fn nodes(&self, id: &QemuId) -> Vec<BackendObject> {
         let file = id.derived("file");
         let fmt = Self::top_node(id);
         vec![
-            Backend::BlockNode {
+            BackendObject::BlockNode {
                 args: json!({
                     "node-name": file,
                     "driver": self.source.driver(),
@@ -127,7 +127,7 @@ impl Disk {
                 }),
                 node_name: file.clone(),
             },
-            Backend::BlockNode {
+            BackendObject::BlockNode {
                 args: json!({
                     "node-name": fmt,
                     "driver": self.format.driver(),
@@ -177,8 +177,8 @@ mod tests {
         disk.read_only = true;
         let plan = virtio_blk(id("vb0"), &disk, Some("hp1"), Some("vol0"));
         let [
-            Backend::BlockNode { args: file, .. },
-            Backend::BlockNode { args: fmt, .. },
+            BackendObject::BlockNode { args: file, .. },
+            BackendObject::BlockNode { args: fmt, .. },
         ] = plan.backends.as_slice()
         else {
             panic!("two nodes expected: {:?}", plan.backends);
@@ -205,7 +205,7 @@ mod tests {
         let mut disk = Disk::new(DiskSource::HostDevice("/dev/sdb".into()), DiskFormat::Raw);
         disk.share_rw = true;
         let plan = virtio_blk(id("vb1"), &disk, Some("hp2"), None);
-        let Backend::BlockNode { args, .. } = &plan.backends[0] else {
+        let BackendObject::BlockNode { args, .. } = &plan.backends[0] else {
             panic!()
         };
         assert_eq!(args["driver"], "host_device");

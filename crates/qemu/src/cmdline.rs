@@ -6,20 +6,26 @@
 //! doubled, QEMU's escape. Also here: the topology and memory arguments that hotplug needs
 //! at boot (empty root ports, shared RAM).
 
-use crate::plan::{Backend, Plan};
+use crate::plan::{BackendObject, Plan};
 
 /// The arguments that create the plan's backends and device at boot, in order.
 pub fn plan_args(plan: &Plan) -> Vec<String> {
     let mut args = Vec::with_capacity(2 * plan.backends.len() + 2);
     for backend in &plan.backends {
         match backend {
-            Backend::BlockNode { args: json, .. } => push(&mut args, "-blockdev", json.to_string()),
-            Backend::Chardev { id, path } => {
+            BackendObject::BlockNode { args: json, .. } => {
+                push(&mut args, "-blockdev", json.to_string())
+            }
+            BackendObject::Chardev { id, path } => {
                 let path = path.to_string_lossy().replace(',', ",,");
                 push(&mut args, "-chardev", format!("socket,id={id},path={path}"));
             }
-            Backend::Netdev { args: json, .. } => push(&mut args, "-netdev", json.to_string()),
-            Backend::Object { args: json, .. } => push(&mut args, "-object", json.to_string()),
+            BackendObject::Netdev { args: json, .. } => {
+                push(&mut args, "-netdev", json.to_string())
+            }
+            BackendObject::Object { args: json, .. } => {
+                push(&mut args, "-object", json.to_string())
+            }
         }
     }
     push(&mut args, "-device", plan.device.to_string());
@@ -75,7 +81,7 @@ mod tests {
             args.iter().step_by(2).collect::<Vec<_>>(),
             ["-blockdev", "-blockdev", "-device"]
         );
-        let Backend::BlockNode { args: file, .. } = &plan.backends[0] else {
+        let BackendObject::BlockNode { args: file, .. } = &plan.backends[0] else {
             panic!()
         };
         assert_eq!(serde_json::from_str::<Value>(&args[1]).unwrap(), *file);

@@ -108,9 +108,9 @@ fn serve(mut stream: UnixStream, requests: &Mutex<Vec<u32>>, stop: &AtomicBool) 
         // eventfds): not needed, so receiving closes them.
         let mut header = [0u8; 12];
         let n = match crate::sys::recv_with_fds(&stream, &mut header) {
-            crate::sys::Received::Data { bytes, .. } => bytes,
-            crate::sys::Received::Again => continue,
-            crate::sys::Received::Closed => return,
+            crate::sys::RecvOutcome::Data { bytes, .. } => bytes,
+            crate::sys::RecvOutcome::Again => continue,
+            crate::sys::RecvOutcome::Closed => return,
         };
         if n < header.len() && stream.read_exact(&mut header[n..]).is_err() {
             return;

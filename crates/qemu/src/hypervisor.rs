@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::cmdline;
 use crate::hotplug::{self, HotplugError, VmFacts};
 use crate::plan::Plan;
-use crate::ports::{self, PortError, RootPort};
+use crate::ports::{self, PcieRootPort, PortError};
 use crate::qmp::{DEFAULT_TIMEOUT, QmpClient, QmpError};
 use crate::removal::{self, Departure, RemovalError};
 
@@ -97,7 +97,7 @@ impl Default for QemuConfig {
 #[derive(Debug)]
 pub(crate) struct Session {
     pub(crate) client: QmpClient,
-    pub(crate) ports: Vec<RootPort>,
+    pub(crate) ports: Vec<PcieRootPort>,
     pub(crate) pool: Vec<String>,
     pub(crate) memory_shared: bool,
     pub(crate) scsi_controller: Option<String>,
@@ -200,7 +200,7 @@ impl QemuHypervisor {
     }
 
     /// The VM's root ports as discovered at attach, with what is on each.
-    pub fn root_ports(&self) -> Vec<RootPort> {
+    pub fn root_ports(&self) -> Vec<PcieRootPort> {
         self.lock()
             .session
             .as_ref()

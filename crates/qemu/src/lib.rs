@@ -19,11 +19,11 @@
 mod backend_socket;
 pub mod block;
 pub mod cmdline;
+mod device_plug;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake_vhost_user;
 mod hotplug;
 mod hypervisor;
-mod hypervisor_trait;
 mod id;
 pub mod nvdimm;
 mod plan;
@@ -43,7 +43,7 @@ pub use backend_socket::{BackendSocketError, check_listening};
 pub use hotplug::{HotplugError, Rollback, VmFacts};
 pub use hypervisor::{DEFAULT_UNPLUG_TIMEOUT, QemuConfig, QemuError, QemuHypervisor};
 pub use id::{QemuId, QemuIdError};
-pub use plan::{Backend, Plan, Requirements};
-pub use ports::{PortError, RootPort};
+pub use plan::{BackendObject, Plan, Requirements};
+pub use ports::{PcieRootPort, PortError};
 pub use removal::{Departure, POLL_INTERVAL, RemovalError};
 pub use requests::{RequestError, VmLayout, plans};

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::id::QemuId;
-use crate::plan::{Backend, Plan};
+use crate::plan::{BackendObject, Plan};
 
 /// Why an nvdimm could not be described.
 #[derive(Debug, thiserror::Error)]
@@ -92,7 +92,7 @@ pub fn nvdimm(id: QemuId, dimm: &Nvdimm) -> Plan {
         map.insert("unarmed".to_owned(), json!(true));
     }
     let mut plan = Plan::device_only(id, device);
-    plan.backends = vec![Backend::Object { id: mem, args }];
+    plan.backends = vec![BackendObject::Object { id: mem, args }];
     plan.removable = false;
     plan
 }
@@ -111,7 +111,7 @@ mod tests {
         assert_eq!(dimm.size, 4096);
         let plan = nvdimm("nv0".parse().unwrap(), &dimm);
         assert!(!plan.removable);
-        let Backend::Object { id, args } = &plan.backends[0] else {
+        let BackendObject::Object { id, args } = &plan.backends[0] else {
             panic!()
         };
         assert_eq!(id, "nv0-mem");
@@ -134,7 +134,7 @@ mod tests {
             read_only: true,
         };
         let plan = nvdimm("nv1".parse().unwrap(), &dimm);
-        let Backend::Object { args, .. } = &plan.backends[0] else {
+        let BackendObject::Object { args, .. } = &plan.backends[0] else {
             panic!()
         };
         assert_eq!(args["pmem"], true);

@@ -13,7 +13,7 @@ use crate::id::QemuId;
 
 /// One object a device needs besides itself, created before it and deleted after it.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Backend {
+pub enum BackendObject {
     /// A block graph node: `blockdev-add` / `blockdev-del`, `-blockdev`.
     BlockNode {
         /// The node name.
@@ -47,7 +47,7 @@ pub enum Backend {
     },
 }
 
-impl Backend {
+impl BackendObject {
     /// The backend's name (node name or id).
     pub fn name(&self) -> &str {
         match self {
@@ -94,7 +94,7 @@ pub struct Plan {
     /// The device's qdev id.
     pub id: QemuId,
     /// Backends in creation order (deleted in reverse).
-    pub backends: Vec<Backend>,
+    pub backends: Vec<BackendObject>,
     /// The `device_add` arguments (`driver`, `id`, `bus`, …).
     pub device: Value,
     /// Whether QEMU can hot-unplug the device (nvdimm cannot).
@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn chardevs_are_clients_without_reconnect() {
-        let b = Backend::Chardev {
+        let b = BackendObject::Chardev {
             id: "vu0-chr".into(),
             path: "/run/vu.sock".into(),
         };
@@ -176,7 +176,7 @@ mod tests {
 
     #[test]
     fn delete_commands_name_the_backend() {
-        let node = Backend::BlockNode {
+        let node = BackendObject::BlockNode {
             node_name: "d-fmt".into(),
             args: json!({}),
         };
@@ -184,12 +184,12 @@ mod tests {
             node.delete_command(),
             ("blockdev-del", json!({"node-name": "d-fmt"}))
         );
-        let net = Backend::Netdev {
+        let net = BackendObject::Netdev {
             id: "n-net".into(),
             args: json!({}),
         };
         assert_eq!(net.delete_command(), ("netdev_del", json!({"id": "n-net"})));
-        let obj = Backend::Object {
+        let obj = BackendObject::Object {
             id: "m-mem".into(),
             args: json!({}),
         };

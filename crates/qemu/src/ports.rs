@@ -28,7 +28,7 @@ pub enum PortError {
 
 /// One pcie-root-port of the VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RootPort {
+pub struct PcieRootPort {
     /// The port's qdev id, which is also its bus name (the `bus` of a device on it).
     pub id: String,
     /// The QOM path of the device on it, if any.
@@ -38,7 +38,7 @@ pub struct RootPort {
 }
 
 /// Lists the VM's root ports that have an id, in natural order (`hp2` before `hp10`).
-pub fn discover(client: &mut QmpClient) -> Result<Vec<RootPort>, PortError> {
+pub fn discover(client: &mut QmpClient) -> Result<Vec<PcieRootPort>, PortError> {
     let mut ports = Vec::new();
     for entry in list(client, "/machine/peripheral")? {
         if entry.1 != "child<pcie-root-port>" {
@@ -63,7 +63,7 @@ pub fn discover(client: &mut QmpClient) -> Result<Vec<RootPort>, PortError> {
             .map_err(|source| PortError::Query { path, source })?;
         // `addr` is the devfn: slot << 3 | function.
         let slot = devfn.as_u64().and_then(|d| u8::try_from(d >> 3).ok());
-        ports.push(RootPort {
+        ports.push(PcieRootPort {
             id: entry.0,
             occupant,
             slot,
@@ -138,12 +138,12 @@ mod tests {
         assert_eq!(
             ports,
             [
-                RootPort {
+                PcieRootPort {
                     id: "hp2".into(),
                     occupant: Some("/machine/peripheral/vb0".into()),
                     slot: Some(5),
                 },
-                RootPort {
+                PcieRootPort {
                     id: "hp10".into(),
                     occupant: None,
                     slot: Some(5),

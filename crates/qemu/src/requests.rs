@@ -19,7 +19,7 @@ use crate::id::{QemuId, QemuIdError};
 use crate::nvdimm::{self, Nvdimm, NvdimmError};
 use crate::plan::Plan;
 use crate::scsi::{self, ScsiAddress};
-use crate::vfio::{self, Vfio, VfioHost, VfioIommu};
+use crate::vfio::{self, VfioHost, VfioIommu, VfioPci};
 use crate::vhost_user::{self, VhostUser, VhostUserKind};
 
 /// Why a request cannot become QEMU commands.
@@ -204,7 +204,11 @@ fn vfio_plans(v: &VfioPlug, vm: VmLayout<'_>) -> Result<Vec<Plan>, RequestError>
             (VfioBackend::Cdev { .. }, Some(obj)) => VfioIommu::SharedIommufd(obj.clone()),
         };
         let port = vm.port(&id, f.port)?;
-        plans.push(vfio::vfio_pci(id, &Vfio { host, iommu }, port.as_deref()));
+        plans.push(vfio::vfio_pci(
+            id,
+            &VfioPci { host, iommu },
+            port.as_deref(),
+        ));
     }
     Ok(plans)
 }
@@ -220,7 +224,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::plan::Backend;
+    use crate::plan::BackendObject;
 
     static POOL: std::sync::LazyLock<Vec<String>> =
         std::sync::LazyLock::new(|| vec!["hp1".to_owned(), "hp2".to_owned()]);
@@ -369,7 +373,7 @@ mod tests {
         let mac: MacAddress = "52:54:00:aa:bb:cc".parse().unwrap();
         let net = plans(&vhost(VhostUserDevice::Net { mac }), layout(ports())).unwrap();
         assert_eq!(net[0].device["mac"], "52:54:00:aa:bb:cc");
-        assert!(matches!(net[0].backends[1], Backend::Netdev { .. }));
+        assert!(matches!(net[0].backends[1], BackendObject::Netdev { .. }));
         let fs = plans(
             &vhost(VhostUserDevice::Fs {
                 tag: "share".into(),

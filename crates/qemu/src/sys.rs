@@ -26,7 +26,7 @@ pub fn kill_with_parent(command: &mut Command) -> &mut Command {
 
 /// What one [`recv_with_fds`] brought.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Received {
+pub enum RecvOutcome {
     /// `bytes` bytes, with `fds` file descriptors riding on them (already closed).
     Data {
         /// Bytes read into the buffer.
@@ -43,7 +43,7 @@ pub enum Received {
 /// Reads from `stream` into `buf`, counting the `SCM_RIGHTS` file descriptors that came
 /// with the bytes and closing them: what the fake QMP server and the fake vhost-user
 /// backend need of the fds QEMU sends (they check that fds arrived, never use them).
-pub fn recv_with_fds(stream: &UnixStream, buf: &mut [u8]) -> Received {
+pub fn recv_with_fds(stream: &UnixStream, buf: &mut [u8]) -> RecvOutcome {
     let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(8))];
     let mut control = rustix::net::RecvAncillaryBuffer::new(&mut space);
     let got = rustix::net::recvmsg(
@@ -53,10 +53,10 @@ pub fn recv_with_fds(stream: &UnixStream, buf: &mut [u8]) -> Received {
         rustix::net::RecvFlags::CMSG_CLOEXEC,
     );
     let bytes = match got {
-        Ok(msg) if msg.bytes == 0 => return Received::Closed,
+        Ok(msg) if msg.bytes == 0 => return RecvOutcome::Closed,
         Ok(msg) => msg.bytes,
-        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return Received::Again,
-        Err(_) => return Received::Closed,
+        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return RecvOutcome::Again,
+        Err(_) => return RecvOutcome::Closed,
     };
     let mut fds = 0;
     for msg in control.drain() {
@@ -65,5 +65,5 @@ pub fn recv_with_fds(stream: &UnixStream, buf: &mut [u8]) -> Received {
             fds += rights.count();
         }
     }
-    Received::Data { bytes, fds }
+    RecvOutcome::Data { bytes, fds }
 }

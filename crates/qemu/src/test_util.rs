@@ -196,13 +196,13 @@ pub fn create_image(path: &Path, format: &str, size: &str) -> Result<(), String>
 /// A vhost-user backend process for tests (qemu-storage-daemon or virtiofsd), listening on
 /// a socket in its own temp dir; SIGKILLed on drop.
 #[derive(Debug)]
-pub struct Backend {
+pub struct BackendProcess {
     child: Child,
     dir: tempfile::TempDir,
     socket: PathBuf,
 }
 
-impl Backend {
+impl BackendProcess {
     /// qemu-storage-daemon exporting a fresh raw image of `size` as vhost-user-blk.
     pub fn storage_daemon(size: &str) -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -221,7 +221,7 @@ impl Backend {
         Self::spawn(cmd, dir, socket, "qemu-storage-daemon")
     }
 
-    /// virtiofsd sharing a fresh directory (see [`Backend::shared_dir`]).
+    /// virtiofsd sharing a fresh directory (see [`BackendProcess::shared_dir`]).
     pub fn virtiofsd() -> Result<Self, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let shared = dir.path().join("shared");
@@ -278,7 +278,7 @@ impl Backend {
     }
 }
 
-impl Drop for Backend {
+impl Drop for BackendProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

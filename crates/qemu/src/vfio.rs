@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use crate::id::QemuId;
-use crate::plan::{Backend, Plan, on_root_port};
+use crate::plan::{BackendObject, Plan, on_root_port};
 
 /// Which host function QEMU opens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub enum VfioIommu {
 
 /// A VFIO function to pass through.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Vfio {
+pub struct VfioPci {
     /// The host function.
     pub host: VfioHost,
     /// The interface.
@@ -44,7 +44,7 @@ pub struct Vfio {
 }
 
 /// The optional iommufd object, then `vfio-pci` on a root port.
-pub fn vfio_pci(id: QemuId, dev: &Vfio, port: Option<&str>) -> Plan {
+pub fn vfio_pci(id: QemuId, dev: &VfioPci, port: Option<&str>) -> Plan {
     let mut device = json!({"driver": "vfio-pci", "id": id.as_str()});
     let mut backends = Vec::new();
     if let Value::Object(map) = &mut device {
@@ -56,7 +56,7 @@ pub fn vfio_pci(id: QemuId, dev: &Vfio, port: Option<&str>) -> Plan {
             VfioIommu::Legacy => None,
             VfioIommu::OwnIommufd => {
                 let obj = id.derived("iofd");
-                backends.push(Backend::Object {
+                backends.push(BackendObject::Object {
                     id: obj.clone(),
                     args: json!({"qom-type": "iommufd", "id": obj}),
                 });
@@ -80,7 +80,7 @@ mod tests {
     fn plan(host: VfioHost, iommu: VfioIommu) -> Plan {
         vfio_pci(
             "hostdev0".parse().unwrap(),
-            &Vfio { host, iommu },
+            &VfioPci { host, iommu },
             Some("hp3"),
         )
     }
@@ -104,7 +104,7 @@ mod tests {
         assert_eq!(p.device["iommufd"], "hostdev0-iofd");
         assert_eq!(
             p.backends,
-            [Backend::Object {
+            [BackendObject::Object {
                 id: "hostdev0-iofd".into(),
                 args: json!({"qom-type": "iommufd", "id": "hostdev0-iofd"})
             }]

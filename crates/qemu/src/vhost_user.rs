@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use serde_json::{Value, json};
 
 use crate::id::QemuId;
-use crate::plan::{Backend, Plan, Requirements, on_root_port};
+use crate::plan::{BackendObject, Plan, Requirements, on_root_port};
 
 /// Which vhost-user device.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub struct VhostUser {
 /// The chardev (and for net the netdev), then the device on a root port.
 pub fn vhost_user(id: QemuId, dev: &VhostUser, port: Option<&str>) -> Plan {
     let chr = id.derived("chr");
-    let mut backends = vec![Backend::Chardev {
+    let mut backends = vec![BackendObject::Chardev {
         id: chr.clone(),
         path: dev.socket.clone(),
     }];
@@ -72,7 +72,7 @@ pub fn vhost_user(id: QemuId, dev: &VhostUser, port: Option<&str>) -> Plan {
         }),
         VhostUserKind::Net { mac, queues } => {
             let net = id.derived("net");
-            backends.push(Backend::Netdev {
+            backends.push(BackendObject::Netdev {
                 id: net.clone(),
                 args: json!({"type": "vhost-user", "id": net, "chardev": chr, "queues": queues}),
             });
@@ -139,7 +139,7 @@ mod tests {
             queues: 2,
         });
         assert_eq!(p.backends.len(), 2);
-        let Backend::Netdev { id, args } = &p.backends[1] else {
+        let BackendObject::Netdev { id, args } = &p.backends[1] else {
             panic!()
         };
         assert_eq!(id, "vu0-net");

@@ -19,7 +19,7 @@ use plugboard_devices::{
     ImageFormat, ManagerConfig, PlugMode, VhostUserDevice,
 };
 use plugboard_qemu::qmp::QmpClient;
-use plugboard_qemu::test_util::{Backend, BareQemu, create_image};
+use plugboard_qemu::test_util::{BackendProcess, BareQemu, create_image};
 use plugboard_qemu::{QemuConfig, QemuError, QemuHypervisor, RemovalError};
 use serde_json::{Value, json};
 use support::{disk_spec, manager_over, new_disk};
@@ -312,7 +312,7 @@ fn vhost_user_is_refused_before_qemu_is_touched() {
 
     // A live backend, but the VM's memory is private.
     let private = BareQemu::builder().start();
-    let backend = Backend::storage_daemon("8M").unwrap();
+    let backend = BackendProcess::storage_daemon("8M").unwrap();
     let m = manager(&private);
     let spec = vhost_user_spec(
         backend.socket().to_str().unwrap(),
@@ -329,7 +329,7 @@ fn vhost_user_is_refused_before_qemu_is_touched() {
 #[test]
 fn vhost_user_blk_against_qemu_storage_daemon() {
     let qemu = BareQemu::builder().shared_memory(true).start();
-    let backend = Backend::storage_daemon("8M").unwrap();
+    let backend = BackendProcess::storage_daemon("8M").unwrap();
     let m = manager(&qemu);
     let spec = vhost_user_spec(
         backend.socket().to_str().unwrap(),
@@ -349,7 +349,7 @@ fn vhost_user_blk_against_qemu_storage_daemon() {
 #[test]
 fn vhost_user_fs_against_virtiofsd() {
     let qemu = BareQemu::builder().shared_memory(true).start();
-    let backend = Backend::virtiofsd().unwrap();
+    let backend = BackendProcess::virtiofsd().unwrap();
     let m = manager(&qemu);
     let spec = vhost_user_spec(
         backend.socket().to_str().unwrap(),
@@ -595,7 +595,7 @@ fn a_failed_device_add_rolls_back_nodes_and_chardevs_in_qemu() {
     assert_eq!(rollback.undone, ["rb0-fmt", "rb0-file"]);
     assert_eq!(nodes(&hv), nodes_before);
 
-    let backend = Backend::storage_daemon("4M").unwrap();
+    let backend = BackendProcess::storage_daemon("4M").unwrap();
     let dev = plugboard_qemu::vhost_user::VhostUser {
         socket: backend.socket().to_owned(),
         kind: plugboard_qemu::vhost_user::VhostUserKind::Blk { queues: Some(1) },

@@ -23,7 +23,7 @@ use plugboard_devices::{
     BlockDriver, DeviceId, DeviceManager, FsCache, ImageFormat, VhostUserDevice,
 };
 use plugboard_lab::{BootOptions, Guest, Initramfs};
-use plugboard_qemu::test_util::{Backend, create_image};
+use plugboard_qemu::test_util::{BackendProcess, create_image};
 use plugboard_qemu::{Departure, QemuConfig, QemuHypervisor};
 use serde_json::{Value, json};
 use support::{manager_over, new_disk};
@@ -252,7 +252,7 @@ fn a_scsi_disk_goes_to_its_id_and_lun_and_leaves() {
 fn vhost_user_blk_against_qemu_storage_daemon() {
     let mut guest = boot(&[]);
     let m = manager(&guest);
-    let backend = Backend::storage_daemon("24M").unwrap();
+    let backend = BackendProcess::storage_daemon("24M").unwrap();
     let spec = vhost_user_spec(
         backend.socket().to_str().unwrap(),
         VhostUserDevice::Blk {
@@ -298,7 +298,7 @@ fn vhost_user_blk_against_qemu_storage_daemon() {
 fn vhost_user_fs_against_virtiofsd() {
     let mut guest = boot(&[]);
     let m = manager(&guest);
-    let backend = Backend::virtiofsd().unwrap();
+    let backend = BackendProcess::virtiofsd().unwrap();
     std::fs::write(
         backend.shared_dir().join("hello.txt"),
         "hello from the host\n",

@@ -163,12 +163,12 @@ fn serve(
     while !stop.load(Ordering::Relaxed) {
         let mut chunk = [0u8; 4096];
         let n = match crate::sys::recv_with_fds(&stream, &mut chunk) {
-            crate::sys::Received::Data { bytes, fds: got } => {
+            crate::sys::RecvOutcome::Data { bytes, fds: got } => {
                 fds += got;
                 bytes
             }
-            crate::sys::Received::Again => continue,
-            crate::sys::Received::Closed => return,
+            crate::sys::RecvOutcome::Again => continue,
+            crate::sys::RecvOutcome::Closed => return,
         };
         buf.extend_from_slice(&chunk[..n]);
         while let Some(end) = buf.iter().position(|&b| b == b'\n') {

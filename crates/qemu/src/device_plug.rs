@@ -1,4 +1,5 @@
-//! plugboard-devices' `Hypervisor` trait, implemented for [`QemuHypervisor`].
+//! Carrying out the device manager's plug and unplug requests: plugboard-devices' `Hypervisor`
+//! trait, implemented for [`QemuHypervisor`].
 //!
 //! A request becomes one plan per guest device (`requests.rs`), plugged in order. A VFIO
 //! request is all or nothing: when a later function fails, the functions already plugged
