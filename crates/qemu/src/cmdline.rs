@@ -14,17 +14,17 @@ pub fn plan_args(plan: &Plan) -> Vec<String> {
     for backend in &plan.backends {
         match backend {
             BackendObject::BlockNode { args: json, .. } => {
-                push(&mut args, "-blockdev", json.to_string())
+                push(&mut args, "-blockdev", json.to_string());
             }
             BackendObject::Chardev { id, path } => {
                 let path = path.to_string_lossy().replace(',', ",,");
                 push(&mut args, "-chardev", format!("socket,id={id},path={path}"));
             }
             BackendObject::Netdev { args: json, .. } => {
-                push(&mut args, "-netdev", json.to_string())
+                push(&mut args, "-netdev", json.to_string());
             }
             BackendObject::Object { args: json, .. } => {
-                push(&mut args, "-object", json.to_string())
+                push(&mut args, "-object", json.to_string());
             }
         }
     }
