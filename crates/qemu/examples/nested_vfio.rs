@@ -15,7 +15,7 @@ use plugboard_devices::{
     PlugMode, VfioBackend, VfioFunction, VfioSpec,
 };
 use plugboard_qemu::test_util::BareQemu;
-use plugboard_qemu::{QemuConfig, QemuHypervisor};
+use plugboard_qemu::{DeviceRole, QemuConfig, QemuHypervisor, QemuId};
 use serde_json::json;
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
@@ -83,7 +83,7 @@ fn hot(bdf: &str, cdev: bool) -> Result<()> {
     );
     let id = m.new_device(spec(bdf, PlugMode::Hot, cdev)?)?.id();
     m.attach(id)?;
-    let name = id.name_id("vfio-0");
+    let name = QemuId::for_device(id, DeviceRole::VfioFunction(0)).to_string();
     if !present(m.hypervisor(), &name)? {
         return Err(format!("{name} not in the nested QEMU after attach").into());
     }
@@ -126,7 +126,10 @@ fn cold(bdf: &str, cdev: bool) -> Result<()> {
     println!("cold args: {}", args.join(" "));
     let qemu = BareQemu::builder().ports(&["hp1"]).args(args).try_start()?;
     m.hypervisor().attach(qemu.qmp_socket())?;
-    if !present(m.hypervisor(), &id.name_id("vfio-0"))? {
+    if !present(
+        m.hypervisor(),
+        &QemuId::for_device(id, DeviceRole::VfioFunction(0)).to_string(),
+    )? {
         return Err("the cold-plugged vfio-pci is not in the nested QEMU".into());
     }
     println!("cold {} ok", if cdev { "iommufd" } else { "legacy" });

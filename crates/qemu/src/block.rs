@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::id::QemuId;
+use crate::id::{BackendRole, QemuId};
 use crate::plan::{BackendObject, Plan, on_root_port};
 
 /// Why a disk could not be described.
@@ -110,12 +110,12 @@ impl Disk {
 
     /// The name of the node the guest device uses.
     pub fn top_node(id: &QemuId) -> String {
-        id.derived("fmt")
+        id.backend_name(BackendRole::Format)
     }
 
     /// The protocol node and the format node, in creation order.
     pub fn nodes(&self, id: &QemuId) -> Vec<BackendObject> {
-        let file = id.derived("file");
+        let file = id.backend_name(BackendRole::File);
         let fmt = Self::top_node(id);
         vec![
             BackendObject::BlockNode {

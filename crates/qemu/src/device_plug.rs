@@ -297,12 +297,12 @@ mod tests {
 
     #[test]
     fn a_duplicate_is_already_plugged_and_a_good_plug_reports_the_pci_path() {
-        let fake = fake_vm(|cmd, args| match (cmd, args["node-name"].as_str()) {
-            ("blockdev-add", Some(n)) if n.ends_with("-file") && n.contains("dup") => {
-                Some(vec![Action::Error(format!(
-                    "Duplicate nodes with node-name='{n}'"
-                ))])
-            }
+        // Like QEMU, the fake refuses a node name it already holds.
+        let mut nodes = std::collections::BTreeSet::new();
+        let fake = fake_vm(move |cmd, args| match (cmd, args["node-name"].as_str()) {
+            ("blockdev-add", Some(n)) if !nodes.insert(n.to_owned()) => Some(vec![Action::Error(
+                format!("Duplicate nodes with node-name='{n}'"),
+            )]),
             _ => None,
         });
         let hv = hv(&fake);
@@ -317,10 +317,8 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["05/00"]
         );
-        let mut dup = disk(&fake, BlockDriver::VirtioBlk, PlugMode::Hot);
-        if let Plug::Block(b) = &mut dup.plug {
-            b.name_id = "dup-1".into();
-        }
+        // The same device again: QEMU already holds objects of its names.
+        let dup = disk(&fake, BlockDriver::VirtioBlk, PlugMode::Hot);
         let err = hv.hotplug_add(&dup).unwrap_err();
         assert!(
             matches!(err, HypervisorError::AlreadyPlugged { .. }),

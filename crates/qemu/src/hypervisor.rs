@@ -13,14 +13,18 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::cmdline;
 use crate::hotplug::{self, HotplugError, VmFacts};
 use crate::plan::Plan;
 use crate::ports::{self, PcieRootPort, PortError};
 use crate::qmp::{DEFAULT_TIMEOUT, QmpClient, QmpError};
+use crate::qom;
 use crate::removal::{self, Departure, RemovalError};
+
+/// The qdev type of the controller SCSI disks go on.
+const SCSI_CONTROLLER: &str = "virtio-scsi-pci";
 
 /// How long to wait for a guest to release a device, unless told otherwise.
 pub const DEFAULT_UNPLUG_TIMEOUT: Duration = Duration::from_secs(10);
@@ -173,7 +177,7 @@ impl QemuHypervisor {
         };
         let scsi_controller = match &self.config.scsi_controller {
             Some(c) => Some(c.clone()),
-            None => first_of_type(&mut client, "child<virtio-scsi-pci>")?,
+            None => first_of_type(&mut client, SCSI_CONTROLLER)?,
         };
         tracing::info!(
             socket = %client.socket().display(), pool = ?pool, memory_shared,
@@ -222,7 +226,9 @@ impl QemuHypervisor {
             .collect()
     }
 
-    /// Runs `f` on the QMP session (for queries of one's own).
+    /// Runs `f` on the QMP session (feature `test-util`: the queries a test makes of its
+    /// own; what the VM holds of the manager's devices is [`inspect`](Self::inspect)).
+    #[cfg(any(test, feature = "test-util"))]
     pub fn with_client<R>(&self, f: impl FnOnce(&mut QmpClient) -> R) -> Result<R, QemuError> {
         let mut state = self.lock();
         let session = state.session.as_mut().ok_or(QemuError::NotRunning)?;
@@ -296,23 +302,20 @@ impl Session {
     }
 }
 
-/// The id of the first device in `/machine/peripheral` of the given QOM child type.
+/// The query that lists the VM's devices, as [`QemuError::Query`] names it.
+pub(crate) const LIST_PERIPHERALS: &str = "qom-list /machine/peripheral";
+
+/// The id of the VM's first device (in sort order) of the qdev type `kind`.
 fn first_of_type(client: &mut QmpClient, kind: &str) -> Result<Option<String>, QemuError> {
-    let list = client
-        .execute("qom-list", Some(&json!({"path": "/machine/peripheral"})))
-        .map_err(|source| QemuError::Query {
-            what: "qom-list /machine/peripheral",
-            source,
-        })?;
-    let mut ids: Vec<String> = list
-        .as_array()
+    let peripherals = qom::peripherals(client).map_err(|source| QemuError::Query {
+        what: LIST_PERIPHERALS,
+        source,
+    })?;
+    Ok(peripherals
         .into_iter()
-        .flatten()
-        .filter(|p| p.get("type").and_then(Value::as_str) == Some(kind))
-        .filter_map(|p| p.get("name").and_then(Value::as_str).map(str::to_owned))
-        .collect();
-    ids.sort();
-    Ok(ids.into_iter().next())
+        .filter(|(_, t)| t == kind)
+        .map(|(id, _)| id)
+        .min())
 }
 
 /// Whether every memory backend in a `query-memdev` answer is shared (and there is one).
@@ -326,6 +329,8 @@ fn all_shared(memdevs: &Value) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::id::QemuId;
+use crate::id::{BackendRole, QemuId};
 use crate::plan::{BackendObject, Plan};
 
 /// Why an nvdimm could not be described.
@@ -69,7 +69,7 @@ impl Nvdimm {
 
 /// The memory backend and the nvdimm device.
 pub fn nvdimm(id: QemuId, dimm: &Nvdimm) -> Plan {
-    let mem = id.derived("mem");
+    let mem = id.backend_name(BackendRole::Memory);
     let mut args = json!({
         "qom-type": "memory-backend-file",
         "id": mem,

@@ -2,15 +2,16 @@
 //!
 //! On q35 the root bus cannot hot-plug, and root ports cannot be hot-plugged themselves, so
 //! the VM is started with empty `pcie-root-port`s (see `cmdline::root_port_args`) and every
-//! hot-plugged PCI device takes one (slot 0, one device per port). We find them with
-//! `qom-list /machine/peripheral` (ports need an id to be addressed) and see whether each is
+//! hot-plugged PCI device takes one (slot 0, one device per port). We find them among the
+//! VM's peripherals (`qom.rs`; ports need an id to be addressed) and see whether each is
 //! taken by listing its secondary bus, `/machine/peripheral/<port>/<port>`, whose
 //! `child[N]` links are the devices on it. This works on a paused VM, unlike `query-pci`.
 //! Handing ports out is the device manager's job; it seeds its pool from these.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::qmp::{QmpClient, QmpError};
+use crate::qom::{self, PERIPHERALS};
 
 /// Why the ports could not be listed.
 #[derive(Debug, thiserror::Error)]
@@ -40,13 +41,17 @@ pub struct PcieRootPort {
 /// Lists the VM's root ports that have an id, in natural order (`hp2` before `hp10`).
 pub fn discover(client: &mut QmpClient) -> Result<Vec<PcieRootPort>, PortError> {
     let mut ports = Vec::new();
-    for entry in list(client, "/machine/peripheral")? {
-        if entry.1 != "child<pcie-root-port>" {
+    let peripherals = qom::peripherals(client).map_err(|source| PortError::Query {
+        path: PERIPHERALS.to_owned(),
+        source,
+    })?;
+    for (id, kind) in peripherals {
+        if kind != "pcie-root-port" {
             continue;
         }
-        let bus = format!("/machine/peripheral/{0}/{0}", entry.0);
+        let bus = format!("{PERIPHERALS}/{id}/{id}");
         let mut occupant = None;
-        for (name, kind) in list(client, &bus)? {
+        for qom::Property { name, kind } in list(client, &bus)? {
             if name.starts_with("child[") && kind.starts_with("link<") {
                 let target = client
                     .execute("qom-get", Some(&json!({"path": bus, "property": name})))
@@ -57,41 +62,23 @@ pub fn discover(client: &mut QmpClient) -> Result<Vec<PcieRootPort>, PortError> 
                 occupant = Some(target.as_str().unwrap_or_default().to_owned());
             }
         }
-        let path = format!("/machine/peripheral/{}", entry.0);
+        let path = format!("{PERIPHERALS}/{id}");
         let devfn = client
             .execute("qom-get", Some(&json!({"path": path, "property": "addr"})))
             .map_err(|source| PortError::Query { path, source })?;
         // `addr` is the devfn: slot << 3 | function.
         let slot = devfn.as_u64().and_then(|d| u8::try_from(d >> 3).ok());
-        ports.push(PcieRootPort {
-            id: entry.0,
-            occupant,
-            slot,
-        });
+        ports.push(PcieRootPort { id, occupant, slot });
     }
     ports.sort_by(|a, b| natural_key(&a.id).cmp(&natural_key(&b.id)));
     Ok(ports)
 }
 
-fn list(client: &mut QmpClient, path: &str) -> Result<Vec<(String, String)>, PortError> {
-    let reply = client
-        .execute("qom-list", Some(&json!({ "path": path })))
-        .map_err(|source| PortError::Query {
-            path: path.to_owned(),
-            source,
-        })?;
-    Ok(reply
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .filter_map(|p| {
-                    let name = p.get("name").and_then(Value::as_str)?;
-                    let kind = p.get("type").and_then(Value::as_str)?;
-                    Some((name.to_owned(), kind.to_owned()))
-                })
-                .collect()
-        })
-        .unwrap_or_default())
+fn list(client: &mut QmpClient, path: &str) -> Result<Vec<qom::Property>, PortError> {
+    qom::list(client, path).map_err(|source| PortError::Query {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// `hp10` → (`hp`, 10, ``) so that ports sort as people number them.

@@ -15,11 +15,12 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::id::QemuId;
 use crate::plan::Plan;
 use crate::qmp::{Event, QmpClient, QmpError, QmpFailure};
+use crate::qom;
 
 /// How often the device's presence is polled while waiting for `DEVICE_DELETED`.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -203,16 +204,11 @@ fn renotify(client: &mut QmpClient, id: &QemuId) {
 
 /// Whether `/machine/peripheral/<id>` exists.
 pub fn present(client: &mut QmpClient, id: &QemuId) -> Result<bool, RemovalError> {
-    let list = client
-        .execute("qom-list", Some(&json!({"path": "/machine/peripheral"})))
-        .map_err(|source| RemovalError::Query {
-            device: id.clone(),
-            source,
-        })?;
-    Ok(list.as_array().is_some_and(|l| {
-        l.iter()
-            .any(|p| p.get("name").and_then(Value::as_str) == Some(id.as_str()))
-    }))
+    let list = qom::list(client, qom::PERIPHERALS).map_err(|source| RemovalError::Query {
+        device: id.clone(),
+        source,
+    })?;
+    Ok(list.iter().any(|p| p.name == id.as_str()))
 }
 
 /// Deletes the plan's backends, last created first; one already gone counts as deleted.
@@ -290,6 +286,8 @@ fn is_not_found(f: &QmpFailure) -> bool {
 mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
+
+    use serde_json::Value;
 
     use super::*;
     use crate::block::{Disk, DiskFormat, DiskSource, virtio_blk};

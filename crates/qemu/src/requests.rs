@@ -1,7 +1,10 @@
 //! Turning plugboard-devices' [`PlugRequest`]s into [`Plan`]s.
 //!
-//! The device manager has already decided everything (object names, root port, SCSI
-//! address, drive name); this module only translates. The manager's root port `N` is the
+//! The device manager has already decided everything about the guest (root port, SCSI
+//! address, drive name); this module only translates. The names of QEMU's objects are ours:
+//! made in `id.rs` from the request's device id and what the device is, the same names
+//! [`QemuHypervisor::inspect`](crate::QemuHypervisor::inspect) recognises (the manager's
+//! own `name_id`s are not used). The manager's root port `N` is the
 //! `N`-th port of the VM's pool (`VmLayout::ports`: the free ports found at connect, or the
 //! ports named in the configuration for a VM not yet started). A VFIO request with several
 //! functions in iommufd mode shares one `iommufd` object, owned by the first function, so
@@ -10,12 +13,12 @@
 use std::path::PathBuf;
 
 use plugboard_devices::{
-    BlockDriver, BlockPlug, HostFunction, ImageFormat, Plug, PlugRequest, RootPort, VfioBackend,
-    VfioPlug, VhostUserDevice, VhostUserPlug,
+    BlockDriver, BlockPlug, DeviceId, HostFunction, ImageFormat, Plug, PlugRequest, RootPort,
+    VfioBackend, VfioPlug, VhostUserDevice, VhostUserPlug,
 };
 
 use crate::block::{self, BlockError, Disk, DiskFormat, DiskSource};
-use crate::id::{QemuId, QemuIdError};
+use crate::id::{BackendRole, DeviceRole, QemuId};
 use crate::nvdimm::{self, Nvdimm, NvdimmError};
 use crate::plan::Plan;
 use crate::scsi::{self, ScsiAddress};
@@ -45,9 +48,6 @@ pub enum RequestError {
         /// The pool size.
         pool: usize,
     },
-    /// A manager name QEMU would refuse.
-    #[error("object name is not a usable QEMU id")]
-    Id(#[from] QemuIdError),
     /// The disk could not be inspected.
     #[error("cannot describe the disk")]
     Block(#[from] BlockError),
@@ -96,14 +96,14 @@ impl VmLayout<'_> {
 /// The plans for a request, in plug order (remove in reverse).
 pub fn plans(request: &PlugRequest, vm: VmLayout<'_>) -> Result<Vec<Plan>, RequestError> {
     match &request.plug {
-        Plug::Block(b) => block_plan(b, vm).map(|p| vec![p]),
-        Plug::VhostUser(v) => vhost_user_plan(v, vm).map(|p| vec![p]),
-        Plug::Vfio(v) => vfio_plans(v, vm),
+        Plug::Block(b) => block_plan(request.device, b, vm).map(|p| vec![p]),
+        Plug::VhostUser(v) => vhost_user_plan(request.device, v, vm).map(|p| vec![p]),
+        Plug::Vfio(v) => vfio_plans(request.device, v, vm),
     }
 }
 
-fn block_plan(b: &BlockPlug, vm: VmLayout<'_>) -> Result<Plan, RequestError> {
-    let id: QemuId = b.name_id.parse()?;
+fn block_plan(device: DeviceId, b: &BlockPlug, vm: VmLayout<'_>) -> Result<Plan, RequestError> {
+    let id = QemuId::for_device(device, DeviceRole::Disk);
     if b.spec.driver == BlockDriver::Nvdimm {
         let dimm = match Nvdimm::from_file(&b.spec.path, b.spec.pmem, b.spec.read_only) {
             Err(_) if vm.for_removal => Nvdimm {
@@ -155,8 +155,18 @@ fn block_plan(b: &BlockPlug, vm: VmLayout<'_>) -> Result<Plan, RequestError> {
     }
 }
 
-fn vhost_user_plan(v: &VhostUserPlug, vm: VmLayout<'_>) -> Result<Plan, RequestError> {
-    let id: QemuId = v.name_id.parse()?;
+fn vhost_user_plan(
+    device: DeviceId,
+    v: &VhostUserPlug,
+    vm: VmLayout<'_>,
+) -> Result<Plan, RequestError> {
+    let role = match &v.spec.device {
+        VhostUserDevice::Blk { .. } => DeviceRole::VhostUserBlk,
+        VhostUserDevice::Scsi => DeviceRole::VhostUserScsi,
+        VhostUserDevice::Net { .. } => DeviceRole::VhostUserNet,
+        VhostUserDevice::Fs { .. } => DeviceRole::VhostUserFs,
+    };
+    let id = QemuId::for_device(device, role);
     let kind = match &v.spec.device {
         // One queue: QEMU's default is one per vCPU, and a backend that offers fewer
         // (qemu-storage-daemon's default is 1) makes device_add fail.
@@ -186,11 +196,17 @@ fn vhost_user_plan(v: &VhostUserPlug, vm: VmLayout<'_>) -> Result<Plan, RequestE
     Ok(vhost_user::vhost_user(id, &dev, port.as_deref()))
 }
 
-fn vfio_plans(v: &VfioPlug, vm: VmLayout<'_>) -> Result<Vec<Plan>, RequestError> {
+fn vfio_plans(device: DeviceId, v: &VfioPlug, vm: VmLayout<'_>) -> Result<Vec<Plan>, RequestError> {
     let mut plans = Vec::with_capacity(v.functions.len());
     let mut shared: Option<String> = None;
-    for f in &v.functions {
-        let id: QemuId = f.name_id.parse()?;
+    for (n, f) in v.functions.iter().enumerate() {
+        let n = u8::try_from(n).map_err(|_| RequestError::Unsupported {
+            what: format!(
+                "VFIO device {device} with {} functions (at most 256)",
+                v.functions.len()
+            ),
+        })?;
+        let id = QemuId::for_device(device, DeviceRole::VfioFunction(n));
         let host = match &f.function.host {
             HostFunction::Pci(address) => VfioHost::Pci(address.to_string()),
             HostFunction::Mdev(_) => VfioHost::Mdev(PathBuf::from(&f.function.sysfs_path)),
@@ -198,7 +214,7 @@ fn vfio_plans(v: &VfioPlug, vm: VmLayout<'_>) -> Result<Vec<Plan>, RequestError>
         let iommu = match (v.backend, &shared) {
             (VfioBackend::Group { .. }, _) => VfioIommu::Legacy,
             (VfioBackend::Cdev { .. }, None) => {
-                shared = Some(id.derived("iofd"));
+                shared = Some(id.backend_name(BackendRole::Iommufd));
                 VfioIommu::OwnIommufd
             }
             (VfioBackend::Cdev { .. }, Some(obj)) => VfioIommu::SharedIommufd(obj.clone()),
@@ -224,6 +240,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::id::OurName;
     use crate::plan::BackendObject;
 
     static POOL: std::sync::LazyLock<Vec<String>> =
@@ -432,5 +449,75 @@ mod tests {
                 .iter()
                 .all(|p| p.backends.is_empty() && p.device.get("iommufd").is_none())
         );
+    }
+
+    #[test]
+    fn every_name_a_plan_gives_qemu_is_read_back_as_the_requests() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, &[0u8; 4096]).unwrap();
+        let vfio = |backend| {
+            let id = DeviceId::from_raw(3);
+            let function = |f: u8| VfioFunctionPlug {
+                name_id: id.name_id(&format!("vfio-{f}")),
+                function: VfioFunction {
+                    host: HostFunction::Pci(
+                        format!("0000:65:00.{f}").parse::<PciAddress>().unwrap(),
+                    ),
+                    sysfs_path: format!("/sys/bus/pci/devices/0000:65:00.{f}").into(),
+                    class: None,
+                    is_pcie: true,
+                    large_bar: false,
+                },
+                port: Some(RootPort::new(u32::from(f))),
+            };
+            PlugRequest {
+                device: id,
+                mode: PlugMode::Hot,
+                plug: Plug::Vfio(VfioPlug {
+                    backend,
+                    functions: vec![function(0), function(1)],
+                }),
+            }
+        };
+        let requests = [
+            block(f.path(), BlockDriver::VirtioBlk, Some(0)),
+            block(f.path(), BlockDriver::VirtioScsi, None),
+            block(f.path(), BlockDriver::Nvdimm, None),
+            vhost(VhostUserDevice::Blk {
+                driver: BlockDriver::VirtioBlk,
+            }),
+            vhost(VhostUserDevice::Scsi),
+            vhost(VhostUserDevice::Net {
+                mac: "52:54:00:aa:bb:cc".parse().unwrap(),
+            }),
+            vhost(VhostUserDevice::Fs {
+                tag: "share".into(),
+                cache: FsCache::Auto,
+            }),
+            vfio(VfioBackend::Cdev { index: 4 }),
+            vfio(VfioBackend::Group { group: 7 }),
+        ];
+        for request in &requests {
+            for plan in plans(request, layout(ports())).unwrap() {
+                let device = OurName::parse(plan.id.as_str());
+                assert!(
+                    device.is_some_and(|n| n.device == request.device && n.backend.is_none()),
+                    "{}",
+                    plan.id
+                );
+                let backends = plan.backends.iter().map(BackendObject::name);
+                let referenced = ["drive", "chardev", "netdev", "memdev", "iommufd"]
+                    .into_iter()
+                    .filter_map(|key| plan.device.get(key).and_then(|v| v.as_str()));
+                for name in backends.chain(referenced) {
+                    let backend = OurName::parse(name);
+                    assert!(
+                        backend.is_some_and(|n| n.device == request.device && n.backend.is_some()),
+                        "{name} of {}",
+                        plan.id
+                    );
+                }
+            }
+        }
     }
 }

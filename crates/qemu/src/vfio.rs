@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-use crate::id::QemuId;
+use crate::id::{BackendRole, QemuId};
 use crate::plan::{BackendObject, Plan, on_root_port};
 
 /// Which host function QEMU opens.
@@ -55,7 +55,7 @@ pub fn vfio_pci(id: QemuId, dev: &VfioPci, port: Option<&str>) -> Plan {
         let object = match &dev.iommu {
             VfioIommu::Legacy => None,
             VfioIommu::OwnIommufd => {
-                let obj = id.derived("iofd");
+                let obj = id.backend_name(BackendRole::Iommufd);
                 backends.push(BackendObject::Object {
                     id: obj.clone(),
                     args: json!({"qom-type": "iommufd", "id": obj}),

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-use crate::id::QemuId;
+use crate::id::{BackendRole, QemuId};
 use crate::plan::{BackendObject, Plan, Requirements, on_root_port};
 
 /// Which vhost-user device.
@@ -50,7 +50,7 @@ pub struct VhostUser {
 
 /// The chardev (and for net the netdev), then the device on a root port.
 pub fn vhost_user(id: QemuId, dev: &VhostUser, port: Option<&str>) -> Plan {
-    let chr = id.derived("chr");
+    let chr = id.backend_name(BackendRole::Chardev);
     let mut backends = vec![BackendObject::Chardev {
         id: chr.clone(),
         path: dev.socket.clone(),
@@ -71,7 +71,7 @@ pub fn vhost_user(id: QemuId, dev: &VhostUser, port: Option<&str>) -> Plan {
             "tag": tag, "queue-size": queue_size,
         }),
         VhostUserKind::Net { mac, queues } => {
-            let net = id.derived("net");
+            let net = id.backend_name(BackendRole::Netdev);
             backends.push(BackendObject::Netdev {
                 id: net.clone(),
                 args: json!({"type": "vhost-user", "id": net, "chardev": chr, "queues": queues}),

@@ -16,13 +16,15 @@ use std::time::Duration;
 use plugboard_devices::test_util::vhost_user_spec;
 use plugboard_devices::{
     BlockDriver, DeviceError, DeviceId, DeviceKind, DeviceManager, Hypervisor, HypervisorError,
-    ImageFormat, ManagerConfig, PlugMode, VhostUserDevice,
+    ImageFormat, ManagerConfig, PlugMode, PlugRequest, VhostUserDevice,
 };
 use plugboard_qemu::qmp::QmpClient;
 use plugboard_qemu::test_util::{BackendProcess, BareQemu, create_image};
-use plugboard_qemu::{QemuConfig, QemuError, QemuHypervisor, RemovalError};
+use plugboard_qemu::{
+    DeviceRole, Inspection, QemuConfig, QemuError, QemuHypervisor, QemuId, RemovalError,
+};
 use serde_json::{Value, json};
-use support::{disk_spec, manager_over, new_disk};
+use support::{disk_spec, manager_over, new_disk, qemu_name};
 
 const T: Duration = Duration::from_secs(10);
 
@@ -177,7 +179,7 @@ fn a_read_only_qcow2_disk_goes_in_and_a_silent_guest_leaves_a_retryable_removal(
     let id = new_disk(&m, &image, BlockDriver::VirtioBlk, ImageFormat::Qcow2, true);
     m.attach(id).unwrap();
     let hv = m.hypervisor();
-    let name = id.name_id("drive");
+    let name = qemu_name(id, DeviceRole::Disk);
     assert!(peripherals(hv).contains(&name));
     let ours: Vec<_> = nodes(hv)
         .into_iter()
@@ -226,6 +228,62 @@ fn a_read_only_qcow2_disk_goes_in_and_a_silent_guest_leaves_a_retryable_removal(
 }
 
 #[test]
+fn inspect_sees_what_the_vm_really_holds() {
+    let qemu = BareQemu::builder().start();
+    let image = qemu.image("i.raw", "raw", "4M");
+    let m = manager(&qemu);
+    let id = new_disk(&m, &image, BlockDriver::VirtioBlk, ImageFormat::Raw, false);
+    m.attach(id).unwrap();
+    let hv = m.hypervisor();
+    let saved = m.save();
+    let plugged: Vec<&PlugRequest> = saved
+        .devices
+        .iter()
+        .filter_map(|d| d.plugged.as_ref())
+        .collect();
+    assert_eq!(plugged.len(), 1);
+    assert_eq!(
+        hv.inspect(&plugged).unwrap(),
+        Inspection {
+            held: vec![true],
+            strays: vec![]
+        }
+    );
+
+    // Behind the manager's back: the disk goes (a reset completes the unplug, there is no
+    // guest), and a device named like ours that no request accounts for appears.
+    let name = qemu_name(id, DeviceRole::Disk);
+    query(hv, "device_del", Some(&json!({ "id": name })));
+    query(hv, "system_reset", None);
+    for _ in 0..100 {
+        if !peripherals(hv).contains(&name) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!peripherals(hv).contains(&name), "{:?}", peripherals(hv));
+    let stray = QemuId::for_device(DeviceId::from_raw(0xff), DeviceRole::VfioFunction(0));
+    query(
+        hv,
+        "device_add",
+        Some(&json!({"driver": "virtio-rng-pci", "id": stray.as_str(), "bus": "hp4"})),
+    );
+    query(
+        hv,
+        "device_add",
+        Some(&json!({"driver": "virtio-rng-pci", "id": "rng0", "bus": "hp3"})),
+    );
+    assert_eq!(
+        hv.inspect(&plugged).unwrap(),
+        Inspection {
+            held: vec![false],
+            strays: vec![stray.to_string()]
+        }
+    );
+    assert!(m.is_attached(id), "inspecting repairs nothing");
+}
+
+#[test]
 fn scsi_hd_goes_to_the_managers_id_and_lun_and_leaves_at_once() {
     let qemu = BareQemu::builder()
         .args(["-device", "virtio-scsi-pci,id=scsi0,bus=hp4"])
@@ -236,7 +294,7 @@ fn scsi_hd_goes_to_the_managers_id_and_lun_and_leaves_at_once() {
     let id = new_disk(&m, &image, BlockDriver::VirtioScsi, ImageFormat::Raw, false);
     m.attach(id).unwrap();
     let hv = m.hypervisor();
-    let name = id.name_id("drive");
+    let name = qemu_name(id, DeviceRole::Disk);
     let path = format!("/machine/peripheral/{name}");
     let get = |p: &str| query(hv, "qom-get", Some(&json!({"path": path, "property": p})));
     assert_eq!(
@@ -282,7 +340,7 @@ fn nvdimm_goes_in_and_detach_is_refused_clearly() {
         "{err:?}"
     );
     assert!(m.is_attached(id));
-    assert!(peripherals(hv).contains(&id.name_id("drive")));
+    assert!(peripherals(hv).contains(&qemu_name(id, DeviceRole::Disk)));
 }
 
 #[test]
@@ -340,7 +398,7 @@ fn vhost_user_blk_against_qemu_storage_daemon() {
     let id = m.new_device(spec).unwrap().id();
     m.attach(id).unwrap();
     let hv = m.hypervisor();
-    let name = id.name_id("blk");
+    let name = qemu_name(id, DeviceRole::VhostUserBlk);
     assert!(peripherals(hv).contains(&name));
     assert!(chardevs(hv).contains(&format!("{name}-chr")));
     detach_through_a_reset(&m, id, &name);
@@ -361,7 +419,7 @@ fn vhost_user_fs_against_virtiofsd() {
     let id = m.new_device(spec).unwrap().id();
     m.attach(id).unwrap();
     let hv = m.hypervisor();
-    let name = id.name_id("fs");
+    let name = qemu_name(id, DeviceRole::VhostUserFs);
     let tag = query(
         hv,
         "qom-get",
@@ -387,7 +445,7 @@ fn vhost_user_net_with_its_mac_against_a_minimal_backend() {
         panic!("{e:?}; the backend saw {:?}", &seen[..seen.len().min(40)]);
     }
     let hv = m.hypervisor();
-    let name = id.name_id("net");
+    let name = qemu_name(id, DeviceRole::VhostUserNet);
     let path = format!("/machine/peripheral/{name}");
     assert_eq!(
         query(
@@ -562,13 +620,14 @@ fn coldplugged_devices_render_as_arguments_qemu_accepts() {
     let hv = m.hypervisor();
     let present = peripherals(hv);
     assert!(
-        present.contains(&blk.name_id("drive")) && present.contains(&scsi.name_id("drive")),
+        present.contains(&qemu_name(blk, DeviceRole::Disk))
+            && present.contains(&qemu_name(scsi, DeviceRole::Disk)),
         "{present:?}"
     );
-    assert!(nodes(hv).contains(&(format!("{}-fmt", scsi.name_id("drive")), true)));
+    assert!(nodes(hv).contains(&(format!("{}-fmt", qemu_name(scsi, DeviceRole::Disk)), true)));
     // A cold-plugged SCSI disk can be removed from the running VM like a hot-plugged one.
     m.detach(scsi).unwrap();
-    assert!(!peripherals(hv).contains(&scsi.name_id("drive")));
+    assert!(!peripherals(hv).contains(&qemu_name(scsi, DeviceRole::Disk)));
 }
 
 #[test]

@@ -24,9 +24,9 @@ use plugboard_devices::{
 };
 use plugboard_lab::{BootOptions, Guest, Initramfs};
 use plugboard_qemu::test_util::{BackendProcess, create_image};
-use plugboard_qemu::{Departure, QemuConfig, QemuHypervisor};
+use plugboard_qemu::{Departure, DeviceRole, QemuConfig, QemuHypervisor};
 use serde_json::{Value, json};
-use support::{manager_over, new_disk};
+use support::{manager_over, new_disk, qemu_name};
 
 fn boot(extra_qemu_args: &[&str]) -> Guest {
     let mut opts = BootOptions::default();
@@ -87,9 +87,9 @@ fn wait_path(guest: &mut Guest, path: &str, gone: bool) {
     );
 }
 
-fn expect_event_departure(m: &DeviceManager<QemuHypervisor>, id: DeviceId, prefix: &str) {
+fn expect_event_departure(m: &DeviceManager<QemuHypervisor>, id: DeviceId, role: DeviceRole) {
     let (name, how) = m.hypervisor().last_departure().unwrap();
-    assert_eq!(name, id.name_id(prefix));
+    assert_eq!(name, qemu_name(id, role));
     assert_eq!(
         how,
         Departure::Event,
@@ -147,10 +147,10 @@ fn a_qcow2_disk_appears_in_the_guest_and_goes_away() {
     }
 
     m.detach(a).unwrap();
-    expect_event_departure(&m, a, "drive");
+    expect_event_departure(&m, a, DeviceRole::Disk);
     wait_path(&mut guest, "/sys/block/vda", true);
     m.detach(b).unwrap();
-    expect_event_departure(&m, b, "drive");
+    expect_event_departure(&m, b, DeviceRole::Disk);
     wait_path(&mut guest, "/sys/block/vdb", true);
     assert!(!peripherals(&m).to_string().contains("drive-"));
     assert_eq!(m.allocations().root_ports, []);
@@ -183,7 +183,7 @@ fn a_scsi_disk_goes_to_its_id_and_lun_and_leaves() {
     let id = new_disk(&m, &raw, BlockDriver::VirtioScsi, ImageFormat::Raw, false);
     m.attach(id).unwrap();
     let scsi = m.device(id).unwrap().guest.unwrap().scsi_address.unwrap();
-    let name = id.name_id("drive");
+    let name = qemu_name(id, DeviceRole::Disk);
     let get = |p: &str| {
         m.hypervisor()
             .with_client(|c| {
@@ -236,7 +236,7 @@ fn a_scsi_disk_goes_to_its_id_and_lun_and_leaves() {
         scsi.lun()
     );
     m.detach(id).unwrap();
-    expect_event_departure(&m, id, "drive");
+    expect_event_departure(&m, id, DeviceRole::Disk);
     sh(
         &mut guest,
         &format!(
@@ -279,7 +279,7 @@ fn vhost_user_blk_against_qemu_storage_daemon() {
         "echo plugboard-vhost-user | dd of=/dev/vda bs=512 count=1 conv=sync 2>/dev/null && sync && dd if=/dev/vda bs=512 count=1 2>/dev/null | grep -q plugboard-vhost-user",
     );
     m.detach(id).unwrap();
-    expect_event_departure(&m, id, "blk");
+    expect_event_departure(&m, id, DeviceRole::VhostUserBlk);
     wait_path(&mut guest, "/sys/block/vda", true);
     let chardevs = m
         .hypervisor()
@@ -287,7 +287,9 @@ fn vhost_user_blk_against_qemu_storage_daemon() {
         .unwrap()
         .unwrap();
     assert!(
-        !chardevs.to_string().contains(&id.name_id("blk")),
+        !chardevs
+            .to_string()
+            .contains(&qemu_name(id, DeviceRole::VhostUserBlk)),
         "{chardevs}"
     );
     guest.shutdown().unwrap();
@@ -323,8 +325,12 @@ fn vhost_user_fs_against_virtiofsd() {
         "from-guest\n"
     );
     m.detach(id).unwrap();
-    expect_event_departure(&m, id, "fs");
-    assert!(!peripherals(&m).to_string().contains(&id.name_id("fs")));
+    expect_event_departure(&m, id, DeviceRole::VhostUserFs);
+    assert!(
+        !peripherals(&m)
+            .to_string()
+            .contains(&qemu_name(id, DeviceRole::VhostUserFs))
+    );
     guest.shutdown().unwrap();
 }
 
@@ -440,7 +446,7 @@ fn vhost_user_net_nic_with_its_mac() {
     // The driver started the device: QEMU handed the backend the memory table (5).
     assert!(backend.requests().contains(&5), "{:?}", backend.requests());
     m.detach(id).unwrap();
-    expect_event_departure(&m, id, "net");
+    expect_event_departure(&m, id, DeviceRole::VhostUserNet);
     sh(
         &mut guest,
         &format!(

@@ -2,16 +2,14 @@
 //! plugboard-devices' `Hypervisor` trait, and what each can report about the devices it
 //! really holds (for reconciliation after a restart).
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 #[cfg(any(test, feature = "test-util"))]
 use std::sync::Arc;
 use std::time::Duration;
 
 use plugboard_devices::{GuestView, Hypervisor, HypervisorError, HypervisorKind, PlugRequest};
-use plugboard_qemu::{QemuConfig, QemuError, QemuHypervisor, VmLayout};
+use plugboard_qemu::{Inspection, QemuConfig, QemuError, QemuHypervisor};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 
 /// How to reach a VM's hypervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,35 +80,11 @@ impl Backend {
         }
     }
 
-    /// What the VM really holds of `requests`, and the objects it holds that look like
-    /// ours (`drive-…`, `vfio-…`) but belong to none of them.
+    /// What the VM really holds of `requests`, and the devices it holds that are named like
+    /// ours but belong to none of them.
     pub(crate) fn inspect(&self, requests: &[&PlugRequest]) -> Result<Inspection, QemuError> {
         match self {
-            Self::Qemu(q) => {
-                let present = qemu_device_ids(q)?;
-                let pool = q.port_pool();
-                let layout = VmLayout {
-                    ports: &pool,
-                    scsi_controller: present.scsi_controller.as_deref(),
-                    portless_ok: true,
-                    for_removal: true,
-                };
-                let mut known = BTreeSet::new();
-                let mut held = Vec::with_capacity(requests.len());
-                for r in requests {
-                    let ids: Vec<String> = plugboard_qemu::plans(r, layout)
-                        .map(|plans| plans.iter().map(|p| p.id.as_str().to_owned()).collect())
-                        .unwrap_or_default();
-                    held.push(!ids.is_empty() && ids.iter().all(|id| present.ids.contains(id)));
-                    known.extend(ids);
-                }
-                let strays = present
-                    .ids
-                    .into_iter()
-                    .filter(|id| is_our_name(id) && !known.contains(id))
-                    .collect();
-                Ok(Inspection { held, strays })
-            }
+            Self::Qemu(q) => q.inspect(requests),
             #[cfg(any(test, feature = "test-util"))]
             Self::Memory(m) => Ok(Inspection {
                 held: requests.iter().map(|r| m.is_plugged(r.device)).collect(),
@@ -118,64 +92,6 @@ impl Backend {
             }),
         }
     }
-}
-
-/// What [`Backend::inspect`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Inspection {
-    /// Per request, in order: whether the VM holds all of its objects.
-    pub(crate) held: Vec<bool>,
-    /// Ids of ours the VM holds that no request accounts for.
-    pub(crate) strays: Vec<String>,
-}
-
-/// Names plugboard-devices gives hypervisor objects: `<prefix>-<16 hex digits>`.
-fn is_our_name(id: &str) -> bool {
-    ["drive-", "blk-", "scsi-", "net-", "fs-", "vfio-"]
-        .iter()
-        .any(|p| id.starts_with(p))
-        && id
-            .rsplit('-')
-            .next()
-            .is_some_and(|tail| tail.len() == 16 && tail.bytes().all(|b| b.is_ascii_hexdigit()))
-}
-
-struct Present {
-    ids: BTreeSet<String>,
-    scsi_controller: Option<String>,
-}
-
-/// The ids of `/machine/peripheral` (every device QEMU holds with an id).
-fn qemu_device_ids(q: &QemuHypervisor) -> Result<Present, QemuError> {
-    let list = q
-        .with_client(|c| c.execute("qom-list", Some(&json!({"path": "/machine/peripheral"}))))?
-        .map_err(|source| QemuError::Query {
-            what: "qom-list /machine/peripheral",
-            source,
-        })?;
-    let entries: Vec<(String, String)> = list
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| {
-            Some((
-                p.get("name").and_then(Value::as_str)?.to_owned(),
-                p.get("type").and_then(Value::as_str)?.to_owned(),
-            ))
-        })
-        .filter(|(_, t)| t.starts_with("child<"))
-        .collect();
-    let mut controllers: Vec<&String> = entries
-        .iter()
-        .filter(|(_, t)| t == "child<virtio-scsi-pci>")
-        .map(|(n, _)| n)
-        .collect();
-    controllers.sort();
-    let scsi_controller = controllers.first().map(|s| (*s).clone());
-    Ok(Present {
-        ids: entries.into_iter().map(|(n, _)| n).collect(),
-        scsi_controller,
-    })
 }
 
 impl Hypervisor for Backend {
@@ -214,16 +130,9 @@ impl Hypervisor for Backend {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use serde_json::json;
 
-    #[test]
-    fn our_names_are_recognised() {
-        assert!(is_our_name("drive-000000000000002a"));
-        assert!(is_our_name("vfio-0-000000000000002a"));
-        assert!(!is_our_name("drive-root"));
-        assert!(!is_our_name("hp1"));
-        assert!(!is_our_name("scsi0"));
-    }
+    use super::*;
 
     #[test]
     fn endpoints_round_trip_as_tagged_json() {

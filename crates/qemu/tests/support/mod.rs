@@ -7,7 +7,7 @@ use plugboard_devices::{
     BlockDriver, BlockSpec, DeviceId, DeviceIdentity, DeviceKind, DeviceManager, DeviceSpec,
     ImageFormat, ManagerConfig, PlugMode,
 };
-use plugboard_qemu::QemuHypervisor;
+use plugboard_qemu::{DeviceRole, QemuHypervisor, QemuId};
 
 /// A device manager whose root ports are the whole of `hv`'s port pool.
 pub fn manager_over(hv: QemuHypervisor) -> DeviceManager<QemuHypervisor> {
@@ -49,4 +49,9 @@ pub fn disk_spec(
         mode: PlugMode::Hot,
         kind: DeviceKind::Block(block),
     }
+}
+
+/// The qdev id plugboard-qemu gives the device `id` plugged as `role`.
+pub fn qemu_name(id: DeviceId, role: DeviceRole) -> String {
+    QemuId::for_device(id, role).to_string()
 }
