@@ -14,7 +14,10 @@
 //!
 //! [`QemuHypervisor`] implements `plugboard_devices::Hypervisor`: the device manager's
 //! requests become plans ([`plans`]) and the manager's root port `N` is the `N`-th port of
-//! the VM's pool ([`QemuHypervisor::port_pool`]).
+//! the VM's pool ([`QemuHypervisor::port_pool`]). The names QEMU's objects get are made,
+//! and read back, in one place ([`QemuId::for_device`], [`OurName`]), so
+//! [`QemuHypervisor::inspect`] can say which requests a VM really holds and which devices
+//! of ours no request accounts for.
 
 mod backend_socket;
 pub mod block;
