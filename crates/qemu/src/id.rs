@@ -68,7 +68,7 @@ impl QemuId {
 
     /// The device's QOM path.
     pub fn qom_path(&self) -> String {
-        format!("/machine/peripheral/{}", self.0)
+        format!("{}/{}", crate::qom::PERIPHERALS, self.0)
     }
 }
 
