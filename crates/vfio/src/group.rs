@@ -19,7 +19,7 @@ use crate::container::Container;
 
 /// A member of an IOMMU group that keeps the group from being viable: an endpoint bound to a
 /// host driver other than vfio-pci (or a vfio variant).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Blocker {
     /// The member's name (its PCI address).
     pub device: String,
