@@ -21,7 +21,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use claims::{ClaimKind, ClaimRow};
 pub use error::RegistryError;
-pub use events::{Event, EventKind};
+pub use events::{AuditEvent, EventKind};
 pub use pci_rows::{List, PciRow};
 
 /// The database file's name inside the state directory.
