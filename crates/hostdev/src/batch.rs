@@ -110,7 +110,7 @@ impl fmt::Display for ReleaseResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Reattached => "back on its host driver",
-            Self::Inactive => "left on vfio-pci (inactive)",
+            Self::Inactive => "inactive (stays on vfio-pci)",
             Self::KeptForGroup => "kept: its IOMMU group is still in use",
             Self::Vanished => "gone from the host",
             Self::NotOwned => "not held by this owner",
@@ -350,7 +350,7 @@ mod tests {
         use ReleaseResult::*;
         let all = [
             (Reattached, "reattached", "back on its host driver"),
-            (Inactive, "inactive", "left on vfio-pci (inactive)"),
+            (Inactive, "inactive", "inactive (stays on vfio-pci)"),
             (
                 KeptForGroup,
                 "kept_for_group",

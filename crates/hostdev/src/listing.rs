@@ -112,7 +112,11 @@ mod tests {
         T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
     {
         let json = serde_json::to_value(value).unwrap();
-        assert_eq!(&serde_json::from_value::<T>(json.clone()).unwrap(), value, "{json}");
+        assert_eq!(
+            &serde_json::from_value::<T>(json.clone()).unwrap(),
+            value,
+            "{json}"
+        );
     }
 
     #[test]
