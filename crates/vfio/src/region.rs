@@ -58,7 +58,8 @@ pub enum RegionError {
 pub struct RegionFlags(u32);
 
 impl<'de> Deserialize<'de> for RegionFlags {
-    /// Reads the list of names (see [`flags_from_names`] for `other`).
+    /// Reads the list of names; `other` (bits VFIO does not define) comes back as one
+    /// undefined bit.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         flags_from_names(deserializer, &Self::NAMES).map(Self)
     }
