@@ -4,18 +4,20 @@
 //! a later kind fails the kinds already prepared are released again, so the call as a
 //! whole is all or nothing. Release is best effort with one line per device.
 
-use plugboard_sysfs::{PciAddress, ScsiAddress};
-use serde::Serialize;
+use std::fmt;
 
+use plugboard_sysfs::{PciAddress, ScsiAddress};
+use serde::{Deserialize, Serialize};
+
+use crate::host_device::HostDevice;
 use crate::manager::HostdevManager;
 use crate::mdev::MdevError;
 use crate::nvme::{NvmeError, NvmeNamespace};
 use crate::owner::Owner;
-use crate::pci::{PrepareError, PrepareOptions};
+use crate::pci_request::{PrepareError, PrepareOptions};
 use crate::registry::RegistryError;
-use crate::release::Released;
+use crate::release::{PciReleased, ReleaseError, ReleaseOutcome};
 use crate::scsi::ScsiError;
-use crate::spec::DeviceSpec;
 use crate::usb::{UsbError, UsbSelector};
 
 /// Options of a mixed prepare.
@@ -56,15 +58,77 @@ pub enum BatchError {
 }
 
 /// One device's release, for people and programs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceRelease {
-    /// The device.
+    /// The device, as [`HostDevice`] prints it.
     pub device: String,
-    /// `reattached`, `inactive`, `kept-for-group`, `vanished`, `not-owned`, `released`
-    /// (claims) or `failed`.
-    pub result: &'static str,
+    /// What happened to it.
+    pub result: ReleaseResult,
     /// The driver it went back to, the group it waits for, or the error.
     pub detail: Option<String>,
+}
+
+/// What happened to one device of a release.
+///
+/// JSON words (stable): `reattached`, `inactive`, `kept_for_group`, `vanished`,
+/// `not_owned`, `released`, `failed`. [`Display`](fmt::Display) prints a human phrase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReleaseResult {
+    /// PCI: given back to its host driver (verified) and dropped from the registry.
+    Reattached,
+    /// PCI, unmanaged: stays detached on vfio-pci, on the inactive list.
+    Inactive,
+    /// PCI, managed: stays inactive on vfio-pci until its IOMMU group's last member is
+    /// released.
+    KeptForGroup,
+    /// Gone from the host: dropped from the registry.
+    Vanished,
+    /// Not held by this owner: nothing was done.
+    NotOwned,
+    /// USB, SCSI, mdev or NVMe namespace: the claim was dropped.
+    Released,
+    /// Giving it back failed (the detail says why); it stays on the inactive list.
+    Failed,
+}
+
+impl ReleaseResult {
+    /// The release failed: the device is still detached from its host.
+    pub fn is_failure(self) -> bool {
+        self == Self::Failed
+    }
+
+    /// The owner no longer holds the device because of this call: everything but
+    /// [`Self::Failed`] and [`Self::NotOwned`] (a release of a device the owner does not
+    /// hold did nothing that was asked, and a front should exit non-zero for it).
+    pub fn is_done(self) -> bool {
+        !matches!(self, Self::Failed | Self::NotOwned)
+    }
+}
+
+impl fmt::Display for ReleaseResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Reattached => "back on its host driver",
+            Self::Inactive => "inactive (stays on vfio-pci)",
+            Self::KeptForGroup => "kept: its IOMMU group is still in use",
+            Self::Vanished => "gone from the host",
+            Self::NotOwned => "not held by this owner",
+            Self::Released => "released",
+            Self::Failed => "failed",
+        })
+    }
+}
+
+impl From<&ReleaseOutcome> for DeviceRelease {
+    fn from(outcome: &ReleaseOutcome) -> Self {
+        let (result, detail) = describe(&outcome.result);
+        Self {
+            device: outcome.address.to_string(),
+            result,
+            detail,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -76,15 +140,15 @@ struct Sorted {
     mdev: Vec<String>,
 }
 
-fn sort(specs: &[DeviceSpec]) -> Sorted {
+fn sort(specs: &[HostDevice]) -> Sorted {
     let mut s = Sorted::default();
     for spec in specs {
         match spec {
-            DeviceSpec::Pci(a) => s.pci.push(*a),
-            DeviceSpec::Nvme(n) => s.nvme.push(*n),
-            DeviceSpec::Usb(u) => s.usb.push(*u),
-            DeviceSpec::Scsi(a) => s.scsi.push(*a),
-            DeviceSpec::Mdev(u) => s.mdev.push(u.clone()),
+            HostDevice::Pci(a) => s.pci.push(*a),
+            HostDevice::Nvme(n) => s.nvme.push(*n),
+            HostDevice::Usb(u) => s.usb.push(*u),
+            HostDevice::Scsi(a) => s.scsi.push(*a),
+            HostDevice::Mdev(u) => s.mdev.push(u.clone()),
         }
     }
     s
@@ -95,7 +159,7 @@ impl HostdevManager {
     pub fn prepare(
         &mut self,
         owner: &Owner,
-        specs: &[DeviceSpec],
+        specs: &[HostDevice],
         options: BatchOptions,
     ) -> Result<(), BatchError> {
         let s = sort(specs);
@@ -151,22 +215,17 @@ impl HostdevManager {
     pub fn release(
         &mut self,
         owner: &Owner,
-        specs: &[DeviceSpec],
+        specs: &[HostDevice],
     ) -> Result<Vec<DeviceRelease>, RegistryError> {
         let s = sort(specs);
         let mut out = Vec::new();
         for o in self.release_pci(owner, &s.pci)? {
-            let (result, detail) = describe(&o.result);
-            out.push(DeviceRelease {
-                device: o.address.to_string(),
-                result,
-                detail,
-            });
+            out.push(DeviceRelease::from(&o));
         }
         for n in self.release_nvme(owner, &s.nvme)? {
             let (result, detail) = match (&n.controller, n.held) {
-                (_, false) => ("not-owned", None),
-                (None, true) => ("released", None),
+                (_, false) => (ReleaseResult::NotOwned, None),
+                (None, true) => (ReleaseResult::Released, None),
                 (Some(c), true) => {
                     let (r, d) = describe(&c.result);
                     (
@@ -187,7 +246,11 @@ impl HostdevManager {
         }
         let claim = |device: String, held: bool| DeviceRelease {
             device,
-            result: if held { "released" } else { "not-owned" },
+            result: if held {
+                ReleaseResult::Released
+            } else {
+                ReleaseResult::NotOwned
+            },
             detail: None,
         };
         for (u, held) in self.release_usb(owner, &s.usb)? {
@@ -203,19 +266,17 @@ impl HostdevManager {
     }
 }
 
-fn describe(
-    result: &Result<Released, crate::release::ReleaseError>,
-) -> (&'static str, Option<String>) {
+fn describe(result: &Result<PciReleased, ReleaseError>) -> (ReleaseResult, Option<String>) {
     match result {
-        Ok(Released::Reattached { driver }) => ("reattached", driver.clone()),
-        Ok(Released::Inactive) => ("inactive", None),
-        Ok(Released::KeptForGroup { group }) => (
-            "kept-for-group",
+        Ok(PciReleased::Reattached { driver }) => (ReleaseResult::Reattached, driver.clone()),
+        Ok(PciReleased::Inactive) => (ReleaseResult::Inactive, None),
+        Ok(PciReleased::KeptForGroup { group }) => (
+            ReleaseResult::KeptForGroup,
             Some(format!("IOMMU group {group} still in use")),
         ),
-        Ok(Released::Vanished) => ("vanished", None),
-        Ok(Released::NotOwned) => ("not-owned", None),
-        Err(e) => ("failed", Some(error_chain(e))),
+        Ok(PciReleased::Vanished) => (ReleaseResult::Vanished, None),
+        Ok(PciReleased::NotOwned) => (ReleaseResult::NotOwned, None),
+        Err(e) => (ReleaseResult::Failed, Some(error_chain(e))),
     }
 }
 
@@ -242,7 +303,7 @@ mod tests {
     fn a_mixed_prepare_is_all_or_nothing_across_kinds() {
         let fx = Fixture::with(host_spec().usb(UsbSpec::new("1-1", 1, 2, 0x046d, 0xc52b)));
         let mut m = fx.manager();
-        let specs: Vec<DeviceSpec> = [NIC1, "usb:1/2", "nvme:0000:06:00.0/1"]
+        let specs: Vec<HostDevice> = [NIC1, "usb:1/2", "nvme:0000:06:00.0/1"]
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
@@ -266,9 +327,66 @@ mod tests {
         m.release(&owner("qemu/vm2"), &specs[1..2]).unwrap();
         m.prepare(&owner("qemu/vm1"), &specs, managed).unwrap();
         let out = m.release(&owner("qemu/vm1"), &specs).unwrap();
-        let results: Vec<&str> = out.iter().map(|r| r.result).collect();
-        assert_eq!(results, ["reattached", "reattached", "released"], "{out:?}");
+        let results: Vec<ReleaseResult> = out.iter().map(|r| r.result).collect();
+        assert_eq!(
+            results,
+            [
+                ReleaseResult::Reattached,
+                ReleaseResult::Reattached,
+                ReleaseResult::Released
+            ],
+            "{out:?}"
+        );
+        for r in &out {
+            let json = serde_json::to_value(r).unwrap();
+            assert_eq!(serde_json::from_value::<DeviceRelease>(json).unwrap(), *r);
+        }
         assert!(m.list().unwrap().claims.is_empty());
         assert!(books(&mut m).is_empty());
+    }
+
+    #[test]
+    fn release_results_have_snake_case_words_and_phrases() {
+        use ReleaseResult::*;
+        let all = [
+            (Reattached, "reattached", "back on its host driver"),
+            (Inactive, "inactive", "inactive (stays on vfio-pci)"),
+            (
+                KeptForGroup,
+                "kept_for_group",
+                "kept: its IOMMU group is still in use",
+            ),
+            (Vanished, "vanished", "gone from the host"),
+            (NotOwned, "not_owned", "not held by this owner"),
+            (Released, "released", "released"),
+            (Failed, "failed", "failed"),
+        ];
+        for (result, word, phrase) in all {
+            assert_eq!(serde_json::to_value(result).unwrap(), word);
+            assert_eq!(
+                serde_json::from_value::<ReleaseResult>(word.into()).unwrap(),
+                result
+            );
+            assert_eq!(result.to_string(), phrase);
+            assert_eq!(result.is_failure(), result == Failed);
+            assert_eq!(result.is_done(), !matches!(result, Failed | NotOwned));
+        }
+        serde_json::from_value::<ReleaseResult>("kept-for-group".into()).unwrap_err();
+    }
+
+    #[test]
+    fn releasing_what_the_owner_does_not_hold_is_not_owned_not_done() {
+        let fx = Fixture::with(host_spec());
+        let mut m = fx.manager();
+        let specs: Vec<HostDevice> = [NIC1, "nvme:0000:06:00.0/1", "usb:1/2"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let out = m.release(&owner("qemu/nobody"), &specs).unwrap();
+        assert_eq!(out.len(), 3, "{out:?}");
+        for r in &out {
+            assert_eq!(r.result, ReleaseResult::NotOwned, "{r:?}");
+            assert!(!r.result.is_done() && !r.result.is_failure());
+        }
     }
 }

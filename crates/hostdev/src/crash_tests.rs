@@ -10,7 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 
 use crate::fault::ABORT_AT;
 use crate::manager::HostdevManager;
-use crate::pci::PrepareOptions;
+use crate::pci_request::PrepareOptions;
 use crate::registry::List;
 use crate::test_support::*;
 

@@ -5,7 +5,7 @@ use plugboard_sysfs::{DriverKind, HeaderType, PciAddress, PciDevice, Sysfs, Sysf
 
 /// Why a device cannot be used at all.
 #[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
+pub enum HostDeviceError {
     /// No such PCI function on this host (never existed, or hot-removed).
     #[error("PCI device {address} not found")]
     NotFound {
@@ -16,7 +16,7 @@ pub enum DeviceError {
         source: SysfsError,
     },
     /// A bridge or CardBus bridge: only endpoints can be given to a VM.
-    #[error("PCI device {address} is not an endpoint ({header:?}); only endpoints can be assigned")]
+    #[error("PCI device {address} is not an endpoint (a {header}); only endpoints can be assigned")]
     NotEndpoint {
         /// The device.
         address: PciAddress,
@@ -34,7 +34,7 @@ pub enum DeviceError {
     },
 }
 
-impl DeviceError {
+impl HostDeviceError {
     /// True when the device is missing from sysfs.
     pub fn is_not_found(&self) -> bool {
         match self {
@@ -56,23 +56,23 @@ pub(crate) struct DeviceFacts {
 
 impl DeviceFacts {
     /// Reads `address`, failing if it is missing or not an endpoint.
-    pub fn endpoint(sysfs: &Sysfs, address: PciAddress) -> Result<Self, DeviceError> {
+    pub fn endpoint(sysfs: &Sysfs, address: PciAddress) -> Result<Self, HostDeviceError> {
         let facts = Self::read(sysfs, address)?;
         let header = facts
             .device
             .header_type()
             .map_err(|source| read_error(&facts.device, source))?;
         if header != HeaderType::Endpoint {
-            return Err(DeviceError::NotEndpoint { address, header });
+            return Err(HostDeviceError::NotEndpoint { address, header });
         }
         Ok(facts)
     }
 
     /// Reads `address` whatever its kind.
-    pub fn read(sysfs: &Sysfs, address: PciAddress) -> Result<Self, DeviceError> {
+    pub fn read(sysfs: &Sysfs, address: PciAddress) -> Result<Self, HostDeviceError> {
         let device = sysfs
             .pci_device(address)
-            .map_err(|source| DeviceError::NotFound { address, source })?;
+            .map_err(|source| HostDeviceError::NotFound { address, source })?;
         let driver = device
             .driver()
             .map_err(|source| read_error(&device, source))?;
@@ -98,11 +98,11 @@ impl DeviceFacts {
 
 /// A read that fails because the device's directory is gone means the device vanished
 /// (hot-unplug mid-operation); anything else is a read failure.
-fn read_error(device: &PciDevice, source: SysfsError) -> DeviceError {
+fn read_error(device: &PciDevice, source: SysfsError) -> HostDeviceError {
     let address = device.address();
     if std::fs::symlink_metadata(device.path()).is_err() {
-        DeviceError::NotFound { address, source }
+        HostDeviceError::NotFound { address, source }
     } else {
-        DeviceError::Read { address, source }
+        HostDeviceError::Read { address, source }
     }
 }

@@ -5,11 +5,19 @@
 //! An intent also reserves its device: while it is pending, no other process may claim
 //! the device or, for a prepare, another member of its IOMMU group for a different owner.
 
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
 use crate::owner::Owner;
 use crate::process::ProcessStamp;
 
 /// The operation an intent belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// JSON and registry words (stable): `prepare`, `release`, `detach`, `reattach`; its
+/// [`Display`](fmt::Display) prints the same words, which read as English.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum IntentOp {
     /// Taking the device for an owner; recovery undoes it (the caller never saw success).
     Prepare,
@@ -22,7 +30,7 @@ pub enum IntentOp {
 }
 
 impl IntentOp {
-    /// The name stored in the registry.
+    /// The word stored in the registry and used in JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Prepare => "prepare",
@@ -41,6 +49,12 @@ impl IntentOp {
             "reattach" => Self::Reattach,
             _ => return None,
         })
+    }
+}
+
+impl fmt::Display for IntentOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -96,4 +110,25 @@ pub struct Intent {
     pub step: IntentStep,
     /// The process that wrote it, to tell a crashed operation from a running one.
     pub process: ProcessStamp,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_op_has_one_word_in_json_the_registry_and_text() {
+        for op in [
+            IntentOp::Prepare,
+            IntentOp::Release,
+            IntentOp::Detach,
+            IntentOp::Reattach,
+        ] {
+            let word = op.as_str();
+            assert_eq!(serde_json::to_value(op).unwrap(), word);
+            assert_eq!(serde_json::from_value::<IntentOp>(word.into()).unwrap(), op);
+            assert_eq!(IntentOp::from_name(word), Some(op));
+            assert_eq!(op.to_string(), word);
+        }
+    }
 }

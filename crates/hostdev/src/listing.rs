@@ -5,19 +5,22 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use plugboard_sysfs::PciAddress;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::intent::IntentOp;
 use crate::manager::HostdevManager;
 use crate::owner::Owner;
-use crate::registry::{ClaimRow, DB_FILE, Event, PciRow, Registry, RegistryError, RegistryOptions};
+use crate::registry::{
+    AuditEvent, ClaimRow, DB_FILE, PciRow, Registry, RegistryError, RegistryOptions,
+};
 
 /// An operation still pending in the intent journal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pending {
     /// The device.
     pub address: String,
     /// The operation.
-    pub op: &'static str,
+    pub op: IntentOp,
     /// The process running it.
     pub pid: u32,
     /// False when that process is gone: `recover` will settle it.
@@ -25,7 +28,7 @@ pub struct Pending {
 }
 
 /// Everything the registry holds.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listing {
     /// PCI devices on the active and inactive lists.
     pub pci: Vec<PciRow>,
@@ -44,7 +47,7 @@ impl HostdevManager {
                 .into_iter()
                 .map(|i| Pending {
                     address: i.address,
-                    op: i.op.as_str(),
+                    op: i.op,
                     pid: i.process.pid,
                     running: i.process.is_alive(),
                 })
@@ -63,7 +66,7 @@ impl HostdevManager {
     }
 
     /// The audit trail after event `after` (0: all), in commit order.
-    pub fn audit(&mut self, after: i64) -> Result<Vec<Event>, RegistryError> {
+    pub fn audit(&mut self, after: i64) -> Result<Vec<AuditEvent>, RegistryError> {
         self.registry.read(|tx| tx.events_after(after))
     }
 }
@@ -93,4 +96,65 @@ fn owners_of(registry: &mut Registry) -> Result<BTreeMap<PciAddress, Owner>, Reg
         }
         Ok(owners)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use plugboard_sysfs::fake::UsbSpec;
+
+    use super::*;
+    use crate::batch::BatchOptions;
+    use crate::host_device::HostDevice;
+    use crate::test_support::*;
+
+    fn round_trips<T>(value: &T)
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let json = serde_json::to_value(value).unwrap();
+        assert_eq!(
+            &serde_json::from_value::<T>(json.clone()).unwrap(),
+            value,
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn the_listing_and_the_audit_trail_round_trip_through_json() {
+        let fx = Fixture::with(host_spec().usb(UsbSpec::new("1-1", 1, 2, 0x046d, 0xc52b)));
+        let mut m = fx.manager();
+        let devices: Vec<HostDevice> = [NIC1, "usb:1/2", "nvme:0000:06:00.0/1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let managed = BatchOptions {
+            managed: true,
+            ..BatchOptions::default()
+        };
+        m.prepare(&owner("qemu/vm1"), &devices, managed).unwrap();
+        m.detach(addr(NIC2)).unwrap();
+        let mut listing = m.list().unwrap();
+        listing.pending.push(Pending {
+            address: NIC3.to_owned(),
+            op: IntentOp::Reattach,
+            pid: 7,
+            running: false,
+        });
+        assert!(listing.pci.len() >= 3 && !listing.claims.is_empty());
+        let json = serde_json::to_value(&listing).unwrap();
+        assert_eq!(json["pending"][0]["op"], "reattach");
+        assert_eq!(json["pci"][0]["list"], "active");
+        round_trips(&listing);
+        let events = m.audit(0).unwrap();
+        assert!(!events.is_empty());
+        for event in &events {
+            round_trips(event);
+        }
+        for prepared in m
+            .prepare_pci(&owner("qemu/vm2"), &[addr(NIC2)], MANAGED)
+            .unwrap()
+        {
+            round_trips(&prepared);
+        }
+    }
 }

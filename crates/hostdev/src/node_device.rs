@@ -10,9 +10,11 @@
 //!   otherwise the kernel's `reset` attribute.
 
 use plugboard_sysfs::{BindError, PciAddress, VFIO_PCI};
-use serde::Serialize;
+use std::fmt;
 
-use crate::device::{DeviceError, DeviceFacts};
+use serde::{Deserialize, Serialize};
+
+use crate::device::{DeviceFacts, HostDeviceError};
 use crate::fault;
 use crate::intent::{Intent, IntentOp, IntentStep};
 use crate::manager::HostdevManager;
@@ -24,7 +26,7 @@ use crate::registry::{EventKind, List, PciRow, RegistryError, Tx};
 pub enum NodeDeviceError {
     /// The device is missing, not an endpoint, or unreadable.
     #[error(transparent)]
-    Device(#[from] DeviceError),
+    Device(#[from] HostDeviceError),
     /// The device is in use by a VM.
     #[error("PCI device {address} is in use by {owner}; release it first")]
     Active {
@@ -55,7 +57,7 @@ pub enum NodeDeviceError {
         /// The device.
         address: PciAddress,
         /// The pending operation.
-        op: &'static str,
+        op: IntentOp,
         /// Its process.
         pid: u32,
     },
@@ -76,9 +78,13 @@ pub enum NodeDeviceError {
 }
 
 /// What a detach did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Detached {
+///
+/// JSON (stable): `{"outcome": "bound", "from": "e1000e"}` (`from` is `null` when the device
+/// had no driver) or `{"outcome": "already_detached"}`. [`Display`](fmt::Display) prints a
+/// sentence without the address ("detached from e1000e, now on vfio-pci (inactive)").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum DetachOutcome {
     /// Bound to vfio-pci now, from this driver.
     Bound {
         /// The host driver it left (`None`: it had none).
@@ -89,18 +95,43 @@ pub enum Detached {
 }
 
 /// What a reset did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ResetDone {
+///
+/// JSON (stable): the word `reset` or `left_to_vfio`. [`Display`](fmt::Display) prints a
+/// sentence without the address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetOutcome {
     /// Reset through the kernel's `reset` attribute.
     Reset,
     /// On a vfio driver, which resets the device itself when it is opened.
     LeftToVfio,
 }
 
+impl fmt::Display for DetachOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bound { from } => write!(
+                f,
+                "detached from {}, now on {VFIO_PCI} (inactive)",
+                from.as_deref().unwrap_or("no driver")
+            ),
+            Self::AlreadyDetached => f.write_str("already on a vfio driver (inactive)"),
+        }
+    }
+}
+
+impl fmt::Display for ResetOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Reset => "reset",
+            Self::LeftToVfio => "on a vfio driver, which resets it when opened",
+        })
+    }
+}
+
 impl HostdevManager {
     /// Detaches `address` from its host driver onto the inactive list.
-    pub fn detach(&mut self, address: PciAddress) -> Result<Detached, NodeDeviceError> {
+    pub fn detach(&mut self, address: PciAddress) -> Result<DetachOutcome, NodeDeviceError> {
         let sysfs = self.sysfs.clone();
         let stamp = self.stamp;
         let key = address.to_string();
@@ -128,7 +159,7 @@ impl HostdevManager {
             Ok((facts, Some(intent)))
         })?;
         let Some(intent) = intent else {
-            return Ok(Detached::AlreadyDetached);
+            return Ok(DetachOutcome::AlreadyDetached);
         };
         fault::point("detach.journaled");
         if let Err(err) = self.mark_binding(&key) {
@@ -149,7 +180,7 @@ impl HostdevManager {
             tx.put_pci_row(&inactive_row(address, &facts, facts.driver.clone()))?;
             tx.delete_intent(intent)
         })?;
-        Ok(Detached::Bound { from: facts.driver })
+        Ok(DetachOutcome::Bound { from: facts.driver })
     }
 
     /// Gives `address` back to the host and drops it from the inactive list. Returns the
@@ -221,7 +252,7 @@ impl HostdevManager {
     }
 
     /// Resets `address`, which must not be active.
-    pub fn reset(&mut self, address: PciAddress) -> Result<ResetDone, NodeDeviceError> {
+    pub fn reset(&mut self, address: PciAddress) -> Result<ResetOutcome, NodeDeviceError> {
         let sysfs = self.sysfs.clone();
         let facts = self.registry.read(|tx| {
             let facts = DeviceFacts::endpoint(&sysfs, address)?;
@@ -230,7 +261,7 @@ impl HostdevManager {
         })?;
         if facts.kind.is_vfio() {
             tracing::debug!(bdf = %address, "on a vfio driver: it resets the device when opened");
-            return Ok(ResetDone::LeftToVfio);
+            return Ok(ResetOutcome::LeftToVfio);
         }
         facts
             .device
@@ -240,7 +271,7 @@ impl HostdevManager {
                 action: "reset",
                 source,
             })?;
-        Ok(ResetDone::Reset)
+        Ok(ResetOutcome::Reset)
     }
 }
 
@@ -250,7 +281,7 @@ fn usable_row(tx: &Tx<'_>, address: PciAddress) -> Result<Option<PciRow>, NodeDe
     if let Some(intent) = tx.intent_for(&key)? {
         return Err(NodeDeviceError::Pending {
             address,
-            op: intent.op.as_str(),
+            op: intent.op,
             pid: intent.process.pid,
         });
     }
@@ -280,9 +311,55 @@ fn inactive_row(address: PciAddress, facts: &DeviceFacts, original: Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pci::PrepareError;
+    use crate::pci_request::PrepareError;
     use crate::registry::{List, RegistryOptions};
     use crate::test_support::*;
+
+    #[test]
+    fn outcomes_have_snake_case_json_and_sentences() {
+        let cases = [
+            (
+                DetachOutcome::Bound {
+                    from: Some("e1000e".to_owned()),
+                },
+                serde_json::json!({"outcome": "bound", "from": "e1000e"}),
+                "detached from e1000e, now on vfio-pci (inactive)",
+            ),
+            (
+                DetachOutcome::Bound { from: None },
+                serde_json::json!({"outcome": "bound", "from": null}),
+                "detached from no driver, now on vfio-pci (inactive)",
+            ),
+            (
+                DetachOutcome::AlreadyDetached,
+                serde_json::json!({"outcome": "already_detached"}),
+                "already on a vfio driver (inactive)",
+            ),
+        ];
+        for (outcome, json, text) in cases {
+            assert_eq!(serde_json::to_value(&outcome).unwrap(), json);
+            assert_eq!(
+                serde_json::from_value::<DetachOutcome>(json).unwrap(),
+                outcome
+            );
+            assert_eq!(outcome.to_string(), text);
+        }
+        for (outcome, word, text) in [
+            (ResetOutcome::Reset, "reset", "reset"),
+            (
+                ResetOutcome::LeftToVfio,
+                "left_to_vfio",
+                "on a vfio driver, which resets it when opened",
+            ),
+        ] {
+            assert_eq!(serde_json::to_value(outcome).unwrap(), word);
+            assert_eq!(
+                serde_json::from_value::<ResetOutcome>(word.into()).unwrap(),
+                outcome
+            );
+            assert_eq!(outcome.to_string(), text);
+        }
+    }
 
     #[test]
     fn detach_is_idempotent_and_reattach_gives_the_device_back() {
@@ -290,12 +367,15 @@ mod tests {
         let mut m = fx.manager();
         assert_eq!(
             m.detach(addr(NIC1)).unwrap(),
-            Detached::Bound {
+            DetachOutcome::Bound {
                 from: Some("e1000e".into())
             }
         );
         let writes = fx.kernel.writes().len();
-        assert_eq!(m.detach(addr(NIC1)).unwrap(), Detached::AlreadyDetached);
+        assert_eq!(
+            m.detach(addr(NIC1)).unwrap(),
+            DetachOutcome::AlreadyDetached
+        );
         assert_eq!(
             fx.kernel.writes().len(),
             writes,
@@ -348,10 +428,10 @@ mod tests {
     fn reset_writes_reset_on_a_host_driver_and_leaves_vfio_alone() {
         let fx = Fixture::new();
         let mut m = fx.manager();
-        assert_eq!(m.reset(addr(NIC1)).unwrap(), ResetDone::Reset);
+        assert_eq!(m.reset(addr(NIC1)).unwrap(), ResetOutcome::Reset);
         assert_eq!(fx.kernel.resets(addr(NIC1)), 1);
         m.detach(addr(NIC2)).unwrap();
-        assert_eq!(m.reset(addr(NIC2)).unwrap(), ResetDone::LeftToVfio);
+        assert_eq!(m.reset(addr(NIC2)).unwrap(), ResetOutcome::LeftToVfio);
         assert_eq!(fx.kernel.resets(addr(NIC2)), 0);
         let err = m.reset(addr(BRIDGE)).unwrap_err();
         assert!(err.to_string().contains("not an endpoint"), "{err}");
@@ -359,7 +439,7 @@ mod tests {
         assert!(
             matches!(
                 err,
-                NodeDeviceError::Device(DeviceError::NotEndpoint { .. })
+                NodeDeviceError::Device(HostDeviceError::NotEndpoint { .. })
             ),
             "{err:?}"
         );

@@ -8,16 +8,16 @@
 use std::collections::BTreeSet;
 
 use plugboard_sysfs::PciAddress;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::manager::HostdevManager;
 use crate::owner::Owner;
-use crate::pci::{PrepareError, PrepareOptions};
+use crate::pci_request::{PrepareError, PrepareOptions};
 use crate::registry::{ClaimKind, ClaimRow, List, RegistryError};
-use crate::release::{ReleaseOutcome, Released};
+use crate::release::{PciReleased, ReleaseOutcome};
 
 /// One namespace of one controller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct NvmeNamespace {
     /// The controller.
     pub controller: PciAddress,
@@ -188,7 +188,7 @@ impl HostdevManager {
 pub fn controller_released(outcome: &ReleaseOutcome) -> bool {
     matches!(
         outcome.result,
-        Ok(Released::Reattached { .. } | Released::Inactive)
+        Ok(PciReleased::Reattached { .. } | PciReleased::Inactive)
     )
 }
 

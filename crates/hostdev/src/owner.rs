@@ -5,7 +5,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 /// Why a string is not an owner.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -19,7 +19,10 @@ pub enum OwnerError {
 }
 
 /// Who holds a device: the runtime (driver) and the VM (domain).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+///
+/// JSON: `{"driver": "qemu", "domain": "vm1"}`; reading it back checks both parts as
+/// [`Owner::new`] does.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct Owner {
     driver: String,
     domain: String,
@@ -57,6 +60,18 @@ impl Owner {
     }
 }
 
+impl<'de> Deserialize<'de> for Owner {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Shape {
+            driver: String,
+            domain: String,
+        }
+        let shape = Shape::deserialize(deserializer)?;
+        Self::new(&shape.driver, &shape.domain).map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for Owner {
     type Err = OwnerError;
 
@@ -86,6 +101,19 @@ mod tests {
         assert_eq!(o.to_string(), "qemu/vm-1");
         let o: Owner = "kata/pod/x".parse().unwrap();
         assert_eq!(o.domain(), "pod/x");
+    }
+
+    #[test]
+    fn json_keeps_its_shape_and_is_checked_when_read() {
+        let o: Owner = "kata/pod/x".parse().unwrap();
+        let json = serde_json::to_value(&o).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"driver": "kata", "domain": "pod/x"})
+        );
+        assert_eq!(serde_json::from_value::<Owner>(json).unwrap(), o);
+        let bad = serde_json::json!({"driver": "", "domain": "vm"});
+        serde_json::from_value::<Owner>(bad).unwrap_err();
     }
 
     #[test]

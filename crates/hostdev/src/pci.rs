@@ -17,118 +17,20 @@
 
 use std::collections::BTreeSet;
 
-use plugboard_sysfs::{BindError, PciAddress, SysfsError, VFIO_PCI};
-use serde::Serialize;
+use plugboard_sysfs::{BindError, PciAddress, VFIO_PCI};
+use serde::{Deserialize, Serialize};
 
-use crate::device::DeviceError;
+use crate::device::HostDeviceError;
 use crate::fault;
 use crate::intent::{Intent, IntentOp, IntentStep};
 use crate::manager::HostdevManager;
 use crate::owner::Owner;
+use crate::pci_request::{PrepareError, PrepareOptions};
 use crate::plan::{Step, plan};
 use crate::registry::{List, PciRow, RegistryError};
 
-/// How to prepare.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PrepareOptions {
-    /// Detach devices from their host driver (libvirt `managed='yes'`). Without it, each
-    /// device must already be inactive or bound to vfio-pci/a variant.
-    pub managed: bool,
-    /// Also prepare every other endpoint of each device's IOMMU group.
-    pub whole_group: bool,
-}
-
-/// Why a prepare failed. Nothing was changed.
-#[derive(Debug, thiserror::Error)]
-pub enum PrepareError {
-    /// The device is missing, not an endpoint, or unreadable.
-    #[error(transparent)]
-    Device(#[from] DeviceError),
-    /// Already active (libvirt refuses even the same owner).
-    #[error("PCI device {address} is in use by {owner}")]
-    InUse {
-        /// The device.
-        address: PciAddress,
-        /// Its owner.
-        owner: Owner,
-    },
-    /// Another member of the group belongs to another owner.
-    #[error(
-        "PCI device {address}: IOMMU group {group} member {member} is in use by {owner}; a group is never split between owners"
-    )]
-    GroupInUse {
-        /// The device asked for.
-        address: PciAddress,
-        /// Its group.
-        group: u32,
-        /// The member in use.
-        member: PciAddress,
-        /// The member's owner (or the owner of its pending prepare).
-        owner: Owner,
-    },
-    /// Another process is changing the device right now.
-    #[error(
-        "PCI device {address} has a pending {op} by process {pid} (if that process died, run `plugboard hostdev recover`)"
-    )]
-    Pending {
-        /// The device.
-        address: PciAddress,
-        /// The operation pending.
-        op: &'static str,
-        /// The process running it.
-        pid: u32,
-    },
-    /// A group member would stay on a host driver: VFIO would refuse the group.
-    #[error(
-        "PCI device {address}: IOMMU group {group} is not viable: member {member} is bound to host driver {driver} (detach it, or prepare the whole group)"
-    )]
-    NotViable {
-        /// The device asked for.
-        address: PciAddress,
-        /// Its group.
-        group: u32,
-        /// The member on a host driver.
-        member: PciAddress,
-        /// That driver.
-        driver: String,
-    },
-    /// Unmanaged, yet still on a host driver.
-    #[error(
-        "unmanaged PCI device {address} must be detached from the host first (it is bound to {driver}); run `plugboard hostdev detach {address}` or prepare it as managed"
-    )]
-    NotDetached {
-        /// The device.
-        address: PciAddress,
-        /// Its host driver.
-        driver: String,
-    },
-    /// Reading the device's IOMMU group failed.
-    #[error("PCI device {address}: cannot read IOMMU group {group}")]
-    Group {
-        /// The device.
-        address: PciAddress,
-        /// The group.
-        group: u32,
-        /// What failed.
-        #[source]
-        source: SysfsError,
-    },
-    /// Binding to vfio-pci failed (the kernel's answer is in the source).
-    #[error("PCI device {address}: binding to {VFIO_PCI} failed")]
-    Bind {
-        /// The device.
-        address: PciAddress,
-        /// What the kernel did.
-        #[source]
-        source: BindError,
-    },
-    /// The registry failed.
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-}
-
 /// One prepared device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Prepared {
     /// The device.
     pub address: PciAddress,
@@ -196,7 +98,7 @@ impl HostdevManager {
             let result = sysfs
                 .pci_device(step.address)
                 .map_err(|source| {
-                    PrepareError::Device(DeviceError::NotFound {
+                    PrepareError::Device(HostDeviceError::NotFound {
                         address: step.address,
                         source,
                     })
@@ -305,7 +207,7 @@ mod tests {
     use plugboard_sysfs::fake::DriverSpec;
 
     use super::*;
-    use crate::release::Released;
+    use crate::release::PciReleased;
     use crate::test_support::*;
 
     #[test]
@@ -328,7 +230,7 @@ mod tests {
         let out = m.release_pci(&a, &[addr(NIC1)]).unwrap();
         assert_eq!(
             out[0].result.as_ref().unwrap(),
-            &Released::Reattached {
+            &PciReleased::Reattached {
                 driver: Some("e1000e".into())
             }
         );
@@ -355,7 +257,7 @@ mod tests {
             vec![(NIC2.into(), List::Active, Some("qemu/vm1".into()), false)]
         );
         let out = m.release_pci(&a, &[addr(NIC2)]).unwrap();
-        assert_eq!(out[0].result.as_ref().unwrap(), &Released::Inactive);
+        assert_eq!(out[0].result.as_ref().unwrap(), &PciReleased::Inactive);
         assert_eq!(fx.driver(NIC2).as_deref(), Some("vfio-pci"));
         assert_eq!(
             books(&mut m),
@@ -374,7 +276,7 @@ mod tests {
         let done = m.prepare_pci(&a, &[addr(NIC1)], MANAGED).unwrap();
         assert!(!done[0].managed, "the inactive copy's managed flag counts");
         let out = m.release_pci(&a, &[addr(NIC1)]).unwrap();
-        assert_eq!(out[0].result.as_ref().unwrap(), &Released::Inactive);
+        assert_eq!(out[0].result.as_ref().unwrap(), &PciReleased::Inactive);
         assert_eq!(fx.driver(NIC1).as_deref(), Some("vfio-pci"));
         assert_eq!(
             books(&mut m),
@@ -545,7 +447,10 @@ mod tests {
             .prepare_pci(&owner("qemu/vm1"), &[addr(BRIDGE)], MANAGED)
             .unwrap_err();
         assert!(
-            matches!(err, PrepareError::Device(DeviceError::NotEndpoint { .. })),
+            matches!(
+                err,
+                PrepareError::Device(HostDeviceError::NotEndpoint { .. })
+            ),
             "{err:?}"
         );
         assert!(err.to_string().contains(BRIDGE));
@@ -553,7 +458,7 @@ mod tests {
             .prepare_pci(&owner("qemu/vm1"), &[addr("0000:7f:00.0")], MANAGED)
             .unwrap_err();
         assert!(
-            matches!(err, PrepareError::Device(DeviceError::NotFound { .. })),
+            matches!(err, PrepareError::Device(HostDeviceError::NotFound { .. })),
             "{err:?}"
         );
         assert!(err.to_string().contains("0000:7f:00.0"));
@@ -585,7 +490,7 @@ mod tests {
         let out = m.release_pci(&owner("qemu/vm1"), &[addr(SHARED1)]).unwrap();
         assert_eq!(
             out[0].result.as_ref().unwrap(),
-            &Released::KeptForGroup { group: 5 }
+            &PciReleased::KeptForGroup { group: 5 }
         );
         // Another owner still cannot take the free member of a group in use.
         let err = m
@@ -600,7 +505,7 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert!(
             out.iter()
-                .all(|o| matches!(o.result, Ok(Released::Reattached { .. })))
+                .all(|o| matches!(o.result, Ok(PciReleased::Reattached { .. })))
         );
         assert_eq!(fx.driver(SHARED1).as_deref(), Some("e1000e"));
         assert_eq!(fx.driver(SHARED2).as_deref(), Some("e1000e"));

@@ -16,7 +16,7 @@ use plugboard_sysfs::{DriverKind, PciAddress, Sysfs};
 use crate::device::DeviceFacts;
 use crate::intent::IntentOp;
 use crate::owner::Owner;
-use crate::pci::{PrepareError, PrepareOptions};
+use crate::pci_request::{PrepareError, PrepareOptions};
 use crate::registry::{List, Tx};
 
 /// What to do with one device of the plan.
@@ -91,7 +91,7 @@ pub(crate) fn plan(
         if let Some(intent) = tx.intent_for(&key)? {
             return Err(PrepareError::Pending {
                 address,
-                op: intent.op.as_str(),
+                op: intent.op,
                 pid: intent.process.pid,
             });
         }
@@ -169,7 +169,7 @@ pub(crate) fn plan(
                 if intent.op != IntentOp::Prepare {
                     return Err(PrepareError::Pending {
                         address: member.address,
-                        op: intent.op.as_str(),
+                        op: intent.op,
                         pid: intent.process.pid,
                     });
                 }

@@ -10,7 +10,7 @@ use plugboard_sysfs::PciAddress;
 
 use crate::manager::HostdevManager;
 use crate::owner::Owner;
-use crate::pci::PrepareOptions;
+use crate::pci_request::PrepareOptions;
 use crate::registry::{EventKind, List};
 use crate::test_support::*;
 

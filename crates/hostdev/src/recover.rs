@@ -15,7 +15,9 @@
 //! concurrent `recover`s never work on the same one.
 
 use plugboard_sysfs::{PciAddress, VFIO_PCI};
-use serde::Serialize;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 use crate::device::DeviceFacts;
 use crate::intent::{Intent, IntentOp, IntentStep};
@@ -23,8 +25,14 @@ use crate::manager::HostdevManager;
 use crate::registry::{EventKind, List, PciRow, RegistryError};
 
 /// What recover did with one intent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+///
+/// JSON (stable, internally tagged): `{"action": "finished"}`, `{"action": "undone"}`,
+/// `{"action": "dropped"}`, `{"action": "still_running", "pid": 7}`,
+/// `{"action": "failed", "error": "…"}`. [`Recovered`] flattens it beside the address.
+/// [`Display`](fmt::Display) prints human words: "finished", "undone", "dropped (the device
+/// is gone)", "still running (process 7)", "failed: …".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
 pub enum RecoverAction {
     /// The operation was completed.
     Finished,
@@ -45,14 +53,28 @@ pub enum RecoverAction {
     },
 }
 
-/// One recovered intent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+impl fmt::Display for RecoverAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Finished => f.write_str("finished"),
+            Self::Undone => f.write_str("undone"),
+            Self::Dropped => f.write_str("dropped (the device is gone)"),
+            Self::StillRunning { pid } => write!(f, "still running (process {pid})"),
+            Self::Failed { error } => write!(f, "failed: {error}"),
+        }
+    }
+}
+
+/// One recovered intent. JSON: `{"address": "0000:01:00.0", "op": "prepare", "action":
+/// "still_running", "pid": 7}` (the action's fields sit beside the address).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recovered {
     /// The device.
     pub address: String,
     /// The operation that was pending.
-    pub op: &'static str,
+    pub op: IntentOp,
     /// What recover did.
+    #[serde(flatten)]
     pub action: RecoverAction,
 }
 
@@ -62,7 +84,7 @@ impl HostdevManager {
         let intents = self.registry.read(|tx| tx.intents())?;
         let mut done = Vec::with_capacity(intents.len());
         for intent in intents {
-            let op = intent.op.as_str();
+            let op = intent.op;
             let address = intent.address.clone();
             // A live process (this one included: another thread's manager may be mid-way)
             // is still running its operation. What a live daemon failed to undo waits for
@@ -90,7 +112,7 @@ impl HostdevManager {
                 continue;
             }
             let action = self.recover_one(&intent)?;
-            tracing::info!(bdf = %intent.address, op, ?action, "recovered a pending operation");
+            tracing::info!(bdf = %intent.address, %op, %action, "recovered a pending operation");
             done.push(Recovered {
                 address,
                 op,
@@ -213,6 +235,58 @@ mod tests {
     use crate::process::ProcessStamp;
     use crate::registry::List;
     use crate::test_support::*;
+
+    #[test]
+    fn a_recovered_intent_is_flat_snake_case_json_and_human_text() {
+        let cases = [
+            (
+                RecoverAction::Finished,
+                serde_json::json!({"action": "finished"}),
+                "finished",
+            ),
+            (
+                RecoverAction::Undone,
+                serde_json::json!({"action": "undone"}),
+                "undone",
+            ),
+            (
+                RecoverAction::Dropped,
+                serde_json::json!({"action": "dropped"}),
+                "dropped (the device is gone)",
+            ),
+            (
+                RecoverAction::StillRunning { pid: 7 },
+                serde_json::json!({"action": "still_running", "pid": 7}),
+                "still running (process 7)",
+            ),
+            (
+                RecoverAction::Failed {
+                    error: "no".to_owned(),
+                },
+                serde_json::json!({"action": "failed", "error": "no"}),
+                "failed: no",
+            ),
+        ];
+        for (action, json, text) in cases {
+            assert_eq!(serde_json::to_value(&action).unwrap(), json);
+            assert_eq!(action.to_string(), text);
+            assert!(!text.contains("StillRunning") && !text.contains("Undone"));
+            let recovered = Recovered {
+                address: "0000:01:00.0".to_owned(),
+                op: IntentOp::Prepare,
+                action,
+            };
+            let mut flat = json.clone();
+            flat["address"] = "0000:01:00.0".into();
+            flat["op"] = "prepare".into();
+            let value = serde_json::to_value(&recovered).unwrap();
+            assert_eq!(value, flat);
+            assert_eq!(
+                serde_json::from_value::<Recovered>(value).unwrap(),
+                recovered
+            );
+        }
+    }
 
     fn intent(address: &str, op: IntentOp, process: ProcessStamp) -> Intent {
         Intent {

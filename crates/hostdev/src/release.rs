@@ -15,9 +15,9 @@
 use std::collections::BTreeSet;
 
 use plugboard_sysfs::{BindError, PciAddress};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::device::{DeviceError, DeviceFacts};
+use crate::device::{DeviceFacts, HostDeviceError};
 use crate::fault;
 use crate::intent::{Intent, IntentOp, IntentStep};
 use crate::manager::HostdevManager;
@@ -25,9 +25,13 @@ use crate::owner::Owner;
 use crate::registry::{EventKind, List, PciRow, RegistryError, Tx};
 
 /// What happened to one device of a release.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "result", rename_all = "kebab-case")]
-pub enum Released {
+///
+/// JSON (internally tagged, stable): `{"result": "reattached", "driver": "e1000e"}`,
+/// `{"result": "inactive"}`, `{"result": "kept_for_group", "group": 7}`,
+/// `{"result": "vanished"}`, `{"result": "not_owned"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum PciReleased {
     /// Given back to its host driver (verified); dropped from the registry.
     Reattached {
         /// The driver it is on now (`None`: it had none before either).
@@ -56,7 +60,7 @@ pub enum ReleaseError {
         /// The device.
         address: PciAddress,
         /// The pending operation.
-        op: &'static str,
+        op: IntentOp,
         /// Its process.
         pid: u32,
     },
@@ -73,7 +77,7 @@ pub enum ReleaseError {
     },
     /// The device could not be read.
     #[error(transparent)]
-    Device(#[from] DeviceError),
+    Device(#[from] HostDeviceError),
     /// The registry failed for this device.
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -85,7 +89,7 @@ pub struct ReleaseOutcome {
     /// The device.
     pub address: PciAddress,
     /// What happened to it.
-    pub result: Result<Released, ReleaseError>,
+    pub result: Result<PciReleased, ReleaseError>,
 }
 
 /// A device to give back to its host driver.
@@ -120,7 +124,7 @@ impl HostdevManager {
                 let row = tx.pci_row(&key)?;
                 let Some(row) = row.filter(|r| r.list == List::Active && r.owner.as_ref() == Some(owner))
                 else {
-                    outcomes.push(ReleaseOutcome { address, result: Ok(Released::NotOwned) });
+                    outcomes.push(ReleaseOutcome { address, result: Ok(PciReleased::NotOwned) });
                     continue;
                 };
                 if let Some(intent) = tx.intent_for(&key)? {
@@ -128,7 +132,7 @@ impl HostdevManager {
                         address,
                         result: Err(ReleaseError::Pending {
                             address,
-                            op: intent.op.as_str(),
+                            op: intent.op,
                             pid: intent.process.pid,
                         }),
                     });
@@ -137,7 +141,7 @@ impl HostdevManager {
                 if sysfs.pci_device(address).is_err_and(|e| e.is_not_found()) {
                     tx.delete_pci_row(&key, row.iommu_group, EventKind::Gone)?;
                     tracing::info!(bdf = %address, "released device vanished from sysfs; dropped from the registry");
-                    outcomes.push(ReleaseOutcome { address, result: Ok(Released::Vanished) });
+                    outcomes.push(ReleaseOutcome { address, result: Ok(PciReleased::Vanished) });
                     continue;
                 }
                 tx.put_pci_row(&PciRow { list: List::Inactive, owner: None, ..row.clone() })?;
@@ -147,7 +151,7 @@ impl HostdevManager {
                 if row.managed {
                     managed_rows.push(row);
                 } else {
-                    outcomes.push(ReleaseOutcome { address, result: Ok(Released::Inactive) });
+                    outcomes.push(ReleaseOutcome { address, result: Ok(PciReleased::Inactive) });
                 }
             }
             // Managed devices kept earlier for a group that is free now go back too.
@@ -172,7 +176,7 @@ impl HostdevManager {
                 if let Some(g) = row.iommu_group
                     && group_busy(tx, g)?
                 {
-                    outcomes.push(ReleaseOutcome { address, result: Ok(Released::KeptForGroup { group: g }) });
+                    outcomes.push(ReleaseOutcome { address, result: Ok(PciReleased::KeptForGroup { group: g }) });
                     continue;
                 }
                 let intent = tx.insert_intent(&Intent {
@@ -209,7 +213,7 @@ impl HostdevManager {
     }
 
     /// Reattaches one managed device and records it; on failure it stays inactive.
-    fn give_back(&mut self, item: &GiveBack) -> Result<Released, ReleaseError> {
+    fn give_back(&mut self, item: &GiveBack) -> Result<PciReleased, ReleaseError> {
         let key = item.address.to_string();
         let device = match DeviceFacts::read(&self.sysfs, item.address) {
             Ok(facts) => facts.device,
@@ -218,7 +222,7 @@ impl HostdevManager {
                     tx.delete_pci_row(&key, item.group, EventKind::Gone)?;
                     tx.delete_intent(item.intent)
                 })?;
-                return Ok(Released::Vanished);
+                return Ok(PciReleased::Vanished);
             }
             Err(err) => {
                 self.registry.write(|tx| tx.delete_intent(item.intent))?;
@@ -236,7 +240,7 @@ impl HostdevManager {
                     tx.delete_pci_row(&key, item.group, EventKind::Host)?;
                     tx.delete_intent(item.intent)
                 })?;
-                Ok(Released::Reattached { driver })
+                Ok(PciReleased::Reattached { driver })
             }
             Err(source) => {
                 tracing::error!(bdf = %item.address, error = %source,
@@ -272,7 +276,7 @@ mod tests {
     use crate::test_support::*;
 
     /// The successful result for `address` in `out`.
-    fn result_of(out: &[ReleaseOutcome], address: &str) -> Released {
+    fn result_of(out: &[ReleaseOutcome], address: &str) -> PciReleased {
         out.iter()
             .find(|o| o.address == addr(address))
             .unwrap()
@@ -296,10 +300,10 @@ mod tests {
             .release_pci(&a, &[addr(NIC1), addr(NIC2), addr(NIC3), addr(FN0)])
             .unwrap();
         let result = |a: &str| result_of(&out, a);
-        assert!(matches!(result(NIC1), Released::Reattached { .. }));
-        assert_eq!(result(NIC2), Released::NotOwned);
-        assert_eq!(result(NIC3), Released::Vanished);
-        assert_eq!(result(FN0), Released::NotOwned);
+        assert!(matches!(result(NIC1), PciReleased::Reattached { .. }));
+        assert_eq!(result(NIC2), PciReleased::NotOwned);
+        assert_eq!(result(NIC3), PciReleased::Vanished);
+        assert_eq!(result(FN0), PciReleased::NotOwned);
         // The other owner's device is untouched.
         assert_eq!(
             books(&mut m),
@@ -329,8 +333,8 @@ mod tests {
         });
         let out = m.release_pci(&a, &[addr(NIC1), addr(NIC2)]).unwrap();
         let result = |a: &str| result_of(&out, a);
-        assert_eq!(result(NIC1), Released::Vanished);
-        assert!(matches!(result(NIC2), Released::Reattached { .. }));
+        assert_eq!(result(NIC1), PciReleased::Vanished);
+        assert!(matches!(result(NIC2), PciReleased::Reattached { .. }));
         assert!(books(&mut m).is_empty());
         assert_eq!(fx.driver(NIC2).as_deref(), Some("e1000e"));
     }

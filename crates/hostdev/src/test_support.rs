@@ -16,7 +16,7 @@ use plugboard_sysfs::{AttrWriter, PciAddress, Sysfs};
 
 use crate::manager::HostdevManager;
 use crate::owner::Owner;
-use crate::pci::PrepareOptions;
+use crate::pci_request::PrepareOptions;
 use crate::registry::List;
 
 /// Single-device groups 1-3: NICs on e1000e.

@@ -8,15 +8,21 @@
 use std::fmt;
 
 use plugboard_sysfs::{SysfsError, UsbDevice};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::manager::HostdevManager;
 use crate::owner::Owner;
 use crate::registry::{ClaimKind, ClaimRow, RegistryError};
 
 /// How a USB device is named.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+///
+/// JSON (stable): `{"bus_device": {"bus": 1, "device": 4}}` or
+/// `{"vendor_product": {"vendor": 1133, "product": 50475}}`; inside a [`HostDevice`]
+/// it is the text form (`usb:1/4`).
+///
+/// [`HostDevice`]: crate::HostDevice
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum UsbSelector {
     /// By bus and device number (`usb:BUS/DEV`, decimal).
     BusDevice {

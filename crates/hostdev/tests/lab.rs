@@ -19,7 +19,8 @@ use std::collections::BTreeMap;
 
 use plugboard_hostdev::registry::List;
 use plugboard_hostdev::{
-    Detached, HostdevManager, NodeDeviceError, Owner, PrepareError, PrepareOptions, Released,
+    DetachOutcome, HostdevManager, NodeDeviceError, Owner, PciReleased, PrepareError,
+    PrepareOptions,
 };
 use plugboard_sysfs::{PciAddress, Sysfs};
 
@@ -156,7 +157,7 @@ fn detach_and_reattach_with_no_guest() {
     let (mut m, _restore) = setup(&[nic]);
     assert_eq!(
         m.detach(nic).unwrap(),
-        Detached::Bound {
+        DetachOutcome::Bound {
             from: Some("e1000e".into())
         }
     );
@@ -167,7 +168,7 @@ fn detach_and_reattach_with_no_guest() {
     );
     assert_eq!(
         m.detach(nic).unwrap(),
-        Detached::AlreadyDetached,
+        DetachOutcome::AlreadyDetached,
         "idempotent"
     );
     assert_eq!(books(&mut m), vec![(nic.to_string(), List::Inactive, None)]);
@@ -211,7 +212,7 @@ fn managed_round_trip() {
     let out = m.release_pci(&a, &[nic]).unwrap();
     assert_eq!(
         out[0].result.as_ref().unwrap(),
-        &Released::Reattached {
+        &PciReleased::Reattached {
             driver: Some("e1000e".into())
         }
     );
@@ -231,7 +232,7 @@ fn unmanaged_round_trip() {
     m.detach(nic).unwrap();
     m.prepare_pci(&a, &[nic], UNMANAGED).unwrap();
     let out = m.release_pci(&a, &[nic]).unwrap();
-    assert_eq!(out[0].result.as_ref().unwrap(), &Released::Inactive);
+    assert_eq!(out[0].result.as_ref().unwrap(), &PciReleased::Inactive);
     assert_eq!(driver(&sysfs, nic).as_deref(), Some("vfio-pci"));
     assert_eq!(books(&mut m), vec![(nic.to_string(), List::Inactive, None)]);
     m.reattach(nic).unwrap();
@@ -249,7 +250,7 @@ fn detached_by_hand_then_prepared_managed_stays_inactive() {
     let done = m.prepare_pci(&a, &[nic], MANAGED).unwrap();
     assert!(!done[0].managed);
     let out = m.release_pci(&a, &[nic]).unwrap();
-    assert_eq!(out[0].result.as_ref().unwrap(), &Released::Inactive);
+    assert_eq!(out[0].result.as_ref().unwrap(), &PciReleased::Inactive);
     assert_eq!(driver(&sysfs, nic).as_deref(), Some("vfio-pci"));
     m.reattach(nic).unwrap();
 }
@@ -306,7 +307,7 @@ fn the_shared_group_is_taken_whole_and_never_split() {
     let out = m.release_pci(&a, &[x]).unwrap();
     assert_eq!(
         out[0].result.as_ref().unwrap(),
-        &Released::KeptForGroup {
+        &PciReleased::KeptForGroup {
             group: n.shared_group
         }
     );
@@ -331,12 +332,15 @@ fn reset_an_unused_device_and_leave_vfio_ones_to_vfio() {
     // bus"): the host-driver reset below must really run, not be skipped.
     let methods = sysfs.pci_device(nic).unwrap().reset_methods().unwrap();
     assert!(methods.can_reset, "{nic}: {methods:?}");
-    assert_eq!(m.reset(nic).unwrap(), plugboard_hostdev::ResetDone::Reset);
+    assert_eq!(
+        m.reset(nic).unwrap(),
+        plugboard_hostdev::ResetOutcome::Reset
+    );
     assert_eq!(driver(&sysfs, nic).as_deref(), Some("e1000e"));
     m.detach(nic).unwrap();
     assert_eq!(
         m.reset(nic).unwrap(),
-        plugboard_hostdev::ResetDone::LeftToVfio
+        plugboard_hostdev::ResetOutcome::LeftToVfio
     );
     m.reattach(nic).unwrap();
 }

@@ -142,16 +142,16 @@ pub enum ServiceError {
         #[source]
         source: plugboard_sysfs::SysfsError,
     },
-    /// The service's tables in the state database failed.
-    #[error("state database {path}: {step} failed")]
+    /// The service's VM table in the state database failed.
+    #[error("the service's VM table: {step} failed")]
     Store {
-        /// The database file.
+        /// The database file (or the state directory, when it could not be opened).
         path: PathBuf,
         /// What was being done.
         step: &'static str,
-        /// SQLite's error.
+        /// The registry's error (naming the file), or the encoding error.
         #[source]
-        source: rusqlite::Error,
+        source: Box<dyn StdError + Send + Sync + 'static>,
     },
     /// A VM's saved device state does not load or encode.
     #[error("saved device state of VM {vm:?}")]

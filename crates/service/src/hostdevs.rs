@@ -5,8 +5,8 @@
 //! VM owner's business; any other owner, and every operation outside a VM, is root's.
 
 use plugboard_hostdev::{
-    BatchError, BatchOptions, Detached, DeviceRelease, DeviceSpec, Listing, NodeDeviceError, Owner,
-    PrepareError, Recovered, ResetDone,
+    BatchError, BatchOptions, DetachOutcome, DeviceRelease, HostDevice, Listing, NodeDeviceError,
+    Owner, PrepareError, Recovered, ResetOutcome,
 };
 use plugboard_sysfs::PciAddress;
 use serde::{Deserialize, Serialize};
@@ -50,7 +50,7 @@ pub enum NodeDeviceResult {
         /// The device.
         address: PciAddress,
         /// How.
-        result: Detached,
+        result: DetachOutcome,
     },
     /// Given back to a host driver.
     Reattach {
@@ -64,7 +64,7 @@ pub enum NodeDeviceResult {
         /// The device.
         address: PciAddress,
         /// How.
-        result: ResetDone,
+        result: ResetOutcome,
     },
 }
 
@@ -189,7 +189,7 @@ impl Service {
         caller: Caller,
         request: &HostdevRequest,
         action: &str,
-    ) -> Result<(Owner, Vec<DeviceSpec>), ServiceError> {
+    ) -> Result<(Owner, Vec<HostDevice>), ServiceError> {
         let owner: Owner = request
             .owner
             .parse()
@@ -203,7 +203,7 @@ impl Service {
             .devices
             .iter()
             .map(|d| {
-                d.parse::<DeviceSpec>()
+                d.parse::<HostDevice>()
                     .map_err(|e| ServiceError::BadRequest(format!("device {d:?}: {e}")))
             })
             .collect::<Result<Vec<_>, _>>()?;

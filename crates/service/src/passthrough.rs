@@ -12,7 +12,7 @@ use plugboard_devices::{
     DeviceIdentity, DeviceKind, DeviceSpec, DeviceState, HostFunction, PlugMode, VfioBackend,
     VfioFunction, VfioSpec,
 };
-use plugboard_hostdev::{BatchOptions, DeviceSpec as HostSpec, Owner};
+use plugboard_hostdev::{BatchOptions, HostDevice, Owner};
 use plugboard_sysfs::{DriverKind, PciAddress, Sysfs};
 
 use crate::auth::Caller;
@@ -66,7 +66,7 @@ impl Service {
             shareable: false,
         };
         self.hostdev()
-            .prepare(&owner, &[HostSpec::Pci(address)], options)
+            .prepare(&owner, &[HostDevice::Pci(address)], options)
             .map_err(|e| hostdev_error("prepare", crate::hostdevs::batch_class(&e), e))?;
         match vfio_spec(&self.config.sysfs, address, whole_group) {
             Ok(spec) => Ok(spec),
@@ -102,11 +102,11 @@ impl Service {
             return;
         }
         let Ok(owner) = owner_of(vm) else { return };
-        let specs: Vec<HostSpec> = functions.iter().map(|a| HostSpec::Pci(*a)).collect();
+        let specs: Vec<HostDevice> = functions.iter().map(|a| HostDevice::Pci(*a)).collect();
         match self.hostdev().release(&owner, &specs) {
             Ok(results) => {
                 for r in results {
-                    tracing::info!(vm, device = r.device, result = r.result, detail = ?r.detail, "host device released");
+                    tracing::info!(vm, device = r.device, result = %r.result, detail = ?r.detail, "host device released");
                 }
             }
             Err(e) => {

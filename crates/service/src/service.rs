@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, Rw
 use std::time::Duration;
 
 use plugboard_devices::{DeviceManager, SavedState};
-use plugboard_hostdev::registry::DB_FILE;
 use plugboard_hostdev::{HostdevManager, Recovered};
 use plugboard_sysfs::{Inventory, IommuGroup, PciNames, Sysfs};
 use serde::Serialize;
@@ -75,9 +74,9 @@ impl Service {
             .recover()
             .map_err(|e| hostdev_error("recover", ErrorClass::Internal, e))?;
         for r in &recovered {
-            tracing::info!(device = r.address, op = r.op, action = ?r.action, "recovered an interrupted host-device operation");
+            tracing::info!(device = r.address, op = %r.op, action = %r.action, "recovered an interrupted host-device operation");
         }
-        let store = Store::open(&config.state_dir.join(DB_FILE))?;
+        let store = Store::open(&config.state_dir)?;
         let mut report = StartReport {
             recovered,
             ..StartReport::default()
@@ -301,7 +300,7 @@ pub(crate) fn release_forgotten(hostdev: &mut HostdevManager, repairs: &[Repair]
         };
         let specs: Vec<_> = host_pci
             .iter()
-            .map(|a| plugboard_hostdev::DeviceSpec::Pci(*a))
+            .map(|a| plugboard_hostdev::HostDevice::Pci(*a))
             .collect();
         match hostdev.release(&owner, &specs) {
             Ok(results) => {
@@ -309,7 +308,7 @@ pub(crate) fn release_forgotten(hostdev: &mut HostdevManager, repairs: &[Repair]
                     tracing::warn!(
                         vm,
                         device = r.device,
-                        result = r.result,
+                        result = %r.result,
                         "host device of a dropped device released"
                     );
                 }

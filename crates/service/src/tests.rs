@@ -176,7 +176,11 @@ fn only_the_owner_or_root_changes_a_vm() {
     assert_eq!(inventory.devices[0].owner.as_deref(), Some("plugboard/a"));
     let released = svc.hostdev_release(Caller::new(1000), &mine).unwrap();
     assert_eq!(released.len(), 1);
-    assert_eq!(released[0].result, "reattached", "{released:?}");
+    assert_eq!(
+        released[0].result,
+        plugboard_hostdev::ReleaseResult::Reattached,
+        "{released:?}"
+    );
 }
 
 #[test]

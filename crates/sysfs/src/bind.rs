@@ -10,7 +10,7 @@
 //!
 //! Every write is logged at `info` with the device, the driver and how to undo it.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::address::PciAddress;
@@ -104,7 +104,7 @@ fn found_text(found: Option<&str>) -> String {
 }
 
 /// What a successful [`PciDevice::bind`] did, and what to restore later.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindOutcome {
     /// The device.
     pub address: PciAddress,

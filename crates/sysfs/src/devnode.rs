@@ -13,14 +13,14 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::SysfsError;
 use crate::sysfs::Sysfs;
 
 /// Block or character device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DevKind {
     /// A block device (`b`).
     Block,
@@ -60,7 +60,7 @@ impl FromStr for DevKind {
 }
 
 /// A device number, `major:minor`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DevNumber {
     /// The major number.
     pub major: u32,
@@ -98,7 +98,7 @@ impl FromStr for DevNumber {
 }
 
 /// A parsed `uevent` file: `KEY=value` lines, in order.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Uevent {
     entries: Vec<(String, String)>,
 }

@@ -6,42 +6,18 @@
 
 use std::collections::BTreeSet;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::address::PciAddress;
 use crate::error::SysfsError;
+use crate::ids::{PciIds, hex2};
 use crate::names::PciNames;
 use crate::pci::{DriverKind, HeaderType, PciClass, PciDevice, ResetMethods};
 use crate::resource::Bar;
 use crate::sysfs::Sysfs;
 
-fn hex4<S: Serializer>(value: &u16, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&format_args!("{value:04x}"))
-}
-
-fn hex2<S: Serializer>(value: &u8, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_str(&format_args!("{value:02x}"))
-}
-
-/// The four IDs of a PCI function (serialized as 4-digit lower-case hex strings).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct PciIds {
-    /// `vendor`.
-    #[serde(serialize_with = "hex4")]
-    pub vendor: u16,
-    /// `device`.
-    #[serde(serialize_with = "hex4")]
-    pub device: u16,
-    /// `subsystem_vendor`.
-    #[serde(serialize_with = "hex4")]
-    pub subsystem_vendor: u16,
-    /// `subsystem_device`.
-    #[serde(serialize_with = "hex4")]
-    pub subsystem_device: u16,
-}
-
 /// Names from `pci.ids`, each `None` when unknown or when there is no database.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PciDeviceNames {
     /// The vendor's name.
     pub vendor: Option<String>,
@@ -54,7 +30,7 @@ pub struct PciDeviceNames {
 }
 
 /// Everything known about one PCI function.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PciDeviceInfo {
     /// Its address.
     pub address: PciAddress,
@@ -65,7 +41,7 @@ pub struct PciDeviceInfo {
     /// Its class code (`0x020000`).
     pub class: PciClass,
     /// Its revision (2-digit hex).
-    #[serde(serialize_with = "hex2")]
+    #[serde(with = "hex2")]
     pub revision: u8,
     /// Its header type.
     pub header_type: HeaderType,
@@ -174,7 +150,7 @@ impl PciDeviceInfo {
 }
 
 /// A device that could not be read, and why.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InventoryProblem {
     /// The device.
     pub address: PciAddress,
@@ -183,7 +159,7 @@ pub struct InventoryProblem {
 }
 
 /// Every PCI function of a host.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     /// The devices read, by address.
     pub devices: Vec<PciDeviceInfo>,
@@ -227,7 +203,11 @@ impl Inventory {
 }
 
 /// Which devices to list: by class and by driver. Empty filters accept everything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+///
+/// Serializable, so that a front can send it to the daemon as it is (missing fields are
+/// empty filters).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct PciFilter {
     /// A class: hex code prefix (`02`, `0200`, `0x020000`) or a word of the class name
     /// (`ethernet`, `bridge`; case-insensitive).

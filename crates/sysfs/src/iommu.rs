@@ -5,7 +5,7 @@
 //! Bridges (host bridge 0x0600, PCI bridge 0x0604) do not count. A group that fails this is
 //! "not viable", and the member on a host driver is the one to name in the error.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::address::PciAddress;
 use crate::attr;
@@ -14,7 +14,7 @@ use crate::pci::{DriverKind, PciClass};
 use crate::sysfs::Sysfs;
 
 /// One member of an IOMMU group with what viability depends on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupMember {
     /// The member's address.
     pub address: PciAddress,
@@ -64,24 +64,47 @@ impl IommuGroup {
     }
 }
 
+/// The serialized form: the fields and the computed `viable` and `blockers`.
+#[derive(Serialize, Deserialize)]
+struct GroupShape {
+    number: u32,
+    viable: bool,
+    blockers: Vec<PciAddress>,
+    members: Vec<GroupMember>,
+    other_members: Vec<String>,
+}
+
 impl Serialize for IommuGroup {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Shape<'a> {
-            number: u32,
-            viable: bool,
-            blockers: Vec<PciAddress>,
-            members: &'a [GroupMember],
-            other_members: &'a [String],
-        }
-        Shape {
+        GroupShape {
             number: self.number,
             viable: self.is_viable(),
             blockers: self.blockers().map(|m| m.address).collect(),
-            members: &self.members,
-            other_members: &self.other_members,
+            members: self.members.clone(),
+            other_members: self.other_members.clone(),
         }
         .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for IommuGroup {
+    /// Reads the serialized form. `viable` and `blockers` are computed from the members,
+    /// so they must agree with them: a record that says otherwise is refused.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let shape = GroupShape::deserialize(deserializer)?;
+        let group = Self {
+            number: shape.number,
+            members: shape.members,
+            other_members: shape.other_members,
+        };
+        let blockers: Vec<PciAddress> = group.blockers().map(|m| m.address).collect();
+        if group.is_viable() != shape.viable || blockers != shape.blockers {
+            return Err(serde::de::Error::custom(format_args!(
+                "IOMMU group {}: viable/blockers disagree with its members",
+                group.number
+            )));
+        }
+        Ok(group)
     }
 }
 
@@ -150,5 +173,56 @@ impl Sysfs {
             .into_iter()
             .map(|n| self.iommu_group(n))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(address: &str, class: u32, driver: Option<&str>, kind: DriverKind) -> GroupMember {
+        let class = PciClass::new(class);
+        GroupMember {
+            address: address.parse().unwrap(),
+            class,
+            driver: driver.map(str::to_owned),
+            driver_kind: kind,
+            bridge: class.is_bridge(),
+        }
+    }
+
+    #[test]
+    fn a_group_round_trips_through_json_with_its_computed_fields() {
+        let group = IommuGroup {
+            number: 7,
+            members: vec![
+                member(
+                    "0000:00:1c.0",
+                    0x06_0400,
+                    Some("pcieport"),
+                    DriverKind::Host,
+                ),
+                member("0000:01:00.0", 0x02_0000, Some("e1000e"), DriverKind::Host),
+                member(
+                    "0000:01:00.1",
+                    0x02_0000,
+                    Some("vfio-pci"),
+                    DriverKind::VfioPci,
+                ),
+            ],
+            other_members: vec!["platform-thing".to_owned()],
+        };
+        let json = serde_json::to_value(&group).unwrap();
+        assert_eq!(json["viable"], false);
+        assert_eq!(json["blockers"], serde_json::json!(["0000:01:00.0"]));
+        assert_eq!(json["members"][2]["driver_kind"], "vfio_pci");
+        assert_eq!(
+            serde_json::from_value::<IommuGroup>(json.clone()).unwrap(),
+            group
+        );
+
+        let mut lie = json;
+        lie["viable"] = true.into();
+        serde_json::from_value::<IommuGroup>(lie).unwrap_err();
     }
 }

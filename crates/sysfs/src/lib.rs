@@ -71,6 +71,7 @@ mod block;
 mod devnode;
 mod dir;
 mod error;
+mod ids;
 mod inventory;
 mod iommu;
 mod mdev;
@@ -89,9 +90,8 @@ pub use bind::{BindError, BindOutcome};
 pub use block::{NVDIMM_PFN_OFFSET, NVDIMM_PFN_SIGNATURE, has_nvdimm_pfn_signature};
 pub use devnode::{DevKind, DevNodeError, DevNumber, Uevent, UeventError};
 pub use error::SysfsError;
-pub use inventory::{
-    Inventory, InventoryProblem, PciDeviceInfo, PciDeviceNames, PciFilter, PciIds,
-};
+pub use ids::PciIds;
+pub use inventory::{Inventory, InventoryProblem, PciDeviceInfo, PciDeviceNames, PciFilter};
 pub use iommu::{GroupMember, IommuGroup};
 pub use mdev::Mdev;
 pub use names::{DEFAULT_PCI_IDS, PciNames};

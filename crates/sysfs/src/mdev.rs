@@ -7,7 +7,7 @@
 use std::fs;
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::address::PciAddress;
 use crate::attr;
@@ -15,7 +15,7 @@ use crate::error::{SysfsError, check_name};
 use crate::sysfs::Sysfs;
 
 /// One mediated device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mdev {
     /// Its UUID (the directory name).
     pub uuid: String,

@@ -15,7 +15,7 @@ use std::path::Path;
 use pciid_parser::Database;
 
 use crate::error::SysfsError;
-use crate::inventory::PciIds;
+use crate::ids::PciIds;
 use crate::pci::PciClass;
 
 /// Where Debian's `pci.ids` package puts the database.

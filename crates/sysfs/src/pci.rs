@@ -12,7 +12,7 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::address::PciAddress;
 use crate::attr;
@@ -78,9 +78,31 @@ impl Serialize for PciClass {
     }
 }
 
+impl<'de> Deserialize<'de> for PciClass {
+    /// Reads the serialized form, `"0x"` and 1 to 6 hex digits.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.strip_prefix("0x")
+            .filter(|hex| {
+                !hex.is_empty() && hex.len() <= 6 && hex.bytes().all(|b| b.is_ascii_hexdigit())
+            })
+            .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+            .map(Self::new)
+            .ok_or_else(|| {
+                serde::de::Error::invalid_value(
+                    serde::de::Unexpected::Str(&text),
+                    &"a class code 0x000000 to 0xffffff",
+                )
+            })
+    }
+}
+
 /// The layout of a function's config header (config byte 0x0e, bit 7 masked off).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+///
+/// JSON words (stable): `endpoint`, `pci_bridge`, `card_bus`. [`Display`](fmt::Display)
+/// prints the human words: "endpoint", "PCI-to-PCI bridge", "CardBus bridge".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum HeaderType {
     /// Type 0: an endpoint.
     Endpoint,
@@ -91,19 +113,33 @@ pub enum HeaderType {
 }
 
 impl HeaderType {
-    /// The name used in JSON and tables: `endpoint`, `pci-bridge`, `card-bus`.
+    /// The stable word used in JSON: `endpoint`, `pci_bridge`, `card_bus`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Endpoint => "endpoint",
-            Self::PciBridge => "pci-bridge",
-            Self::CardBus => "card-bus",
+            Self::PciBridge => "pci_bridge",
+            Self::CardBus => "card_bus",
         }
     }
 }
 
+impl fmt::Display for HeaderType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Endpoint => "endpoint",
+            Self::PciBridge => "PCI-to-PCI bridge",
+            Self::CardBus => "CardBus bridge",
+        })
+    }
+}
+
 /// What kind of driver a device is bound to, as far as VFIO is concerned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+///
+/// JSON words (stable): `unbound`, `vfio_pci`, `vfio_variant`, `host`.
+/// [`Display`](fmt::Display) prints the human words: "unbound", "vfio-pci", "vfio variant
+/// driver", "host driver".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum DriverKind {
     /// No driver.
     Unbound,
@@ -116,12 +152,12 @@ pub enum DriverKind {
 }
 
 impl DriverKind {
-    /// The name used in JSON and tables: `unbound`, `vfio-pci`, `vfio-variant`, `host`.
+    /// The stable word used in JSON: `unbound`, `vfio_pci`, `vfio_variant`, `host`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Unbound => "unbound",
-            Self::VfioPci => "vfio-pci",
-            Self::VfioVariant => "vfio-variant",
+            Self::VfioPci => "vfio_pci",
+            Self::VfioVariant => "vfio_variant",
             Self::Host => "host",
         }
     }
@@ -132,8 +168,19 @@ impl DriverKind {
     }
 }
 
+impl fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unbound => "unbound",
+            Self::VfioPci => VFIO_PCI,
+            Self::VfioVariant => "vfio variant driver",
+            Self::Host => "host driver",
+        })
+    }
+}
+
 /// Which resets the kernel offers for a device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResetMethods {
     /// The `reset` attribute exists (the kernel found at least one method).
     pub can_reset: bool,
@@ -582,5 +629,57 @@ mod tests {
             DriverKind::VfioVariant
         );
         assert_eq!(kind_of(Some("e1000e"), || false), DriverKind::Host);
+    }
+
+    #[test]
+    fn kinds_have_a_snake_case_json_word_and_a_human_word() {
+        let kinds = [
+            (DriverKind::Unbound, "unbound", "unbound"),
+            (DriverKind::VfioPci, "vfio_pci", "vfio-pci"),
+            (
+                DriverKind::VfioVariant,
+                "vfio_variant",
+                "vfio variant driver",
+            ),
+            (DriverKind::Host, "host", "host driver"),
+        ];
+        for (kind, word, human) in kinds {
+            assert_eq!(serde_json::to_value(kind).unwrap(), word);
+            assert_eq!(kind.as_str(), word);
+            assert_eq!(kind.to_string(), human);
+            assert_ne!(human, format!("{kind:?}"), "never the Debug name");
+            assert_eq!(
+                serde_json::from_value::<DriverKind>(word.into()).unwrap(),
+                kind
+            );
+        }
+        let headers = [
+            (HeaderType::Endpoint, "endpoint", "endpoint"),
+            (HeaderType::PciBridge, "pci_bridge", "PCI-to-PCI bridge"),
+            (HeaderType::CardBus, "card_bus", "CardBus bridge"),
+        ];
+        for (header, word, human) in headers {
+            assert_eq!(serde_json::to_value(header).unwrap(), word);
+            assert_eq!(header.as_str(), word);
+            assert_eq!(header.to_string(), human);
+            assert_ne!(human, format!("{header:?}"), "never the Debug name");
+            assert_eq!(
+                serde_json::from_value::<HeaderType>(word.into()).unwrap(),
+                header
+            );
+        }
+        serde_json::from_value::<DriverKind>("vfio-pci".into()).unwrap_err();
+    }
+
+    #[test]
+    fn a_class_round_trips_through_its_hex_string() {
+        for code in [0, 0x02_0000, 0x06_0401, 0xff_ffff] {
+            let class = PciClass::new(code);
+            let json = serde_json::to_value(class).unwrap();
+            assert_eq!(serde_json::from_value::<PciClass>(json).unwrap(), class);
+        }
+        for bad in ["020000", "0x", "0x1000000", "0xzz", ""] {
+            serde_json::from_value::<PciClass>(bad.into()).expect_err(bad);
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! for passthrough (the guest needs a 64-bit MMIO window big enough), hence
 //! [`Bar::is_large`].
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// `IORESOURCE_IO`: an I/O-port BAR.
 pub const IORESOURCE_IO: u64 = 0x0000_0100;
@@ -70,17 +70,19 @@ impl Bar {
     }
 }
 
+/// The serialized form: the four fields and the computed `size`.
+#[derive(Serialize, Deserialize)]
+struct BarShape {
+    index: u8,
+    start: u64,
+    end: u64,
+    size: u64,
+    flags: u64,
+}
+
 impl Serialize for Bar {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Shape {
-            index: u8,
-            start: u64,
-            end: u64,
-            size: u64,
-            flags: u64,
-        }
-        Shape {
+        BarShape {
             index: self.index,
             start: self.start,
             end: self.end,
@@ -88,6 +90,27 @@ impl Serialize for Bar {
             flags: self.flags,
         }
         .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bar {
+    /// Reads the serialized form; a `size` that disagrees with `start` and `end`, or an
+    /// end before the start, is refused.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let shape = BarShape::deserialize(deserializer)?;
+        let bar = Self {
+            index: shape.index,
+            start: shape.start,
+            end: shape.end,
+            flags: shape.flags,
+        };
+        if shape.end < shape.start || bar.size() != shape.size {
+            return Err(serde::de::Error::custom(format_args!(
+                "BAR {}: size {} does not match {:#x}-{:#x}",
+                shape.index, shape.size, shape.start, shape.end
+            )));
+        }
+        Ok(bar)
     }
 }
 
@@ -182,6 +205,20 @@ mod tests {
 0x0000000000000000 0x0000000000000000 0x0000000000000000
 0x00000000fe840000 0x00000000fe87ffff 0x0000000000046200
 ";
+
+    #[test]
+    fn a_bar_round_trips_through_json_and_a_wrong_size_is_refused() {
+        for bar in parse_resource(VIRTIO).unwrap() {
+            let json = serde_json::to_value(bar).unwrap();
+            assert_eq!(json["size"], bar.size());
+            assert_eq!(serde_json::from_value::<Bar>(json).unwrap(), bar);
+        }
+        let bad = serde_json::json!({"index": 0, "start": 16, "end": 31, "size": 4, "flags": 512});
+        serde_json::from_value::<Bar>(bad).unwrap_err();
+        let inverted =
+            serde_json::json!({"index": 0, "start": 32, "end": 16, "size": 1, "flags": 512});
+        serde_json::from_value::<Bar>(inverted).unwrap_err();
+    }
 
     #[test]
     fn parses_real_lines() {

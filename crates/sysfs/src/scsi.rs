@@ -7,7 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::attr;
 use crate::error::SysfsError;
@@ -39,6 +39,14 @@ impl fmt::Display for ScsiAddress {
 impl Serialize for ScsiAddress {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for ScsiAddress {
+    /// Reads the serialized form, `H:C:T:L`.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -79,7 +87,7 @@ impl FromStr for ScsiAddress {
 }
 
 /// One SCSI device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScsiDevice {
     /// Its address.
     pub address: ScsiAddress,
@@ -151,5 +159,28 @@ mod tests {
         ] {
             bad.parse::<ScsiAddress>().expect_err(bad);
         }
+    }
+
+    #[test]
+    fn an_address_and_a_device_round_trip_through_json() {
+        let address: ScsiAddress = "2:0:1:3".parse().unwrap();
+        let json = serde_json::to_value(address).unwrap();
+        assert_eq!(json, "2:0:1:3");
+        assert_eq!(
+            serde_json::from_value::<ScsiAddress>(json).unwrap(),
+            address
+        );
+        serde_json::from_value::<ScsiAddress>("2:0:1".into()).unwrap_err();
+        let device = ScsiDevice {
+            address,
+            vendor: "QEMU".to_owned(),
+            model: "QEMU HARDDISK".to_owned(),
+            scsi_type: 0,
+            block: Some("sda".to_owned()),
+            sg: None,
+            path: PathBuf::from("/sys/bus/scsi/devices/2:0:1:3"),
+        };
+        let json = serde_json::to_value(&device).unwrap();
+        assert_eq!(serde_json::from_value::<ScsiDevice>(json).unwrap(), device);
     }
 }

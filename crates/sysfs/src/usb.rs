@@ -6,14 +6,14 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::attr;
 use crate::error::{SysfsError, check_name};
 use crate::sysfs::Sysfs;
 
 /// One USB device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UsbDevice {
     /// The kernel's name (`1-2`).
     pub name: String,

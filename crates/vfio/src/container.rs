@@ -13,6 +13,9 @@
 //! mappings), unless it was opened with [`DmaReplay::Off`] for a VMM that maps its memory
 //! again itself. Devices and [`crate::DmaMapping`]s hold the container in an `Arc`, so it
 //! outlives all of them.
+//!
+//! `container.rs` and `group.rs` import each other on purpose (the owner and its lease; see
+//! `group.rs`).
 
 use std::collections::HashMap;
 use std::ffi::CStr;

@@ -35,7 +35,7 @@ use crate::region::{RegionError, RegionInfo, pci_region_name};
 
 /// Why a device could not be opened or used. Every variant names the device.
 #[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
+pub enum VfioDeviceError {
     /// The group could not be used (not viable, cannot open, cannot get the device fd).
     #[error(transparent)]
     Group(#[from] GroupError),
@@ -151,7 +151,7 @@ impl VfioDevice {
     /// Opens device `name` (a PCI address or mdev UUID) of an attached legacy group. The
     /// device keeps the lease; two devices of one group each take a lease on the same
     /// group fd ([`Container::attach_group`] twice).
-    pub fn open_in_group(group: Group, name: &str) -> Result<Self, DeviceError> {
+    pub fn open_in_group(group: Group, name: &str) -> Result<Self, VfioDeviceError> {
         let file = File::from(group.open_device(name)?);
         debug!(
             device = name,
@@ -163,7 +163,11 @@ impl VfioDevice {
 
     /// Opens device `name` through its cdev at `cdev` (`/dev/vfio/devices/vfioN`), binds it
     /// to `iommufd` and attaches it to its IOAS.
-    pub fn open_cdev(iommufd: &Arc<Iommufd>, cdev: &Path, name: &str) -> Result<Self, DeviceError> {
+    pub fn open_cdev(
+        iommufd: &Arc<Iommufd>,
+        cdev: &Path,
+        name: &str,
+    ) -> Result<Self, VfioDeviceError> {
         let attached = AttachedCdev::open(cdev, name, iommufd)?;
         debug!(device = name, cdev = %cdev.display(), ioas = iommufd.ioas_id(), "opened VFIO device cdev");
         Self::load(DeviceIo::Iommufd(attached), name)
@@ -178,7 +182,7 @@ impl VfioDevice {
         group_id: u32,
         name: &str,
         replay: DmaReplay,
-    ) -> Result<Self, DeviceError> {
+    ) -> Result<Self, VfioDeviceError> {
         let (_container, lease) = Container::from_fds(container, group, group_id, replay)?;
         Self::open_in_group(lease, name)
     }
@@ -189,20 +193,20 @@ impl VfioDevice {
         iommufd: OwnedFd,
         cdev: OwnedFd,
         name: &str,
-    ) -> Result<Self, DeviceError> {
+    ) -> Result<Self, VfioDeviceError> {
         let iommufd = Iommufd::from_fd(iommufd)?;
         let attached = AttachedCdev::from_bound(cdev, name, &iommufd)?;
         Self::load(DeviceIo::Iommufd(attached), name)
     }
 
-    fn load(io: DeviceIo, name: &str) -> Result<Self, DeviceError> {
+    fn load(io: DeviceIo, name: &str) -> Result<Self, VfioDeviceError> {
         let fd = match &io {
             DeviceIo::Legacy { file, .. } => file.as_fd(),
             DeviceIo::Iommufd(attached) => attached.file().as_fd(),
         };
         let ioctl_error = |what: String| {
             let device = name.to_owned();
-            move |source| DeviceError::Ioctl {
+            move |source| VfioDeviceError::Ioctl {
                 device,
                 what,
                 source,
@@ -215,7 +219,7 @@ impl VfioDevice {
             match ioctl::region_info(fd, index) {
                 Ok((raw, bytes)) => {
                     regions.push(RegionInfo::from_kernel(&raw, &bytes).map_err(|source| {
-                        DeviceError::RegionCaps {
+                        VfioDeviceError::RegionCaps {
                             device: name.to_owned(),
                             source,
                         }
@@ -342,11 +346,13 @@ impl VfioDevice {
         access: &'static str,
         offset: u64,
         len: usize,
-    ) -> Result<&RegionInfo, DeviceError> {
-        let region = self.region(index).ok_or_else(|| DeviceError::NoRegion {
-            device: self.name.clone(),
-            index,
-        })?;
+    ) -> Result<&RegionInfo, VfioDeviceError> {
+        let region = self
+            .region(index)
+            .ok_or_else(|| VfioDeviceError::NoRegion {
+                device: self.name.clone(),
+                index,
+            })?;
         let allowed = match access {
             "read" => region.flags.readable(),
             _ => region.flags.writable(),
@@ -355,7 +361,7 @@ impl VfioDevice {
             .ok()
             .and_then(|len| offset.checked_add(len));
         if !allowed || end.is_none_or(|end| end > region.size) {
-            return Err(DeviceError::BadAccess {
+            return Err(VfioDeviceError::BadAccess {
                 device: self.name.clone(),
                 region: pci_region_name(index),
                 access,
@@ -372,9 +378,9 @@ impl VfioDevice {
         index: u32,
         access: &'static str,
         offset: u64,
-    ) -> impl FnOnce(io::Error) -> DeviceError {
+    ) -> impl FnOnce(io::Error) -> VfioDeviceError {
         let device = self.name.clone();
-        move |source| DeviceError::Access {
+        move |source| VfioDeviceError::Access {
             device,
             region: pci_region_name(index),
             access,
@@ -384,7 +390,12 @@ impl VfioDevice {
     }
 
     /// Reads `buf.len()` bytes at `offset` of region `index` through the device fd.
-    pub fn read_region(&self, index: u32, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+    pub fn read_region(
+        &self,
+        index: u32,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<(), VfioDeviceError> {
         let region = self.checked_region(index, "read", offset, buf.len())?;
         self.file()
             .read_exact_at(buf, region.offset + offset)
@@ -392,7 +403,7 @@ impl VfioDevice {
     }
 
     /// Writes `buf` at `offset` of region `index` through the device fd.
-    pub fn write_region(&self, index: u32, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+    pub fn write_region(&self, index: u32, offset: u64, buf: &[u8]) -> Result<(), VfioDeviceError> {
         let region = self.checked_region(index, "write", offset, buf.len())?;
         self.file()
             .write_all_at(buf, region.offset + offset)
@@ -400,23 +411,23 @@ impl VfioDevice {
     }
 
     /// Reads PCI config space (vfio-pci virtualises parts of it).
-    pub fn read_config(&self, offset: u64, buf: &mut [u8]) -> Result<(), DeviceError> {
+    pub fn read_config(&self, offset: u64, buf: &mut [u8]) -> Result<(), VfioDeviceError> {
         self.read_region(VFIO_PCI_CONFIG_REGION_INDEX, offset, buf)
     }
 
     /// Writes PCI config space.
-    pub fn write_config(&self, offset: u64, buf: &[u8]) -> Result<(), DeviceError> {
+    pub fn write_config(&self, offset: u64, buf: &[u8]) -> Result<(), VfioDeviceError> {
         self.write_region(VFIO_PCI_CONFIG_REGION_INDEX, offset, buf)
     }
 
     /// Resets the device (`VFIO_DEVICE_RESET`: FLR, PM or bus reset, as vfio-pci finds).
-    pub fn reset(&self) -> Result<(), DeviceError> {
+    pub fn reset(&self) -> Result<(), VfioDeviceError> {
         if !self.info.flags.resettable() {
-            return Err(DeviceError::ResetUnsupported {
+            return Err(VfioDeviceError::ResetUnsupported {
                 device: self.name.clone(),
             });
         }
-        ioctl::device_reset(self.as_fd()).map_err(|source| DeviceError::Ioctl {
+        ioctl::device_reset(self.as_fd()).map_err(|source| VfioDeviceError::Ioctl {
             device: self.name.clone(),
             what: "VFIO_DEVICE_RESET".into(),
             source,
@@ -425,7 +436,7 @@ impl VfioDevice {
 
     /// Closes the device and reports what drop would only log: a failed IOAS detach, or a
     /// failed group detach when this was the group's last device.
-    pub fn close(self) -> Result<(), DeviceError> {
+    pub fn close(self) -> Result<(), VfioDeviceError> {
         let name = self.name;
         match self.io {
             DeviceIo::Legacy { file, group } => {
@@ -433,7 +444,7 @@ impl VfioDevice {
                 group.close()?;
             }
             DeviceIo::Iommufd(mut attached) => {
-                attached.detach().map_err(|source| DeviceError::Ioctl {
+                attached.detach().map_err(|source| VfioDeviceError::Ioctl {
                     device: name.clone(),
                     what: "VFIO_DEVICE_DETACH_IOMMUFD_PT".into(),
                     source,
@@ -451,7 +462,7 @@ mod tests {
 
     #[test]
     fn access_errors_name_device_region_and_offset() {
-        let err = DeviceError::BadAccess {
+        let err = VfioDeviceError::BadAccess {
             device: "0000:01:00.0".into(),
             region: "config".into(),
             access: "read",
@@ -463,7 +474,7 @@ mod tests {
             err.to_string(),
             "VFIO device 0000:01:00.0: read of 4 bytes at 0x100 is outside config (size 0x100) or not allowed by its flags"
         );
-        let err = DeviceError::ResetUnsupported {
+        let err = VfioDeviceError::ResetUnsupported {
             device: "0000:01:00.0".into(),
         };
         assert!(

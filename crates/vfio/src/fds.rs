@@ -29,7 +29,7 @@ use vfio_bindings::bindings::vfio::{
 };
 
 use crate::container::{ContainerError, DmaReplay};
-use crate::device::{DeviceError, VfioDevice};
+use crate::device::{VfioDevice, VfioDeviceError};
 use crate::group::GroupError;
 use crate::ioctl;
 use crate::iommufd::{CdevError, IommufdError};
@@ -196,13 +196,13 @@ impl VmmFds {
 
     /// Builds the device from the fds (in the VMM). A legacy container keeps books of its
     /// DMA mappings ([`DmaReplay::On`]).
-    pub fn into_device(self) -> Result<VfioDevice, DeviceError> {
+    pub fn into_device(self) -> Result<VfioDevice, VfioDeviceError> {
         self.into_device_with(DmaReplay::On)
     }
 
     /// [`VmmFds::into_device`] with the given [`DmaReplay`] for a legacy container (an
     /// iommufd IOAS has no such choice: it keeps its mappings while it exists).
-    pub fn into_device_with(self, replay: DmaReplay) -> Result<VfioDevice, DeviceError> {
+    pub fn into_device_with(self, replay: DmaReplay) -> Result<VfioDevice, VfioDeviceError> {
         match self {
             Self::Legacy {
                 container,
@@ -320,7 +320,7 @@ fn iommufd_fds(
     dev_root: &Path,
     cdev_path: &Path,
     device: &str,
-) -> Result<(OwnedFd, OwnedFd, u32), DeviceError> {
+) -> Result<(OwnedFd, OwnedFd, u32), VfioDeviceError> {
     let iommu_path = dev_root.join("iommu");
     let iommufd = open_node(&iommu_path).map_err(|source| IommufdError::Open {
         path: iommu_path.clone(),

@@ -5,6 +5,10 @@
 //! last lease of a group detaches it from the container. A device keeps its lease in the
 //! field after its own fd, so the device fd is closed first: the kernel refuses to detach a
 //! group while one of its devices is open (rust-vmm/vfio #107).
+//!
+//! This module and `container.rs` import each other by design: a lease names its owner (to
+//! give itself back on drop) and the owner hands out leases. It is the one import circle
+//! of the crate.
 
 use std::ffi::CString;
 use std::fmt;
@@ -19,7 +23,7 @@ use crate::container::Container;
 
 /// A member of an IOMMU group that keeps the group from being viable: an endpoint bound to a
 /// host driver other than vfio-pci (or a vfio variant).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Blocker {
     /// The member's name (its PCI address).
     pub device: String,

@@ -5,19 +5,26 @@
 //! automatically after firing, resizable). The VMM wires them with `VFIO_DEVICE_SET_IRQS`;
 //! this crate reports them.
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use vfio_bindings::bindings::vfio::{
     VFIO_IRQ_INFO_AUTOMASKED, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_INFO_MASKABLE,
     VFIO_IRQ_INFO_NORESIZE, VFIO_PCI_ERR_IRQ_INDEX, VFIO_PCI_INTX_IRQ_INDEX,
     VFIO_PCI_MSI_IRQ_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_PCI_REQ_IRQ_INDEX, vfio_irq_info,
 };
 
-use crate::region::names;
+use crate::region::{flags_from_names, names};
 
 /// The flags of an IRQ index, with names for the ones VFIO defines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(into = "Vec<&'static str>")]
 pub struct IrqFlags(u32);
+
+impl<'de> Deserialize<'de> for IrqFlags {
+    /// Reads the list of names; `other` comes back as one undefined bit.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        flags_from_names(deserializer, &Self::NAMES).map(Self)
+    }
+}
 
 impl IrqFlags {
     const NAMES: [(u32, &'static str); 4] = [
@@ -45,7 +52,7 @@ impl From<IrqFlags> for Vec<&'static str> {
 }
 
 /// One IRQ index of a device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IrqInfo {
     /// The index (for PCI: INTx 0, MSI 1, MSI-X 2, error 3, request 4).
     pub index: u32,
@@ -96,5 +103,6 @@ mod tests {
             json,
             serde_json::json!({"index": 2, "flags": ["eventfd", "noresize"], "count": 5})
         );
+        assert_eq!(serde_json::from_value::<IrqInfo>(json).unwrap(), info);
     }
 }

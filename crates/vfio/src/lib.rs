@@ -69,7 +69,7 @@ mod refcount;
 mod region;
 
 pub use container::{Container, ContainerError, DmaReplay};
-pub use device::{DeviceError, VfioDevice};
+pub use device::{VfioDevice, VfioDeviceError};
 pub use dma::{AddressSpace, DMA_PAGE_SIZE, DmaError, DmaMapping};
 pub use fds::{FdsError, VmmFds, open_for_vmm};
 pub use group::{Blocker, Group, GroupError};

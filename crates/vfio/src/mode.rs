@@ -16,11 +16,11 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use plugboard_sysfs::{DriverKind, PciAddress, Sysfs, SysfsError};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The mode asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// cdev + iommufd when the kernel and device offer it, else legacy.
     #[default]
@@ -32,8 +32,8 @@ pub enum Mode {
 }
 
 /// The interface a device was (or will be) opened through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Interface {
     /// Container + group.
     Legacy,

@@ -11,7 +11,7 @@ use plugboard_sysfs::{PciAddress, Sysfs, SysfsError};
 use tracing::info;
 
 use crate::container::{Container, ContainerError, DmaReplay};
-use crate::device::{DeviceError, VfioDevice};
+use crate::device::{VfioDevice, VfioDeviceError};
 use crate::group::{Blocker, GroupError};
 use crate::iommufd::{CdevError, Iommufd, IommufdError};
 use crate::mode::{self, Mode, ModeError, Route};
@@ -24,7 +24,7 @@ pub enum OpenError {
     Mode(#[from] ModeError),
     /// The device could not be opened through the chosen interface.
     #[error(transparent)]
-    Device(#[from] DeviceError),
+    Device(#[from] VfioDeviceError),
     /// Reading the device's IOMMU group from sysfs failed.
     #[error("{device}: cannot read its IOMMU group from sysfs")]
     Sysfs {
@@ -40,7 +40,7 @@ impl OpenError {
     /// The group and the members in the way, when the failure is a non-viable group.
     pub fn not_viable(&self) -> Option<(u32, &[Blocker])> {
         match self {
-            Self::Device(DeviceError::Group(GroupError::NotViable { group, blockers })) => {
+            Self::Device(VfioDeviceError::Group(GroupError::NotViable { group, blockers })) => {
                 Some((*group, blockers.as_slice()))
             }
             _ => None,
@@ -50,19 +50,19 @@ impl OpenError {
 
 impl From<GroupError> for OpenError {
     fn from(err: GroupError) -> Self {
-        Self::Device(DeviceError::Group(err))
+        Self::Device(VfioDeviceError::Group(err))
     }
 }
 
 impl From<ContainerError> for OpenError {
     fn from(err: ContainerError) -> Self {
-        Self::Device(DeviceError::Container(err))
+        Self::Device(VfioDeviceError::Container(err))
     }
 }
 
 impl From<IommufdError> for OpenError {
     fn from(err: IommufdError) -> Self {
-        Self::Device(DeviceError::Iommufd(err))
+        Self::Device(VfioDeviceError::Iommufd(err))
     }
 }
 
@@ -190,8 +190,8 @@ fn blockers_of(group: &plugboard_sysfs::IommuGroup) -> Vec<Blocker> {
 /// The kernel refuses to bind a cdev with EPERM while another member of its group is on a
 /// host driver (that driver holds the group's DMA ownership). When sysfs now shows such a
 /// member (it was bound after [`check_viable`] looked), say so as a non-viable group.
-pub(crate) fn explain_bind_refusal(err: DeviceError, sysfs: &Sysfs, group: u32) -> OpenError {
-    let refused = matches!(&err, DeviceError::Cdev(CdevError::Ioctl { source, .. })
+pub(crate) fn explain_bind_refusal(err: VfioDeviceError, sysfs: &Sysfs, group: u32) -> OpenError {
+    let refused = matches!(&err, VfioDeviceError::Cdev(CdevError::Ioctl { source, .. })
         if source.raw_os_error() == Some(libc::EPERM));
     if refused
         && let Ok(info) = sysfs.iommu_group(group)
@@ -277,7 +277,7 @@ mod tests {
         let kernel = two_nics_behind_a_bridge();
         let sysfs = kernel.sysfs();
         let refusal = || {
-            DeviceError::Cdev(CdevError::Ioctl {
+            VfioDeviceError::Cdev(CdevError::Ioctl {
                 device: "0000:01:01.0".into(),
                 what: "VFIO_DEVICE_BIND_IOMMUFD",
                 source: std::io::Error::from_raw_os_error(libc::EPERM),

@@ -13,7 +13,7 @@
 
 use std::mem::{offset_of, size_of};
 
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize};
 use vfio_bindings::bindings::vfio::{
     VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_ROM_REGION_INDEX,
     VFIO_PCI_VGA_REGION_INDEX, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
@@ -57,6 +57,14 @@ pub enum RegionError {
 #[serde(into = "Vec<&'static str>")]
 pub struct RegionFlags(u32);
 
+impl<'de> Deserialize<'de> for RegionFlags {
+    /// Reads the list of names; `other` (bits VFIO does not define) comes back as one
+    /// undefined bit.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        flags_from_names(deserializer, &Self::NAMES).map(Self)
+    }
+}
+
 impl RegionFlags {
     const NAMES: [(u32, &'static str); 4] = [
         (VFIO_REGION_INFO_FLAG_READ, "read"),
@@ -98,7 +106,7 @@ impl From<RegionFlags> for Vec<&'static str> {
 }
 
 /// One area of a region that may be mmapped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SparseArea {
     /// Offset from the start of the region.
     pub offset: u64,
@@ -106,9 +114,10 @@ pub struct SparseArea {
     pub size: u64,
 }
 
-/// One capability of a region.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+/// One capability of a region. JSON: an object whose `kind` is `sparse_mmap`, `type`,
+/// `msix_mappable` or `other`, with the variant's fields beside it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RegionCap {
     /// Only these areas may be mmapped.
     SparseMmap {
@@ -134,7 +143,7 @@ pub enum RegionCap {
 }
 
 /// A region of a device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegionInfo {
     /// The region index (for PCI: BAR0–5 are 0–5, ROM 6, config 7, VGA 8).
     pub index: u32,
@@ -215,6 +224,32 @@ pub(crate) fn names(bits: u32, table: &[(u32, &'static str)]) -> Vec<&'static st
         out.push("other");
     }
     out
+}
+
+/// The bit a deserialized `other` stands for: the JSON names flags, and bits VFIO does not
+/// define are only summed up as `other`, so reading one back sets this bit (which no table
+/// defines), and the value serializes to the same names again.
+pub(crate) const OTHER_BIT: u32 = 1 << 31;
+
+/// Reads a list of flag names written by [`names`] back into bits; an unknown name is an
+/// error, and `other` becomes [`OTHER_BIT`].
+pub(crate) fn flags_from_names<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    table: &[(u32, &'static str)],
+) -> Result<u32, D::Error> {
+    let mut bits = 0;
+    for name in Vec::<String>::deserialize(deserializer)? {
+        bits |= match table.iter().find(|(_, known)| *known == name) {
+            Some(&(bit, _)) => bit,
+            None if name == "other" => OTHER_BIT,
+            None => {
+                return Err(serde::de::Error::custom(format_args!(
+                    "unknown flag {name:?}"
+                )));
+            }
+        };
+    }
+    Ok(bits)
 }
 
 /// Parses the capability chain that starts at `first` in `bytes`.
@@ -533,5 +568,38 @@ mod tests {
         assert_eq!(region.flags.names(), ["mmap", "other"]);
         assert_eq!(pci_region_name(7), "config");
         assert_eq!(pci_region_name(9), "region 9");
+    }
+    #[test]
+    fn regions_and_caps_round_trip_through_json_with_snake_case_kinds() {
+        let region = RegionInfo {
+            index: 2,
+            flags: RegionFlags(VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_CAPS),
+            size: 0x4000,
+            offset: 0x2_0000_0000,
+            caps: vec![
+                RegionCap::SparseMmap {
+                    areas: vec![SparseArea {
+                        offset: 0,
+                        size: 0x1000,
+                    }],
+                },
+                RegionCap::Type {
+                    region_type: 1,
+                    subtype: 3,
+                },
+                RegionCap::MsixMappable,
+                RegionCap::Other { id: 9, version: 1 },
+            ],
+        };
+        let json = serde_json::to_value(&region).unwrap();
+        let kinds: Vec<&str> = json["caps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["kind"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["sparse_mmap", "type", "msix_mappable", "other"]);
+        assert_eq!(serde_json::from_value::<RegionInfo>(json).unwrap(), region);
+        serde_json::from_value::<RegionFlags>(serde_json::json!(["read", "fly"])).unwrap_err();
     }
 }

@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use plugboard_sysfs::{PciAddress, Sysfs};
 use plugboard_vfio::{
-    AddressSpace, Container, DeviceError, DmaError, DmaMapping, DmaReplay, GroupError, Interface,
-    Iommufd, Mode, ModeError, OpenError, RegionCap, Vfio, VfioDevice, VmmFds, open_for_vmm,
+    AddressSpace, Container, DmaError, DmaMapping, DmaReplay, GroupError, Interface, Iommufd, Mode,
+    ModeError, OpenError, RegionCap, Vfio, VfioDevice, VfioDeviceError, VmmFds, open_for_vmm,
 };
 use support::{Buffer, OnVfio, require_lab_guest, shared_group_nics, single_group_nic};
 
@@ -228,7 +228,7 @@ fn resets_the_device_in_both_modes() {
         } else {
             let err = device.reset().unwrap_err();
             assert!(
-                matches!(err, DeviceError::ResetUnsupported { .. }),
+                matches!(err, VfioDeviceError::ResetUnsupported { .. }),
                 "{mode}: {err}"
             );
         }
@@ -289,7 +289,7 @@ fn two_devices_of_one_group_share_one_group_fd() {
     // container shares it.
     let err = Vfio::new(sysfs.clone()).open(b, Mode::Legacy).unwrap_err();
     assert!(
-        matches!(&err, OpenError::Device(DeviceError::Group(GroupError::Open { source, .. }))
+        matches!(&err, OpenError::Device(VfioDeviceError::Group(GroupError::Open { source, .. }))
             if source.raw_os_error() == Some(libc::EBUSY)),
         "{err}"
     );
@@ -396,7 +396,7 @@ fn a_non_viable_group_is_refused_naming_the_member_in_the_way_in_both_modes() {
         .unwrap()
         .expect("cdev");
     let err = VfioDevice::open_cdev(&iommufd, &cdev, &a.to_string()).unwrap_err();
-    let DeviceError::Cdev(plugboard_vfio::CdevError::Ioctl { source, what, .. }) = &err else {
+    let VfioDeviceError::Cdev(plugboard_vfio::CdevError::Ioctl { source, what, .. }) = &err else {
         panic!("{err:?}")
     };
     assert_eq!(

@@ -2,15 +2,21 @@
 //! namespaces: one row per (kind, key, owner). Only SCSI allows several owners of one
 //! key, when every one of them marked it shareable; the kind modules enforce that.
 
+use std::fmt;
+
 use rusqlite::params;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{RegistryError, Tx};
 use crate::owner::Owner;
 
 /// The kinds of device kept in the claims table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+///
+/// JSON and registry words (stable): `usb`, `scsi`, `mdev`, `nvme` (also the prefix of the
+/// device's text form); [`Display`](fmt::Display) prints "USB device", "SCSI device",
+/// "mediated device", "NVMe namespace".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ClaimKind {
     /// A USB device, keyed `BUS:DEV`.
     Usb,
@@ -44,8 +50,19 @@ impl ClaimKind {
     }
 }
 
+impl fmt::Display for ClaimKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Usb => "USB device",
+            Self::Scsi => "SCSI device",
+            Self::Mdev => "mediated device",
+            Self::Nvme => "NVMe namespace",
+        })
+    }
+}
+
 /// One claim.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClaimRow {
     /// The kind of device.
     pub kind: ClaimKind,

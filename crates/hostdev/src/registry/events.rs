@@ -2,15 +2,18 @@
 //! order (writes are serialized by `BEGIN IMMEDIATE`). It answers "who had this device,
 //! and when" after the fact, and lets tests check that a group was *never* split.
 
+use std::fmt;
+
 use rusqlite::params;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{RegistryError, Tx};
 use crate::owner::Owner;
 
-/// What happened to a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// What happened to a device. JSON and registry words (stable): `active`, `inactive`,
+/// `host`, `gone`; [`Display`](fmt::Display) prints a human phrase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EventKind {
     /// Put on the active list for an owner.
     Active,
@@ -23,7 +26,8 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    fn as_str(self) -> &'static str {
+    /// The word stored in the registry and used in JSON.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
             Self::Inactive => "inactive",
@@ -33,9 +37,20 @@ impl EventKind {
     }
 }
 
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Active => "taken by an owner",
+            Self::Inactive => "put on the inactive list",
+            Self::Host => "given back to the host",
+            Self::Gone => "gone from the host",
+        })
+    }
+}
+
 /// One audit row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Event {
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
     /// Commit order.
     pub seq: i64,
     /// The device.
@@ -75,7 +90,7 @@ impl Tx<'_> {
     }
 
     /// Every audit event with `seq > after`, in commit order.
-    pub fn events_after(&self, after: i64) -> Result<Vec<Event>, RegistryError> {
+    pub fn events_after(&self, after: i64) -> Result<Vec<AuditEvent>, RegistryError> {
         type Raw = (
             i64,
             String,
@@ -113,7 +128,7 @@ impl Tx<'_> {
                     "gone" => EventKind::Gone,
                     other => return Err(self.invalid("events.event", other)),
                 };
-                Ok(Event {
+                Ok(AuditEvent {
                     seq,
                     address,
                     iommu_group,

@@ -6,6 +6,9 @@
 //! process, and the file is never corrupted. Every read-modify-write runs in a
 //! `BEGIN IMMEDIATE` transaction, which takes the write lock up front: two processes can
 //! never both read "free" and both claim. Row access lives in one file per table.
+//!
+//! The same file holds the VM table of the daemon's service ([`VmRecords`]), so that a
+//! state directory has one database, whose schema this crate alone migrates.
 
 mod claims;
 mod error;
@@ -13,6 +16,7 @@ mod events;
 mod intents;
 mod pci_rows;
 mod schema;
+mod vm_records;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,8 +25,9 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use claims::{ClaimKind, ClaimRow};
 pub use error::RegistryError;
-pub use events::{Event, EventKind};
+pub use events::{AuditEvent, EventKind};
 pub use pci_rows::{List, PciRow};
+pub use vm_records::{VmRecords, VmRecordsError, VmRow};
 
 /// The database file's name inside the state directory.
 pub const DB_FILE: &str = "hostdev.db";

@@ -3,15 +3,18 @@
 //!
 //! Every change writes an audit event in the same transaction (see `events.rs`).
 
+use std::fmt;
+
 use rusqlite::{OptionalExtension, Row, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{EventKind, RegistryError, Tx};
 use crate::owner::Owner;
 
-/// Which list a device is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// Which list a device is on. JSON and registry words (stable): `active`, `inactive`;
+/// [`Display`](fmt::Display) prints the same words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum List {
     /// In use by an owner.
     Active,
@@ -20,7 +23,8 @@ pub enum List {
 }
 
 impl List {
-    fn as_str(self) -> &'static str {
+    /// The word stored in the registry and used in JSON.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
             Self::Inactive => "inactive",
@@ -28,8 +32,14 @@ impl List {
     }
 }
 
+impl fmt::Display for List {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One PCI device in the registry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PciRow {
     /// `DDDD:BB:SS.F`.
     pub address: String,

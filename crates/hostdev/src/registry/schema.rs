@@ -9,7 +9,7 @@ use rusqlite::Connection;
 use super::RegistryError;
 
 /// Migrations in order; `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // Version 1: both PCI lists, the other kinds' claims, the intent journal, the audit trail.
     r"
     CREATE TABLE pci_devices (
@@ -57,6 +57,17 @@ const MIGRATIONS: &[&str] = &[
         event        TEXT NOT NULL CHECK (event IN ('active', 'inactive', 'host', 'gone')),
         owner_driver TEXT,
         owner_domain TEXT
+    ) STRICT;
+    ",
+    // Version 2: the VM table of the daemon's service (`vm_records.rs`). The service
+    // created it itself with `IF NOT EXISTS` before it became part of this schema, so a
+    // version-1 file may already hold it, with rows: keep those.
+    r"
+    CREATE TABLE IF NOT EXISTS service_vms (
+        name      TEXT PRIMARY KEY,
+        owner_uid INTEGER NOT NULL,
+        record    TEXT NOT NULL,
+        devices   TEXT
     ) STRICT;
     ",
 ];

@@ -172,7 +172,7 @@ pub fn hostdev(global: &Global, command: &HostdevCommand) -> Option<anyhow::Resu
 }
 
 fn hostdev_remote(client: &Client, json: bool, command: &HostdevCommand) -> anyhow::Result<()> {
-    let names = |devices: &[plugboard_hostdev::DeviceSpec]| -> Vec<String> {
+    let names = |devices: &[plugboard_hostdev::HostDevice]| -> Vec<String> {
         devices.iter().map(ToString::to_string).collect()
     };
     match command {

@@ -377,13 +377,13 @@ fn show(
             ),
         ),
         ("revision", format!("{:02x}", d.revision)),
-        ("header type", d.header_type.as_str().to_owned()),
+        ("header type", d.header_type.to_string()),
         (
             "pcie",
             format!("{} (config space {} bytes)", d.pcie, d.config_size),
         ),
         ("driver", d.driver.clone().unwrap_or_else(none)),
-        ("driver kind", d.driver_kind.as_str().to_owned()),
+        ("driver kind", d.driver_kind.to_string()),
         (
             "driver_override",
             d.driver_override.clone().unwrap_or_else(none),

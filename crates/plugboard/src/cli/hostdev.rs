@@ -6,7 +6,7 @@
 
 use anyhow::Context;
 use clap::Subcommand;
-use plugboard_hostdev::{BatchOptions, Detached, DeviceSpec, HostdevManager, Owner, ResetDone};
+use plugboard_hostdev::{BatchOptions, HostDevice, HostdevManager, Owner};
 use plugboard_sysfs::{PciAddress, Sysfs};
 use serde::Serialize;
 
@@ -35,7 +35,7 @@ pub enum HostdevCommand {
         shareable: bool,
         /// The devices.
         #[arg(required = true)]
-        devices: Vec<DeviceSpec>,
+        devices: Vec<HostDevice>,
     },
     /// Give a VM's devices back (best effort; one result per device).
     Release {
@@ -44,7 +44,7 @@ pub enum HostdevCommand {
         owner: Owner,
         /// The devices.
         #[arg(required = true)]
-        devices: Vec<DeviceSpec>,
+        devices: Vec<HostDevice>,
     },
     /// Detach a PCI device from its host driver onto the inactive list (bind vfio-pci).
     Detach {
@@ -105,7 +105,7 @@ pub fn run(global: &Global, command: HostdevCommand) -> anyhow::Result<()> {
                     .map(|r| {
                         vec![
                             r.device.clone(),
-                            r.result.to_owned(),
+                            r.result.to_string(),
                             r.detail.clone().unwrap_or_default(),
                         ]
                     })
@@ -114,7 +114,7 @@ pub fn run(global: &Global, command: HostdevCommand) -> anyhow::Result<()> {
             }
             let failed: Vec<&str> = out
                 .iter()
-                .filter(|r| r.result == "failed")
+                .filter(|r| r.result.is_failure())
                 .map(|r| r.device.as_str())
                 .collect();
             anyhow::ensure!(
@@ -126,15 +126,7 @@ pub fn run(global: &Global, command: HostdevCommand) -> anyhow::Result<()> {
         }
         HostdevCommand::Detach { address } => {
             let done = m.detach(address)?;
-            let text = match &done {
-                Detached::Bound { from } => format!(
-                    "{address}: detached from {}, now on vfio-pci (inactive)",
-                    from.as_deref().unwrap_or("no driver")
-                ),
-                Detached::AlreadyDetached => {
-                    format!("{address}: already on a vfio driver (inactive)")
-                }
-            };
+            let text = format!("{address}: {done}");
             report(global.json, &done, &text)
         }
         HostdevCommand::Reattach { address } => {
@@ -147,12 +139,7 @@ pub fn run(global: &Global, command: HostdevCommand) -> anyhow::Result<()> {
         }
         HostdevCommand::Reset { address } => {
             let done = m.reset(address)?;
-            let text = match done {
-                ResetDone::Reset => format!("{address}: reset"),
-                ResetDone::LeftToVfio => {
-                    format!("{address}: on a vfio driver, which resets it when opened")
-                }
-            };
+            let text = format!("{address}: {done}");
             report(global.json, &done, &text)
         }
         HostdevCommand::Recover => {
@@ -166,13 +153,7 @@ pub fn run(global: &Global, command: HostdevCommand) -> anyhow::Result<()> {
             }
             let rows: Vec<Vec<String>> = done
                 .iter()
-                .map(|r| {
-                    vec![
-                        r.address.clone(),
-                        r.op.to_owned(),
-                        format!("{:?}", r.action),
-                    ]
-                })
+                .map(|r| vec![r.address.clone(), r.op.to_string(), r.action.to_string()])
                 .collect();
             table(&["DEVICE", "PENDING", "ACTION"], &rows)
         }
@@ -190,7 +171,7 @@ fn ls(m: &mut HostdevManager, json: bool) -> anyhow::Result<()> {
         .map(|r| {
             vec![
                 r.address.clone(),
-                format!("{:?}", r.list).to_lowercase(),
+                r.list.to_string(),
                 r.owner
                     .as_ref()
                     .map(ToString::to_string)
@@ -245,7 +226,7 @@ fn report<T: Serialize>(json: bool, value: &T, text: &str) -> anyhow::Result<()>
     }
 }
 
-fn join(devices: &[DeviceSpec]) -> String {
+fn join(devices: &[HostDevice]) -> String {
     devices
         .iter()
         .map(ToString::to_string)

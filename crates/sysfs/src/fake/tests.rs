@@ -760,3 +760,87 @@ fn opened_handles_read_the_same_as_path_handles() {
     fs::remove_dir_all(solo.path()).unwrap();
     assert!(solo.vendor_id().unwrap_err().is_not_found());
 }
+
+/// `from_value(to_value(x)) == x`, and the JSON of the copy is the same JSON.
+fn round_trips<T>(value: &T)
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+{
+    let json = serde_json::to_value(value).unwrap();
+    let back: T = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(&back, value, "{json}");
+    assert_eq!(serde_json::to_value(&back).unwrap(), json);
+}
+
+#[test]
+fn every_record_round_trips_through_json() {
+    let k = FakeKernel::builder()
+        .pci(PciSpec::bridge(BRIDGE).iommu_group(5))
+        .pci(
+            e1000e(NIC_A)
+                .parent(BRIDGE)
+                .iommu_group(5)
+                .revision(3)
+                .bar(0, 0xfe80_0000, 0x2_0000)
+                .bar(2, 0x40_0000_0000, 8 << 30)
+                .sriov_totalvfs(2)
+                .reset_methods(&["flr", "bus"]),
+        )
+        .pci(e1000e(NIC_B).parent(BRIDGE).iommu_group(5).physfn(NIC_A))
+        .pci(e1000e(SOLO).iommu_group(7).numa_node(1).no_reset())
+        .pci(e1000e(UNGROUPED).unbound().driver_override("vfio-pci"))
+        .mdev(
+            MdevSpec::new("c4a9a4d2-1b2c-4d5e-8f90-0123456789ab", SOLO, "nvidia-63").iommu_group(9),
+        )
+        .usb(UsbSpec::new("1-2", 1, 2, 0x046d, 0xc52b).product("Receiver"))
+        .node(NodeSpec::block("sda", 8, 0))
+        .build()
+        .unwrap();
+    let sysfs = k.sysfs();
+    let bound = dev(&k, SOLO).bind("vfio-pci").unwrap();
+    round_trips(&bound);
+
+    let mut inventory = sysfs.pci_inventory().unwrap();
+    inventory.devices[1].owner = Some("qemu/vm1".to_owned());
+    inventory.devices[1].names.vendor = Some("Intel Corporation".to_owned());
+    inventory.problems.push(crate::InventoryProblem {
+        address: UNGROUPED.parse().unwrap(),
+        error: "cannot read: gone".to_owned(),
+    });
+    assert!(inventory.devices.iter().any(|d| d.large_bar));
+    assert!(
+        inventory
+            .devices
+            .iter()
+            .any(|d| d.vfio_dev.is_some() || d.driver_kind.is_vfio())
+    );
+    round_trips(&inventory);
+    for device in &inventory.devices {
+        round_trips(device);
+    }
+    for group in sysfs.iommu_groups().unwrap() {
+        round_trips(&group);
+        for member in &group.members {
+            round_trips(member);
+        }
+    }
+    round_trips(&crate::PciFilter {
+        class: Some("02".into()),
+        driver: None,
+    });
+    assert_eq!(
+        serde_json::from_str::<crate::PciFilter>("{}").unwrap(),
+        crate::PciFilter::default()
+    );
+    for mdev in sysfs.mdevs().unwrap() {
+        round_trips(&mdev);
+    }
+    for usb in sysfs.usb_devices().unwrap() {
+        round_trips(&usb);
+    }
+    let number: crate::DevNumber = "8:0".parse().unwrap();
+    round_trips(&number);
+    round_trips(&DevKind::Block);
+    assert_eq!(serde_json::to_value(DevKind::Char).unwrap(), "char");
+    round_trips(&crate::Uevent::parse("MAJOR=8\nMINOR=0\nDEVNAME=sda\n").unwrap());
+}

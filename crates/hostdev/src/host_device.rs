@@ -14,15 +14,18 @@ use std::fmt;
 use std::str::FromStr;
 
 use plugboard_sysfs::{PciAddress, PciAddressError, ScsiAddress, ScsiAddressError};
-use serde::Serialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::nvme::NvmeNamespace;
 use crate::usb::UsbSelector;
 
-/// One device of any kind.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", content = "id", rename_all = "lowercase")]
-pub enum DeviceSpec {
+/// One host device of any kind, as hostdev names it: a PCI function, a USB device, a SCSI
+/// device, a mediated device or an NVMe namespace.
+///
+/// Its one text form (the table above) is also its JSON form: a string such as
+/// `"0000:01:00.0"` or `"usb:1/4"`, through [`Display`](fmt::Display) and [`FromStr`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostDevice {
     /// A PCI function.
     Pci(PciAddress),
     /// A USB device.
@@ -37,7 +40,7 @@ pub enum DeviceSpec {
 
 /// Why a string names no device.
 #[derive(Debug, thiserror::Error)]
-pub enum SpecError {
+pub enum HostDeviceParseError {
     /// Not a PCI address (and no known prefix).
     #[error(transparent)]
     Pci(#[from] PciAddressError),
@@ -56,11 +59,11 @@ pub enum SpecError {
     },
 }
 
-impl FromStr for DeviceSpec {
-    type Err = SpecError;
+impl FromStr for HostDevice {
+    type Err = HostDeviceParseError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = |kind, expected| SpecError::Format {
+        let bad = |kind, expected| HostDeviceParseError::Format {
             input: s.to_owned(),
             kind,
             expected,
@@ -117,7 +120,7 @@ impl FromStr for DeviceSpec {
     }
 }
 
-impl fmt::Display for DeviceSpec {
+impl fmt::Display for HostDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Pci(a) => write!(f, "{a}"),
@@ -126,6 +129,20 @@ impl fmt::Display for DeviceSpec {
             Self::Mdev(u) => write!(f, "mdev:{u}"),
             Self::Nvme(n) => write!(f, "{n}"),
         }
+    }
+}
+
+impl Serialize for HostDevice {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for HostDevice {
+    /// Parses the text form.
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -143,12 +160,15 @@ mod tests {
             "mdev:c4a9a4d2-1b2c-4d5e-8f90-0123456789ab",
             "nvme:0000:06:00.0/2",
         ] {
-            let spec: DeviceSpec = s.parse().unwrap();
+            let spec: HostDevice = s.parse().unwrap();
             assert_eq!(spec.to_string(), s);
+            let json = serde_json::to_value(&spec).unwrap();
+            assert_eq!(json, s, "the JSON form is the text form");
+            assert_eq!(serde_json::from_value::<HostDevice>(json).unwrap(), spec);
         }
         assert_eq!(
-            "01:00.0".parse::<DeviceSpec>().unwrap(),
-            DeviceSpec::Pci("0000:01:00.0".parse().unwrap())
+            "01:00.0".parse::<HostDevice>().unwrap(),
+            HostDevice::Pci("0000:01:00.0".parse().unwrap())
         );
     }
 
@@ -168,7 +188,8 @@ mod tests {
             "nvme:0000:06:00.0/0",
             "nvme:zz/1",
         ] {
-            let err = s.parse::<DeviceSpec>().unwrap_err();
+            let err = s.parse::<HostDevice>().unwrap_err();
+            serde_json::from_value::<HostDevice>(s.into()).unwrap_err();
             let named = ["scsi:", "nvme:"]
                 .iter()
                 .find_map(|p| s.strip_prefix(p))
