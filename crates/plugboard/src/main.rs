@@ -5,6 +5,7 @@
 //! Every rule of behaviour lives in a library crate.
 
 mod cli;
+mod client;
 mod serve;
 
 use std::process::ExitCode;

@@ -222,13 +222,17 @@ fn vfio_info_leaves_a_device_a_vm_holds_alone() {
             },
         )
         .unwrap();
-    let err = stderr(&plugboard(&s, 0, false, &["vfio", "info", "0000:02:00.0"]));
-    assert!(
-        err.contains(
-            "PCI device 0000:02:00.0 is in use by qemu/vm9 (the daemon's registry); not opening it"
-        ),
-        "{err}"
-    );
+    // Refused through the daemon and locally alike: the guard is the core's.
+    for local in [false, true] {
+        let err = stderr(&plugboard(&s, 0, local, &["vfio", "info", "0000:02:00.0"]));
+        assert!(
+            err.contains(
+                "PCI device 0000:02:00.0 is in use by qemu/vm9 (the hostdev registry); not opening it"
+            ),
+            "local={local}: {err}"
+        );
+        assert_eq!(err.contains("the daemon refused"), !local, "{err}");
+    }
     let ls = stdout(&plugboard(&s, ALICE, false, &["hostdev", "ls"]));
     assert!(
         ls.contains("0000:02:00.0") && ls.contains("active") && ls.contains("qemu/vm9"),

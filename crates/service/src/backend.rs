@@ -28,7 +28,7 @@ pub enum Endpoint {
 impl Endpoint {
     /// The socket the hypervisor is reached at, for messages (`(memory)` for a VM in
     /// memory).
-    pub(crate) fn socket(&self) -> PathBuf {
+    pub fn socket(&self) -> PathBuf {
         match self {
             Self::Qemu { qmp_socket } => qmp_socket.clone(),
             #[cfg(any(test, feature = "test-util"))]

@@ -142,6 +142,25 @@ pub enum ServiceError {
         #[source]
         source: plugboard_sysfs::SysfsError,
     },
+    /// A PCI device the request names could not be read.
+    #[error("cannot read PCI device {address}")]
+    HostDevice {
+        /// The device.
+        address: plugboard_sysfs::PciAddress,
+        /// Why.
+        #[source]
+        source: Box<plugboard_sysfs::SysfsError>,
+    },
+    /// A device node the request names could not be found or read (the sysfs error names
+    /// the node and the path).
+    #[error(transparent)]
+    HostNode(Box<plugboard_sysfs::DevNodeError>),
+    /// A VFIO device could not be opened (plugboard-vfio's error names the device).
+    #[error(transparent)]
+    VfioOpen(Box<plugboard_vfio::OpenError>),
+    /// A VFIO device could not be closed cleanly.
+    #[error(transparent)]
+    VfioClose(Box<plugboard_vfio::VfioDeviceError>),
     /// The service's VM table in the state database failed.
     #[error("the service's VM table: {step} failed")]
     Store {
@@ -180,6 +199,15 @@ impl ServiceError {
             Self::Connect { .. } => ErrorClass::Backend,
             Self::Device { source, .. } => device_class(source.as_ref()),
             Self::Hostdev { class, .. } => *class,
+            Self::HostDevice { source, .. } => {
+                if source.is_not_found() {
+                    ErrorClass::NotFound
+                } else {
+                    ErrorClass::Internal
+                }
+            }
+            Self::HostNode(_) => ErrorClass::NotFound,
+            Self::VfioOpen(_) | Self::VfioClose(_) => ErrorClass::Backend,
             Self::Sysfs { .. } | Self::Store { .. } | Self::Persist { .. } => ErrorClass::Internal,
         }
     }

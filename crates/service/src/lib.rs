@@ -1,5 +1,12 @@
-//! The host daemon's domain logic: everything `plugboard serve` knows and decides, with no
-//! HTTP in it.
+//! The core every front calls: everything `plugboard serve` and the CLI know and decide,
+//! with no HTTP and no rendering in it.
+//!
+//! It is split by what it serves. [`HostService`] is the host side: the PCI inventory
+//! with names and owners, IOMMU groups, device nodes, the hostdev operations and `vfio
+//! info`. The CLI builds one when no daemon serves the host; the daemon's [`Service`]
+//! holds one ([`Service::host`]) and its handlers call the same methods. [`Service`] adds
+//! the VM side: registered VMs and their device managers. Every request and answer type is
+//! `Serialize + Deserialize`: the daemon's client sends and receives exactly these.
 //!
 //! # What the service holds
 //!
@@ -27,7 +34,7 @@ mod attach;
 mod auth;
 mod backend;
 mod error;
-mod hostdevs;
+mod host;
 mod metrics;
 mod passthrough;
 mod reconcile;
@@ -40,12 +47,16 @@ pub use attach::AttachRequest;
 pub use auth::Caller;
 pub use backend::{Backend, Endpoint};
 pub use error::{ErrorClass, ServiceError};
-pub use hostdevs::{HostdevRequest, NodeDeviceResult, OWNER_DRIVER};
+pub use host::{
+    DeviceDetail, DeviceQuery, HostConfig, HostGroups, HostService, HostdevRequest, IrqReport,
+    NamesQuery, NodeDeviceResult, OWNER_DRIVER, PrepareAnswer, RecoverAnswer, RegionReport,
+    ReleaseAnswer, Resolved, VfioQuery, VfioReport, VmDirectory,
+};
 pub use metrics::{Gauges, LATENCY_BUCKETS, Metrics};
 pub use reconcile::Repair;
-pub use service::{Service, ServiceConfig, StartReport};
+pub use service::{Health, Service, ServiceConfig, StartReport};
 pub use vm::{MAX_VM_NAME_LEN, RegisterVm, VmInfo, VmRecord, validate_name};
-pub use vms::{Attached, Detached};
+pub use vms::{Attached, Detached, DeviceList, Reconnected, VmList};
 
 #[cfg(test)]
 mod tests;

@@ -17,8 +17,8 @@ use plugboard_sysfs::{DriverKind, PciAddress, Sysfs};
 
 use crate::auth::Caller;
 use crate::error::ServiceError;
-use crate::hostdevs::OWNER_DRIVER;
-use crate::service::{Service, hostdev_error};
+use crate::host::{OWNER_DRIVER, batch_class, hostdev_error};
+use crate::service::Service;
 
 /// The hostdev owner of a VM's devices.
 pub(crate) fn owner_of(vm: &str) -> Result<Owner, ServiceError> {
@@ -65,10 +65,10 @@ impl Service {
             whole_group,
             shareable: false,
         };
-        self.hostdev()
+        self.hostdev()?
             .prepare(&owner, &[HostDevice::Pci(address)], options)
-            .map_err(|e| hostdev_error("prepare", crate::hostdevs::batch_class(&e), e))?;
-        match vfio_spec(&self.config.sysfs, address, whole_group) {
+            .map_err(|e| hostdev_error("prepare", batch_class(&e), e))?;
+        match vfio_spec(self.host.sysfs(), address, whole_group) {
             Ok(spec) => Ok(spec),
             Err(e) => {
                 self.release_passthrough(vm, &[address]);
@@ -85,7 +85,7 @@ impl Service {
         caller: Caller,
         address: PciAddress,
     ) -> Result<(), ServiceError> {
-        let Ok(device) = self.config.sysfs.pci_device(address) else {
+        let Ok(device) = self.host.sysfs().pci_device(address) else {
             return Ok(());
         };
         if let (Ok(Some(driver)), Ok(DriverKind::Host)) = (device.driver(), device.driver_kind()) {
@@ -103,7 +103,12 @@ impl Service {
         }
         let Ok(owner) = owner_of(vm) else { return };
         let specs: Vec<HostDevice> = functions.iter().map(|a| HostDevice::Pci(*a)).collect();
-        match self.hostdev().release(&owner, &specs) {
+        let released = self.hostdev().and_then(|mut hostdev| {
+            hostdev
+                .release(&owner, &specs)
+                .map_err(|e| hostdev_error("release", crate::ErrorClass::Internal, e))
+        });
+        match released {
             Ok(results) => {
                 for r in results {
                     tracing::info!(vm, device = r.device, result = %r.result, detail = ?r.detail, "host device released");

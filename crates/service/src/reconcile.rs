@@ -14,14 +14,14 @@ use std::collections::BTreeSet;
 use plugboard_devices::{DeviceId, SavedState};
 use plugboard_qemu::QemuError;
 use plugboard_sysfs::PciAddress;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::passthrough::pci_functions;
 
 /// One difference found, and what was done.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Repair {
     /// Saved as attached, not in the VM: forgotten.
     Forgotten {
@@ -41,6 +41,33 @@ pub enum Repair {
         /// The hypervisor's id of the object.
         id: String,
     },
+}
+
+impl std::fmt::Display for Repair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Forgotten {
+                device,
+                what,
+                host_pci,
+                ..
+            } => {
+                write!(
+                    f,
+                    "device {device} ({what}) is no longer in the VM; dropped from the books"
+                )?;
+                if !host_pci.is_empty() {
+                    let list: Vec<String> = host_pci.iter().map(ToString::to_string).collect();
+                    write!(f, ", host PCI {} released", list.join(" "))?;
+                }
+                Ok(())
+            }
+            Self::Stray { id, .. } => write!(
+                f,
+                "the VM holds {id}, named like ours, that no device accounts for; left alone"
+            ),
+        }
+    }
 }
 
 /// Repairs `saved` against what `backend` holds. Returns the repaired state and what was

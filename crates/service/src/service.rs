@@ -1,24 +1,24 @@
-//! The service: one host's devices, its hostdev registry, and the registered VMs.
+//! The service: the host side ([`HostService`]) and the registered VMs.
 //!
 //! [`Service::open`] is the daemon's start: it opens the hostdev registry in the state
 //! directory, runs `recover` (finishing or undoing what a dead process left), loads every
 //! VM's saved device state from the same database, reconnects to each VM's hypervisor and
 //! reconciles (`reconcile.rs`). Every method is synchronous and may block on sysfs, SQLite
-//! or QMP; the HTTP layer runs them on blocking threads. The VM operations are in `vms.rs`
-//! and the host-device operations in `hostdevs.rs`.
+//! or QMP; the HTTP layer runs them on blocking threads. The VM operations are in `vms.rs`;
+//! the host queries and host-device operations are [`HostService`]'s, reached through
+//! [`Service::host`], the same methods the CLI calls when no daemon runs.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use plugboard_devices::{DeviceManager, SavedState};
 use plugboard_hostdev::{HostdevManager, Recovered};
-use plugboard_sysfs::{Inventory, IommuGroup, PciNames, Sysfs};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
 use crate::error::{ErrorClass, ServiceError};
+use crate::host::{HostConfig, HostService, VmDirectory, hostdev_error};
 use crate::metrics::{Gauges, Metrics};
 use crate::reconcile::{Repair, reconcile};
 use crate::store::{Store, StoredVm};
@@ -27,15 +27,22 @@ use crate::vm::{Link, Vm, VmRecord};
 /// Where the service keeps its state and finds the host.
 #[derive(Debug, Clone)]
 pub struct ServiceConfig {
-    /// The state directory (`/var/lib/plugboard`): the hostdev registry database, which
-    /// also holds the VMs.
-    pub state_dir: PathBuf,
-    /// The host's sysfs.
-    pub sysfs: Sysfs,
-    /// The pci.ids file for device names (`None`: no names).
-    pub pci_ids: Option<PathBuf>,
+    /// The host and the state directory (`/var/lib/plugboard`: the hostdev registry
+    /// database, which also holds the VMs).
+    pub host: HostConfig,
     /// How long a detach waits for the guest to let a device go.
     pub unplug_timeout: Duration,
+}
+
+/// What `GET /healthz` answers: the daemon is up, and which host and state it serves (a
+/// CLI uses the daemon only when these are its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// `ok`.
+    pub status: String,
+    /// The host and state directory served.
+    #[serde(flatten)]
+    pub host: HostConfig,
 }
 
 /// What happened at start.
@@ -55,7 +62,7 @@ pub struct StartReport {
 #[derive(Debug)]
 pub struct Service {
     pub(crate) config: ServiceConfig,
-    pub(crate) hostdev: Mutex<HostdevManager>,
+    pub(crate) host: HostService,
     pub(crate) store: Mutex<Store>,
     pub(crate) vms: RwLock<BTreeMap<String, Arc<Vm>>>,
     metrics: Metrics,
@@ -68,15 +75,27 @@ impl Service {
     /// # Errors
     /// The registry or the service's tables cannot be opened or read.
     pub fn open(config: ServiceConfig) -> Result<(Self, StartReport), ServiceError> {
-        let mut hostdev = HostdevManager::open(config.sysfs.clone(), &config.state_dir)
-            .map_err(|e| hostdev_error("open", ErrorClass::Internal, e))?;
+        let host = HostService::new(config.host.clone());
+        Self::open_with(config, host)
+    }
+
+    /// [`Service::open`] over a host side built by the caller (a runtime embedding the
+    /// service with its own [`plugboard_sysfs::Sysfs`], or a test over the fake kernel).
+    ///
+    /// # Errors
+    /// As [`Service::open`].
+    pub fn open_with(
+        config: ServiceConfig,
+        host: HostService,
+    ) -> Result<(Self, StartReport), ServiceError> {
+        let mut hostdev = host.hostdev()?;
         let recovered = hostdev
             .recover()
             .map_err(|e| hostdev_error("recover", ErrorClass::Internal, e))?;
         for r in &recovered {
             tracing::info!(device = r.address, op = %r.op, action = %r.action, "recovered an interrupted host-device operation");
         }
-        let store = Store::open(&config.state_dir)?;
+        let store = Store::open(&config.host.state_dir)?;
         let mut report = StartReport {
             recovered,
             ..StartReport::default()
@@ -96,12 +115,13 @@ impl Service {
         tracing::info!(
             vms = report.vms, disconnected = report.disconnected.len(),
             repairs = report.repairs.len(), recovered = report.recovered.len(),
-            state_dir = %config.state_dir.display(), "service state loaded"
+            state_dir = %config.host.state_dir.display(), "service state loaded"
         );
+        drop(hostdev);
         Ok((
             Self {
                 config,
-                hostdev: Mutex::new(hostdev),
+                host,
                 store: Mutex::new(store),
                 vms: RwLock::new(vms),
                 metrics: Metrics::default(),
@@ -133,7 +153,10 @@ impl Service {
             g.devices_attached += info.attached as u64;
             g.devices_detached += (info.devices - info.attached) as u64;
         }
-        if let Ok(listing) = self.hostdev().list() {
+        if let Ok(listing) = self.hostdev().and_then(|mut h| {
+            h.list()
+                .map_err(|e| hostdev_error("list", ErrorClass::Internal, e))
+        }) {
             for row in &listing.pci {
                 match row.list {
                     plugboard_hostdev::registry::List::Active => g.hostdevs_active += 1,
@@ -144,55 +167,21 @@ impl Service {
         self.metrics.render(&g)
     }
 
-    /// The host's PCI devices, with names (when a pci.ids file is configured) and their
-    /// owners in the hostdev registry.
-    ///
-    /// # Errors
-    /// sysfs cannot be read.
-    pub fn host_devices(&self) -> Result<Inventory, ServiceError> {
-        let mut inventory =
-            self.config
-                .sysfs
-                .pci_inventory()
-                .map_err(|source| ServiceError::Sysfs {
-                    what: "PCI devices",
-                    source,
-                })?;
-        if let Some(path) = &self.config.pci_ids {
-            let names = PciNames::load_for(path, inventory.vendors()).unwrap_or_else(|e| {
-                tracing::debug!(error = %e, "no device names");
-                PciNames::empty()
-            });
-            inventory.apply_names(&names);
+    /// `GET /healthz`'s answer.
+    pub fn health(&self) -> Health {
+        Health {
+            status: "ok".to_owned(),
+            host: self.config.host.clone(),
         }
-        match self.hostdev().owners() {
-            Ok(owners) => {
-                for d in &mut inventory.devices {
-                    d.owner = owners.get(&d.address).map(ToString::to_string);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "no owners: the hostdev registry cannot be read"),
-        }
-        Ok(inventory)
     }
 
-    /// The host's IOMMU groups and their viability.
-    ///
-    /// # Errors
-    /// sysfs cannot be read.
-    pub fn iommu_groups(&self) -> Result<Vec<IommuGroup>, ServiceError> {
-        self.config
-            .sysfs
-            .iommu_groups()
-            .map_err(|source| ServiceError::Sysfs {
-                what: "IOMMU groups",
-                source,
-            })
+    /// The host side: host queries and host-device operations.
+    pub fn host(&self) -> &HostService {
+        &self.host
     }
 
-    pub(crate) fn hostdev(&self) -> MutexGuard<'_, HostdevManager> {
-        // The manager keeps no state between calls besides its connection.
-        self.hostdev.lock().unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn hostdev(&self) -> Result<crate::host::HostdevGuard<'_>, ServiceError> {
+        self.host.hostdev()
     }
 
     pub(crate) fn store(&self) -> MutexGuard<'_, Store> {
@@ -320,14 +309,10 @@ pub(crate) fn release_forgotten(hostdev: &mut HostdevManager, repairs: &[Repair]
     }
 }
 
-pub(crate) fn hostdev_error(
-    op: &'static str,
-    class: ErrorClass,
-    source: impl std::error::Error + Send + Sync + 'static,
-) -> ServiceError {
-    ServiceError::Hostdev {
-        op,
-        class,
-        source: Box::new(source),
+/// The service's VMs, for the host side's rule that a VM's owner may prepare and release
+/// host devices for it.
+impl VmDirectory for Service {
+    fn vm_owner(&self, vm: &str) -> Option<u32> {
+        self.vms_read().get(vm).map(|vm| vm.record.owner_uid)
     }
 }

@@ -6,10 +6,13 @@ use plugboard_sysfs::fake::{FakeKernel, PciSpec};
 
 use crate::backend::Endpoint;
 use crate::error::ErrorClass;
-use crate::{AttachRequest, Caller, HostdevRequest, RegisterVm, Repair, Service, ServiceConfig};
+use crate::{
+    AttachRequest, Caller, DeviceQuery, HostConfig, HostService, HostdevRequest, NamesQuery,
+    RegisterVm, Repair, Service, ServiceConfig,
+};
 
 struct Fixture {
-    _kernel: FakeKernel,
+    kernel: FakeKernel,
     state: tempfile::TempDir,
     config: ServiceConfig,
 }
@@ -26,23 +29,33 @@ fn fixture() -> Fixture {
         .unwrap();
     let state = tempfile::tempdir().unwrap();
     let config = ServiceConfig {
-        state_dir: state.path().join("state"),
-        sysfs: kernel.sysfs(),
-        pci_ids: None,
+        host: HostConfig {
+            state_dir: state.path().join("state"),
+            sysfs_root: kernel.sysfs_root(),
+            dev_root: kernel.dev_root(),
+            pci_ids: None,
+        },
         unplug_timeout: plugboard_qemu::DEFAULT_UNPLUG_TIMEOUT,
     };
     Fixture {
-        _kernel: kernel,
+        kernel,
         state,
         config,
     }
 }
 
 impl Fixture {
+    /// The service over the fixture's fake kernel (whose writes get the kernel's
+    /// semantics) and state.
+    fn open(&self) -> (Service, crate::StartReport) {
+        let host = HostService::with_sysfs(self.config.host.clone(), self.kernel.sysfs());
+        Service::open_with(self.config.clone(), host).unwrap()
+    }
+
     /// The fixture NIC's driver now.
     fn nic_driver(&self) -> Option<String> {
-        self.config
-            .sysfs
+        self.kernel
+            .sysfs()
             .pci_device(nic())
             .unwrap()
             .driver()
@@ -65,7 +78,7 @@ fn nic_passthrough() -> AttachRequest {
 
 /// The service over the fixture with VM `a` registered by uid 1000.
 fn service_with_vm_a(f: &Fixture) -> Service {
-    let (svc, _) = Service::open(f.config.clone()).unwrap();
+    let (svc, _) = f.open();
     svc.register_vm(Caller::new(1000), memory_vm("a")).unwrap();
     svc
 }
@@ -92,7 +105,7 @@ fn disk(f: &Fixture, name: &str) -> AttachRequest {
 #[test]
 fn register_attach_detach_unregister() {
     let f = fixture();
-    let (svc, report) = Service::open(f.config.clone()).unwrap();
+    let (svc, report) = f.open();
     assert_eq!(report.vms, 0);
     let info = svc.register_vm(Caller::new(1000), memory_vm("a")).unwrap();
     assert_eq!(info.record.owner_uid, 1000);
@@ -107,18 +120,18 @@ fn register_attach_detach_unregister() {
     assert!(attached.plugged);
     let again = svc.attach(Caller::ROOT, "a", &req).unwrap();
     assert!(!again.plugged, "a second attach only counts");
-    assert_eq!(svc.devices("a").unwrap().len(), 1);
+    assert_eq!(svc.devices("a").unwrap().devices.len(), 1);
 
     let err = svc.unregister_vm(Caller::ROOT, "a").unwrap_err();
     assert_eq!(err.class(), ErrorClass::Conflict);
     let id = attached.device.id;
     assert!(!svc.detach(Caller::ROOT, "a", id).unwrap().unplugged);
     assert!(svc.detach(Caller::ROOT, "a", id).unwrap().unplugged);
-    assert!(svc.devices("a").unwrap().is_empty());
+    assert!(svc.devices("a").unwrap().devices.is_empty());
     let err = svc.detach(Caller::ROOT, "a", id).unwrap_err();
     assert_eq!(err.class(), ErrorClass::NotFound);
     svc.unregister_vm(Caller::new(1000), "a").unwrap();
-    assert!(svc.vms().is_empty());
+    assert!(svc.vms().vms.is_empty());
     assert_eq!(svc.devices("a").unwrap_err().class(), ErrorClass::NotFound);
 }
 
@@ -144,9 +157,15 @@ fn only_the_owner_or_root_changes_a_vm() {
     assert_eq!(err.class(), ErrorClass::Forbidden);
     // Host devices outside a VM: root only.
     let nic = nic();
-    let err = svc.hostdev_detach(Caller::new(1000), nic).unwrap_err();
+    let err = svc
+        .host()
+        .hostdev_detach(Caller::new(1000), nic)
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden);
-    let err = svc.hostdev_reattach(Caller::new(1000), nic).unwrap_err();
+    let err = svc
+        .host()
+        .hostdev_reattach(Caller::new(1000), nic)
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden);
     // Preparing for another owner than the caller's own VMs: refused.
     let other = HostdevRequest {
@@ -156,28 +175,42 @@ fn only_the_owner_or_root_changes_a_vm() {
         whole_group: false,
         shareable: false,
     };
-    let err = svc.hostdev_prepare(Caller::new(1000), &other).unwrap_err();
+    let err = svc
+        .host()
+        .hostdev_prepare(Caller::new(1000), &other, &svc)
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden);
     let mine = HostdevRequest {
         owner: "plugboard/a".into(),
         ..other.clone()
     };
-    let err = svc.hostdev_prepare(Caller::new(1001), &mine).unwrap_err();
+    let err = svc
+        .host()
+        .hostdev_prepare(Caller::new(1001), &mine, &svc)
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden);
     // A managed prepare takes the device from its host driver: root's alone, even for the
     // caller's own VM (an unmanaged one is shown in
     // `an_owner_passes_through_what_root_detached_and_it_stays_detached`).
-    let err = svc.hostdev_prepare(Caller::new(1000), &mine).unwrap_err();
+    let err = svc
+        .host()
+        .hostdev_prepare(Caller::new(1000), &mine, &svc)
+        .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden);
-    assert!(svc.hostdevs().unwrap().pci.is_empty());
-    svc.hostdev_prepare(Caller::ROOT, &mine).unwrap();
-    assert_eq!(svc.hostdevs().unwrap().pci.len(), 1);
-    let inventory = svc.host_devices().unwrap();
+    assert!(svc.host().hostdevs().unwrap().pci.is_empty());
+    svc.host()
+        .hostdev_prepare(Caller::ROOT, &mine, &svc)
+        .unwrap();
+    assert_eq!(svc.host().hostdevs().unwrap().pci.len(), 1);
+    let inventory = svc.host().devices(&DeviceQuery::default()).unwrap();
     assert_eq!(inventory.devices[0].owner.as_deref(), Some("plugboard/a"));
-    let released = svc.hostdev_release(Caller::new(1000), &mine).unwrap();
-    assert_eq!(released.len(), 1);
+    let released = svc
+        .host()
+        .hostdev_release(Caller::new(1000), &mine, &svc)
+        .unwrap();
+    assert_eq!(released.released.len(), 1);
     assert_eq!(
-        released[0].result,
+        released.released[0].result,
         plugboard_hostdev::ReleaseResult::Reattached,
         "{released:?}"
     );
@@ -186,19 +219,21 @@ fn only_the_owner_or_root_changes_a_vm() {
 #[test]
 fn bad_hostdev_requests_are_bad_requests() {
     let f = fixture();
-    let (svc, _) = Service::open(f.config.clone()).unwrap();
+    let (svc, _) = f.open();
     let bad = |owner: &str, devices: &[&str]| {
-        svc.hostdev_prepare(
-            Caller::ROOT,
-            &HostdevRequest {
-                owner: owner.into(),
-                devices: devices.iter().map(|d| (*d).to_owned()).collect(),
-                managed: true,
-                whole_group: false,
-                shareable: false,
-            },
-        )
-        .unwrap_err()
+        svc.host()
+            .hostdev_prepare(
+                Caller::ROOT,
+                &HostdevRequest {
+                    owner: owner.into(),
+                    devices: devices.iter().map(|d| (*d).to_owned()).collect(),
+                    managed: true,
+                    whole_group: false,
+                    shareable: false,
+                },
+                &svc,
+            )
+            .unwrap_err()
     };
     assert_eq!(
         bad("noslash", &["0000:02:00.0"]).class(),
@@ -212,7 +247,7 @@ fn bad_hostdev_requests_are_bad_requests() {
 #[test]
 fn state_survives_a_restart_and_is_reconciled() {
     let f = fixture();
-    let (svc, _) = Service::open(f.config.clone()).unwrap();
+    let (svc, _) = f.open();
     svc.register_vm(Caller::new(1000), memory_vm("a")).unwrap();
     svc.register_vm(Caller::new(1000), memory_vm("b")).unwrap();
     let a0 = svc.attach(Caller::ROOT, "a", &disk(&f, "a0.img")).unwrap();
@@ -222,7 +257,7 @@ fn state_survives_a_restart_and_is_reconciled() {
 
     // A restart: the in-memory hypervisor comes back empty, so the attached disk is gone
     // from the "VM". Reconciliation must notice, drop it from the books, and save that.
-    let (svc, report) = Service::open(f.config.clone()).unwrap();
+    let (svc, report) = f.open();
     assert_eq!(report.vms, 2);
     assert_eq!(
         report.repairs,
@@ -241,13 +276,13 @@ fn state_survives_a_restart_and_is_reconciled() {
             host_pci: Vec::new(),
         }]
     );
-    let vms = svc.vms();
+    let vms = svc.vms().vms;
     assert_eq!(vms.len(), 2);
     assert!(
         vms.iter()
             .all(|v| v.connected && v.record.owner_uid == 1000)
     );
-    assert!(svc.devices("a").unwrap().is_empty());
+    assert!(svc.devices("a").unwrap().devices.is_empty());
     let saved = svc.store().devices("a").unwrap().unwrap();
     assert!(!saved.contains("a0.img"), "the repair is saved: {saved}");
     // The freed block index and port are reused.
@@ -262,7 +297,7 @@ fn state_survives_a_restart_and_is_reconciled() {
 #[test]
 fn metrics_count_vms_and_devices() {
     let f = fixture();
-    let (svc, _) = Service::open(f.config.clone()).unwrap();
+    let (svc, _) = f.open();
     svc.register_vm(Caller::ROOT, memory_vm("a")).unwrap();
     svc.attach(Caller::ROOT, "a", &disk(&f, "a0.img")).unwrap();
     svc.metrics().record(
@@ -289,10 +324,10 @@ fn metrics_count_vms_and_devices() {
 #[test]
 fn host_reads_come_from_sysfs() {
     let f = fixture();
-    let (svc, _) = Service::open(f.config.clone()).unwrap();
-    let inv = svc.host_devices().unwrap();
+    let (svc, _) = f.open();
+    let inv = svc.host().devices(&DeviceQuery::default()).unwrap();
     assert_eq!(inv.devices.len(), 1);
-    let groups = svc.iommu_groups().unwrap();
+    let groups = svc.host().groups(NamesQuery::default()).unwrap().groups;
     assert_eq!(groups.len(), 1);
     assert_eq!(groups[0].number, 7);
 }
@@ -331,7 +366,7 @@ fn root_pci_passthrough_prepares_attaches_detaches_and_releases() {
         spec.backend,
         plugboard_devices::VfioBackend::Group { group: 7 }
     );
-    let listing = svc.hostdevs().unwrap();
+    let listing = svc.host().hostdevs().unwrap();
     assert_eq!(listing.pci.len(), 1);
     assert_eq!(
         listing.pci[0].owner.as_ref().unwrap().to_string(),
@@ -347,19 +382,19 @@ fn root_pci_passthrough_prepares_attaches_detaches_and_releases() {
         Some("e1000e"),
         "given back on detach"
     );
-    assert!(svc.hostdevs().unwrap().pci.is_empty());
+    assert!(svc.host().hostdevs().unwrap().pci.is_empty());
 
     // Attached, then lost by the VM across a restart: reconciliation releases it.
     svc.attach(Caller::ROOT, "a", &req).unwrap();
     drop(svc);
-    let (svc, report) = Service::open(f.config.clone()).unwrap();
+    let (svc, report) = f.open();
     assert!(
         matches!(&report.repairs[..], [Repair::Forgotten { host_pci, .. }] if host_pci == &vec![nic()]),
         "{:?}",
         report.repairs
     );
     assert_eq!(f.nic_driver().as_deref(), Some("e1000e"));
-    assert!(svc.hostdevs().unwrap().pci.is_empty());
+    assert!(svc.host().hostdevs().unwrap().pci.is_empty());
 }
 
 #[test]
@@ -377,12 +412,13 @@ fn an_owner_passes_through_what_root_detached_and_it_stays_detached() {
         shareable: false,
     };
     let err = svc
-        .hostdev_prepare(Caller::new(1000), &managed)
+        .host()
+        .hostdev_prepare(Caller::new(1000), &managed, &svc)
         .unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden, "{}", err.chain());
     assert_eq!(f.nic_driver().as_deref(), Some("e1000e"));
 
-    svc.hostdev_detach(Caller::ROOT, nic).unwrap();
+    svc.host().hostdev_detach(Caller::ROOT, nic).unwrap();
     assert_eq!(f.nic_driver().as_deref(), Some("vfio-pci"));
     let attached = svc.attach(Caller::new(1000), "a", &req).unwrap();
     assert!(attached.plugged);
@@ -393,7 +429,7 @@ fn an_owner_passes_through_what_root_detached_and_it_stays_detached() {
         Some("vfio-pci"),
         "an unmanaged device stays detached for root to give back"
     );
-    let listing = svc.hostdevs().unwrap();
+    let listing = svc.host().hostdevs().unwrap();
     assert_eq!(listing.pci.len(), 1);
     assert!(listing.pci[0].owner.is_none(), "{:?}", listing.pci[0]);
 }
@@ -405,7 +441,7 @@ fn a_vm_whose_hypervisor_is_gone_stays_listed_and_can_be_unregistered() {
     svc.attach(Caller::ROOT, "a", &nic_passthrough()).unwrap();
     drop(svc);
     // The VM now points at a QEMU that is not there.
-    let db = rusqlite::Connection::open(f.config.state_dir.join("hostdev.db")).unwrap();
+    let db = rusqlite::Connection::open(f.config.host.state_dir.join("hostdev.db")).unwrap();
     let record: String = db
         .query_row("SELECT record FROM service_vms WHERE name = 'a'", [], |r| {
             r.get(0)
@@ -420,7 +456,7 @@ fn a_vm_whose_hypervisor_is_gone_stays_listed_and_can_be_unregistered() {
     .unwrap();
     drop(db);
 
-    let (svc, report) = Service::open(f.config.clone()).unwrap();
+    let (svc, report) = f.open();
     assert_eq!(report.disconnected.len(), 1);
     assert!(
         report.disconnected[0].1.contains("/nonexistent/qmp.sock"),
@@ -449,11 +485,11 @@ fn a_vm_whose_hypervisor_is_gone_stays_listed_and_can_be_unregistered() {
         ErrorClass::Forbidden
     );
     svc.unregister_vm(Caller::new(1000), "a").unwrap();
-    assert!(svc.vms().is_empty());
+    assert!(svc.vms().vms.is_empty());
     assert_eq!(
         f.nic_driver().as_deref(),
         Some("e1000e"),
         "its host device was given back"
     );
-    assert!(svc.hostdevs().unwrap().pci.is_empty());
+    assert!(svc.host().hostdevs().unwrap().pci.is_empty());
 }

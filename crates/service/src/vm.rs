@@ -47,7 +47,7 @@ pub struct RegisterVm {
 }
 
 /// A VM as listed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmInfo {
     /// The stored record.
     #[serde(flatten)]
@@ -55,7 +55,7 @@ pub struct VmInfo {
     /// Whether the service holds a session with its hypervisor.
     pub connected: bool,
     /// Why not, when not.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Its devices.
     pub devices: usize,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use plugboard_devices::{DeviceId, DeviceState, ManagerConfig, Released, Removed};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::attach::AttachRequest;
 use crate::auth::Caller;
@@ -17,8 +17,31 @@ use crate::service::{Service, release_forgotten, restore};
 use crate::store::StoredVm;
 use crate::vm::{Link, RegisterVm, Vm, VmInfo, VmRecord, validate_name};
 
+/// Every registered VM (`GET /v1/vms`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmList {
+    /// The VMs, by name.
+    pub vms: Vec<VmInfo>,
+}
+
+/// A VM's devices (`GET /v1/vms/{name}/devices`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceList {
+    /// The devices, by id.
+    pub devices: Vec<DeviceState>,
+}
+
+/// What a reconnect did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconnected {
+    /// The VM, connected.
+    pub vm: VmInfo,
+    /// What reconciliation repaired.
+    pub repairs: Vec<Repair>,
+}
+
 /// What an attach did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attached {
     /// True when the device was plugged now; false when it was attached already and only
     /// gained an attachment.
@@ -28,7 +51,7 @@ pub struct Attached {
 }
 
 /// What a detach did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Detached {
     /// The device.
     pub id: DeviceId,
@@ -132,11 +155,7 @@ impl Service {
     /// # Errors
     /// Unknown VM, not the owner or root, a VM that is connected already
     /// ([`ServiceError::BadRequest`]), a hypervisor still not reachable.
-    pub fn reconnect_vm(
-        &self,
-        caller: Caller,
-        name: &str,
-    ) -> Result<(VmInfo, Vec<Repair>), ServiceError> {
+    pub fn reconnect_vm(&self, caller: Caller, name: &str) -> Result<Reconnected, ServiceError> {
         let old = self.vm(name)?;
         caller.may_change_vm(name, old.record.owner_uid, "reconnect")?;
         let _ops = old.lock_ops();
@@ -161,7 +180,12 @@ impl Service {
             devices,
         };
         let (vm, repairs) = restore(stored, &self.store(), self.config.unplug_timeout);
-        release_forgotten(&mut self.hostdev(), &repairs);
+        match self.hostdev() {
+            Ok(mut hostdev) => release_forgotten(&mut hostdev, &repairs),
+            Err(e) => {
+                tracing::error!(vm = name, error = %e.chain(), "cannot release the host devices of dropped devices");
+            }
+        }
         if let Link::Disconnected { reason, .. } = &vm.link {
             return Err(ServiceError::NotConnected {
                 vm: name.to_owned(),
@@ -175,12 +199,14 @@ impl Service {
             repairs = repairs.len(),
             "VM reconnected on request"
         );
-        Ok((info, repairs))
+        Ok(Reconnected { vm: info, repairs })
     }
 
     /// Every VM.
-    pub fn vms(&self) -> Vec<VmInfo> {
-        self.vms_read().values().map(|vm| vm.info()).collect()
+    pub fn vms(&self) -> VmList {
+        VmList {
+            vms: self.vms_read().values().map(|vm| vm.info()).collect(),
+        }
     }
 
     /// One VM.
@@ -195,8 +221,10 @@ impl Service {
     ///
     /// # Errors
     /// Unknown VM.
-    pub fn devices(&self, name: &str) -> Result<Vec<DeviceState>, ServiceError> {
-        Ok(self.vm(name)?.devices())
+    pub fn devices(&self, name: &str) -> Result<DeviceList, ServiceError> {
+        Ok(DeviceList {
+            devices: self.vm(name)?.devices(),
+        })
     }
 
     /// Attaches a device to a VM (a second attach of the same device only counts), and

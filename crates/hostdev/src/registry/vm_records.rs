@@ -12,7 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{OptionalExtension, params};
+use rusqlite::params;
 
 use super::{Durability, Registry, RegistryError, RegistryOptions};
 
@@ -138,6 +138,7 @@ impl VmRecords {
     /// One VM's saved device state (`None`: no such VM, or none saved yet). For tests.
     #[cfg(any(test, feature = "test-util"))]
     pub fn devices(&self, name: &str) -> Result<Option<String>, VmRecordsError> {
+        use rusqlite::OptionalExtension;
         Ok(self
             .registry
             .conn

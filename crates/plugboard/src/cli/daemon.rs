@@ -1,27 +1,163 @@
-//! `host`, `hostdev` and `vfio` through the daemon when it runs, locally otherwise.
+//! Where an answer comes from: the daemon when it serves this host, or the core in this
+//! process otherwise. Nothing else.
 //!
 //! A command uses the daemon when its socket (`$PLUGBOARD_SOCKET`, else the default) is
-//! there and the daemon looks at the same host as the command would (its `/healthz`
-//! names the same sysfs root, dev root and state directory as this command's options).
-//! Then the daemon's authorization and its one view of the registry apply: a member of
-//! the socket's group can read the registry and prepare devices for their own VMs without
-//! being root. `PLUGBOARD_LOCAL=1` forces local work. Each `run` calls one function here
-//! first; `None` means "do it locally".
+//! there and the daemon looks at the same host as the command would (its `/healthz` names
+//! the same sysfs root, dev root and state directory as this command's options, and for
+//! host listings the same pci.ids). Then the daemon's authorization and its one view of
+//! the registry apply: a member of the socket's group can read the registry and prepare
+//! devices for their own VMs without being root. `PLUGBOARD_LOCAL=1` forces local work.
+//!
+//! Either way the answer is the same typed value from the same `plugboard-service`
+//! method ([`Core`] has one method per command, with one `match` each), and one renderer
+//! per command prints it.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
-use plugboard_sysfs::PciAddress;
-use serde_json::{Value, json};
+use plugboard_hostdev::Listing;
+use plugboard_service::{
+    Caller, DeviceDetail, DeviceQuery, HostConfig, HostGroups, HostService, HostdevRequest,
+    NamesQuery, NodeDeviceResult, PrepareAnswer, RecoverAnswer, ReleaseAnswer, Resolved, VfioQuery,
+    VfioReport,
+};
+use plugboard_sysfs::{DevKind, DevNumber, Inventory, PciAddress};
 
-use super::host::HostCommand;
-use super::hostdev::HostdevCommand;
-use super::table::{header, text};
-use super::{Global, print_json};
-use crate::serve::client::{Client, DEFAULT_SOCKET};
+use super::Global;
+use crate::client::{Client, DEFAULT_SOCKET};
 
-/// The daemon's client, when this command should use it.
-pub fn client(global: &Global) -> Option<Client> {
+/// Where answers come from.
+#[derive(Debug)]
+pub enum Core {
+    /// The core in this process, acting as the calling user.
+    Local {
+        /// The host side of the core.
+        host: Box<HostService>,
+        /// The calling user, for the core's rules.
+        caller: Caller,
+    },
+    /// The daemon serving this host.
+    Daemon(Client),
+}
+
+impl Core {
+    /// The core for `global`'s host; `pci_ids` is the names database a host listing uses
+    /// (`None` for commands that show no names).
+    pub fn for_host(global: &Global, pci_ids: Option<&Path>) -> Self {
+        let config = HostConfig {
+            state_dir: absolute(&global.state_dir),
+            sysfs_root: absolute(&global.sysfs_root),
+            dev_root: absolute(&global.dev_root),
+            pci_ids: pci_ids.filter(|p| p.exists()).map(absolute),
+        };
+        match daemon_for(&config, pci_ids.is_some()) {
+            Some(client) => Self::Daemon(client),
+            None => Self::Local {
+                host: Box::new(HostService::new(config)),
+                caller: Caller::new(rustix::process::geteuid().as_raw()),
+            },
+        }
+    }
+
+    /// `host ls`.
+    pub fn devices(&self, query: &DeviceQuery) -> anyhow::Result<Inventory> {
+        match self {
+            Self::Local { host, .. } => Ok(host.devices(query)?),
+            Self::Daemon(client) => client.host_devices(query),
+        }
+    }
+
+    /// `host groups`.
+    pub fn groups(&self, query: NamesQuery) -> anyhow::Result<HostGroups> {
+        match self {
+            Self::Local { host, .. } => Ok(host.groups(query)?),
+            Self::Daemon(client) => client.host_groups(query),
+        }
+    }
+
+    /// `host show`.
+    pub fn device(&self, address: PciAddress, query: NamesQuery) -> anyhow::Result<DeviceDetail> {
+        match self {
+            Self::Local { host, .. } => Ok(host.device(address, query)?),
+            Self::Daemon(client) => client.host_device(address, query),
+        }
+    }
+
+    /// `host resolve`.
+    pub fn resolve(&self, kind: DevKind, number: DevNumber) -> anyhow::Result<Resolved> {
+        match self {
+            Self::Local { host, .. } => Ok(host.resolve(kind, number)?),
+            Self::Daemon(client) => client.host_node(kind, number),
+        }
+    }
+
+    /// `hostdev ls`.
+    pub fn hostdevs(&self) -> anyhow::Result<Listing> {
+        match self {
+            Self::Local { host, .. } => Ok(host.hostdevs()?),
+            Self::Daemon(client) => client.hostdevs(),
+        }
+    }
+
+    /// `hostdev prepare`.
+    pub fn prepare(&self, request: &HostdevRequest) -> anyhow::Result<PrepareAnswer> {
+        match self {
+            Self::Local { host, caller } => Ok(host.hostdev_prepare(*caller, request, &())?),
+            Self::Daemon(client) => client.hostdev_prepare(request),
+        }
+    }
+
+    /// `hostdev release`.
+    pub fn release(&self, request: &HostdevRequest) -> anyhow::Result<ReleaseAnswer> {
+        match self {
+            Self::Local { host, caller } => Ok(host.hostdev_release(*caller, request, &())?),
+            Self::Daemon(client) => client.hostdev_release(request),
+        }
+    }
+
+    /// `hostdev detach`.
+    pub fn detach(&self, address: PciAddress) -> anyhow::Result<NodeDeviceResult> {
+        match self {
+            Self::Local { host, caller } => Ok(host.hostdev_detach(*caller, address)?),
+            Self::Daemon(client) => client.hostdev_detach(address),
+        }
+    }
+
+    /// `hostdev reattach`.
+    pub fn reattach(&self, address: PciAddress) -> anyhow::Result<NodeDeviceResult> {
+        match self {
+            Self::Local { host, caller } => Ok(host.hostdev_reattach(*caller, address)?),
+            Self::Daemon(client) => client.hostdev_reattach(address),
+        }
+    }
+
+    /// `hostdev reset`.
+    pub fn reset(&self, address: PciAddress) -> anyhow::Result<NodeDeviceResult> {
+        match self {
+            Self::Local { host, caller } => Ok(host.hostdev_reset(*caller, address)?),
+            Self::Daemon(client) => client.hostdev_reset(address),
+        }
+    }
+
+    /// `hostdev recover`.
+    pub fn recover(&self) -> anyhow::Result<RecoverAnswer> {
+        match self {
+            Self::Local { host, caller } => Ok(host.hostdev_recover(*caller)?),
+            Self::Daemon(client) => client.hostdev_recover(),
+        }
+    }
+
+    /// `vfio info`.
+    pub fn vfio_info(&self, address: PciAddress, query: VfioQuery) -> anyhow::Result<VfioReport> {
+        match self {
+            Self::Local { host, caller } => Ok(host.vfio_info(*caller, address, query)?),
+            Self::Daemon(client) => client.vfio_info(address, query),
+        }
+    }
+}
+
+/// The daemon's client, when a daemon serves exactly `config`'s host and state (and, when
+/// `names` matters, the same pci.ids).
+fn daemon_for(config: &HostConfig, names: bool) -> Option<Client> {
     if std::env::var_os("PLUGBOARD_LOCAL").is_some_and(|v| v != "0") {
         return None;
     }
@@ -31,21 +167,19 @@ pub fn client(global: &Global) -> Option<Client> {
         return None;
     }
     let client = Client::new(&socket).ok()?;
-    let health: Value = match client.call("GET", "/healthz", None) {
+    let health = match client.health() {
         Ok(h) => h,
         Err(e) => {
             tracing::warn!(socket = %socket.display(), error = %e, "the daemon's socket is there but it does not answer; working locally");
             return None;
         }
     };
-    let same = |key: &str, ours: &Path| {
-        let ours = std::path::absolute(ours).unwrap_or_else(|_| ours.to_path_buf());
-        health[key].as_str().map(Path::new) == Some(ours.as_path())
-    };
-    if same("sysfs_root", &global.sysfs_root)
-        && same("dev_root", &global.dev_root)
-        && same("state_dir", &global.state_dir)
-    {
+    let served = &health.host;
+    let same = served.sysfs_root == config.sysfs_root
+        && served.dev_root == config.dev_root
+        && served.state_dir == config.state_dir
+        && (!names || served.pci_ids == config.pci_ids);
+    if same {
         tracing::debug!(socket = %socket.display(), "using the daemon");
         Some(client)
     } else {
@@ -54,296 +188,6 @@ pub fn client(global: &Global) -> Option<Client> {
     }
 }
 
-/// `plugboard host ls|groups|show` through the daemon (`resolve` and filtered listings
-/// stay local).
-pub fn host(global: &Global, command: &HostCommand) -> Option<anyhow::Result<()>> {
-    let routed = match command {
-        HostCommand::Ls { class, driver, .. } => class.is_none() && driver.is_none(),
-        HostCommand::Groups { .. } | HostCommand::Show { .. } => true,
-        HostCommand::Resolve { .. } => false,
-    };
-    if !routed {
-        return None;
-    }
-    let client = client(global)?;
-    Some(host_remote(&client, global.json, command))
-}
-
-fn host_remote(client: &Client, json: bool, command: &HostCommand) -> anyhow::Result<()> {
-    match command {
-        HostCommand::Groups { .. } => {
-            let groups: Value = client.call("GET", "/v1/host/iommu-groups", None)?;
-            if json {
-                return print_json(&groups);
-            }
-            let mut rows = Vec::new();
-            for g in groups["groups"].as_array().into_iter().flatten() {
-                let verdict = if g["viable"] == true {
-                    "viable".to_owned()
-                } else {
-                    format!("not viable: blocked by {}", list(&g["blockers"]))
-                };
-                rows.push(vec![format!("IOMMU group {}: {verdict}", g["number"])]);
-                for m in g["members"].as_array().into_iter().flatten() {
-                    rows.push(vec![
-                        format!("  {}", text(&m["address"])),
-                        text(&m["class"]),
-                        text(&m["driver"]),
-                    ]);
-                }
-            }
-            super::table::print_table(&rows)?;
-            Ok(())
-        }
-        HostCommand::Show { address, .. } => {
-            let device = device(client, *address)?;
-            if json {
-                return print_json(&device);
-            }
-            for (key, value) in device.as_object().into_iter().flatten() {
-                println!("{key:<16} {}", text(value));
-            }
-            Ok(())
-        }
-        HostCommand::Ls { .. } | HostCommand::Resolve { .. } => {
-            let inventory: Value = client.call("GET", "/v1/host/devices", None)?;
-            if json {
-                return print_json(&inventory);
-            }
-            let mut rows = vec![header(&[
-                "ADDRESS",
-                "CLASS",
-                "VENDOR:DEVICE",
-                "NAME",
-                "DRIVER",
-                "GROUP",
-                "OWNER",
-            ])];
-            for d in inventory["devices"].as_array().into_iter().flatten() {
-                let name = [&d["names"]["vendor"], &d["names"]["device"]]
-                    .iter()
-                    .filter_map(|v| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                rows.push(vec![
-                    text(&d["address"]),
-                    d["names"]["class"]
-                        .as_str()
-                        .map_or_else(|| text(&d["class"]), str::to_owned),
-                    format!(
-                        "{}:{}",
-                        text(&d["ids"]["vendor"]),
-                        text(&d["ids"]["device"])
-                    ),
-                    name,
-                    text(&d["driver"]),
-                    text(&d["iommu_group"]),
-                    text(&d["owner"]),
-                ]);
-            }
-            super::table::print_table(&rows)?;
-            for p in inventory["problems"].as_array().into_iter().flatten() {
-                eprintln!(
-                    "plugboard: warning: {}: {}",
-                    text(&p["address"]),
-                    text(&p["error"])
-                );
-            }
-            Ok(())
-        }
-    }
-}
-
-fn device(client: &Client, address: PciAddress) -> anyhow::Result<Value> {
-    let inventory: Value = client.call("GET", "/v1/host/devices", None)?;
-    inventory["devices"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|d| d["address"].as_str() == Some(&address.to_string()))
-        .cloned()
-        .with_context(|| format!("no PCI device {address} on this host (the daemon says)"))
-}
-
-/// Every `plugboard hostdev` command through the daemon.
-pub fn hostdev(global: &Global, command: &HostdevCommand) -> Option<anyhow::Result<()>> {
-    let client = client(global)?;
-    Some(hostdev_remote(&client, global.json, command))
-}
-
-fn hostdev_remote(client: &Client, json: bool, command: &HostdevCommand) -> anyhow::Result<()> {
-    let names = |devices: &[plugboard_hostdev::HostDevice]| -> Vec<String> {
-        devices.iter().map(ToString::to_string).collect()
-    };
-    match command {
-        HostdevCommand::Ls => {
-            let listing: Value = client.call("GET", "/v1/hostdevs", None)?;
-            if json {
-                return print_json(&listing);
-            }
-            let mut rows = vec![header(&[
-                "DEVICE",
-                "LIST",
-                "OWNER",
-                "MANAGED",
-                "ORIGINAL DRIVER",
-                "GROUP",
-            ])];
-            for r in listing["pci"].as_array().into_iter().flatten() {
-                rows.push(vec![
-                    text(&r["address"]),
-                    text(&r["list"]),
-                    owner(&r["owner"]),
-                    if r["managed"] == true {
-                        "managed"
-                    } else {
-                        "unmanaged"
-                    }
-                    .to_owned(),
-                    text(&r["original_driver"]),
-                    text(&r["iommu_group"]),
-                ]);
-            }
-            for c in listing["claims"].as_array().into_iter().flatten() {
-                rows.push(vec![
-                    format!("{}:{}", text(&c["kind"]), text(&c["key"])),
-                    "claimed".to_owned(),
-                    owner(&c["owner"]),
-                ]);
-            }
-            super::table::print_table(&rows)?;
-            for p in listing["pending"].as_array().into_iter().flatten() {
-                println!(
-                    "pending: {} {} by process {}",
-                    text(&p["op"]),
-                    text(&p["address"]),
-                    text(&p["pid"])
-                );
-            }
-            Ok(())
-        }
-        HostdevCommand::Prepare {
-            owner,
-            managed,
-            whole_group,
-            shareable,
-            devices,
-        } => {
-            let body = json!({
-                "owner": owner.to_string(), "devices": names(devices),
-                "managed": managed, "whole_group": whole_group, "shareable": shareable,
-            });
-            let answer: Value = client.call("POST", "/v1/hostdevs/prepare", Some(&body))?;
-            if json {
-                return print_json(&answer);
-            }
-            println!("prepared for {owner}: {}", names(devices).join(", "));
-            Ok(())
-        }
-        HostdevCommand::Release { owner, devices } => {
-            let body = json!({"owner": owner.to_string(), "devices": names(devices)});
-            let answer: Value = client.call("POST", "/v1/hostdevs/release", Some(&body))?;
-            if json {
-                print_json(&answer)?;
-            } else {
-                let mut rows = vec![header(&["DEVICE", "RESULT", "DETAIL"])];
-                for r in answer["released"].as_array().into_iter().flatten() {
-                    rows.push(vec![
-                        text(&r["device"]),
-                        text(&r["result"]),
-                        text(&r["detail"]),
-                    ]);
-                }
-                super::table::print_table(&rows)?;
-            }
-            let failed: Vec<String> = answer["released"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|r| r["result"] == "failed")
-                .map(|r| text(&r["device"]))
-                .collect();
-            anyhow::ensure!(
-                failed.is_empty(),
-                "release failed for {}",
-                failed.join(", ")
-            );
-            Ok(())
-        }
-        HostdevCommand::Detach { address }
-        | HostdevCommand::Reattach { address }
-        | HostdevCommand::Reset { address } => {
-            let op = match command {
-                HostdevCommand::Detach { .. } => "detach",
-                HostdevCommand::Reattach { .. } => "reattach",
-                _ => "reset",
-            };
-            let answer: Value =
-                client.call("POST", &format!("/v1/hostdevs/{address}/{op}"), None)?;
-            if json {
-                return print_json(&answer);
-            }
-            println!(
-                "{address}: {op}: {}",
-                text(answer.get("result").unwrap_or(&answer["driver"]))
-            );
-            Ok(())
-        }
-        HostdevCommand::Recover => {
-            let answer: Value = client.call("POST", "/v1/hostdevs/recover", None)?;
-            if json {
-                return print_json(&answer["recovered"]);
-            }
-            let done = answer["recovered"].as_array().cloned().unwrap_or_default();
-            if done.is_empty() {
-                println!("nothing to recover");
-            }
-            for r in done {
-                println!(
-                    "{} {}: {}",
-                    text(&r["address"]),
-                    text(&r["op"]),
-                    text(&r["action"])
-                );
-            }
-            Ok(())
-        }
-    }
-}
-
-/// `plugboard vfio info`: a device a VM holds (active in the daemon's registry) is not
-/// opened from here; anything else is opened locally.
-pub fn vfio_guard(global: &Global, address: PciAddress) -> anyhow::Result<()> {
-    let Some(client) = client(global) else {
-        return Ok(());
-    };
-    let listing: Value = client.call("GET", "/v1/hostdevs", None)?;
-    let row = listing["pci"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|r| r["address"].as_str() == Some(&address.to_string()) && r["list"] == "active");
-    if let Some(row) = row {
-        anyhow::bail!(
-            "PCI device {address} is in use by {} (the daemon's registry); not opening it",
-            owner(&row["owner"])
-        );
-    }
-    Ok(())
-}
-
-fn owner(v: &Value) -> String {
-    match (v["driver"].as_str(), v["domain"].as_str()) {
-        (Some(d), Some(n)) => format!("{d}/{n}"),
-        _ => text(v),
-    }
-}
-
-fn list(v: &Value) -> String {
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .map(text)
-        .collect::<Vec<_>>()
-        .join(", ")
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }

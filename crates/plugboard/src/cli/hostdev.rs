@@ -1,16 +1,18 @@
 //! `plugboard hostdev …`: host-wide ownership of passthrough devices (the registry in
 //! `--state-dir`), on the host seen through `--sysfs-root`.
 //!
-//! Everything here is formatting and argument parsing; the rules live in
-//! `plugboard-hostdev`. Tables are for people, `--json` prints the library's records.
+//! Parsing only: the rules live in the core (`HostService` over `plugboard-hostdev`, in
+//! this process or in the daemon; see `daemon.rs`), and `render::hostdev` prints the
+//! answers. `--json` prints the answers themselves.
 
-use anyhow::Context;
 use clap::Subcommand;
-use plugboard_hostdev::{BatchOptions, HostDevice, HostdevManager, Owner};
-use plugboard_sysfs::{PciAddress, Sysfs};
-use serde::Serialize;
+use plugboard_hostdev::{HostDevice, Owner};
+use plugboard_service::HostdevRequest;
+use plugboard_sysfs::PciAddress;
 
-use super::{Global, print_json};
+use super::Global;
+use super::daemon::Core;
+use super::render::{self, emit};
 
 /// Ownership of passthrough devices: who uses what, detach, give back, recover.
 #[derive(Debug, Subcommand)]
@@ -67,13 +69,10 @@ pub enum HostdevCommand {
 
 /// Runs one `hostdev` subcommand.
 pub fn run(global: &Global, command: HostdevCommand) -> anyhow::Result<()> {
-    if let Some(done) = super::daemon::hostdev(global, &command) {
-        return done;
-    }
-    let sysfs = Sysfs::new(&global.sysfs_root).with_dev_root(&global.dev_root);
-    let mut m = HostdevManager::open(sysfs, &global.state_dir)?;
+    let core = Core::for_host(global, None);
+    let json = global.json;
     match command {
-        HostdevCommand::Ls => ls(&mut m, global.json),
+        HostdevCommand::Ls => emit(json, &core.hostdevs()?, render::hostdev::listing),
         HostdevCommand::Prepare {
             owner,
             managed,
@@ -81,42 +80,14 @@ pub fn run(global: &Global, command: HostdevCommand) -> anyhow::Result<()> {
             shareable,
             devices,
         } => {
-            let options = BatchOptions {
-                managed,
-                whole_group,
-                shareable,
-            };
-            m.prepare(&owner, &devices, options)
-                .with_context(|| format!("prepare for {owner}"))?;
-            let listing = m.list()?;
-            if global.json {
-                return print_json(&listing);
-            }
-            println!("prepared for {owner}: {}", join(&devices));
-            Ok(())
+            let request = request(&owner, &devices, managed, whole_group, shareable);
+            emit(json, &core.prepare(&request)?, render::hostdev::prepared)
         }
         HostdevCommand::Release { owner, devices } => {
-            let out = m.release(&owner, &devices)?;
-            if global.json {
-                print_json(&out)?;
-            } else {
-                let rows: Vec<Vec<String>> = out
-                    .iter()
-                    .map(|r| {
-                        vec![
-                            r.device.clone(),
-                            r.result.to_string(),
-                            r.detail.clone().unwrap_or_default(),
-                        ]
-                    })
-                    .collect();
-                table(&["DEVICE", "RESULT", "DETAIL"], &rows)?;
-            }
-            let failed: Vec<&str> = out
-                .iter()
-                .filter(|r| r.result.is_failure())
-                .map(|r| r.device.as_str())
-                .collect();
+            let request = request(&owner, &devices, false, false, false);
+            let answer = core.release(&request)?;
+            emit(json, &answer, render::hostdev::released)?;
+            let failed = answer.failures();
             anyhow::ensure!(
                 failed.is_empty(),
                 "release failed for {}",
@@ -125,119 +96,31 @@ pub fn run(global: &Global, command: HostdevCommand) -> anyhow::Result<()> {
             Ok(())
         }
         HostdevCommand::Detach { address } => {
-            let done = m.detach(address)?;
-            let text = format!("{address}: {done}");
-            report(global.json, &done, &text)
+            emit(json, &core.detach(address)?, render::hostdev::node_device)
         }
         HostdevCommand::Reattach { address } => {
-            let driver = m.reattach(address)?;
-            let text = format!(
-                "{address}: reattached to {}",
-                driver.as_deref().unwrap_or("no driver")
-            );
-            report(global.json, &driver, &text)
+            emit(json, &core.reattach(address)?, render::hostdev::node_device)
         }
         HostdevCommand::Reset { address } => {
-            let done = m.reset(address)?;
-            let text = format!("{address}: {done}");
-            report(global.json, &done, &text)
+            emit(json, &core.reset(address)?, render::hostdev::node_device)
         }
-        HostdevCommand::Recover => {
-            let done = m.recover()?;
-            if global.json {
-                return print_json(&done);
-            }
-            if done.is_empty() {
-                println!("nothing to recover");
-                return Ok(());
-            }
-            let rows: Vec<Vec<String>> = done
-                .iter()
-                .map(|r| vec![r.address.clone(), r.op.to_string(), r.action.to_string()])
-                .collect();
-            table(&["DEVICE", "PENDING", "ACTION"], &rows)
-        }
+        HostdevCommand::Recover => emit(json, &core.recover()?, render::hostdev::recovered),
     }
 }
 
-fn ls(m: &mut HostdevManager, json: bool) -> anyhow::Result<()> {
-    let listing = m.list()?;
-    if json {
-        return print_json(&listing);
+/// The core's request for a prepare or release.
+fn request(
+    owner: &Owner,
+    devices: &[HostDevice],
+    managed: bool,
+    whole_group: bool,
+    shareable: bool,
+) -> HostdevRequest {
+    HostdevRequest {
+        owner: owner.to_string(),
+        devices: devices.iter().map(ToString::to_string).collect(),
+        managed,
+        whole_group,
+        shareable,
     }
-    let mut rows: Vec<Vec<String>> = listing
-        .pci
-        .iter()
-        .map(|r| {
-            vec![
-                r.address.clone(),
-                r.list.to_string(),
-                r.owner
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-                if r.managed { "managed" } else { "unmanaged" }.to_owned(),
-                r.original_driver.clone().unwrap_or_default(),
-                r.iommu_group.map(|g| g.to_string()).unwrap_or_default(),
-            ]
-        })
-        .collect();
-    for c in &listing.claims {
-        rows.push(vec![
-            format!("{}:{}", c.kind.as_str(), c.key),
-            "active".to_owned(),
-            c.owner.to_string(),
-            if c.shareable { "shareable" } else { "" }.to_owned(),
-            c.detail.clone().unwrap_or_default(),
-            String::new(),
-        ]);
-    }
-    table(
-        &[
-            "DEVICE",
-            "LIST",
-            "OWNER",
-            "MODE",
-            "ORIGINAL/DETAIL",
-            "GROUP",
-        ],
-        &rows,
-    )?;
-    for p in &listing.pending {
-        let state = if p.running {
-            "running"
-        } else {
-            "interrupted: run `plugboard hostdev recover`"
-        };
-        println!(
-            "pending: {} {} by process {} ({state})",
-            p.op, p.address, p.pid
-        );
-    }
-    Ok(())
-}
-
-fn report<T: Serialize>(json: bool, value: &T, text: &str) -> anyhow::Result<()> {
-    if json {
-        print_json(value)
-    } else {
-        println!("{text}");
-        Ok(())
-    }
-}
-
-fn join(devices: &[HostDevice]) -> String {
-    devices
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// Prints `header` then `rows` as a table.
-fn table(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
-    let mut all = Vec::with_capacity(rows.len() + 1);
-    all.push(super::table::header(header));
-    all.extend_from_slice(rows);
-    Ok(super::table::print_table(&all)?)
 }

@@ -1,11 +1,16 @@
 //! Command-line parsing, the options every subcommand shares, and output helpers.
 //!
 //! Each subcommand family lives in its own module (`host`, `hostdev`, `vfio`, `vm`,
-//! `serve`) with a clap `Subcommand` enum and a `run` function.
+//! `serve`) with a clap `Subcommand` enum and a `run` function that parses, asks the core
+//! for the answer (`daemon.rs` chooses where it comes from) and hands it to the command's
+//! one renderer (`render/`).
 
 mod daemon;
 mod host;
 mod hostdev;
+#[cfg(test)]
+mod parity_tests;
+mod render;
 mod serve;
 mod table;
 mod vfio;
@@ -118,14 +123,4 @@ pub fn print_error_chain(err: &anyhow::Error) {
     for cause in err.chain().skip(1) {
         let _ = writeln!(stderr, "  caused by: {cause}");
     }
-}
-
-/// Writes `value` as pretty JSON followed by a newline on stdout.
-pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    // Buffered: stdout is line-buffered, and a large document would be one write per line.
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    serde_json::to_writer_pretty(&mut out, value)?;
-    writeln!(out)?;
-    out.flush()?;
-    Ok(())
 }

@@ -4,11 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use plugboard_service::ServiceConfig;
-use plugboard_sysfs::Sysfs;
+use plugboard_service::{HostConfig, ServiceConfig};
 
 use super::Global;
-use crate::serve::{self, ServeOptions, client::DEFAULT_SOCKET};
+use crate::client::DEFAULT_SOCKET;
+use crate::serve::{self, ServeOptions};
 
 /// Options of `plugboard serve`.
 #[derive(Debug, Args)]
@@ -42,10 +42,16 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<()> {
         socket: args.socket,
         group,
         service: ServiceConfig {
-            state_dir: absolute(&global.state_dir)?,
-            sysfs: Sysfs::new(absolute(&global.sysfs_root)?)
-                .with_dev_root(absolute(&global.dev_root)?),
-            pci_ids: args.pci_ids.exists().then_some(args.pci_ids),
+            host: HostConfig {
+                state_dir: absolute(&global.state_dir)?,
+                sysfs_root: absolute(&global.sysfs_root)?,
+                dev_root: absolute(&global.dev_root)?,
+                pci_ids: if args.pci_ids.exists() {
+                    Some(absolute(&args.pci_ids)?)
+                } else {
+                    None
+                },
+            },
             unplug_timeout: std::time::Duration::from_secs(args.unplug_timeout),
         },
     })

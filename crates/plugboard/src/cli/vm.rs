@@ -1,17 +1,22 @@
-//! `plugboard vm …`: VMs and their devices, as a client of the daemon (`plugboard serve`).
+//! `plugboard vm …`: VMs and their devices, as a client of the daemon (`plugboard serve`),
+//! which keeps the VMs.
 //!
-//! Every command is one request to the daemon's API; the daemon decides and keeps the
-//! books. Tables for people, `--json` prints the daemon's answer as it came.
+//! Every command builds the service's typed request, makes one call of the typed client,
+//! and hands the typed answer to its renderer (`render::vm`); `--json` prints the answer.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use plugboard_devices::{BlockDriver, DeviceId, ImageFormat};
+use plugboard_service::{AttachRequest, Endpoint, RegisterVm};
+use plugboard_sysfs::PciAddress;
+use serde::Deserialize;
+use serde::de::IntoDeserializer;
 
-use super::table::{header, text};
-use super::{Global, print_json};
-use crate::serve::client::{Client, DEFAULT_SOCKET};
+use super::Global;
+use super::render::{self, emit};
+use crate::client::{Client, DEFAULT_SOCKET};
 
 /// `plugboard vm` and its options.
 #[derive(Debug, Args)]
@@ -40,6 +45,11 @@ pub enum VmCommand {
     },
     /// List the registered VMs.
     Ls,
+    /// One VM: its owner, endpoint, hotplug ports and device counts.
+    Show {
+        /// The VM.
+        name: String,
+    },
     /// Reconnect a VM whose QEMU was not reachable (restarted at the same socket).
     Reconnect {
         /// The VM.
@@ -59,16 +69,16 @@ pub enum VmCommand {
         disk: Option<PathBuf>,
         /// A host PCI device to pass through (VFIO), `DDDD:BB:SS.F`.
         #[arg(long, conflicts_with = "spec")]
-        pci: Option<String>,
+        pci: Option<PciAddress>,
         /// With --pci: every endpoint of its IOMMU group.
         #[arg(long, requires = "pci")]
         whole_group: bool,
         /// The guest driver: virtio-blk (default), virtio-scsi, nvdimm.
         #[arg(long)]
-        driver: Option<String>,
+        driver: Option<BlockDriver>,
         /// The image format: raw (default) or qcow2.
-        #[arg(long)]
-        format: Option<String>,
+        #[arg(long, value_parser = parse_format)]
+        format: Option<ImageFormat>,
         /// The guest may not write.
         #[arg(long)]
         read_only: bool,
@@ -81,7 +91,7 @@ pub enum VmCommand {
         /// The VM.
         vm: String,
         /// The device id (16 hex digits, from `plugboard vm devices`).
-        id: String,
+        id: DeviceId,
     },
     /// List a VM's devices.
     Devices {
@@ -93,70 +103,30 @@ pub enum VmCommand {
 /// Runs one `vm` subcommand.
 pub fn run(global: &Global, args: VmArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.socket)?;
+    let json = global.json;
     match args.command {
         VmCommand::Register {
             name,
             qmp,
             name_offset,
         } => {
-            let body = json!({
-                "name": name,
-                "endpoint": {"kind": "qemu", "qmp_socket": absolute(&qmp)?},
-                "name_offset": name_offset,
-            });
-            let vm: Value = client.call("POST", "/v1/vms", Some(&body))?;
-            if global.json {
-                return print_json(&vm);
-            }
-            println!(
-                "registered VM {name} (owner uid {}, {} hotplug ports)",
-                vm["owner_uid"],
-                vm["root_ports"].as_array().map_or(0, Vec::len)
-            );
-            Ok(())
+            let request = RegisterVm {
+                name,
+                endpoint: Endpoint::Qemu {
+                    qmp_socket: absolute(&qmp)?,
+                },
+                name_offset,
+            };
+            emit(json, &client.register_vm(&request)?, render::vm::registered)
         }
-        VmCommand::Ls => {
-            let answer: Value = client.call("GET", "/v1/vms", None)?;
-            if global.json {
-                return print_json(&answer);
-            }
-            let mut rows = vec![header(&[
-                "NAME",
-                "OWNER",
-                "CONNECTED",
-                "DEVICES",
-                "ENDPOINT",
-            ])];
-            for vm in answer["vms"].as_array().into_iter().flatten() {
-                rows.push(vec![
-                    text(&vm["name"]),
-                    text(&vm["owner_uid"]),
-                    if vm["connected"].as_bool() == Some(true) {
-                        "yes".to_owned()
-                    } else {
-                        format!("no: {}", text(&vm["reason"]))
-                    },
-                    format!("{}/{}", text(&vm["attached"]), text(&vm["devices"])),
-                    text(&vm["endpoint"]["qmp_socket"]),
-                ]);
-            }
-            super::table::print_table(&rows)?;
-            Ok(())
-        }
+        VmCommand::Ls => emit(json, &client.vms()?, render::vm::vms),
+        VmCommand::Show { name } => emit(json, &client.vm(&name)?, render::vm::vm),
         VmCommand::Reconnect { name } => {
-            let answer: Value = client.call("POST", &format!("/v1/vms/{name}/reconnect"), None)?;
-            if global.json {
-                return print_json(&answer);
-            }
-            println!("reconnected VM {name}");
-            for r in answer["repairs"].as_array().into_iter().flatten() {
-                println!("repaired: {r}");
-            }
-            Ok(())
+            emit(json, &client.reconnect_vm(&name)?, render::vm::reconnected)
         }
         VmCommand::Unregister { name } => {
-            let _: Value = client.call("DELETE", &format!("/v1/vms/{name}"), None)?;
-            if !global.json {
+            client.unregister_vm(&name)?;
+            if !json {
                 println!("unregistered VM {name}");
             }
             Ok(())
@@ -171,80 +141,37 @@ pub fn run(global: &Global, args: VmArgs) -> anyhow::Result<()> {
             pci,
             whole_group,
         } => {
-            let body = match (disk, spec) {
-                _ if pci.is_some() => {
-                    json!({"kind": "pci", "address": pci, "whole_group": whole_group})
-                }
-                (_, Some(spec)) => {
+            let request = match (disk, spec, pci) {
+                (_, _, Some(address)) => AttachRequest::Pci {
+                    address,
+                    whole_group,
+                },
+                (_, Some(spec), None) => {
                     let text = std::fs::read_to_string(&spec)
                         .with_context(|| format!("cannot read the spec {}", spec.display()))?;
-                    let spec: Value = serde_json::from_str(&text)
-                        .with_context(|| format!("{} is not JSON", spec.display()))?;
-                    json!({"kind": "spec", "spec": spec})
+                    let spec = serde_json::from_str(&text).with_context(|| {
+                        format!("{} is not a plugboard-devices DeviceSpec", spec.display())
+                    })?;
+                    AttachRequest::Spec { spec }
                 }
-                (Some(disk), None) => {
-                    let mut body =
-                        json!({"kind": "disk", "path": absolute(&disk)?, "read_only": read_only});
-                    if let Some(d) = driver {
-                        body["driver"] = json!(d);
-                    }
-                    if let Some(f) = format {
-                        body["format"] = json!(f);
-                    }
-                    body
+                (Some(disk), None, None) => AttachRequest::Disk {
+                    path: absolute(&disk)?,
+                    driver,
+                    format: format.unwrap_or_default(),
+                    read_only,
+                },
+                (None, None, None) => {
+                    anyhow::bail!("give --disk PATH, --pci ADDRESS or --spec FILE")
                 }
-                (None, None) => anyhow::bail!("give --disk PATH, --pci ADDRESS or --spec FILE"),
             };
-            let answer: Value =
-                client.call("POST", &format!("/v1/vms/{vm}/devices"), Some(&body))?;
-            if global.json {
-                return print_json(&answer);
-            }
-            let device = &answer["device"];
-            let what = if answer["plugged"].as_bool() == Some(true) {
-                "attached"
-            } else {
-                "already attached; attachment counted"
-            };
-            println!(
-                "{} {what} to {vm}: {}",
-                id_text(&device["id"]),
-                guest_text(&device["guest"])
-            );
-            Ok(())
+            let answer = client.attach(&vm, &request)?;
+            emit(json, &answer, |a, out| render::vm::attached(&vm, a, out))
         }
         VmCommand::Detach { vm, id } => {
-            let answer: Value =
-                client.call("DELETE", &format!("/v1/vms/{vm}/devices/{id}"), None)?;
-            if global.json {
-                return print_json(&answer);
-            }
-            if answer["unplugged"].as_bool() == Some(true) {
-                println!("{id} detached from {vm}");
-            } else {
-                println!("{id}: one attachment dropped; still attached to {vm}");
-            }
-            Ok(())
+            let answer = client.detach(&vm, id)?;
+            emit(json, &answer, |a, out| render::vm::detached(&vm, a, out))
         }
-        VmCommand::Devices { vm } => {
-            let answer: Value = client.call("GET", &format!("/v1/vms/{vm}/devices"), None)?;
-            if global.json {
-                return print_json(&answer);
-            }
-            let mut rows = vec![header(&["ID", "KIND", "DEVICE", "ATTACHED", "GUEST"])];
-            for d in answer["devices"].as_array().into_iter().flatten() {
-                let kind = &d["spec"]["kind"];
-                rows.push(vec![
-                    id_text(&d["id"]),
-                    text(&kind["kind"]),
-                    text(kind.get("path").unwrap_or(&d["spec"]["identity"])),
-                    text(&d["attachments"]),
-                    guest_text(&d["guest"]),
-                ]);
-            }
-            super::table::print_table(&rows)?;
-            Ok(())
-        }
+        VmCommand::Devices { vm } => emit(json, &client.devices(&vm)?, render::vm::devices),
     }
 }
 
@@ -252,26 +179,8 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(path).with_context(|| format!("cannot make {} absolute", path.display()))
 }
 
-/// A device id as logs show it: 16 hex digits.
-fn id_text(id: &Value) -> String {
-    id.as_u64()
-        .map_or_else(|| text(id), |n| format!("{n:016x}"))
-}
-
-fn guest_text(guest: &Value) -> String {
-    let mut parts = Vec::new();
-    if let Some(name) = guest["drive_name"].as_str() {
-        parts.push(format!("/dev/{name}"));
-    }
-    for p in guest["pci_paths"].as_array().into_iter().flatten() {
-        parts.push(format!("pci {}", text(p)));
-    }
-    if !guest["scsi_address"].is_null() {
-        parts.push(format!("scsi {}", text(&guest["scsi_address"])));
-    }
-    if parts.is_empty() {
-        "-".to_owned()
-    } else {
-        parts.join(", ")
-    }
+/// An image format by its own serde name (`raw`, `qcow2`).
+fn parse_format(text: &str) -> Result<ImageFormat, String> {
+    ImageFormat::deserialize(text.into_deserializer())
+        .map_err(|e: serde::de::value::Error| e.to_string())
 }

@@ -1,22 +1,25 @@
-//! The route handlers: extract, call the service on a blocking thread, answer.
+//! The route handlers: extract, call the core on a blocking thread, answer.
 //!
-//! The service's calls block (sysfs, SQLite, QMP), so each runs under `spawn_blocking`;
-//! the handler awaits it, which is what lets a graceful shutdown wait for it.
+//! Each handler calls exactly the `plugboard-service` method the CLI calls when it works
+//! without the daemon, and answers its typed value as JSON: the HTTP body is the answer
+//! type, nothing added. The service's calls block (sysfs, SQLite, QMP), so each runs
+//! under `spawn_blocking`; the handler awaits it, which is what lets a graceful shutdown
+//! wait for it.
 
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use plugboard_devices::DeviceId;
 use plugboard_service::{
-    AttachRequest, Caller, HostdevRequest, NodeDeviceResult, RegisterVm, Service, ServiceError,
+    AttachRequest, Caller, DeviceQuery, HostdevRequest, NamesQuery, NodeDeviceResult, RegisterVm,
+    Service, ServiceError, VfioQuery,
 };
-use plugboard_sysfs::PciAddress;
+use plugboard_sysfs::{DevKind, DevNumber, PciAddress};
 use serde::Serialize;
-use serde_json::json;
 
 use super::error::{ApiError, JsonBody};
 use super::socket::Peer;
@@ -47,15 +50,17 @@ fn caller(peer: &Peer) -> Caller {
     Caller::new(peer.uid.unwrap_or(65534))
 }
 
-/// `GET /healthz`: the daemon answers.
+/// A query string that does not parse is a 400 naming what is wrong.
+fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(q)| q)
+        .map_err(|e| ApiError::bad_request(e.body_text()))
+}
+
+type QueryOf<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+/// `GET /healthz`: the daemon answers, and which host and state it serves.
 pub async fn healthz(State(svc): Svc) -> Response {
-    let config = svc.config();
-    ok(&json!({
-        "status": "ok",
-        "sysfs_root": config.sysfs.root(),
-        "dev_root": config.sysfs.dev_root(),
-        "state_dir": config.state_dir,
-    }))
+    ok(&svc.health())
 }
 
 /// `GET /metrics`: Prometheus text.
@@ -64,20 +69,65 @@ pub async fn metrics(State(svc): Svc) -> Result<Response, ApiError> {
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
-/// `GET /v1/host/devices`: the PCI inventory.
-pub async fn host_devices(State(svc): Svc) -> Result<Response, ApiError> {
-    Ok(ok(&blocking(move || svc.host_devices()).await?))
+/// `GET /v1/host/devices`: the PCI inventory (`?class=`, `?driver=`, `?names=false`).
+pub async fn host_devices(State(svc): Svc, q: QueryOf<DeviceQuery>) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    Ok(ok(&blocking(move || svc.host().devices(&q)).await?))
+}
+
+/// `GET /v1/host/devices/{address}`: one PCI device.
+pub async fn host_device(
+    State(svc): Svc,
+    Path(address): Path<String>,
+    q: QueryOf<NamesQuery>,
+) -> Result<Response, ApiError> {
+    let address = pci_address(&address)?;
+    let q = query(q)?;
+    Ok(ok(&blocking(move || svc.host().device(address, q)).await?))
 }
 
 /// `GET /v1/host/iommu-groups`: IOMMU groups and viability.
-pub async fn iommu_groups(State(svc): Svc) -> Result<Response, ApiError> {
-    let groups = blocking(move || svc.iommu_groups()).await?;
-    Ok(ok(&json!({ "groups": groups })))
+pub async fn iommu_groups(State(svc): Svc, q: QueryOf<NamesQuery>) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    Ok(ok(&blocking(move || svc.host().groups(q)).await?))
+}
+
+/// `GET /v1/host/nodes/{kind}/{number}`: a block or char device node by number.
+pub async fn host_node(
+    State(svc): Svc,
+    Path((kind, number)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let kind: DevKind = kind
+        .parse()
+        .map_err(|e: plugboard_sysfs::DevNodeError| ApiError::bad_request(e.to_string()))?;
+    let number: DevNumber = number
+        .parse()
+        .map_err(|e: plugboard_sysfs::DevNodeError| ApiError::bad_request(e.to_string()))?;
+    Ok(ok(
+        &blocking(move || svc.host().resolve(kind, number)).await?
+    ))
+}
+
+/// `GET /v1/vfio/{address}`: open a device through VFIO and report it (root; refused for a
+/// device a VM holds).
+pub async fn vfio_info(
+    State(svc): Svc,
+    ConnectInfo(peer): PeerInfo,
+    Path(address): Path<String>,
+    q: QueryOf<VfioQuery>,
+) -> Result<Response, ApiError> {
+    let address = pci_address(&address)?;
+    let q = query(q)?;
+    let caller = caller(&peer);
+    Ok(ok(&blocking(move || {
+        svc.host().vfio_info(caller, address, q)
+    })
+    .await?))
 }
 
 /// `GET /v1/hostdevs`: the hostdev registry.
 pub async fn hostdevs(State(svc): Svc) -> Result<Response, ApiError> {
-    Ok(ok(&blocking(move || svc.hostdevs()).await?))
+    Ok(ok(&blocking(move || svc.host().hostdevs()).await?))
 }
 
 /// `POST /v1/hostdevs/prepare`.
@@ -86,8 +136,11 @@ pub async fn hostdev_prepare(
     ConnectInfo(peer): PeerInfo,
     JsonBody(req): JsonBody<HostdevRequest>,
 ) -> Result<Response, ApiError> {
-    blocking(move || svc.hostdev_prepare(caller(&peer), &req)).await?;
-    Ok(ok(&json!({"prepared": true})))
+    let caller = caller(&peer);
+    Ok(ok(&blocking(move || {
+        svc.host().hostdev_prepare(caller, &req, svc.as_ref())
+    })
+    .await?))
 }
 
 /// `POST /v1/hostdevs/release`.
@@ -96,8 +149,11 @@ pub async fn hostdev_release(
     ConnectInfo(peer): PeerInfo,
     JsonBody(req): JsonBody<HostdevRequest>,
 ) -> Result<Response, ApiError> {
-    let released = blocking(move || svc.hostdev_release(caller(&peer), &req)).await?;
-    Ok(ok(&json!({ "released": released })))
+    let caller = caller(&peer);
+    Ok(ok(&blocking(move || {
+        svc.host().hostdev_release(caller, &req, svc.as_ref())
+    })
+    .await?))
 }
 
 /// `POST /v1/hostdevs/recover` (root).
@@ -105,8 +161,10 @@ pub async fn hostdev_recover(
     State(svc): Svc,
     ConnectInfo(peer): PeerInfo,
 ) -> Result<Response, ApiError> {
-    let recovered = blocking(move || svc.hostdev_recover(caller(&peer))).await?;
-    Ok(ok(&json!({ "recovered": recovered })))
+    let caller = caller(&peer);
+    Ok(ok(
+        &blocking(move || svc.host().hostdev_recover(caller)).await?
+    ))
 }
 
 fn pci_address(text: &str) -> Result<PciAddress, ApiError> {
@@ -115,7 +173,11 @@ fn pci_address(text: &str) -> Result<PciAddress, ApiError> {
 }
 
 /// A node-device operation (detach, reattach, reset) on the PCI device in the path.
-type NodeDeviceOp = fn(&Service, Caller, PciAddress) -> Result<NodeDeviceResult, ServiceError>;
+type NodeDeviceOp = fn(
+    &plugboard_service::HostService,
+    Caller,
+    PciAddress,
+) -> Result<NodeDeviceResult, ServiceError>;
 
 async fn node_device(
     svc: Arc<Service>,
@@ -125,7 +187,7 @@ async fn node_device(
 ) -> Result<Response, ApiError> {
     let address = pci_address(address)?;
     let caller = caller(peer);
-    Ok(ok(&blocking(move || op(&svc, caller, address)).await?))
+    Ok(ok(&blocking(move || op(svc.host(), caller, address)).await?))
 }
 
 /// `POST /v1/hostdevs/{address}/detach` (root).
@@ -134,7 +196,13 @@ pub async fn hostdev_detach(
     ConnectInfo(peer): PeerInfo,
     Path(address): Path<String>,
 ) -> Result<Response, ApiError> {
-    node_device(svc, &peer, &address, Service::hostdev_detach).await
+    node_device(
+        svc,
+        &peer,
+        &address,
+        plugboard_service::HostService::hostdev_detach,
+    )
+    .await
 }
 
 /// `POST /v1/hostdevs/{address}/reattach` (root).
@@ -143,7 +211,13 @@ pub async fn hostdev_reattach(
     ConnectInfo(peer): PeerInfo,
     Path(address): Path<String>,
 ) -> Result<Response, ApiError> {
-    node_device(svc, &peer, &address, Service::hostdev_reattach).await
+    node_device(
+        svc,
+        &peer,
+        &address,
+        plugboard_service::HostService::hostdev_reattach,
+    )
+    .await
 }
 
 /// `POST /v1/hostdevs/{address}/reset` (root).
@@ -152,16 +226,19 @@ pub async fn hostdev_reset(
     ConnectInfo(peer): PeerInfo,
     Path(address): Path<String>,
 ) -> Result<Response, ApiError> {
-    node_device(svc, &peer, &address, Service::hostdev_reset).await
+    node_device(
+        svc,
+        &peer,
+        &address,
+        plugboard_service::HostService::hostdev_reset,
+    )
+    .await
 }
 
 /// `GET /v1/vms`.
 pub async fn vms(State(svc): Svc) -> Result<Response, ApiError> {
-    Ok(ok(
-        &json!({ "vms": blocking(move || Ok(svc.vms())).await? }),
-    ))
+    Ok(ok(&blocking(move || Ok(svc.vms())).await?))
 }
-
 /// `POST /v1/vms`: 201 with the VM.
 pub async fn register_vm(
     State(svc): Svc,
@@ -193,14 +270,15 @@ pub async fn reconnect_vm(
     ConnectInfo(peer): PeerInfo,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (vm, repairs) = blocking(move || svc.reconnect_vm(caller(&peer), &name)).await?;
-    Ok(ok(&json!({ "vm": vm, "repairs": repairs })))
+    Ok(ok(&blocking(move || {
+        svc.reconnect_vm(caller(&peer), &name)
+    })
+    .await?))
 }
 
 /// `GET /v1/vms/{name}/devices`.
 pub async fn devices(State(svc): Svc, Path(name): Path<String>) -> Result<Response, ApiError> {
-    let devices = blocking(move || svc.devices(&name)).await?;
-    Ok(ok(&json!({ "devices": devices })))
+    Ok(ok(&blocking(move || svc.devices(&name)).await?))
 }
 
 /// `POST /v1/vms/{name}/devices`: 201 when plugged now, 200 when only counted.

@@ -10,7 +10,6 @@
 //! calls run on blocking threads, started on demand and gone when idle, which keeps the
 //! idle daemon small.
 
-pub mod client;
 mod error;
 mod handlers;
 mod routes;
@@ -45,14 +44,14 @@ pub fn run(options: &ServeOptions) -> anyhow::Result<()> {
     let (service, report) = Service::open(options.service.clone()).with_context(|| {
         format!(
             "cannot open the service state in {}",
-            options.service.state_dir.display()
+            options.service.host.state_dir.display()
         )
     })?;
     for (vm, reason) in &report.disconnected {
         tracing::warn!(vm, reason, "VM not connected");
     }
     let service = Arc::new(service);
-    let result = runtime.block_on(serve(service, options));
+    let result = runtime.block_on(serve(service, options, shutdown_signal()));
     // Dropping the runtime waits for blocking work still running (an operation whose
     // client went away), so nothing is left half-done.
     drop(runtime);
@@ -63,12 +62,18 @@ pub fn run(options: &ServeOptions) -> anyhow::Result<()> {
     result
 }
 
-async fn serve(service: Arc<Service>, options: &ServeOptions) -> anyhow::Result<()> {
+/// Serves `service` on `options.socket` until `shutdown` completes, then lets in-flight
+/// requests finish.
+pub async fn serve(
+    service: Arc<Service>,
+    options: &ServeOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let listener = socket::bind(&options.socket, options.group)?;
     tracing::info!(socket = %options.socket.display(), group = ?options.group, "listening");
     let app = routes::router(service).into_make_service_with_connect_info::<socket::Peer>();
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await
         .context("the server failed")
 }

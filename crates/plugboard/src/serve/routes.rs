@@ -1,6 +1,6 @@
 //! The API's routes: one table, each route a thin handler that runs a `plugboard-service`
 //! call on a blocking thread and shapes the answer. The OpenAPI document in
-//! `docs/openapi.yaml` describes exactly these routes (a test checks both ways).
+//! `docs/openapi.json` describes exactly these routes (a test checks both ways).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,7 +22,10 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/metrics", get(handlers::metrics))
         .route("/v1/host/devices", get(handlers::host_devices))
+        .route("/v1/host/devices/{address}", get(handlers::host_device))
         .route("/v1/host/iommu-groups", get(handlers::iommu_groups))
+        .route("/v1/host/nodes/{kind}/{number}", get(handlers::host_node))
+        .route("/v1/vfio/{address}", get(handlers::vfio_info))
         .route("/v1/hostdevs", get(handlers::hostdevs))
         .route("/v1/hostdevs/prepare", post(handlers::hostdev_prepare))
         .route("/v1/hostdevs/release", post(handlers::hostdev_release))

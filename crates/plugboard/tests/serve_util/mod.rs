@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use plugboard_qemu::qmp::QmpClient;
 use serde_json::Value;
 
-#[path = "../../src/serve/client.rs"]
+#[path = "../../src/client.rs"]
 mod client;
 
 pub use client::Client;
@@ -110,6 +110,7 @@ impl Daemon {
 
     /// One request; the answer's status and body (JSON, or a string for text).
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let body = body.map(|b| serde_json::to_vec(b).unwrap());
         let answer = self.client().send(method, path, body).unwrap();
         let value = serde_json::from_str(&answer.body).unwrap_or(Value::String(answer.body));
         (answer.status, value)

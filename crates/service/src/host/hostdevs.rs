@@ -1,8 +1,9 @@
-//! The host-device operations of the service, over plugboard-hostdev: list, prepare and
-//! release for an owner, and the single-device detach, reattach and reset.
+//! The host-device operations, over plugboard-hostdev: list, prepare and release for an
+//! owner, the single-device detach, reattach and reset, and recover.
 //!
 //! Who may do what is in `auth.rs`: preparing or releasing for `plugboard/<vm>` is the
-//! VM owner's business; any other owner, and every operation outside a VM, is root's.
+//! VM owner's business (the VMs are the daemon's: a [`VmDirectory`] says who owns one);
+//! any other owner, and every operation outside a VM, is root's.
 
 use plugboard_hostdev::{
     BatchError, BatchOptions, DetachOutcome, DeviceRelease, HostDevice, Listing, NodeDeviceError,
@@ -11,9 +12,9 @@ use plugboard_hostdev::{
 use plugboard_sysfs::PciAddress;
 use serde::{Deserialize, Serialize};
 
+use super::{HostService, hostdev_error};
 use crate::auth::Caller;
 use crate::error::{ErrorClass, ServiceError};
-use crate::service::{Service, hostdev_error};
 
 /// The hostdev owner driver under which the service's VMs own host devices.
 pub const OWNER_DRIVER: &str = "plugboard";
@@ -41,9 +42,60 @@ const fn yes() -> bool {
     true
 }
 
+/// Who owns the VMs that own host devices as `plugboard/<vm>`.
+pub trait VmDirectory {
+    /// The uid owning VM `vm`, when a VM by that name is registered.
+    fn vm_owner(&self, vm: &str) -> Option<u32>;
+}
+
+/// No VMs: the CLI working without the daemon, which keeps them.
+impl VmDirectory for () {
+    fn vm_owner(&self, _vm: &str) -> Option<u32> {
+        None
+    }
+}
+
+/// What a prepare did: the owner, and every device it holds now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepareAnswer {
+    /// The owner, `DRIVER/DOMAIN`.
+    pub owner: String,
+    /// Every device the owner holds after the prepare (PCI addresses and claims, as
+    /// `plugboard hostdev ls` names them), the IOMMU group members a whole-group prepare
+    /// took included.
+    pub devices: Vec<String>,
+}
+
+/// What a release did, one result per device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseAnswer {
+    /// The devices' results, in request order.
+    pub released: Vec<DeviceRelease>,
+}
+
+impl ReleaseAnswer {
+    /// The devices whose release did not happen: it failed, or the owner did not hold the
+    /// device (a script must be able to tell that nothing it asked was done).
+    #[must_use]
+    pub fn failures(&self) -> Vec<&str> {
+        self.released
+            .iter()
+            .filter(|r| !r.result.is_done())
+            .map(|r| r.device.as_str())
+            .collect()
+    }
+}
+
+/// What recover did, one entry per pending operation it found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoverAnswer {
+    /// The operations settled (or left alone, with why).
+    pub recovered: Vec<Recovered>,
+}
+
 /// What a detach, reattach or reset did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
 pub enum NodeDeviceResult {
     /// Detached.
     Detach {
@@ -68,13 +120,13 @@ pub enum NodeDeviceResult {
     },
 }
 
-impl Service {
+impl HostService {
     /// Both PCI lists, the other kinds' claims, and pending operations.
     ///
     /// # Errors
-    /// The registry fails.
+    /// The registry cannot be opened or read.
     pub fn hostdevs(&self) -> Result<Listing, ServiceError> {
-        self.hostdev()
+        self.hostdev()?
             .list()
             .map_err(|e| hostdev_error("list", ErrorClass::Internal, e))
     }
@@ -87,8 +139,9 @@ impl Service {
         &self,
         caller: Caller,
         request: &HostdevRequest,
-    ) -> Result<(), ServiceError> {
-        let (owner, specs) = self.check_owner(caller, request, "prepare host devices for")?;
+        vms: &dyn VmDirectory,
+    ) -> Result<PrepareAnswer, ServiceError> {
+        let (owner, specs) = check_owner(caller, request, vms, "prepare host devices for")?;
         if request.managed {
             caller.may_take_from_host(&format!(
                 "take {} from its host driver (managed prepare)",
@@ -100,11 +153,28 @@ impl Service {
             whole_group: request.whole_group,
             shareable: request.shareable,
         };
-        self.hostdev()
+        let mut hostdev = self.hostdev()?;
+        hostdev
             .prepare(&owner, &specs, options)
             .map_err(|e| hostdev_error("prepare", batch_class(&e), e))?;
         tracing::info!(owner = %owner, devices = ?request.devices, "host devices prepared; release them to undo");
-        Ok(())
+        let listing = hostdev
+            .list()
+            .map_err(|e| hostdev_error("list", ErrorClass::Internal, e))?;
+        let pci = listing
+            .pci
+            .iter()
+            .filter(|r| r.owner.as_ref() == Some(&owner))
+            .map(|r| r.address.clone());
+        let claims = listing
+            .claims
+            .iter()
+            .filter(|c| c.owner == owner)
+            .map(|c| format!("{}:{}", c.kind.as_str(), c.key));
+        Ok(PrepareAnswer {
+            owner: owner.to_string(),
+            devices: pci.chain(claims).collect(),
+        })
     }
 
     /// Releases devices of an owner, best effort, one result per device.
@@ -115,11 +185,14 @@ impl Service {
         &self,
         caller: Caller,
         request: &HostdevRequest,
-    ) -> Result<Vec<DeviceRelease>, ServiceError> {
-        let (owner, specs) = self.check_owner(caller, request, "release host devices of")?;
-        self.hostdev()
+        vms: &dyn VmDirectory,
+    ) -> Result<ReleaseAnswer, ServiceError> {
+        let (owner, specs) = check_owner(caller, request, vms, "release host devices of")?;
+        let released = self
+            .hostdev()?
             .release(&owner, &specs)
-            .map_err(|e| hostdev_error("release", ErrorClass::Internal, e))
+            .map_err(|e| hostdev_error("release", ErrorClass::Internal, e))?;
+        Ok(ReleaseAnswer { released })
     }
 
     /// Detaches a PCI device from its host driver onto vfio-pci, outside any VM (root).
@@ -133,7 +206,7 @@ impl Service {
     ) -> Result<NodeDeviceResult, ServiceError> {
         caller.may_change_host(&format!("detach PCI device {address}"))?;
         let result = self
-            .hostdev()
+            .hostdev()?
             .detach(address)
             .map_err(|e| hostdev_error("detach", node_class(&e), e))?;
         Ok(NodeDeviceResult::Detach { address, result })
@@ -150,7 +223,7 @@ impl Service {
     ) -> Result<NodeDeviceResult, ServiceError> {
         caller.may_change_host(&format!("reattach PCI device {address}"))?;
         let driver = self
-            .hostdev()
+            .hostdev()?
             .reattach(address)
             .map_err(|e| hostdev_error("reattach", node_class(&e), e))?;
         Ok(NodeDeviceResult::Reattach { address, driver })
@@ -167,7 +240,7 @@ impl Service {
     ) -> Result<NodeDeviceResult, ServiceError> {
         caller.may_change_host(&format!("reset PCI device {address}"))?;
         let result = self
-            .hostdev()
+            .hostdev()?
             .reset(address)
             .map_err(|e| hostdev_error("reset", node_class(&e), e))?;
         Ok(NodeDeviceResult::Reset { address, result })
@@ -177,46 +250,48 @@ impl Service {
     ///
     /// # Errors
     /// Not root, or the registry failing.
-    pub fn hostdev_recover(&self, caller: Caller) -> Result<Vec<Recovered>, ServiceError> {
+    pub fn hostdev_recover(&self, caller: Caller) -> Result<RecoverAnswer, ServiceError> {
         caller.may_change_host("recover host devices")?;
-        self.hostdev()
+        let recovered = self
+            .hostdev()?
             .recover()
-            .map_err(|e| hostdev_error("recover", ErrorClass::Internal, e))
+            .map_err(|e| hostdev_error("recover", ErrorClass::Internal, e))?;
+        Ok(RecoverAnswer { recovered })
     }
+}
 
-    fn check_owner(
-        &self,
-        caller: Caller,
-        request: &HostdevRequest,
-        action: &str,
-    ) -> Result<(Owner, Vec<HostDevice>), ServiceError> {
-        let owner: Owner = request
-            .owner
-            .parse()
-            .map_err(|e| ServiceError::BadRequest(format!("owner: {e}")))?;
-        if request.devices.is_empty() {
-            return Err(ServiceError::BadRequest(
-                "devices: the list is empty".into(),
-            ));
-        }
-        let specs = request
-            .devices
-            .iter()
-            .map(|d| {
-                d.parse::<HostDevice>()
-                    .map_err(|e| ServiceError::BadRequest(format!("device {d:?}: {e}")))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let vm_owner = (owner.driver() == OWNER_DRIVER)
-            .then(|| self.vm(owner.domain()).ok())
-            .flatten()
-            .map(|vm| vm.record.owner_uid);
-        match vm_owner {
-            Some(uid) => caller.may_change_vm(owner.domain(), uid, action)?,
-            None => caller.may_change_host(&format!("{action} {owner}"))?,
-        }
-        Ok((owner, specs))
+/// The owner and devices of `request`, once `caller` may act for that owner.
+fn check_owner(
+    caller: Caller,
+    request: &HostdevRequest,
+    vms: &dyn VmDirectory,
+    action: &str,
+) -> Result<(Owner, Vec<HostDevice>), ServiceError> {
+    let owner: Owner = request
+        .owner
+        .parse()
+        .map_err(|e| ServiceError::BadRequest(format!("owner: {e}")))?;
+    if request.devices.is_empty() {
+        return Err(ServiceError::BadRequest(
+            "devices: the list is empty".into(),
+        ));
     }
+    let specs = request
+        .devices
+        .iter()
+        .map(|d| {
+            d.parse::<HostDevice>()
+                .map_err(|e| ServiceError::BadRequest(format!("device {d:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let vm_owner = (owner.driver() == OWNER_DRIVER)
+        .then(|| vms.vm_owner(owner.domain()))
+        .flatten();
+    match vm_owner {
+        Some(uid) => caller.may_change_vm(owner.domain(), uid, action)?,
+        None => caller.may_change_host(&format!("{action} {owner}"))?,
+    }
+    Ok((owner, specs))
 }
 
 fn prepare_class(e: &PrepareError) -> ErrorClass {
