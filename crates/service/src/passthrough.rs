@@ -9,41 +9,17 @@
 //! VM has let it go, which gives it back to its host driver.
 
 use plugboard_devices::{
-    DeviceIdentity, DeviceKind, DeviceSpec, DeviceState, HostFunction, PlugMode, VfioBackend,
-    VfioFunction, VfioSpec,
+    DeviceIdentity, DeviceKind, DeviceSpec, HostFunction, PlugMode, VfioBackend, VfioFunction,
+    VfioSpec,
 };
-use plugboard_hostdev::{BatchOptions, HostDevice, Owner};
+use plugboard_hostdev::{BatchOptions, HostDevice};
 use plugboard_sysfs::{DriverKind, PciAddress, Sysfs};
 
 use crate::auth::Caller;
 use crate::error::ServiceError;
-use crate::host::{OWNER_DRIVER, batch_class, hostdev_error};
+use crate::held::owner_of;
+use crate::host::{batch_class, hostdev_error};
 use crate::service::Service;
-
-/// The hostdev owner of a VM's devices.
-pub(crate) fn owner_of(vm: &str) -> Result<Owner, ServiceError> {
-    Owner::new(OWNER_DRIVER, vm).map_err(|e| ServiceError::BadRequest(format!("owner: {e}")))
-}
-
-/// The host PCI functions a device holds (VFIO devices), for release.
-pub(crate) fn pci_functions(device: &DeviceState) -> Vec<PciAddress> {
-    spec_pci_functions(&device.spec)
-}
-
-/// The host PCI functions a spec names (VFIO devices).
-pub(crate) fn spec_pci_functions(spec: &DeviceSpec) -> Vec<PciAddress> {
-    match &spec.kind {
-        DeviceKind::Vfio(spec) => spec
-            .functions
-            .iter()
-            .filter_map(|f| match f.host {
-                HostFunction::Pci(a) => Some(a),
-                HostFunction::Mdev(_) => None,
-            })
-            .collect(),
-        _ => Vec::new(),
-    }
-}
 
 impl Service {
     /// Prepares `address` (and, with `whole_group`, every endpoint of its IOMMU group) for

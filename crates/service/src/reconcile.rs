@@ -17,7 +17,7 @@ use plugboard_sysfs::PciAddress;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
-use crate::passthrough::pci_functions;
+use crate::held::pci_functions;
 
 /// One difference found, and what was done.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use plugboard_devices::{DeviceManager, DeviceState, SavedState};
+use plugboard_devices::{DeviceManager, DeviceState, ManagerConfig, SavedState};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, Endpoint};
@@ -31,6 +31,17 @@ pub struct VmRecord {
     pub root_ports: Vec<String>,
     /// Drives the VM had before ours (its root disk is `vda`): the offset of drive names.
     pub name_offset: u32,
+}
+
+impl VmRecord {
+    /// The device manager settings of this VM.
+    #[must_use]
+    pub fn manager_config(&self) -> ManagerConfig {
+        ManagerConfig {
+            root_ports: u32::try_from(self.root_ports.len()).unwrap_or(u32::MAX),
+            name_offset: self.name_offset,
+        }
+    }
 }
 
 /// A request to register a VM.

@@ -4,16 +4,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use plugboard_devices::{DeviceId, DeviceState, ManagerConfig, Released, Removed};
+use plugboard_devices::{DeviceId, DeviceState, Released, Removed};
 use serde::{Deserialize, Serialize};
 
 use crate::attach::AttachRequest;
 use crate::auth::Caller;
 use crate::backend::{Backend, Endpoint};
 use crate::error::ServiceError;
-use crate::passthrough::{pci_functions, spec_pci_functions};
+use crate::held::{pci_functions, spec_pci_functions};
 use crate::reconcile::Repair;
-use crate::service::{Service, release_forgotten, restore};
+use crate::restore::{release_forgotten, restore};
+use crate::service::Service;
 use crate::store::StoredVm;
 use crate::vm::{Link, RegisterVm, Vm, VmInfo, VmRecord, validate_name};
 
@@ -59,14 +60,6 @@ pub struct Detached {
     pub unplugged: bool,
 }
 
-/// The manager settings of a VM.
-pub(crate) fn manager_config(record: &VmRecord) -> ManagerConfig {
-    ManagerConfig {
-        root_ports: u32::try_from(record.root_ports.len()).unwrap_or(u32::MAX),
-        name_offset: record.name_offset,
-    }
-}
-
 impl Service {
     /// Registers a VM owned by `caller` and connects to its hypervisor.
     ///
@@ -103,7 +96,7 @@ impl Service {
             root_ports: backend.port_pool(),
             name_offset: request.name_offset,
         };
-        let manager = plugboard_devices::DeviceManager::new(backend, manager_config(&record));
+        let manager = plugboard_devices::DeviceManager::new(backend, record.manager_config());
         let vm = Vm::new(record.clone(), Link::Connected(manager));
         // Checked again under the write lock: another registration of the same name or
         // endpoint may have finished while this one connected.
