@@ -2,10 +2,13 @@
 //! parent's fake kernel and one registry, and aborts (as `kill -9` would) at each fault
 //! point in turn; the parent then runs `recover` and checks the host is consistent:
 //! no device on vfio-pci without an owner or inactive entry, every owner's device bound
-//! to vfio-pci, no pending intent, and the operation undone (prepare) or finished (the
-//! others).
+//! to vfio-pci, no pending intent, no device left without a driver unless it had none
+//! before the child ran, nothing needing attention, and the operation undone (prepare) or
+//! finished (the others). The give-back's own points (`give_back.cleared`: override
+//! cleared; `give_back.unbound`: vfio-pci unbound, the host driver not yet probed) are
+//! among them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
 
 use crate::fault::ABORT_AT;
@@ -86,14 +89,41 @@ fn child_process_entry_point() {
     run_scenario(&mut m, &scenario);
 }
 
+/// Every PCI device's driver now.
+fn drivers(fx: &Fixture) -> BTreeMap<String, Option<String>> {
+    fx.kernel
+        .sysfs()
+        .pci_devices()
+        .unwrap()
+        .into_iter()
+        .map(|d| (d.address().to_string(), d.driver().unwrap()))
+        .collect()
+}
+
 /// Checks the invariants recover must restore, and returns the devices on vfio-pci.
-fn check_consistent(fx: &Fixture, m: &mut HostdevManager) -> BTreeSet<String> {
+/// `before`: every device's driver before the operation.
+fn check_consistent(
+    fx: &Fixture,
+    m: &mut HostdevManager,
+    before: &BTreeMap<String, Option<String>>,
+) -> BTreeSet<String> {
     let listing = m.list().unwrap();
     assert!(listing.pending.is_empty(), "{:?}", listing.pending);
+    assert!(
+        listing.needs_attention.is_empty(),
+        "{:?}",
+        listing.needs_attention
+    );
     let sysfs = fx.kernel.sysfs();
     let mut on_vfio = BTreeSet::new();
     for dev in sysfs.pci_devices().unwrap() {
         let bdf = dev.address().to_string();
+        let driver = dev.driver().unwrap();
+        assert!(
+            driver.is_some() || before.get(&bdf).is_some_and(Option::is_none),
+            "{bdf} was left without a driver; it had {:?}",
+            before.get(&bdf)
+        );
         let row = listing.pci.iter().find(|r| r.address == bdf);
         if dev.driver().unwrap().as_deref() == Some("vfio-pci") {
             assert!(
@@ -147,7 +177,10 @@ fn recover_restores_a_consistent_host_after_a_crash_at_every_step() {
             "release",
             &[
                 "release.journaled",
+                "give_back.cleared#1",
+                "give_back.unbound#1",
                 "release.reattached#1",
+                "give_back.unbound#2",
                 "release.reattached#2",
             ],
         ),
@@ -155,7 +188,14 @@ fn recover_restores_a_consistent_host_after_a_crash_at_every_step() {
             "detach",
             &["detach.journaled", "detach.binding", "detach.bound"],
         ),
-        ("reattach", &["reattach.journaled"]),
+        (
+            "reattach",
+            &[
+                "reattach.journaled",
+                "give_back.cleared",
+                "give_back.unbound",
+            ],
+        ),
     ];
     let mut crashes = 0;
     for &(scenario, points) in cases {
@@ -165,6 +205,7 @@ fn recover_restores_a_consistent_host_after_a_crash_at_every_step() {
             let mut m = fx.manager();
             setup(&mut m, scenario);
             let before = books(&mut m);
+            let drivers_before = drivers(&fx);
             let status = child(
                 "crash_tests::child_process_entry_point",
                 &[
@@ -187,7 +228,7 @@ fn recover_restores_a_consistent_host_after_a_crash_at_every_step() {
             crashes += 1;
 
             let recovered = m.recover().unwrap();
-            let on_vfio = check_consistent(&fx, &mut m);
+            let on_vfio = check_consistent(&fx, &mut m, &drivers_before);
             let after = books(&mut m);
             let ctx = format!("{scenario} at {point}: recovered {recovered:?}");
             match scenario {
@@ -223,7 +264,7 @@ fn recover_restores_a_consistent_host_after_a_crash_at_every_step() {
             }
         }
     }
-    assert_eq!(crashes, 18);
+    assert_eq!(crashes, 23);
 }
 
 fn libc_sigabrt() -> i32 {

@@ -2,6 +2,7 @@
 //! owner of every PCI device for `plugboard host ls` / `host groups`, and the audit trail.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::Path;
 
 use plugboard_sysfs::PciAddress;
@@ -11,7 +12,7 @@ use crate::intent::IntentOp;
 use crate::manager::HostdevManager;
 use crate::owner::Owner;
 use crate::registry::{
-    AuditEvent, ClaimRow, DB_FILE, PciRow, Registry, RegistryError, RegistryOptions,
+    AuditEvent, ClaimRow, DB_FILE, List, PciRow, Registry, RegistryError, RegistryOptions,
 };
 
 /// An operation still pending in the intent journal.
@@ -27,6 +28,52 @@ pub struct Pending {
     pub running: bool,
 }
 
+/// A PCI device the registry lists that sysfs shows off a vfio driver, with no operation
+/// pending on it: its host driver did not take it back (a release, reattach or `recover`
+/// said so), or someone unbound it by hand. Nothing on the host and no VM can use it as it
+/// is; `plugboard hostdev reattach` gives it back.
+///
+/// JSON: `{"address": "0000:01:00.0", "list": "inactive", "driver": null,
+/// "original_driver": "e1000e"}`. [`Display`](fmt::Display): "0000:01:00.0 (inactive) has
+/// no driver; its host driver e1000e did not take it back: run `plugboard hostdev reattach
+/// 0000:01:00.0`".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attention {
+    /// The device.
+    pub address: String,
+    /// The list the registry has it on.
+    pub list: List,
+    /// The driver it is on now (`None`: no driver).
+    pub driver: Option<String>,
+    /// The host driver it had before it was taken (`None`: not recorded).
+    pub original_driver: Option<String>,
+}
+
+impl fmt::Display for Attention {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Self {
+            address,
+            list,
+            driver,
+            original_driver,
+        } = self;
+        match driver {
+            Some(d) => write!(f, "{address} ({list}) is on {d}, not on a vfio driver")?,
+            None => write!(f, "{address} ({list}) has no driver")?,
+        }
+        if let Some(original) = original_driver {
+            write!(f, "; its host driver {original} did not take it back")?;
+        }
+        match list {
+            List::Inactive => write!(f, ": run `plugboard hostdev reattach {address}`"),
+            List::Active => write!(
+                f,
+                ": release it, then run `plugboard hostdev reattach {address}`"
+            ),
+        }
+    }
+}
+
 /// Everything the registry holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listing {
@@ -36,12 +83,17 @@ pub struct Listing {
     pub claims: Vec<ClaimRow>,
     /// Operations under way (or interrupted).
     pub pending: Vec<Pending>,
+    /// Listed PCI devices that are not on a vfio driver (and have no pending operation):
+    /// left without their host driver, they need someone to give them back.
+    #[serde(default)]
+    pub needs_attention: Vec<Attention>,
 }
 
 impl HostdevManager {
-    /// Both PCI lists, the other kinds' claims, and pending intents.
+    /// Both PCI lists, the other kinds' claims, pending intents, and the listed devices
+    /// that sysfs shows off a vfio driver (needing attention).
     pub fn list(&mut self) -> Result<Listing, RegistryError> {
-        self.registry.read(|tx| {
+        let mut listing = self.registry.read(|tx| {
             let pending = tx
                 .intents()?
                 .into_iter()
@@ -56,8 +108,41 @@ impl HostdevManager {
                 pci: tx.pci_rows()?,
                 claims: tx.claims()?,
                 pending,
+                needs_attention: Vec::new(),
             })
-        })
+        })?;
+        listing.needs_attention = self.needing_attention(&listing);
+        Ok(listing)
+    }
+
+    /// The rows of `listing` whose device is present but not on a vfio driver, leaving out
+    /// those with a pending operation (mid-way, or for `recover`).
+    fn needing_attention(&self, listing: &Listing) -> Vec<Attention> {
+        let mut found = Vec::new();
+        for row in &listing.pci {
+            if listing.pending.iter().any(|p| p.address == row.address) {
+                continue;
+            }
+            let Ok(address) = row.address.parse::<PciAddress>() else {
+                continue;
+            };
+            // A device gone from sysfs, or unreadable, is not ours to judge here.
+            let Ok(device) = self.sysfs.pci_device(address) else {
+                continue;
+            };
+            let (Ok(kind), Ok(driver)) = (device.driver_kind(), device.driver()) else {
+                continue;
+            };
+            if !kind.is_vfio() {
+                found.push(Attention {
+                    address: row.address.clone(),
+                    list: row.list,
+                    driver,
+                    original_driver: row.original_driver.clone(),
+                });
+            }
+        }
+        found
     }
 
     /// The owner of every active PCI device.

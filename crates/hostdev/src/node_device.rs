@@ -3,9 +3,12 @@
 //! - detach: bind to vfio-pci (verified) and put the device on the inactive list with
 //!   managed = false, so a later release leaves it there. Idempotent: a device already on
 //!   a vfio driver is only recorded. Refused while the device is active.
-//! - reattach: give an unused device back to the host (override cleared, probe; verified
-//!   against the recorded original driver when there is one) and drop it from the books.
-//!   Works on a device the registry never saw, like libvirt. Refused while active.
+//! - reattach: give an unused device back to the host (`give_back.rs`: override cleared,
+//!   unbound if bound, probe; verified against the recorded original driver when there is
+//!   one) and drop it from the books. Works on a device the registry never saw and on an
+//!   unbound one, like libvirt; a probe that binds nothing is
+//!   [`ReattachOutcome::Driverless`] (or, with a recorded original driver, an error), never
+//!   a quiet success. Refused while active.
 //! - reset: refused while active; a no-op on a vfio driver (it resets on open);
 //!   otherwise the kernel's `reset` attribute.
 
@@ -16,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{DeviceFacts, HostDeviceError};
 use crate::fault;
+use crate::give_back::{ReattachOutcome, give_back};
 use crate::intent::{Intent, IntentOp, IntentStep};
 use crate::manager::HostdevManager;
 use crate::owner::Owner;
@@ -135,20 +139,26 @@ impl HostdevManager {
         let sysfs = self.sysfs.clone();
         let stamp = self.stamp;
         let key = address.to_string();
-        let (facts, intent) = self.registry.write(|tx| {
+        let (facts, original, intent) = self.registry.write(|tx| {
             let facts = DeviceFacts::endpoint(&sysfs, address)?;
             let row = usable_row(tx, address)?;
             if facts.kind.is_vfio() {
                 if row.is_none() {
                     tx.put_pci_row(&inactive_row(address, &facts, None))?;
                 }
-                return Ok::<_, NodeDeviceError>((facts, None));
+                return Ok::<_, NodeDeviceError>((facts, None, None));
             }
+            // A device with no driver now (one its host driver did not take back) keeps
+            // the original driver on record.
+            let original = facts
+                .driver
+                .clone()
+                .or_else(|| row.and_then(|r| r.original_driver));
             let intent = tx.insert_intent(&Intent {
                 id: 0,
                 op: IntentOp::Detach,
                 address: key.clone(),
-                original_driver: facts.driver.clone(),
+                original_driver: original.clone(),
                 owner: None,
                 managed: false,
                 writes_sysfs: true,
@@ -156,7 +166,7 @@ impl HostdevManager {
                 step: IntentStep::Reserved,
                 process: stamp,
             })?;
-            Ok((facts, Some(intent)))
+            Ok((facts, original, Some(intent)))
         })?;
         let Some(intent) = intent else {
             return Ok(DetachOutcome::AlreadyDetached);
@@ -177,16 +187,19 @@ impl HostdevManager {
         }
         fault::point("detach.bound");
         self.registry.write(|tx| {
-            tx.put_pci_row(&inactive_row(address, &facts, facts.driver.clone()))?;
+            tx.put_pci_row(&inactive_row(address, &facts, original.clone()))?;
             tx.delete_intent(intent)
         })?;
         Ok(DetachOutcome::Bound { from: facts.driver })
     }
 
-    /// Gives `address` back to the host and drops it from the inactive list. Returns the
-    /// driver it is on afterwards (`None` when no host driver claims it, which is not an
-    /// error, as in libvirt).
-    pub fn reattach(&mut self, address: PciAddress) -> Result<Option<String>, NodeDeviceError> {
+    /// Gives `address` back to the host and drops it from the inactive list: whenever it is
+    /// not on a host driver (on a vfio driver, overridden, or unbound) the override is
+    /// cleared, the device unbound if bound, and probed. With an original driver on record,
+    /// that driver must take it ([`NodeDeviceError::Kernel`] otherwise, and the device stays
+    /// on the inactive list, shown as needing attention by [`list`](Self::list)); without
+    /// one, a probe that binds nothing is [`ReattachOutcome::Driverless`].
+    pub fn reattach(&mut self, address: PciAddress) -> Result<ReattachOutcome, NodeDeviceError> {
         let sysfs = self.sysfs.clone();
         let stamp = self.stamp;
         let key = address.to_string();
@@ -226,19 +239,13 @@ impl HostdevManager {
             return Err(err.into());
         }
         let expect = row.as_ref().and_then(|r| r.original_driver.clone());
-        let result =
-            if facts.kind.is_vfio() || facts.device.driver_override().ok().flatten().is_some() {
-                facts.device.reattach(expect.as_deref())
-            } else {
-                Ok(facts.driver.clone())
-            };
-        match result {
-            Ok(driver) => {
+        match give_back(&facts.device, expect.as_deref()) {
+            Ok(outcome) => {
                 self.registry.write(|tx| {
                     tx.delete_pci_row(&key, facts.group, EventKind::Host)?;
                     tx.delete_intent(intent)
                 })?;
-                Ok(driver)
+                Ok(outcome)
             }
             Err(source) => {
                 self.registry.write(|tx| tx.delete_intent(intent))?;
@@ -385,11 +392,74 @@ mod tests {
             books(&mut m),
             vec![(NIC1.into(), List::Inactive, None, false)]
         );
-        assert_eq!(m.reattach(addr(NIC1)).unwrap().as_deref(), Some("e1000e"));
+        assert_eq!(m.reattach(addr(NIC1)).unwrap().driver(), Some("e1000e"));
         assert_eq!(fx.driver_override(NIC1), None);
         assert!(books(&mut m).is_empty());
         // Reattaching a device the registry never saw, on its host driver: a no-op.
-        assert_eq!(m.reattach(addr(NIC2)).unwrap().as_deref(), Some("e1000e"));
+        assert_eq!(m.reattach(addr(NIC2)).unwrap().driver(), Some("e1000e"));
+    }
+
+    #[test]
+    fn reattach_gives_an_unbound_device_back_to_its_host_driver() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        // Unbound by hand, never seen by the registry: libvirt probes it anyway.
+        let nic = fx.kernel.sysfs().pci_device(addr(NIC1)).unwrap();
+        nic.unbind().unwrap();
+        assert_eq!(fx.driver(NIC1), None);
+        let out = m.reattach(addr(NIC1)).unwrap();
+        assert_eq!(fx.driver(NIC1).as_deref(), Some("e1000e"), "{out:?}");
+        assert_eq!(
+            out,
+            ReattachOutcome::Reattached {
+                driver: "e1000e".into()
+            }
+        );
+        assert!(books(&mut m).is_empty());
+    }
+
+    #[test]
+    fn a_reattach_that_leaves_the_device_driverless_says_so() {
+        // No host driver matches this card's IDs.
+        let fx = Fixture::with(
+            host_spec().pci(
+                plugboard_sysfs::fake::PciSpec::new("0000:08:00.0", 0x1234, 0x5678)
+                    .class(0x02_0000)
+                    .iommu_group(8)
+                    .driver("vfio-pci"),
+            ),
+        );
+        let mut m = fx.manager();
+        let out = m.reattach(addr("0000:08:00.0")).unwrap();
+        assert_eq!(out, ReattachOutcome::Driverless);
+        assert!(out.is_driverless() && out.driver().is_none());
+        assert_eq!(fx.driver("0000:08:00.0"), None);
+        // With an original driver on record that does not take it back: an error, and the
+        // device stays on the inactive list, needing attention.
+        let fx = Fixture::with(
+            host_spec().driver(plugboard_sysfs::fake::DriverSpec::new("e1000e").fail_probe(NIC1)),
+        );
+        let mut m = fx.manager();
+        m.detach(addr(NIC1)).unwrap();
+        let err = m.reattach(addr(NIC1)).unwrap_err();
+        assert!(matches!(err, NodeDeviceError::Kernel { .. }), "{err:?}");
+        assert!(err.to_string().contains(NIC1), "{err}");
+        assert_eq!(fx.driver(NIC1), None);
+        let listing = m.list().unwrap();
+        assert_eq!(listing.pci.len(), 1);
+        assert_eq!(listing.needs_attention.len(), 1, "{listing:?}");
+        let attention = &listing.needs_attention[0];
+        assert_eq!(
+            (attention.address.as_str(), attention.driver.as_deref()),
+            (NIC1, None)
+        );
+        assert_eq!(attention.original_driver.as_deref(), Some("e1000e"));
+        assert_eq!(
+            attention.to_string(),
+            format!(
+                "{NIC1} (inactive) has no driver; its host driver e1000e did not take it back: run `plugboard hostdev reattach {NIC1}`"
+            )
+        );
     }
 
     #[test]

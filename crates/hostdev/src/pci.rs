@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::HostDeviceError;
 use crate::fault;
+use crate::give_back::give_back;
 use crate::intent::{Intent, IntentOp, IntentStep};
 use crate::manager::HostdevManager;
 use crate::owner::Owner;
@@ -150,10 +151,10 @@ impl HostdevManager {
                 .sysfs
                 .pci_device(*address)
                 .map_err(BindError::from)
-                .and_then(|dev| dev.reattach(previous.as_deref()));
+                .and_then(|dev| give_back(&dev, previous.as_deref()));
             match result {
-                Ok(driver) => {
-                    tracing::info!(bdf = %address, ?driver, "prepare rolled back: device reattached");
+                Ok(outcome) => {
+                    tracing::info!(bdf = %address, %outcome, "prepare rolled back");
                     undone.insert(*address);
                 }
                 Err(err) => {
@@ -263,7 +264,7 @@ mod tests {
             books(&mut m),
             vec![(NIC2.into(), List::Inactive, None, false)]
         );
-        assert_eq!(m.reattach(addr(NIC2)).unwrap().as_deref(), Some("e1000e"));
+        assert_eq!(m.reattach(addr(NIC2)).unwrap().driver(), Some("e1000e"));
         assert!(books(&mut m).is_empty());
     }
 
@@ -306,6 +307,12 @@ mod tests {
                     "{what}: {err:?}"
                 );
                 assert!(err.to_string().contains(NIC1), "{err}");
+                assert_eq!(
+                    err.to_string().ends_with("(already yours)"),
+                    who == "qemu/vm1",
+                    "{what}: {err}"
+                );
+                assert_eq!(err.is_already_yours(), who == "qemu/vm1", "{what}");
                 assert_eq!(books(&mut m), before, "{what}");
             }
         }

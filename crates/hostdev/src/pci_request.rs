@@ -27,13 +27,20 @@ pub enum PrepareError {
     /// The device is missing, not an endpoint, or unreadable.
     #[error(transparent)]
     Device(#[from] HostDeviceError),
-    /// Already active (libvirt refuses even the same owner).
-    #[error("PCI device {address} is in use by {owner}")]
+    /// Already active (libvirt refuses even the same owner). When the owner asking already
+    /// holds the device, `already_yours` is true and the message ends "(already yours)":
+    /// nothing was changed and the owner still holds it.
+    #[error(
+        "PCI device {address} is in use by {owner}{}",
+        if *.already_yours { " (already yours)" } else { "" }
+    )]
     InUse {
         /// The device.
         address: PciAddress,
         /// Its owner.
         owner: Owner,
+        /// The owner asking is the one holding it.
+        already_yours: bool,
     },
     /// Another member of the group belongs to another owner.
     #[error(
@@ -108,4 +115,18 @@ pub enum PrepareError {
     /// The registry failed.
     #[error(transparent)]
     Registry(#[from] RegistryError),
+}
+
+impl PrepareError {
+    /// True when the prepare was refused only because the asking owner already holds a
+    /// device it named (the owner still holds it; nothing changed).
+    pub fn is_already_yours(&self) -> bool {
+        matches!(
+            self,
+            Self::InUse {
+                already_yours: true,
+                ..
+            }
+        )
+    }
 }

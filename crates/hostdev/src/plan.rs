@@ -99,9 +99,11 @@ pub(crate) fn plan(
         if let Some(row) = &row
             && row.list == List::Active
         {
+            let holder = row.owner.clone().unwrap_or_else(Owner::unknown);
             return Err(PrepareError::InUse {
                 address,
-                owner: row.owner.clone().unwrap_or_else(Owner::unknown),
+                already_yours: &holder == owner,
+                owner: holder,
             });
         }
         let step = match row {

@@ -6,8 +6,8 @@
 //!    member stays inactive on vfio-pci for now (binding a host driver into a group a VM
 //!    uses is refused by the kernel); when a group's last active member is released, the
 //!    managed devices kept that way go back too. Each device to give back gets an intent.
-//! 2. For each: clear `driver_override`, unbind, probe, verify the original driver is
-//!    back; then drop its row and intent. Unmanaged devices stay inactive on vfio-pci.
+//! 2. For each (`give_back.rs`): clear `driver_override`, unbind, probe, verify the
+//!    original driver is back; then drop its row and intent. Unmanaged devices stay inactive on vfio-pci.
 //!
 //! The managed flag that counts is the one recorded when the device first went inactive:
 //! a device detached by hand and then prepared as managed stays inactive (as in libvirt).
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::device::{DeviceFacts, HostDeviceError};
 use crate::fault;
+use crate::give_back::give_back;
 use crate::intent::{Intent, IntentOp, IntentStep};
 use crate::manager::HostdevManager;
 use crate::owner::Owner;
@@ -34,7 +35,8 @@ use crate::registry::{EventKind, List, PciRow, RegistryError, Tx};
 pub enum PciReleased {
     /// Given back to its host driver (verified); dropped from the registry.
     Reattached {
-        /// The driver it is on now (`None`: it had none before either).
+        /// The driver it is on now (`None`: no driver took it, and none was recorded as
+        /// its original one: it had none before either).
         driver: Option<String>,
     },
     /// Unmanaged: stays on vfio-pci, on the inactive list.
@@ -64,9 +66,11 @@ pub enum ReleaseError {
         /// Its process.
         pid: u32,
     },
-    /// The host driver did not take the device back.
+    /// The host driver did not take the device back. The device stays on the inactive list;
+    /// when it is no longer on vfio-pci (the kernel left it unbound), `list` shows it as
+    /// needing attention.
     #[error(
-        "PCI device {address}: giving it back to its host driver failed; it stays inactive on vfio-pci"
+        "PCI device {address}: giving it back to its host driver failed; it stays on the inactive list (see `plugboard hostdev ls`)"
     )]
     Reattach {
         /// The device.
@@ -233,8 +237,9 @@ impl HostdevManager {
             self.registry.write(|tx| tx.delete_intent(item.intent))?;
             return Err(err.into());
         }
-        match device.reattach(item.original_driver.as_deref()) {
-            Ok(driver) => {
+        match give_back(&device, item.original_driver.as_deref()) {
+            Ok(outcome) => {
+                let driver = outcome.driver().map(str::to_owned);
                 fault::point("release.reattached");
                 self.registry.write(|tx| {
                     tx.delete_pci_row(&key, item.group, EventKind::Host)?;
@@ -356,5 +361,10 @@ mod tests {
             books(&mut m),
             vec![(NIC1.into(), List::Inactive, None, true)]
         );
+        // Left unbound, not on vfio-pci: `ls` says it needs attention.
+        assert_eq!(fx.driver(NIC1), None);
+        let listing = m.list().unwrap();
+        assert_eq!(listing.needs_attention.len(), 1, "{listing:?}");
+        assert_eq!(listing.needs_attention[0].address, NIC1);
     }
 }

@@ -172,7 +172,7 @@ fn detach_and_reattach_with_no_guest() {
         "idempotent"
     );
     assert_eq!(books(&mut m), vec![(nic.to_string(), List::Inactive, None)]);
-    assert_eq!(m.reattach(nic).unwrap().as_deref(), Some("e1000e"));
+    assert_eq!(m.reattach(nic).unwrap().driver(), Some("e1000e"));
     assert_eq!(driver(&sysfs, nic).as_deref(), Some("e1000e"));
     assert_eq!(
         sysfs.pci_device(nic).unwrap().driver_override().unwrap(),

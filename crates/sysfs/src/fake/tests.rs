@@ -326,6 +326,36 @@ fn override_is_read_only_at_probe_time() {
 }
 
 #[test]
+fn drivers_probe_binds_an_unbound_device_by_its_id_table() {
+    // What a give-back after an interrupted one relies on: an unbound device with no
+    // override goes to the driver whose ID table matches, never to vfio-pci (no IDs).
+    let k = FakeKernel::builder()
+        .pci(e1000e(SOLO).iommu_group(7))
+        .pci(
+            PciSpec::new(UNGROUPED, 0x1234, 0x5678)
+                .class(0x020000)
+                .iommu_group(8)
+                .driver("vfio-pci"),
+        )
+        .build()
+        .unwrap();
+    let solo = dev(&k, SOLO);
+    solo.bind("vfio-pci").unwrap();
+    solo.set_driver_override(None).unwrap();
+    solo.unbind().unwrap();
+    assert_eq!(solo.driver().unwrap(), None);
+    solo.probe().unwrap();
+    assert_eq!(solo.driver().unwrap().as_deref(), Some("e1000e"));
+    // No driver's table matches: the probe "succeeds" and binds nothing.
+    let orphan = dev(&k, UNGROUPED);
+    orphan.set_driver_override(None).unwrap();
+    orphan.unbind().unwrap();
+    orphan.probe().unwrap();
+    assert_eq!(orphan.driver().unwrap(), None);
+    assert!(!k.dev_root().join("vfio/8").exists());
+}
+
+#[test]
 fn bind_on_bound_and_unbind_on_unbound_fail_with_enodev() {
     let k = lab();
     let sysfs = k.sysfs();
