@@ -117,6 +117,24 @@ fn claim_list_and_release_an_adopted_device() {
         "{}",
         stderr(&out)
     );
+    assert!(
+        stderr(&out).contains("is in use by qemu/vm1 (already yours)"),
+        "{}",
+        stderr(&out)
+    );
+    // Another owner is told whose it is, not that it is theirs.
+    let out = plugboard(
+        &k,
+        s,
+        &["hostdev", "prepare", "--owner", "qemu/vm2", "02:00.0"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("PCI device 0000:02:00.0 is in use by qemu/vm1")
+            && !stderr(&out).contains("already yours"),
+        "{}",
+        stderr(&out)
+    );
 
     let out = plugboard(
         &k,
@@ -133,6 +151,42 @@ fn claim_list_and_release_an_adopted_device() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["pci"][0]["list"], "inactive");
     assert!(json["pci"][0]["owner"].is_null());
+}
+
+#[test]
+fn a_reattach_that_leaves_the_device_driverless_fails_and_says_so() {
+    // An unbound device no host driver knows (the binary writes the fake tree as plain
+    // files, so the probe binds nothing, as the kernel would for 1234:5678).
+    let k = FakeKernel::builder()
+        .pci(
+            PciSpec::new("0000:08:00.0", 0x1234, 0x5678)
+                .class(0x02_0000)
+                .iommu_group(8)
+                .unbound(),
+        )
+        .build()
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let s = state.path();
+    let out = plugboard(&k, s, &["hostdev", "reattach", "0000:08:00.0"]);
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "0000:08:00.0: left with no driver: no host driver took it"
+    );
+    assert!(
+        stderr(&out).contains("PCI device 0000:08:00.0 was left with no driver"),
+        "{}",
+        stderr(&out)
+    );
+    let out = plugboard(&k, s, &["hostdev", "reattach", "--json", "0000:08:00.0"]);
+    assert!(!out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["op"], "reattach");
+    assert_eq!(json["result"]["outcome"], "driverless", "{json}");
+    // The probe was asked for (libvirt probes an unbound device too).
+    let probe = std::fs::read_to_string(k.sysfs_root().join("bus/pci/drivers_probe")).unwrap();
+    assert_eq!(probe.trim(), "0000:08:00.0");
 }
 
 #[test]

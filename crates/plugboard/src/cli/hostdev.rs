@@ -99,7 +99,13 @@ pub fn run(global: &Global, command: HostdevCommand) -> anyhow::Result<()> {
             emit(json, &core.detach(address)?, render::hostdev::node_device)
         }
         HostdevCommand::Reattach { address } => {
-            emit(json, &core.reattach(address)?, render::hostdev::node_device)
+            let answer = core.reattach(address)?;
+            emit(json, &answer, render::hostdev::node_device)?;
+            anyhow::ensure!(
+                !answer.left_driverless(),
+                "PCI device {address} was left with no driver: no host driver took it (load its driver, or bind one by hand)"
+            );
+            Ok(())
         }
         HostdevCommand::Reset { address } => {
             emit(json, &core.reset(address)?, render::hostdev::node_device)

@@ -7,7 +7,7 @@
 
 use plugboard_hostdev::{
     BatchError, BatchOptions, DetachOutcome, DeviceRelease, HostDevice, Listing, NodeDeviceError,
-    Owner, PrepareError, Recovered, ResetOutcome,
+    Owner, PrepareError, ReattachOutcome, Recovered, ResetOutcome,
 };
 use plugboard_sysfs::PciAddress;
 use serde::{Deserialize, Serialize};
@@ -104,12 +104,13 @@ pub enum NodeDeviceResult {
         /// How.
         result: DetachOutcome,
     },
-    /// Given back to a host driver.
+    /// Given back to a host driver (or left with none: see
+    /// [`left_driverless`](Self::left_driverless)).
     Reattach {
         /// The device.
         address: PciAddress,
-        /// The driver it is on now.
-        driver: Option<String>,
+        /// How: the driver it is on now, or `driverless`.
+        result: ReattachOutcome,
     },
     /// Reset.
     Reset {
@@ -118,6 +119,15 @@ pub enum NodeDeviceResult {
         /// How.
         result: ResetOutcome,
     },
+}
+
+impl NodeDeviceResult {
+    /// True for a reattach that left the device with no driver: nothing on the host can
+    /// use it, so the command did not do what it was asked (the CLI exits non-zero).
+    #[must_use]
+    pub fn left_driverless(&self) -> bool {
+        matches!(self, Self::Reattach { result, .. } if result.is_driverless())
+    }
 }
 
 impl HostService {
@@ -222,11 +232,11 @@ impl HostService {
         address: PciAddress,
     ) -> Result<NodeDeviceResult, ServiceError> {
         caller.may_change_host(&format!("reattach PCI device {address}"))?;
-        let driver = self
+        let result = self
             .hostdev()?
             .reattach(address)
             .map_err(|e| hostdev_error("reattach", node_class(&e), e))?;
-        Ok(NodeDeviceResult::Reattach { address, driver })
+        Ok(NodeDeviceResult::Reattach { address, result })
     }
 
     /// Resets an unused PCI device (root).

@@ -53,6 +53,9 @@ pub fn listing(listing: &Listing, out: &mut dyn Write) -> std::io::Result<()> {
             p.op, p.address, p.pid
         )?;
     }
+    for a in &listing.needs_attention {
+        writeln!(out, "needs attention: {a}")?;
+    }
     Ok(())
 }
 
@@ -83,11 +86,7 @@ pub fn released(answer: &ReleaseAnswer, out: &mut dyn Write) -> std::io::Result<
 pub fn node_device(answer: &NodeDeviceResult, out: &mut dyn Write) -> std::io::Result<()> {
     match answer {
         NodeDeviceResult::Detach { address, result } => writeln!(out, "{address}: {result}"),
-        NodeDeviceResult::Reattach { address, driver } => writeln!(
-            out,
-            "{address}: reattached to {}",
-            driver.as_deref().unwrap_or("no driver")
-        ),
+        NodeDeviceResult::Reattach { address, result } => writeln!(out, "{address}: {result}"),
         NodeDeviceResult::Reset { address, result } => writeln!(out, "{address}: {result}"),
     }
 }
