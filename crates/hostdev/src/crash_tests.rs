@@ -326,6 +326,7 @@ fn lab_recover_after_a_crash_on_a_real_kernel() {
         ("prepare", "prepare.binding"),
         ("prepare", "prepare.bound"),
         ("release", "release.journaled"),
+        ("release", "give_back.unbound"),
         ("release", "release.reattached"),
     ];
     for (op, point) in points {

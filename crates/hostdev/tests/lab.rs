@@ -16,11 +16,14 @@
 )]
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use plugboard_hostdev::registry::List;
+use plugboard_hostdev::registry::{List, PciRow, RegistryError};
 use plugboard_hostdev::{
-    DetachOutcome, HostdevManager, NodeDeviceError, Owner, PciReleased, PrepareError,
-    PrepareOptions,
+    DetachOutcome, HostdevManager, Intent, IntentOp, IntentStep, NodeDeviceError, Owner,
+    PciReleased, PrepareError, PrepareOptions, ProcessStamp, ReattachOutcome, RecoverAction,
 };
 use plugboard_sysfs::{PciAddress, Sysfs};
 
@@ -89,7 +92,14 @@ fn nics(sysfs: &Sysfs) -> Nics {
 struct Restore {
     sysfs: Sysfs,
     devices: Vec<PciAddress>,
-    _state: tempfile::TempDir,
+    state: tempfile::TempDir,
+}
+
+impl Restore {
+    /// The registry's state directory.
+    fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
 }
 
 impl Drop for Restore {
@@ -122,7 +132,7 @@ fn setup(devices: &[PciAddress]) -> (HostdevManager, Restore) {
         Restore {
             sysfs,
             devices: devices.to_vec(),
-            _state: state,
+            state,
         },
     )
 }
@@ -343,4 +353,417 @@ fn reset_an_unused_device_and_leave_vfio_ones_to_vfio() {
         plugboard_hostdev::ResetOutcome::LeftToVfio
     );
     m.reattach(nic).unwrap();
+}
+
+/// A process that has exited and been reaped: its stamp is what a killed operation leaves
+/// in the intent journal.
+fn dead_process() -> ProcessStamp {
+    let mut child = Command::new("true").spawn().unwrap();
+    let stamp = ProcessStamp {
+        pid: child.id(),
+        start: 1,
+    };
+    child.wait().unwrap();
+    stamp
+}
+
+/// Field 3 (`state`) and field 22 (`starttime`) of `/proc/<pid>/stat`.
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.nth(18)?.parse().ok()?))
+}
+
+fn intent(nic: PciAddress, op: IntentOp, a: &Owner, process: ProcessStamp) -> Intent {
+    Intent {
+        id: 0,
+        op,
+        address: nic.to_string(),
+        original_driver: Some("e1000e".into()),
+        owner: Some(a.clone()),
+        managed: true,
+        writes_sysfs: true,
+        iommu_group: None,
+        step: IntentStep::Binding,
+        process,
+    }
+}
+
+#[test]
+#[ignore = "needs the lab guest (lab/run-tests.sh)"]
+fn reattach_gives_a_nic_unbound_by_hand_back_to_e1000e() {
+    let sysfs = in_lab_guest();
+    let nic = nics(&sysfs).single[0];
+    let (mut m, _restore) = setup(&[nic]);
+    // By hand, as an operator would: echo <bdf> > /sys/bus/pci/drivers/e1000e/unbind.
+    std::fs::write("/sys/bus/pci/drivers/e1000e/unbind", nic.to_string()).unwrap();
+    assert_eq!(driver(&sysfs, nic), None);
+    assert_eq!(
+        m.reattach(nic).unwrap(),
+        ReattachOutcome::Reattached {
+            driver: "e1000e".into()
+        }
+    );
+    assert_eq!(driver(&sysfs, nic).as_deref(), Some("e1000e"));
+    assert!(books(&mut m).is_empty());
+}
+
+#[test]
+#[ignore = "needs the lab guest (lab/run-tests.sh)"]
+fn recover_finishes_a_release_killed_between_unbind_and_probe() {
+    let sysfs = in_lab_guest();
+    let nic = nics(&sysfs).single[0];
+    let (mut m, _restore) = setup(&[nic]);
+    let a = owner("qemu/lab-kill");
+    m.prepare_pci(&a, &[nic], MANAGED).unwrap();
+    // What release does before its sysfs writes, as a process since dead: the row to the
+    // inactive list and a release intent, in one transaction...
+    let dead = dead_process();
+    m.registry()
+        .write(|tx| {
+            let row = tx.pci_row(&nic.to_string())?.unwrap();
+            tx.put_pci_row(&PciRow {
+                list: List::Inactive,
+                owner: None,
+                ..row.clone()
+            })?;
+            tx.insert_intent(&Intent {
+                iommu_group: row.iommu_group,
+                ..intent(nic, IntentOp::Release, &a, dead)
+            })?;
+            Ok::<_, RegistryError>(())
+        })
+        .unwrap();
+    // ...then its writes up to the kill: override cleared, vfio-pci unbound, no probe.
+    let dev = sysfs.pci_device(nic).unwrap();
+    dev.set_driver_override(None).unwrap();
+    assert_eq!(dev.unbind().unwrap().as_deref(), Some("vfio-pci"));
+    assert_eq!(driver(&sysfs, nic), None);
+    let pending = m.list().unwrap().pending;
+    assert!(pending.len() == 1 && !pending[0].running, "{pending:?}");
+
+    let done = m.recover().unwrap();
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].action, RecoverAction::Finished, "{done:?}");
+    assert_eq!(driver(&sysfs, nic).as_deref(), Some("e1000e"));
+    assert_eq!(dev.driver_override().unwrap(), None);
+    assert!(books(&mut m).is_empty());
+    assert!(m.list().unwrap().needs_attention.is_empty());
+}
+
+#[test]
+#[ignore = "needs the lab guest (lab/run-tests.sh)"]
+fn recover_settles_the_intent_of_a_zombie() {
+    let sysfs = in_lab_guest();
+    let nic = nics(&sysfs).single[1];
+    let (mut m, _restore) = setup(&[nic]);
+    // A prepare that bound the NIC to vfio-pci, by a process that exited and was not
+    // reaped yet (a zombie keeps its /proc entry and start time).
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    let zombie = ProcessStamp {
+        pid,
+        start: proc_stat(pid).unwrap().1,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while proc_stat(pid).map(|s| s.0) != Some('Z') {
+        assert!(Instant::now() < deadline, "{pid} never became a zombie");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    sysfs.pci_device(nic).unwrap().bind("vfio-pci").unwrap();
+    let g = sysfs.pci_device(nic).unwrap().iommu_group().unwrap();
+    m.registry()
+        .write(|tx| {
+            tx.insert_intent(&Intent {
+                iommu_group: g,
+                ..intent(nic, IntentOp::Prepare, &owner("qemu/lab-zombie"), zombie)
+            })
+        })
+        .unwrap();
+    let pending = m.list().unwrap().pending;
+    let done = m.recover().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !pending[0].running,
+        "ls: a zombie is not running: {pending:?}"
+    );
+    assert_eq!(done.len(), 1, "{done:?}");
+    assert_eq!(done[0].action, RecoverAction::Undone, "{done:?}");
+    assert_eq!(driver(&sysfs, nic).as_deref(), Some("e1000e"));
+    assert!(books(&mut m).is_empty());
+}
+
+/// Where the lab packs the `plugboard` binary.
+fn plugboard_bin() -> PathBuf {
+    let bin = std::env::var_os("PLUGBOARD_BIN")
+        .map_or_else(|| PathBuf::from("/usr/bin/plugboard"), PathBuf::from);
+    assert!(bin.exists(), "{} is not packed", bin.display());
+    bin
+}
+
+/// How a `plugboard` child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Ending {
+    /// It exited by itself before the kill (its operation finished).
+    Exited,
+    /// SIGKILL reached it.
+    Killed,
+}
+
+/// Waits for `child` up to `deadline`; panics past it (after killing it).
+fn wait_until(child: &mut Child, deadline: Instant, what: &str) -> std::process::ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running past its deadline");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Runs `plugboard --state-dir STATE <args>` and SIGKILLs it after `delay` (unless it
+/// exited first). `log` receives its stderr.
+fn run_killed(state: &Path, args: &[String], delay: Duration, log: &Path) -> Ending {
+    let mut child = Command::new(plugboard_bin())
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(delay);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    if child.try_wait().unwrap().is_some() {
+        return Ending::Exited;
+    }
+    // SIGKILL (a zombie ignores it; it is reaped below either way).
+    child.kill().unwrap();
+    wait_until(
+        &mut child,
+        deadline,
+        &format!("plugboard {}", args.join(" ")),
+    );
+    Ending::Killed
+}
+
+/// Where the shared group's two NICs are, after recover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Where {
+    /// Both active for the owner, on vfio-pci.
+    Owned,
+    /// Both on e1000e, unknown to the registry, no override.
+    Host,
+}
+
+/// The invariants after every round: nothing pending, nothing needing attention, each NIC
+/// fully owned or back on e1000e, and the group not split (both the same).
+fn check_group(m: &mut HostdevManager, sysfs: &Sysfs, nics: &[PciAddress], a: &Owner) -> Where {
+    let listing = m.list().unwrap();
+    assert!(listing.pending.is_empty(), "pending: {:?}", listing.pending);
+    assert!(
+        listing.needs_attention.is_empty(),
+        "needs attention: {:?}",
+        listing.needs_attention
+    );
+    let mut seen = Vec::new();
+    for &nic in nics {
+        let dev = sysfs.pci_device(nic).unwrap();
+        let drv = dev.driver().unwrap();
+        let over = dev.driver_override().unwrap();
+        let row = listing.pci.iter().find(|r| r.address == nic.to_string());
+        let place = match (drv.as_deref(), row) {
+            (Some("vfio-pci"), Some(r))
+                if r.list == List::Active && r.owner.as_ref() == Some(a) =>
+            {
+                Where::Owned
+            }
+            (Some("e1000e"), None) if over.is_none() => Where::Host,
+            _ => panic!("{nic} half-done: driver {drv:?}, override {over:?}, row {row:?}"),
+        };
+        seen.push(place);
+    }
+    assert!(
+        seen.windows(2).all(|w| w[0] == w[1]),
+        "IOMMU group split: {nics:?} are {seen:?}"
+    );
+    seen[0]
+}
+
+/// The kill delays of `rounds` rounds: spread over [0, span] in a scrambled order, so that
+/// kills land at every step of the operation (start-up, journal, unbind, probe, commit).
+fn delays(rounds: u32, span: Duration) -> Vec<Duration> {
+    (0..rounds)
+        .map(|i| span.mul_f64(f64::from((i * 37) % rounds) / f64::from(rounds - 1)))
+        .collect()
+}
+
+/// Kill `plugboard hostdev prepare --managed --whole-group` and `plugboard hostdev
+/// release` (the shared group's two NICs) at 50 moments each, then `recover`: every NIC
+/// fully owned or back on e1000e, the group never split, nothing pending.
+#[test]
+#[ignore = "needs the lab guest (lab/run-tests.sh)"]
+fn kill_prepare_and_release_at_random_moments_then_recover() {
+    const ROUNDS: u32 = 50;
+    let sysfs = in_lab_guest();
+    let n = nics(&sysfs);
+    let group = n.shared.clone();
+    let (mut m, restore) = setup(&group);
+    let state = restore.state_dir().to_owned();
+    let log = state.join("child.log");
+    let a = owner("qemu/lab-kill");
+    let whole = PrepareOptions {
+        managed: true,
+        whole_group: true,
+    };
+    let prepare: Vec<String> = [
+        "hostdev",
+        "prepare",
+        "--owner",
+        "qemu/lab-kill",
+        "--managed",
+        "--whole-group",
+    ]
+    .iter()
+    .map(ToString::to_string)
+    .chain([group[0].to_string()])
+    .collect();
+    let release: Vec<String> = ["hostdev", "release", "--owner", "qemu/lab-kill"]
+        .iter()
+        .map(ToString::to_string)
+        .chain(group.iter().map(ToString::to_string))
+        .collect();
+
+    // How long each takes unkilled here (TCG is slow; the first run also pages the binary
+    // in): the fastest of three, and the kills spread over that.
+    let timed = |args: &[String]| {
+        let start = Instant::now();
+        let status = Command::new(plugboard_bin())
+            .arg("--state-dir")
+            .arg(&state)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "plugboard {}: {status}", args.join(" "));
+        start.elapsed()
+    };
+    let (mut prepare_took, mut release_took) = (Duration::MAX, Duration::MAX);
+    for _ in 0..3 {
+        prepare_took = prepare_took.min(timed(&prepare));
+        assert_eq!(check_group(&mut m, &sysfs, &group, &a), Where::Owned);
+        release_took = release_took.min(timed(&release));
+        assert_eq!(check_group(&mut m, &sysfs, &group, &a), Where::Host);
+    }
+    println!(
+        "unkilled (fastest of 3): prepare {} ms, release {} ms; kills spread over 0..=1.1x that",
+        prepare_took.as_millis(),
+        release_took.as_millis()
+    );
+
+    // (operation, how the child ended, whether recover had work, where the group is).
+    let mut counts: BTreeMap<(&str, Ending, bool, Where), u32> = BTreeMap::new();
+    let mut actions: BTreeMap<String, u32> = BTreeMap::new();
+    let suite = Instant::now();
+    let plan = [
+        (
+            "prepare",
+            &prepare,
+            delays(ROUNDS, prepare_took.mul_f64(1.1)),
+            Where::Host,
+        ),
+        (
+            "release",
+            &release,
+            delays(ROUNDS, release_took.mul_f64(1.1)),
+            Where::Owned,
+        ),
+    ];
+    for round in 0..ROUNDS as usize {
+        for (op, args, delays, start_from) in &plan {
+            let round_start = Instant::now();
+            // Put the group where this operation starts from.
+            match (check_group(&mut m, &sysfs, &group, &a), start_from) {
+                (Where::Owned, Where::Host) => {
+                    let out = m.release_pci(&a, &group).unwrap();
+                    assert!(out.iter().all(|o| o.result.is_ok()), "{out:?}");
+                }
+                (Where::Host, Where::Owned) => {
+                    m.prepare_pci(&a, &group[..1], whole).unwrap();
+                }
+                _ => {}
+            }
+            assert_eq!(check_group(&mut m, &sysfs, &group, &a), *start_from);
+            let delay = delays[round];
+            let ending = run_killed(&state, args, delay, &log);
+            let recovered = m.recover().unwrap();
+            for r in &recovered {
+                *actions
+                    .entry(format!("{op}: {} {}", r.op, r.action))
+                    .or_default() += 1;
+            }
+            let ctx = format!(
+                "round {round}, {op} killed after {} ms ({ending:?}), recovered {recovered:?}, its stderr: {}",
+                delay.as_millis(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            let place = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                check_group(&mut m, &sysfs, &group, &a)
+            }))
+            .unwrap_or_else(|_| panic!("{ctx}"));
+            if ending == Ending::Exited {
+                // It finished: prepare owns the group, release gave it back.
+                let done = if *op == "prepare" {
+                    Where::Owned
+                } else {
+                    Where::Host
+                };
+                assert_eq!(place, done, "{ctx}");
+            }
+            *counts
+                .entry((op, ending, !recovered.is_empty(), place))
+                .or_default() += 1;
+            assert!(
+                round_start.elapsed() < Duration::from_secs(60),
+                "{ctx}: the round took {:?}",
+                round_start.elapsed()
+            );
+        }
+    }
+    println!(
+        "{} rounds of prepare and of release in {} s",
+        ROUNDS,
+        suite.elapsed().as_secs()
+    );
+    for ((op, ending, recovered, place), count) in &counts {
+        let what = match (*op, ending, recovered, place) {
+            (_, Ending::Exited, _, _) => "exited by itself before the kill",
+            ("prepare", Ending::Killed, false, Where::Host) => "killed before it journaled",
+            ("prepare", Ending::Killed, true, Where::Host) => "killed mid-way: recover undid it",
+            ("prepare", Ending::Killed, _, Where::Owned) => "killed after it committed: owned",
+            ("release", Ending::Killed, false, Where::Owned) => "killed before it began: owned",
+            ("release", Ending::Killed, true, Where::Host) => "killed mid-way: recover finished it",
+            ("release", Ending::Killed, false, Where::Host) => "killed after it finished",
+            _ => "unexpected",
+        };
+        println!("{op:8} {count:3}  {what}");
+    }
+    for (action, count) in &actions {
+        println!("recover: {action}: {count}");
+    }
+    let total: u32 = counts.values().sum();
+    assert_eq!(total, 2 * ROUNDS);
+    // Leave the group as found.
+    if check_group(&mut m, &sysfs, &group, &a) == Where::Owned {
+        m.release_pci(&a, &group).unwrap();
+    }
+    assert_eq!(check_group(&mut m, &sysfs, &group, &a), Where::Host);
 }
