@@ -8,12 +8,13 @@
 //! [`Busy`] guard clears the mark (and gives back the allocations of a plug that never
 //! finished) even if the hypervisor call panics, so waiters are never stranded.
 
+use plugboard_vfio::{Acquired, Released};
+
 use crate::error::DeviceError;
 use crate::hypervisor::{Hypervisor, PlugRequest};
 use crate::id::DeviceId;
 use crate::kind::PlugMode;
 use crate::manager::DeviceManager;
-use crate::refcount::{Acquired, Released};
 
 impl<H: Hypervisor> DeviceManager<H> {
     /// Attaches a device: the first attach plugs it (hot or cold, per its spec), later ones
@@ -167,10 +168,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::config::ManagerConfig;
     use crate::hypervisor::Plug;
     use crate::kind::{BlockDriver, MacAddress, VhostUserDevice};
-    use crate::manager::{Allocations, NewDevice};
-    use crate::plan::ManagerConfig;
+    use crate::manager::NewDevice;
+    use crate::plan::Allocations;
     use crate::state::DeviceState;
     use crate::test_util::{
         HypervisorOp, InMemoryHypervisor, block_spec, generic_spec, image_spec, vfio_spec,
@@ -247,7 +249,7 @@ mod tests {
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         m.attach(id).unwrap();
         if let Some(e) = m.lock().devices.get_mut(&id) {
-            e.state.attachments = crate::refcount::RefCount::from_raw(u32::MAX);
+            e.state.attachments = plugboard_vfio::RefCount::from_raw(u32::MAX);
         }
         let before = snapshot(&m);
         assert!(matches!(
@@ -592,9 +594,9 @@ mod panics {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
+    use crate::config::ManagerConfig;
     use crate::hypervisor::{GuestView, HypervisorError, HypervisorKind};
     use crate::kind::BlockDriver;
-    use crate::plan::ManagerConfig;
     use crate::test_util::{InMemoryHypervisor, block_spec};
 
     /// A hypervisor whose next add panics.
@@ -656,8 +658,8 @@ mod stress {
     use std::sync::atomic::{AtomicI64, Ordering};
 
     use super::*;
+    use crate::config::ManagerConfig;
     use crate::kind::BlockDriver;
-    use crate::plan::ManagerConfig;
     use crate::test_util::{InMemoryHypervisor, block_spec, vfio_spec};
 
     /// Four threads attach and detach six devices at random; afterwards every count is the
@@ -724,6 +726,6 @@ mod stress {
             plugged
         );
         m.detach_all().unwrap();
-        assert_eq!(m.allocations(), crate::manager::Allocations::default());
+        assert_eq!(m.allocations(), crate::plan::Allocations::default());
     }
 }

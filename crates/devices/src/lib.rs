@@ -40,6 +40,7 @@
 //! port.
 
 mod attach;
+mod config;
 mod drive_name;
 mod error;
 mod host;
@@ -52,7 +53,6 @@ mod pci_path;
 mod persist;
 mod plan;
 mod ports;
-mod refcount;
 mod scsi;
 mod state;
 mod teardown;
@@ -60,6 +60,7 @@ mod teardown;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 
+pub use config::ManagerConfig;
 pub use drive_name::{DriveName, DriveNameError, MAX_DRIVE_NAME_LEN, VIRTIO_PREFIX};
 pub use error::DeviceError;
 pub use host::{
@@ -78,12 +79,12 @@ pub use kind::{
     PciAddress, PlugMode, VfioBackend, VfioFunction, VfioSpec, VfioSpecError, VhostUserDevice,
     VhostUserSpec, VhostUserSpecError,
 };
-pub use manager::{Allocations, DeviceManager, NewDevice, Removed};
+pub use manager::{DeviceManager, NewDevice, Removed};
 pub use pci_path::{MAX_PCI_SLOT, PciPath, PciPathError, PciSlot};
 pub use persist::{PersistError, SAVED_STATE_VERSION, SavedState};
-pub use plan::ManagerConfig;
+pub use plan::Allocations;
+pub use plugboard_vfio::{Acquired, RefCount, RefCountError, Released};
 pub use ports::{RootPort, RootPortPool};
-pub use refcount::{Acquired, RefCount, RefCountError, Released};
 pub use scsi::{MAX_SCSI_INDEX, ScsiAddress, ScsiAddressError};
 pub use state::DeviceState;
 pub use teardown::TeardownError;

@@ -9,14 +9,14 @@
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
-use crate::BlockIndex;
+use plugboard_vfio::{Acquired, RefCount, Released};
+
+use crate::config::ManagerConfig;
 use crate::error::DeviceError;
 use crate::hypervisor::Hypervisor;
 use crate::id::DeviceId;
 use crate::kind::{DeviceIdentity, DeviceKind, DeviceSpec};
-use crate::plan::ManagerConfig;
-use crate::ports::RootPort;
-use crate::refcount::{Acquired, RefCount, Released};
+use crate::plan::Allocations;
 use crate::state::{Books, DeviceState, Entry};
 
 /// What [`DeviceManager::new_device`] did.
@@ -45,15 +45,6 @@ pub enum Removed {
     Gone,
     /// Other references remain; the device stays.
     StillReferenced,
-}
-
-/// The block indexes and root ports in use, for checks and reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Allocations {
-    /// Block indexes in use, in order.
-    pub block_indexes: Vec<BlockIndex>,
-    /// Root ports in use, in order.
-    pub root_ports: Vec<RootPort>,
 }
 
 /// The devices of one VM. See the module documentation.

@@ -10,12 +10,13 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::ManagerConfig;
 use crate::hypervisor::{Hypervisor, HypervisorKind, Plug};
 use crate::id::DeviceId;
 use crate::index::{BlockIndex, IndexError};
 use crate::kind::{DeviceIdentity, DeviceKind};
-use crate::manager::{Allocations, DeviceManager};
-use crate::plan::ManagerConfig;
+use crate::manager::DeviceManager;
+use crate::plan::Allocations;
 use crate::ports::RootPort;
 use crate::state::{Books, DeviceState, Entry};
 

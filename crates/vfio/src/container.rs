@@ -258,10 +258,9 @@ impl Container {
 
     /// How many leases (devices) use group `id` now; 0 if it is not attached.
     pub fn group_users(&self, id: u32) -> usize {
-        self.state()
-            .groups
-            .get(&id)
-            .map_or(0, |slot| usize::try_from(slot.users.get()).unwrap_or(usize::MAX))
+        self.state().groups.get(&id).map_or(0, |slot| {
+            usize::try_from(slot.users.get()).unwrap_or(usize::MAX)
+        })
     }
 
     /// How many DMA mappings the container's books hold (always 0 with [`DmaReplay::Off`]).
