@@ -36,7 +36,7 @@
 //! # Allocators
 //! Block indexes are taken lowest-free from `[0, 65535)` and reused ([`IndexPool`]); a
 //! block index gives the `vdX` [`DriveName`] (plus a name offset) and the virtio-scsi
-//! [`ScsiAddress`]; PCIe root ports come from a [`RootPortPool`], one device function per
+//! [`GuestScsiAddress`]; PCIe root ports come from a [`RootPortPool`], one device function per
 //! port.
 
 mod attach;
@@ -85,6 +85,6 @@ pub use persist::{PersistError, SAVED_STATE_VERSION, SavedState};
 pub use plan::Allocations;
 pub use plugboard_vfio::{Acquired, RefCount, RefCountError, Released};
 pub use ports::{RootPort, RootPortPool};
-pub use scsi::{MAX_SCSI_INDEX, ScsiAddress, ScsiAddressError};
+pub use scsi::{GuestScsiAddress, GuestScsiAddressError, MAX_SCSI_INDEX};
 pub use state::DeviceState;
 pub use teardown::TeardownError;

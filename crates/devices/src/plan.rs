@@ -12,7 +12,7 @@ use crate::id::DeviceId;
 use crate::index::{BLOCK_INDEX_LIMIT, BlockIndex, IndexError, IndexPool};
 use crate::kind::{BlockDriver, DeviceKind, DeviceSpec, VhostUserDevice};
 use crate::ports::{RootPort, RootPortPool};
-use crate::scsi::ScsiAddress;
+use crate::scsi::GuestScsiAddress;
 
 /// The block indexes and root ports in use, for checks and reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,7 +65,7 @@ impl Allocators {
                 };
                 let scsi_address = if block.driver == BlockDriver::VirtioScsi {
                     Some(
-                        ScsiAddress::from_index(index.get().into())
+                        GuestScsiAddress::from_index(index.get().into())
                             .map_err(|source| DeviceError::ScsiAddress { id, source })?,
                     )
                 } else {
