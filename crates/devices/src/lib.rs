@@ -75,14 +75,15 @@ pub use id::{DeviceId, DeviceIdError, MAX_NAME_ID_LEN};
 pub use index::{BLOCK_INDEX_LIMIT, BlockIndex, BlockIndexError, IndexError, IndexPool};
 pub use kind::{
     BlockDriver, BlockDriverError, BlockSpec, DeviceIdentity, DeviceKind, DeviceNode, DeviceSpec,
-    FsCache, GenericSpec, HostFunction, ImageFormat, MacAddress, MdevUuid, NodeType, NodeTypeError,
-    PciAddress, PlugMode, VfioBackend, VfioFunction, VfioSpec, VfioSpecError, VhostUserDevice,
-    VhostUserSpec, VhostUserSpecError,
+    FsCache, GenericSpec, HostFunction, ImageFormat, MacAddress, MdevUuid, PciAddress, PlugMode,
+    VfioBackend, VfioFunction, VfioSpec, VfioSpecError, VhostUserDevice, VhostUserSpec,
+    VhostUserSpecError,
 };
 pub use manager::{DeviceManager, NewDevice, Removed};
 pub use pci_path::{MAX_PCI_SLOT, PciPath, PciPathError, PciSlot};
 pub use persist::{PersistError, SAVED_STATE_VERSION, SavedState};
 pub use plan::Allocations;
+pub use plugboard_sysfs::{DevKind, DevNumber};
 pub use plugboard_vfio::{Acquired, RefCount, RefCountError, Released};
 pub use ports::{RootPort, RootPortPool};
 pub use scsi::{GuestScsiAddress, GuestScsiAddressError, MAX_SCSI_INDEX};

@@ -267,7 +267,9 @@ impl<H> DeviceManager<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kind::{BlockDriver, DeviceNode, NodeType};
+    use plugboard_sysfs::DevKind;
+
+    use crate::kind::{BlockDriver, DeviceNode};
     use crate::test_util::{InMemoryHypervisor, block_spec, generic_spec, image_spec};
 
     fn manager() -> DeviceManager<InMemoryHypervisor> {
@@ -317,11 +319,7 @@ mod tests {
         let blk = m.new_device(block_spec(1, BlockDriver::VirtioBlk)).unwrap();
         let chr = m.new_device(generic_spec("/dev/x", 8, 1)).unwrap();
         assert_ne!(blk.id(), chr.id());
-        let node = DeviceNode {
-            node_type: NodeType::Char,
-            major: 8,
-            minor: 1,
-        };
+        let node = DeviceNode::new(DevKind::Char, 8, 1);
         assert_eq!(m.find(&DeviceIdentity::Node(node)), Some(chr.id()));
     }
 
