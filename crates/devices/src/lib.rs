@@ -56,6 +56,7 @@ mod ports;
 mod scsi;
 mod state;
 mod teardown;
+mod transaction;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
@@ -89,3 +90,4 @@ pub use ports::{RootPort, RootPortPool};
 pub use scsi::{GuestScsiAddress, GuestScsiAddressError, MAX_SCSI_INDEX};
 pub use state::DeviceState;
 pub use teardown::TeardownError;
+pub use transaction::{AttachError, AttachedDevice};

@@ -108,44 +108,7 @@ impl<H: Hypervisor> DeviceManager<H> {
     pub fn new_device(&self, spec: DeviceSpec) -> Result<NewDevice, DeviceError> {
         validate(&spec)?;
         let mut books = self.lock();
-        if let Some(&id) = books.by_identity.get(&spec.identity) {
-            let entry = books.entry_mut(id)?;
-            if entry.state.spec != spec {
-                return Err(DeviceError::Conflict {
-                    id,
-                    identity: spec.identity,
-                });
-            }
-            entry
-                .state
-                .references
-                .acquire()
-                .map_err(|_| DeviceError::TooManyReferences { id })?;
-            tracing::debug!(device = %id, identity = %spec.identity, references = entry.state.references.get(), "device referenced again");
-            return Ok(NewDevice::Existing(id));
-        }
-        let id = DeviceId::from_raw(books.next_id);
-        books.next_id += 1;
-        let mut references = RefCount::new();
-        // A fresh count cannot overflow.
-        let _: Result<Acquired, _> = references.acquire();
-        tracing::debug!(device = %id, identity = %spec.identity, kind = spec.kind.type_name(), "device created");
-        books.by_identity.insert(spec.identity.clone(), id);
-        books.devices.insert(
-            id,
-            Entry {
-                state: DeviceState {
-                    id,
-                    spec,
-                    references,
-                    attachments: RefCount::new(),
-                    plugged: None,
-                    guest: None,
-                },
-                busy: false,
-            },
-        );
-        Ok(NewDevice::Created(id))
+        take_reference(&mut books, spec)
     }
 
     /// Drops one reference. The device goes with its last reference, unless it is attached:
@@ -156,28 +119,7 @@ impl<H: Hypervisor> DeviceManager<H> {
     /// [`DeviceError::NotFound`], [`DeviceError::StillAttached`].
     pub fn remove_device(&self, id: DeviceId) -> Result<Removed, DeviceError> {
         let mut books = self.lock_idle(id)?;
-        let state = &mut books.entry_mut(id)?.state;
-        // Every device in the books holds at least one reference.
-        let step = state
-            .references
-            .peek_release()
-            .map_err(|_| DeviceError::NotFound { id })?;
-        if step == Released::Last && !state.attachments.is_zero() {
-            return Err(DeviceError::StillAttached {
-                id,
-                attachments: state.attachments.get(),
-            });
-        }
-        let _: Result<Released, _> = state.references.release();
-        if step == Released::StillUsed {
-            tracing::debug!(device = %id, references = state.references.get(), "device reference dropped");
-            return Ok(Removed::StillReferenced);
-        }
-        if let Some(entry) = books.devices.remove(&id) {
-            books.by_identity.remove(&entry.state.spec.identity);
-        }
-        tracing::debug!(device = %id, "device removed");
-        Ok(Removed::Gone)
+        drop_reference(&mut books, id)
     }
 
     /// A snapshot of one device; `None` for an unknown id. Never waits for a plug.
@@ -223,7 +165,83 @@ impl<H: Hypervisor> DeviceManager<H> {
     }
 }
 
-fn validate(spec: &DeviceSpec) -> Result<(), DeviceError> {
+/// Adds a reference to the device with `spec`'s identity, or creates it with one
+/// reference: [`DeviceManager::new_device`] without the validation and the locking.
+pub(crate) fn take_reference(
+    books: &mut Books,
+    spec: DeviceSpec,
+) -> Result<NewDevice, DeviceError> {
+    if let Some(&id) = books.by_identity.get(&spec.identity) {
+        let entry = books.entry_mut(id)?;
+        if entry.state.spec != spec {
+            return Err(DeviceError::Conflict {
+                id,
+                identity: spec.identity,
+            });
+        }
+        entry
+            .state
+            .references
+            .acquire()
+            .map_err(|_| DeviceError::TooManyReferences { id })?;
+        tracing::debug!(device = %id, identity = %spec.identity, references = entry.state.references.get(), "device referenced again");
+        return Ok(NewDevice::Existing(id));
+    }
+    let id = DeviceId::from_raw(books.next_id);
+    books.next_id += 1;
+    let mut references = RefCount::new();
+    // A fresh count cannot overflow.
+    let _: Result<Acquired, _> = references.acquire();
+    tracing::debug!(device = %id, identity = %spec.identity, kind = spec.kind.type_name(), "device created");
+    books.by_identity.insert(spec.identity.clone(), id);
+    books.devices.insert(
+        id,
+        Entry {
+            state: DeviceState {
+                id,
+                spec,
+                references,
+                attachments: RefCount::new(),
+                plugged: None,
+                guest: None,
+            },
+            busy: false,
+        },
+    );
+    Ok(NewDevice::Created(id))
+}
+
+/// Drops one reference of `id`; the device goes with its last one unless it is attached:
+/// [`DeviceManager::remove_device`] without the locking. The caller has waited for `id` to
+/// be idle.
+pub(crate) fn drop_reference(books: &mut Books, id: DeviceId) -> Result<Removed, DeviceError> {
+    let state = &mut books.entry_mut(id)?.state;
+    // Every device in the books holds at least one reference.
+    let step = state
+        .references
+        .peek_release()
+        .map_err(|_| DeviceError::NotFound { id })?;
+    if step == Released::Last && !state.attachments.is_zero() {
+        return Err(DeviceError::StillAttached {
+            id,
+            attachments: state.attachments.get(),
+        });
+    }
+    let _: Result<Released, _> = state.references.release();
+    if step == Released::StillUsed {
+        tracing::debug!(device = %id, references = state.references.get(), "device reference dropped");
+        return Ok(Removed::StillReferenced);
+    }
+    if let Some(entry) = books.devices.remove(&id) {
+        books.by_identity.remove(&entry.state.spec.identity);
+    }
+    tracing::debug!(device = %id, "device removed");
+    Ok(Removed::Gone)
+}
+
+/// Refuses a spec that can never be plugged (empty paths, VFIO without functions, an invalid
+/// vhost-user device).
+pub(crate) fn validate(spec: &DeviceSpec) -> Result<(), DeviceError> {
     let path = match (&spec.identity, &spec.kind) {
         (DeviceIdentity::Path(p), _) if p.as_os_str().is_empty() => Some(p),
         (_, DeviceKind::Block(b)) => Some(&b.path),
