@@ -27,6 +27,10 @@
 //! across a hypervisor call. [`DeviceManager::save`] and [`DeviceManager::load`] round-trip
 //! the whole state through the versioned [`SavedState`].
 //!
+//! [`DeviceManager::attach_new`] is the attach a caller that keeps the state on disk uses:
+//! create or dedupe, count, plug and persist as one transaction, with one rollback path (a
+//! failed persist unplugs the device again; see [`AttachError`]).
+//!
 //! # Host reads
 //! [`HostDevices`] turns what a container runtime asks for ([`DeviceRequest`]: container
 //! path, node type, `major:minor`) into a [`DeviceSpec`]: the host path from the kernel's
@@ -36,8 +40,13 @@
 //! # Allocators
 //! Block indexes are taken lowest-free from `[0, 65535)` and reused ([`IndexPool`]); a
 //! block index gives the `vdX` [`DriveName`] (plus a name offset) and the virtio-scsi
-//! [`GuestScsiAddress`]; PCIe root ports come from a [`RootPortPool`], one device function per
-//! port.
+//! [`GuestScsiAddress`]; PCIe root ports come from a [`RootPortPool`], one device function
+//! per port.
+//!
+//! # Shared types
+//! A [`DeviceId`] has one text form, 16 hex digits, in JSON as everywhere else. Device nodes
+//! are built on `plugboard-sysfs`'s [`DevKind`] and [`DevNumber`], and the counts are
+//! `plugboard-vfio`'s [`RefCount`] (both re-exported here).
 
 mod attach;
 mod config;

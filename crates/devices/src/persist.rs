@@ -475,7 +475,153 @@ mod tests {
 
     /// A state as versions before issue 12 wrote it: device ids as JSON numbers (the device
     /// node, counts and SCSI address in the shape they still have).
-    const OLDER_STATE: &str = r#"{"version":1,"hypervisor":"qemu","config":{"root_ports":2,"name_offset":0},"next_id":3,"devices":[{"id":0,"spec":{"identity":{"node":{"node_type":"block","major":8,"minor":1}},"mode":"hot","kind":{"kind":"block","path":"/dev/sdx1","driver":"virtio-scsi","format":"raw","read_only":false,"share_rw":false,"pmem":false}},"references":1,"attachments":1,"plugged":{"device":0,"mode":"hot","plug":{"kind":"block","name_id":"drive-0000000000000000","spec":{"path":"/dev/sdx1","driver":"virtio-scsi","format":"raw","read_only":false,"share_rw":false,"pmem":false},"index":0,"drive_name":null,"scsi_address":{"id":0,"lun":0},"port":null}},"guest":{"pci_paths":[],"scsi_address":{"id":0,"lun":0},"drive_name":null}},{"id":1,"spec":{"identity":{"node":{"node_type":"char","major":10,"minor":229}},"mode":"hot","kind":{"kind":"generic","path":"/dev/fuse"}},"references":1,"attachments":1,"plugged":null,"guest":null},{"id":2,"spec":{"identity":{"node":{"node_type":"block","major":8,"minor":2}},"mode":"hot","kind":{"kind":"block","path":"/dev/sdx2","driver":"virtio-blk","format":"raw","read_only":false,"share_rw":false,"pmem":false}},"references":1,"attachments":1,"plugged":{"device":2,"mode":"hot","plug":{"kind":"block","name_id":"drive-0000000000000002","spec":{"path":"/dev/sdx2","driver":"virtio-blk","format":"raw","read_only":false,"share_rw":false,"pmem":false},"index":1,"drive_name":"vdb","scsi_address":null,"port":0}},"guest":{"pci_paths":["01/00"],"scsi_address":null,"drive_name":"vdb"}}],"block_indexes":[0,1],"root_ports":[0]}"#;
+    const OLDER_STATE: &str = r#"
+        {
+          "version": 1,
+          "hypervisor": "qemu",
+          "config": {
+            "root_ports": 2,
+            "name_offset": 0
+          },
+          "next_id": 3,
+          "devices": [
+            {
+              "id": 0,
+              "spec": {
+                "identity": {
+                  "node": {
+                    "node_type": "block",
+                    "major": 8,
+                    "minor": 1
+                  }
+                },
+                "mode": "hot",
+                "kind": {
+                  "kind": "block",
+                  "path": "/dev/sdx1",
+                  "driver": "virtio-scsi",
+                  "format": "raw",
+                  "read_only": false,
+                  "share_rw": false,
+                  "pmem": false
+                }
+              },
+              "references": 1,
+              "attachments": 1,
+              "plugged": {
+                "device": 0,
+                "mode": "hot",
+                "plug": {
+                  "kind": "block",
+                  "name_id": "drive-0000000000000000",
+                  "spec": {
+                    "path": "/dev/sdx1",
+                    "driver": "virtio-scsi",
+                    "format": "raw",
+                    "read_only": false,
+                    "share_rw": false,
+                    "pmem": false
+                  },
+                  "index": 0,
+                  "drive_name": null,
+                  "scsi_address": {
+                    "id": 0,
+                    "lun": 0
+                  },
+                  "port": null
+                }
+              },
+              "guest": {
+                "pci_paths": [],
+                "scsi_address": {
+                  "id": 0,
+                  "lun": 0
+                },
+                "drive_name": null
+              }
+            },
+            {
+              "id": 1,
+              "spec": {
+                "identity": {
+                  "node": {
+                    "node_type": "char",
+                    "major": 10,
+                    "minor": 229
+                  }
+                },
+                "mode": "hot",
+                "kind": {
+                  "kind": "generic",
+                  "path": "/dev/fuse"
+                }
+              },
+              "references": 1,
+              "attachments": 1,
+              "plugged": null,
+              "guest": null
+            },
+            {
+              "id": 2,
+              "spec": {
+                "identity": {
+                  "node": {
+                    "node_type": "block",
+                    "major": 8,
+                    "minor": 2
+                  }
+                },
+                "mode": "hot",
+                "kind": {
+                  "kind": "block",
+                  "path": "/dev/sdx2",
+                  "driver": "virtio-blk",
+                  "format": "raw",
+                  "read_only": false,
+                  "share_rw": false,
+                  "pmem": false
+                }
+              },
+              "references": 1,
+              "attachments": 1,
+              "plugged": {
+                "device": 2,
+                "mode": "hot",
+                "plug": {
+                  "kind": "block",
+                  "name_id": "drive-0000000000000002",
+                  "spec": {
+                    "path": "/dev/sdx2",
+                    "driver": "virtio-blk",
+                    "format": "raw",
+                    "read_only": false,
+                    "share_rw": false,
+                    "pmem": false
+                  },
+                  "index": 1,
+                  "drive_name": "vdb",
+                  "scsi_address": null,
+                  "port": 0
+                }
+              },
+              "guest": {
+                "pci_paths": [
+                  "01/00"
+                ],
+                "scsi_address": null,
+                "drive_name": "vdb"
+              }
+            }
+          ],
+          "block_indexes": [
+            0,
+            1
+          ],
+          "root_ports": [
+            0
+          ]
+        }
+    "#;
 
     #[test]
     fn a_state_saved_by_an_older_version_loads_and_is_written_with_hex_ids() {
