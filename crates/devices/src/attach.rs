@@ -7,13 +7,19 @@
 //! the allocations go back and the count stays 0. A last detach is the mirror image. A
 //! [`Busy`] guard clears the mark (and gives back the allocations of a plug that never
 //! finished) even if the hypervisor call panics, so waiters are never stranded.
+//! [`DeviceManager::attach_new`] (in `transaction.rs`) attaches through the same path and
+//! has the guard give back the reference it took as well, under the same lock.
+
+use std::sync::MutexGuard;
+
+use plugboard_vfio::{Acquired, Released};
 
 use crate::error::DeviceError;
 use crate::hypervisor::{Hypervisor, PlugRequest};
 use crate::id::DeviceId;
 use crate::kind::PlugMode;
-use crate::manager::DeviceManager;
-use crate::refcount::{Acquired, Released};
+use crate::manager::{DeviceManager, drop_reference};
+use crate::state::Books;
 
 impl<H: Hypervisor> DeviceManager<H> {
     /// Attaches a device: the first attach plugs it (hot or cold, per its spec), later ones
@@ -24,25 +30,27 @@ impl<H: Hypervisor> DeviceManager<H> {
     /// ([`DeviceError::BlockIndex`], [`DeviceError::RootPort`], …); [`DeviceError::Plug`]
     /// when the hypervisor refuses. On every error the manager and the VM are as before.
     pub fn attach(&self, id: DeviceId) -> Result<Acquired, DeviceError> {
-        let mut books = self.lock_idle(id)?;
+        let books = self.lock_idle(id)?;
+        self.attach_locked(books, id, OnFailure::Keep)
+    }
+
+    /// [`Self::attach`] of `id`, idle in the locked `books`. On failure it also does what
+    /// `on_failure` says, under the same lock as the rest of the rollback, so nobody sees a
+    /// device that is half rolled back.
+    pub(crate) fn attach_locked(
+        &self,
+        mut books: MutexGuard<'_, Books>,
+        id: DeviceId,
+        on_failure: OnFailure,
+    ) -> Result<Acquired, DeviceError> {
         let books_ref = &mut *books;
-        let entry = books_ref
-            .devices
-            .get_mut(&id)
-            .ok_or(DeviceError::NotFound { id })?;
-        let state = &mut entry.state;
-        let step = state
-            .attachments
-            .peek_acquire()
-            .map_err(|_| DeviceError::TooManyAttachments { id })?;
-        if step == Acquired::Again {
-            let _: Result<Acquired, _> = state.attachments.acquire();
-            return Ok(Acquired::Again);
-        }
-        let Some(request) = books_ref.alloc.plan(id, &state.spec)? else {
-            // A generic device: counting is all there is.
-            let _: Result<Acquired, _> = state.attachments.acquire();
-            return Ok(Acquired::First);
+        let request = match count_or_plan(books_ref, id) {
+            Ok(Planned::Counted(step)) => return Ok(step),
+            Ok(Planned::Plug(request)) => request,
+            Err(e) => {
+                on_failure.undo(books_ref, id);
+                return Err(e);
+            }
         };
         books.set_busy(id, true);
         drop(books);
@@ -51,6 +59,7 @@ impl<H: Hypervisor> DeviceManager<H> {
             manager: self,
             id,
             planned: Some(&request),
+            on_failure,
         };
         let result = match request.mode {
             PlugMode::Hot => self.hypervisor.hotplug_add(&request),
@@ -105,6 +114,7 @@ impl<H: Hypervisor> DeviceManager<H> {
             manager: self,
             id,
             planned: None,
+            on_failure: OnFailure::Keep,
         };
         if let Err(source) = self.hypervisor.hotplug_remove(&request) {
             tracing::warn!(device = %id, error = %source, "unplug failed; device stays attached");
@@ -127,6 +137,60 @@ impl<H: Hypervisor> DeviceManager<H> {
     }
 }
 
+/// What an attach does under the lock before any hypervisor call.
+enum Planned {
+    /// Counting was all there was (a later attach, or a generic device): done.
+    Counted(Acquired),
+    /// The first attach of a pluggable device: its allocations are taken for this request.
+    Plug(PlugRequest),
+}
+
+/// Counts a later attach (or a generic device's first), or plans the first plug. Nothing
+/// changes on error.
+fn count_or_plan(books: &mut Books, id: DeviceId) -> Result<Planned, DeviceError> {
+    let entry = books
+        .devices
+        .get_mut(&id)
+        .ok_or(DeviceError::NotFound { id })?;
+    let state = &mut entry.state;
+    let step = state
+        .attachments
+        .peek_acquire()
+        .map_err(|_| DeviceError::TooManyAttachments { id })?;
+    if step == Acquired::Again {
+        let _: Result<Acquired, _> = state.attachments.acquire();
+        return Ok(Planned::Counted(Acquired::Again));
+    }
+    let Some(request) = books.alloc.plan(id, &state.spec)? else {
+        // A generic device: counting is all there is.
+        let _: Result<Acquired, _> = state.attachments.acquire();
+        return Ok(Planned::Counted(Acquired::First));
+    };
+    Ok(Planned::Plug(request))
+}
+
+/// What a failed attach gives back besides its own steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnFailure {
+    /// Nothing.
+    Keep,
+    /// The reference the caller took for this attach ([`DeviceManager::attach_new`]): the
+    /// device goes if it was the last one.
+    DropReference,
+}
+
+impl OnFailure {
+    fn undo(self, books: &mut Books, id: DeviceId) {
+        if self == Self::DropReference
+            && let Err(e) = drop_reference(books, id)
+        {
+            // Cannot happen: the reference was taken under the lock that is held (or the device
+            // was busy) ever since, so nobody attached or removed the device meanwhile.
+            tracing::error!(device = %id, error = %e, "dropping the reference of a failed attach failed");
+        }
+    }
+}
+
 /// A device marked busy while the hypervisor works on it. Dropping it (error or panic)
 /// clears the mark and gives back `planned` allocations; [`Busy::finish`] clears the mark and
 /// hands over the locked books for booking a success.
@@ -135,10 +199,12 @@ struct Busy<'m, 'r, H: Hypervisor> {
     id: DeviceId,
     /// The allocations of a plug, to give back if it does not finish.
     planned: Option<&'r PlugRequest>,
+    /// What else a plug that does not finish gives back.
+    on_failure: OnFailure,
 }
 
 impl<'m, H: Hypervisor> Busy<'m, '_, H> {
-    fn finish(mut self) -> std::sync::MutexGuard<'m, crate::state::Books> {
+    fn finish(mut self) -> MutexGuard<'m, Books> {
         self.planned = None;
         let mut books = self.manager.lock();
         books.set_busy(self.id, false);
@@ -150,10 +216,11 @@ impl<'m, H: Hypervisor> Busy<'m, '_, H> {
 impl<H: Hypervisor> Drop for Busy<'_, '_, H> {
     fn drop(&mut self) {
         let mut books = self.manager.lock();
-        if let Some(request) = self.planned
-            && let Err(e) = books.alloc.release(request)
-        {
-            tracing::error!(device = %self.id, error = %e, "giving back the allocations of a failed plug failed");
+        if let Some(request) = self.planned {
+            if let Err(e) = books.alloc.release(request) {
+                tracing::error!(device = %self.id, error = %e, "giving back the allocations of a failed plug failed");
+            }
+            self.on_failure.undo(&mut books, self.id);
         }
         books.set_busy(self.id, false);
         drop(books);
@@ -167,10 +234,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::config::ManagerConfig;
     use crate::hypervisor::Plug;
     use crate::kind::{BlockDriver, MacAddress, VhostUserDevice};
-    use crate::manager::{Allocations, NewDevice};
-    use crate::plan::ManagerConfig;
+    use crate::manager::NewDevice;
+    use crate::plan::Allocations;
     use crate::state::DeviceState;
     use crate::test_util::{
         HypervisorOp, InMemoryHypervisor, block_spec, generic_spec, image_spec, vfio_spec,
@@ -247,7 +315,7 @@ mod tests {
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         m.attach(id).unwrap();
         if let Some(e) = m.lock().devices.get_mut(&id) {
-            e.state.attachments = crate::refcount::RefCount::from_raw(u32::MAX);
+            e.state.attachments = plugboard_vfio::RefCount::from_raw(u32::MAX);
         }
         let before = snapshot(&m);
         assert!(matches!(
@@ -592,9 +660,9 @@ mod panics {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
+    use crate::config::ManagerConfig;
     use crate::hypervisor::{GuestView, HypervisorError, HypervisorKind};
     use crate::kind::BlockDriver;
-    use crate::plan::ManagerConfig;
     use crate::test_util::{InMemoryHypervisor, block_spec};
 
     /// A hypervisor whose next add panics.
@@ -656,8 +724,8 @@ mod stress {
     use std::sync::atomic::{AtomicI64, Ordering};
 
     use super::*;
+    use crate::config::ManagerConfig;
     use crate::kind::BlockDriver;
-    use crate::plan::ManagerConfig;
     use crate::test_util::{InMemoryHypervisor, block_spec, vfio_spec};
 
     /// Four threads attach and detach six devices at random; afterwards every count is the
@@ -724,6 +792,6 @@ mod stress {
             plugged
         );
         m.detach_all().unwrap();
-        assert_eq!(m.allocations(), crate::manager::Allocations::default());
+        assert_eq!(m.allocations(), crate::plan::Allocations::default());
     }
 }

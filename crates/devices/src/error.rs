@@ -8,7 +8,7 @@ use crate::hypervisor::HypervisorError;
 use crate::id::DeviceId;
 use crate::index::IndexError;
 use crate::kind::{DeviceIdentity, VfioSpecError, VhostUserSpecError};
-use crate::scsi::ScsiAddressError;
+use crate::scsi::GuestScsiAddressError;
 
 /// Why a [`crate::DeviceManager`] operation did nothing.
 ///
@@ -114,7 +114,7 @@ pub enum DeviceError {
         id: DeviceId,
         /// Why.
         #[source]
-        source: ScsiAddressError,
+        source: GuestScsiAddressError,
     },
     /// The hypervisor refused to plug the device.
     #[error("plugging device {id} failed")]

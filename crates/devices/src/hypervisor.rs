@@ -36,7 +36,7 @@ use crate::index::BlockIndex;
 use crate::kind::{BlockSpec, PlugMode, VfioBackend, VfioFunction, VhostUserSpec};
 use crate::pci_path::PciPath;
 use crate::ports::RootPort;
-use crate::scsi::ScsiAddress;
+use crate::scsi::GuestScsiAddress;
 
 /// Which VMM is behind a [`Hypervisor`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -112,7 +112,7 @@ pub struct BlockPlug {
     /// `vdX` for the virtio-blk family (index plus the manager's name offset), else `None`.
     pub drive_name: Option<DriveName>,
     /// `id:lun` for virtio-scsi, else `None`.
-    pub scsi_address: Option<ScsiAddress>,
+    pub scsi_address: Option<GuestScsiAddress>,
     /// The root port for a virtio-blk PCI function, when the VM has a port pool.
     pub port: Option<RootPort>,
 }
@@ -184,7 +184,7 @@ pub struct GuestView {
     /// cannot tell.
     pub pci_paths: Vec<PciPath>,
     /// The SCSI address (virtio-scsi disks).
-    pub scsi_address: Option<ScsiAddress>,
+    pub scsi_address: Option<GuestScsiAddress>,
     /// The predicted disk name (virtio-blk family). A hint: the PCI path is authoritative.
     pub drive_name: Option<DriveName>,
 }

@@ -3,17 +3,22 @@
 //! Kata made IDs from 8 random bytes and retried on collision. A per-manager counter that is
 //! saved with the manager can never collide, needs no retry, and makes tests deterministic, so
 //! a [`DeviceId`] is a sequence number shown as 16 hex digits (Kata's width).
+//!
+//! The id has one text form everywhere: logs, the CLI, URLs and JSON all say
+//! `000000000000002a`. Saved states written before that wrote the id as a JSON number;
+//! reading still accepts it, so they load.
 
 use std::fmt;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The manager-wide identifier of one device.
 ///
-/// Shown and parsed as 16 lower-case hex digits (`000000000000002a`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+/// Shown and parsed as 16 lower-case hex digits (`000000000000002a`), in JSON too (a
+/// string); a JSON number (the form of older saved states) is still read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DeviceId(u64);
 
 impl DeviceId {
@@ -70,6 +75,43 @@ impl FromStr for DeviceId {
     }
 }
 
+impl Serialize for DeviceId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(DeviceIdVisitor)
+    }
+}
+
+/// Reads the 16-hex-digit string, or the sequence number as older saved states wrote it.
+struct DeviceIdVisitor;
+
+impl Visitor<'_> for DeviceIdVisitor {
+    type Value = DeviceId;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a device id: 16 hex digits (or, as older saved states wrote it, a number)")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<DeviceId, E> {
+        v.parse().map_err(E::custom)
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<DeviceId, E> {
+        Ok(DeviceId(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<DeviceId, E> {
+        u64::try_from(v)
+            .map(DeviceId)
+            .map_err(|_| E::invalid_value(de::Unexpected::Signed(v), &self))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +134,34 @@ mod tests {
         ] {
             bad.parse::<DeviceId>().expect_err(bad);
         }
+    }
+
+    #[test]
+    fn json_is_the_hex_text_and_old_numbers_still_read() {
+        let id = DeviceId::from_raw(42);
+        assert_eq!(serde_json::to_string(&id).unwrap(), r#""000000000000002a""#);
+        assert_eq!(
+            serde_json::from_str::<DeviceId>(r#""000000000000002a""#).unwrap(),
+            id
+        );
+        // Saved states written before the id had one text form hold the number.
+        assert_eq!(serde_json::from_str::<DeviceId>("42").unwrap(), id);
+        let max = u64::MAX.to_string();
+        assert_eq!(
+            serde_json::from_str::<DeviceId>(&max).unwrap(),
+            DeviceId::from_raw(u64::MAX)
+        );
+        for bad in ["-1", "1.5", r#""2a""#, r#""42""#, "null", "[]"] {
+            serde_json::from_str::<DeviceId>(bad).expect_err(bad);
+        }
+        // As a map key (BTreeMap<DeviceId, _> in JSON) it is the same text.
+        let map: std::collections::BTreeMap<DeviceId, u8> = [(id, 1)].into();
+        let json = serde_json::to_string(&map).unwrap();
+        assert_eq!(json, r#"{"000000000000002a":1}"#);
+        assert_eq!(
+            serde_json::from_str::<std::collections::BTreeMap<DeviceId, u8>>(&json).unwrap(),
+            map
+        );
     }
 
     #[test]

@@ -27,6 +27,10 @@
 //! across a hypervisor call. [`DeviceManager::save`] and [`DeviceManager::load`] round-trip
 //! the whole state through the versioned [`SavedState`].
 //!
+//! [`DeviceManager::attach_new`] is the attach a caller that keeps the state on disk uses:
+//! create or dedupe, count, plug and persist as one transaction, with one rollback path (a
+//! failed persist unplugs the device again; see [`AttachError`]).
+//!
 //! # Host reads
 //! [`HostDevices`] turns what a container runtime asks for ([`DeviceRequest`]: container
 //! path, node type, `major:minor`) into a [`DeviceSpec`]: the host path from the kernel's
@@ -36,10 +40,16 @@
 //! # Allocators
 //! Block indexes are taken lowest-free from `[0, 65535)` and reused ([`IndexPool`]); a
 //! block index gives the `vdX` [`DriveName`] (plus a name offset) and the virtio-scsi
-//! [`ScsiAddress`]; PCIe root ports come from a [`RootPortPool`], one device function per
-//! port.
+//! [`GuestScsiAddress`]; PCIe root ports come from a [`RootPortPool`], one device function
+//! per port.
+//!
+//! # Shared types
+//! A [`DeviceId`] has one text form, 16 hex digits, in JSON as everywhere else. Device nodes
+//! are built on `plugboard-sysfs`'s [`DevKind`] and [`DevNumber`], and the counts are
+//! `plugboard-vfio`'s [`RefCount`] (both re-exported here).
 
 mod attach;
+mod config;
 mod drive_name;
 mod error;
 mod host;
@@ -52,14 +62,15 @@ mod pci_path;
 mod persist;
 mod plan;
 mod ports;
-mod refcount;
 mod scsi;
 mod state;
 mod teardown;
+mod transaction;
 
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 
+pub use config::ManagerConfig;
 pub use drive_name::{DriveName, DriveNameError, MAX_DRIVE_NAME_LEN, VIRTIO_PREFIX};
 pub use error::DeviceError;
 pub use host::{
@@ -74,16 +85,18 @@ pub use id::{DeviceId, DeviceIdError, MAX_NAME_ID_LEN};
 pub use index::{BLOCK_INDEX_LIMIT, BlockIndex, BlockIndexError, IndexError, IndexPool};
 pub use kind::{
     BlockDriver, BlockDriverError, BlockSpec, DeviceIdentity, DeviceKind, DeviceNode, DeviceSpec,
-    FsCache, GenericSpec, HostFunction, ImageFormat, MacAddress, MdevUuid, NodeType, NodeTypeError,
-    PciAddress, PlugMode, VfioBackend, VfioFunction, VfioSpec, VfioSpecError, VhostUserDevice,
-    VhostUserSpec, VhostUserSpecError,
+    FsCache, GenericSpec, HostFunction, ImageFormat, MacAddress, MdevUuid, PciAddress, PlugMode,
+    VfioBackend, VfioFunction, VfioSpec, VfioSpecError, VhostUserDevice, VhostUserSpec,
+    VhostUserSpecError,
 };
-pub use manager::{Allocations, DeviceManager, NewDevice, Removed};
+pub use manager::{DeviceManager, NewDevice, Removed};
 pub use pci_path::{MAX_PCI_SLOT, PciPath, PciPathError, PciSlot};
 pub use persist::{PersistError, SAVED_STATE_VERSION, SavedState};
-pub use plan::ManagerConfig;
+pub use plan::Allocations;
+pub use plugboard_sysfs::{DevKind, DevNumber};
+pub use plugboard_vfio::{Acquired, RefCount, RefCountError, Released};
 pub use ports::{RootPort, RootPortPool};
-pub use refcount::{Acquired, RefCount, RefCountError, Released};
-pub use scsi::{MAX_SCSI_INDEX, ScsiAddress, ScsiAddressError};
+pub use scsi::{GuestScsiAddress, GuestScsiAddressError, MAX_SCSI_INDEX};
 pub use state::DeviceState;
 pub use teardown::TeardownError;
+pub use transaction::{AttachError, AttachedDevice};

@@ -9,14 +9,14 @@
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
-use crate::BlockIndex;
+use plugboard_vfio::{Acquired, RefCount, Released};
+
+use crate::config::ManagerConfig;
 use crate::error::DeviceError;
 use crate::hypervisor::Hypervisor;
 use crate::id::DeviceId;
 use crate::kind::{DeviceIdentity, DeviceKind, DeviceSpec};
-use crate::plan::ManagerConfig;
-use crate::ports::RootPort;
-use crate::refcount::{Acquired, RefCount, Released};
+use crate::plan::Allocations;
 use crate::state::{Books, DeviceState, Entry};
 
 /// What [`DeviceManager::new_device`] did.
@@ -45,15 +45,6 @@ pub enum Removed {
     Gone,
     /// Other references remain; the device stays.
     StillReferenced,
-}
-
-/// The block indexes and root ports in use, for checks and reports.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Allocations {
-    /// Block indexes in use, in order.
-    pub block_indexes: Vec<BlockIndex>,
-    /// Root ports in use, in order.
-    pub root_ports: Vec<RootPort>,
 }
 
 /// The devices of one VM. See the module documentation.
@@ -117,44 +108,7 @@ impl<H: Hypervisor> DeviceManager<H> {
     pub fn new_device(&self, spec: DeviceSpec) -> Result<NewDevice, DeviceError> {
         validate(&spec)?;
         let mut books = self.lock();
-        if let Some(&id) = books.by_identity.get(&spec.identity) {
-            let entry = books.entry_mut(id)?;
-            if entry.state.spec != spec {
-                return Err(DeviceError::Conflict {
-                    id,
-                    identity: spec.identity,
-                });
-            }
-            entry
-                .state
-                .references
-                .acquire()
-                .map_err(|_| DeviceError::TooManyReferences { id })?;
-            tracing::debug!(device = %id, identity = %spec.identity, references = entry.state.references.get(), "device referenced again");
-            return Ok(NewDevice::Existing(id));
-        }
-        let id = DeviceId::from_raw(books.next_id);
-        books.next_id += 1;
-        let mut references = RefCount::new();
-        // A fresh count cannot overflow.
-        let _: Result<Acquired, _> = references.acquire();
-        tracing::debug!(device = %id, identity = %spec.identity, kind = spec.kind.type_name(), "device created");
-        books.by_identity.insert(spec.identity.clone(), id);
-        books.devices.insert(
-            id,
-            Entry {
-                state: DeviceState {
-                    id,
-                    spec,
-                    references,
-                    attachments: RefCount::new(),
-                    plugged: None,
-                    guest: None,
-                },
-                busy: false,
-            },
-        );
-        Ok(NewDevice::Created(id))
+        take_reference(&mut books, spec)
     }
 
     /// Drops one reference. The device goes with its last reference, unless it is attached:
@@ -165,28 +119,7 @@ impl<H: Hypervisor> DeviceManager<H> {
     /// [`DeviceError::NotFound`], [`DeviceError::StillAttached`].
     pub fn remove_device(&self, id: DeviceId) -> Result<Removed, DeviceError> {
         let mut books = self.lock_idle(id)?;
-        let state = &mut books.entry_mut(id)?.state;
-        // Every device in the books holds at least one reference.
-        let step = state
-            .references
-            .peek_release()
-            .map_err(|_| DeviceError::NotFound { id })?;
-        if step == Released::Last && !state.attachments.is_zero() {
-            return Err(DeviceError::StillAttached {
-                id,
-                attachments: state.attachments.get(),
-            });
-        }
-        let _: Result<Released, _> = state.references.release();
-        if step == Released::StillUsed {
-            tracing::debug!(device = %id, references = state.references.get(), "device reference dropped");
-            return Ok(Removed::StillReferenced);
-        }
-        if let Some(entry) = books.devices.remove(&id) {
-            books.by_identity.remove(&entry.state.spec.identity);
-        }
-        tracing::debug!(device = %id, "device removed");
-        Ok(Removed::Gone)
+        drop_reference(&mut books, id)
     }
 
     /// A snapshot of one device; `None` for an unknown id. Never waits for a plug.
@@ -232,7 +165,83 @@ impl<H: Hypervisor> DeviceManager<H> {
     }
 }
 
-fn validate(spec: &DeviceSpec) -> Result<(), DeviceError> {
+/// Adds a reference to the device with `spec`'s identity, or creates it with one
+/// reference: [`DeviceManager::new_device`] without the validation and the locking.
+pub(crate) fn take_reference(
+    books: &mut Books,
+    spec: DeviceSpec,
+) -> Result<NewDevice, DeviceError> {
+    if let Some(&id) = books.by_identity.get(&spec.identity) {
+        let entry = books.entry_mut(id)?;
+        if entry.state.spec != spec {
+            return Err(DeviceError::Conflict {
+                id,
+                identity: spec.identity,
+            });
+        }
+        entry
+            .state
+            .references
+            .acquire()
+            .map_err(|_| DeviceError::TooManyReferences { id })?;
+        tracing::debug!(device = %id, identity = %spec.identity, references = entry.state.references.get(), "device referenced again");
+        return Ok(NewDevice::Existing(id));
+    }
+    let id = DeviceId::from_raw(books.next_id);
+    books.next_id += 1;
+    let mut references = RefCount::new();
+    // A fresh count cannot overflow.
+    let _: Result<Acquired, _> = references.acquire();
+    tracing::debug!(device = %id, identity = %spec.identity, kind = spec.kind.type_name(), "device created");
+    books.by_identity.insert(spec.identity.clone(), id);
+    books.devices.insert(
+        id,
+        Entry {
+            state: DeviceState {
+                id,
+                spec,
+                references,
+                attachments: RefCount::new(),
+                plugged: None,
+                guest: None,
+            },
+            busy: false,
+        },
+    );
+    Ok(NewDevice::Created(id))
+}
+
+/// Drops one reference of `id`; the device goes with its last one unless it is attached:
+/// [`DeviceManager::remove_device`] without the locking. The caller has waited for `id` to
+/// be idle.
+pub(crate) fn drop_reference(books: &mut Books, id: DeviceId) -> Result<Removed, DeviceError> {
+    let state = &mut books.entry_mut(id)?.state;
+    // Every device in the books holds at least one reference.
+    let step = state
+        .references
+        .peek_release()
+        .map_err(|_| DeviceError::NotFound { id })?;
+    if step == Released::Last && !state.attachments.is_zero() {
+        return Err(DeviceError::StillAttached {
+            id,
+            attachments: state.attachments.get(),
+        });
+    }
+    let _: Result<Released, _> = state.references.release();
+    if step == Released::StillUsed {
+        tracing::debug!(device = %id, references = state.references.get(), "device reference dropped");
+        return Ok(Removed::StillReferenced);
+    }
+    if let Some(entry) = books.devices.remove(&id) {
+        books.by_identity.remove(&entry.state.spec.identity);
+    }
+    tracing::debug!(device = %id, "device removed");
+    Ok(Removed::Gone)
+}
+
+/// Refuses a spec that can never be plugged (empty paths, VFIO without functions, an invalid
+/// vhost-user device).
+pub(crate) fn validate(spec: &DeviceSpec) -> Result<(), DeviceError> {
     let path = match (&spec.identity, &spec.kind) {
         (DeviceIdentity::Path(p), _) if p.as_os_str().is_empty() => Some(p),
         (_, DeviceKind::Block(b)) => Some(&b.path),
@@ -276,7 +285,9 @@ impl<H> DeviceManager<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kind::{BlockDriver, DeviceNode, NodeType};
+    use plugboard_sysfs::DevKind;
+
+    use crate::kind::{BlockDriver, DeviceNode};
     use crate::test_util::{InMemoryHypervisor, block_spec, generic_spec, image_spec};
 
     fn manager() -> DeviceManager<InMemoryHypervisor> {
@@ -326,11 +337,7 @@ mod tests {
         let blk = m.new_device(block_spec(1, BlockDriver::VirtioBlk)).unwrap();
         let chr = m.new_device(generic_spec("/dev/x", 8, 1)).unwrap();
         assert_ne!(blk.id(), chr.id());
-        let node = DeviceNode {
-            node_type: NodeType::Char,
-            major: 8,
-            minor: 1,
-        };
+        let node = DeviceNode::new(DevKind::Char, 8, 1);
         assert_eq!(m.find(&DeviceIdentity::Node(node)), Some(chr.id()));
     }
 

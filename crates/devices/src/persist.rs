@@ -10,12 +10,13 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::ManagerConfig;
 use crate::hypervisor::{Hypervisor, HypervisorKind, Plug};
 use crate::id::DeviceId;
 use crate::index::{BlockIndex, IndexError};
 use crate::kind::{DeviceIdentity, DeviceKind};
-use crate::manager::{Allocations, DeviceManager};
-use crate::plan::ManagerConfig;
+use crate::manager::DeviceManager;
+use crate::plan::Allocations;
 use crate::ports::RootPort;
 use crate::state::{Books, DeviceState, Entry};
 
@@ -470,5 +471,199 @@ mod tests {
             DeviceManager::load(hv(), s),
             Err(PersistError::Inconsistent { .. })
         ));
+    }
+
+    /// A state as versions before issue 12 wrote it: device ids as JSON numbers (the device
+    /// node, counts and SCSI address in the shape they still have).
+    const OLDER_STATE: &str = r#"
+        {
+          "version": 1,
+          "hypervisor": "qemu",
+          "config": {
+            "root_ports": 2,
+            "name_offset": 0
+          },
+          "next_id": 3,
+          "devices": [
+            {
+              "id": 0,
+              "spec": {
+                "identity": {
+                  "node": {
+                    "node_type": "block",
+                    "major": 8,
+                    "minor": 1
+                  }
+                },
+                "mode": "hot",
+                "kind": {
+                  "kind": "block",
+                  "path": "/dev/sdx1",
+                  "driver": "virtio-scsi",
+                  "format": "raw",
+                  "read_only": false,
+                  "share_rw": false,
+                  "pmem": false
+                }
+              },
+              "references": 1,
+              "attachments": 1,
+              "plugged": {
+                "device": 0,
+                "mode": "hot",
+                "plug": {
+                  "kind": "block",
+                  "name_id": "drive-0000000000000000",
+                  "spec": {
+                    "path": "/dev/sdx1",
+                    "driver": "virtio-scsi",
+                    "format": "raw",
+                    "read_only": false,
+                    "share_rw": false,
+                    "pmem": false
+                  },
+                  "index": 0,
+                  "drive_name": null,
+                  "scsi_address": {
+                    "id": 0,
+                    "lun": 0
+                  },
+                  "port": null
+                }
+              },
+              "guest": {
+                "pci_paths": [],
+                "scsi_address": {
+                  "id": 0,
+                  "lun": 0
+                },
+                "drive_name": null
+              }
+            },
+            {
+              "id": 1,
+              "spec": {
+                "identity": {
+                  "node": {
+                    "node_type": "char",
+                    "major": 10,
+                    "minor": 229
+                  }
+                },
+                "mode": "hot",
+                "kind": {
+                  "kind": "generic",
+                  "path": "/dev/fuse"
+                }
+              },
+              "references": 1,
+              "attachments": 1,
+              "plugged": null,
+              "guest": null
+            },
+            {
+              "id": 2,
+              "spec": {
+                "identity": {
+                  "node": {
+                    "node_type": "block",
+                    "major": 8,
+                    "minor": 2
+                  }
+                },
+                "mode": "hot",
+                "kind": {
+                  "kind": "block",
+                  "path": "/dev/sdx2",
+                  "driver": "virtio-blk",
+                  "format": "raw",
+                  "read_only": false,
+                  "share_rw": false,
+                  "pmem": false
+                }
+              },
+              "references": 1,
+              "attachments": 1,
+              "plugged": {
+                "device": 2,
+                "mode": "hot",
+                "plug": {
+                  "kind": "block",
+                  "name_id": "drive-0000000000000002",
+                  "spec": {
+                    "path": "/dev/sdx2",
+                    "driver": "virtio-blk",
+                    "format": "raw",
+                    "read_only": false,
+                    "share_rw": false,
+                    "pmem": false
+                  },
+                  "index": 1,
+                  "drive_name": "vdb",
+                  "scsi_address": null,
+                  "port": 0
+                }
+              },
+              "guest": {
+                "pci_paths": [
+                  "01/00"
+                ],
+                "scsi_address": null,
+                "drive_name": "vdb"
+              }
+            }
+          ],
+          "block_indexes": [
+            0,
+            1
+          ],
+          "root_ports": [
+            0
+          ]
+        }
+    "#;
+
+    #[test]
+    fn a_state_saved_by_an_older_version_loads_and_is_written_with_hex_ids() {
+        let saved = SavedState::from_json(OLDER_STATE).unwrap();
+        let ids: Vec<u64> = saved.devices.iter().map(|d| d.id.as_raw()).collect();
+        assert_eq!(ids, [0, 1, 2]);
+        assert_eq!(
+            saved.devices[1].spec.identity,
+            DeviceIdentity::Node(crate::kind::DeviceNode::new(
+                plugboard_sysfs::DevKind::Char,
+                10,
+                229
+            ))
+        );
+        let scsi = saved.devices[0]
+            .guest
+            .as_ref()
+            .unwrap()
+            .scsi_address
+            .unwrap();
+        assert_eq!(scsi.to_string(), "0:0");
+        let loaded = DeviceManager::load(InMemoryHypervisor::new(), saved.clone()).unwrap();
+        assert_eq!(loaded.save(), saved);
+        let json = loaded.save().to_json().unwrap();
+        assert!(json.contains(r#""id": "0000000000000002""#), "{json}");
+        assert!(json.contains(r#""device": "0000000000000002""#), "{json}");
+        assert!(!json.contains(r#""id": 2"#), "{json}");
+        // Apart from the ids, the text is what the older version wrote.
+        let compact: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let mut old: serde_json::Value = serde_json::from_str(OLDER_STATE).unwrap();
+        for (n, device) in old["devices"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .enumerate()
+        {
+            let hex = serde_json::Value::from(format!("{n:016x}"));
+            device["id"] = hex.clone();
+            if !device["plugged"].is_null() {
+                device["plugged"]["device"] = hex;
+            }
+        }
+        assert_eq!(compact, old);
     }
 }

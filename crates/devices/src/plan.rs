@@ -4,27 +4,23 @@
 //! Everything taken is given back when a later step fails (the [`Taken`] guard releases in
 //! reverse order on drop), so a failed plan leaves the allocators exactly as they were.
 
-use serde::{Deserialize, Serialize};
-
+use crate::config::ManagerConfig;
 use crate::drive_name::DriveName;
 use crate::error::DeviceError;
 use crate::hypervisor::{BlockPlug, Plug, PlugRequest, VfioFunctionPlug, VfioPlug, VhostUserPlug};
 use crate::id::DeviceId;
 use crate::index::{BLOCK_INDEX_LIMIT, BlockIndex, IndexError, IndexPool};
 use crate::kind::{BlockDriver, DeviceKind, DeviceSpec, VhostUserDevice};
-use crate::manager::Allocations;
 use crate::ports::{RootPort, RootPortPool};
-use crate::scsi::ScsiAddress;
+use crate::scsi::GuestScsiAddress;
 
-/// The per-VM settings of the allocators.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ManagerConfig {
-    /// PCIe root ports the VM was started with (`rp0`…); 0 when it has none and the
-    /// hypervisor places PCI devices itself.
-    pub root_ports: u32,
-    /// Drives the hypervisor plugged itself before ours (a VM root disk is `vda`): added to
-    /// the block index to make the drive name, without changing the index.
-    pub name_offset: u32,
+/// The block indexes and root ports in use, for checks and reports.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allocations {
+    /// Block indexes in use, in order.
+    pub block_indexes: Vec<BlockIndex>,
+    /// Root ports in use, in order.
+    pub root_ports: Vec<RootPort>,
 }
 
 /// The allocators of one VM.
@@ -69,7 +65,7 @@ impl Allocators {
                 };
                 let scsi_address = if block.driver == BlockDriver::VirtioScsi {
                     Some(
-                        ScsiAddress::from_index(index.get().into())
+                        GuestScsiAddress::from_index(index.get().into())
                             .map_err(|source| DeviceError::ScsiAddress { id, source })?,
                     )
                 } else {

@@ -1,7 +1,11 @@
-//! SCSI addresses of virtio-scsi disks: `id:lun`.
+//! Guest SCSI addresses of virtio-scsi disks: `id:lun` on the VM's one controller.
 //!
 //! The block index maps to a SCSI target and LUN as `index / 256 : index % 256`, so up to
 //! 65,535 disks fit one controller (Kata's `GetSCSIIdLun`, with the same bounds).
+//!
+//! "Guest" because the host has SCSI addresses too, of another shape:
+//! `plugboard_sysfs::ScsiAddress` is a host `H:C:T:L`. `plugboard-qemu` puts this type's
+//! target and LUN on its `scsi-hd` devices.
 
 use std::fmt;
 
@@ -13,26 +17,27 @@ pub const MAX_SCSI_INDEX: i64 = 65535;
 /// A block index without a SCSI address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("block index {0} has no SCSI address (valid: 0..=65535)")]
-pub struct ScsiAddressError(pub i64);
+pub struct GuestScsiAddressError(pub i64);
 
-/// A virtio-scsi target and LUN, shown as `id:lun`.
+/// A virtio-scsi target and LUN in the guest, shown as `id:lun`; in JSON
+/// `{"id": 0, "lun": 2}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ScsiAddress {
+pub struct GuestScsiAddress {
     id: u16,
     lun: u8,
 }
 
-impl ScsiAddress {
+impl GuestScsiAddress {
     /// The address of block index `index`: `index / 256 : index % 256`.
     ///
     /// # Errors
-    /// [`ScsiAddressError`] when `index` is negative or above 65,535.
-    pub fn from_index(index: i64) -> Result<Self, ScsiAddressError> {
+    /// [`GuestScsiAddressError`] when `index` is negative or above 65,535.
+    pub fn from_index(index: i64) -> Result<Self, GuestScsiAddressError> {
         if !(0..=MAX_SCSI_INDEX).contains(&index) {
-            return Err(ScsiAddressError(index));
+            return Err(GuestScsiAddressError(index));
         }
-        let id = u16::try_from(index / 256).map_err(|_| ScsiAddressError(index))?;
-        let lun = u8::try_from(index % 256).map_err(|_| ScsiAddressError(index))?;
+        let id = u16::try_from(index / 256).map_err(|_| GuestScsiAddressError(index))?;
+        let lun = u8::try_from(index % 256).map_err(|_| GuestScsiAddressError(index))?;
         Ok(Self { id, lun })
     }
 
@@ -49,7 +54,7 @@ impl ScsiAddress {
     }
 }
 
-impl fmt::Display for ScsiAddress {
+impl fmt::Display for GuestScsiAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.id, self.lun)
     }
@@ -75,7 +80,7 @@ mod tests {
             (65535, 255, 255),
         ];
         for (index, id, lun) in cases {
-            let addr = ScsiAddress::from_index(index).unwrap();
+            let addr = GuestScsiAddress::from_index(index).unwrap();
             assert_eq!((addr.id(), addr.lun()), (id, lun), "{index}");
             assert_eq!(addr.to_string(), format!("{id}:{lun}"));
         }
@@ -83,7 +88,13 @@ mod tests {
 
     #[test]
     fn out_of_range() {
-        assert_eq!(ScsiAddress::from_index(-1), Err(ScsiAddressError(-1)));
-        assert_eq!(ScsiAddress::from_index(65536), Err(ScsiAddressError(65536)));
+        assert_eq!(
+            GuestScsiAddress::from_index(-1),
+            Err(GuestScsiAddressError(-1))
+        );
+        assert_eq!(
+            GuestScsiAddress::from_index(65536),
+            Err(GuestScsiAddressError(65536))
+        );
     }
 }

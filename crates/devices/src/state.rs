@@ -5,14 +5,15 @@
 
 use std::collections::HashMap;
 
+use plugboard_vfio::RefCount;
 use serde::{Deserialize, Serialize};
 
+use crate::config::ManagerConfig;
 use crate::error::DeviceError;
 use crate::hypervisor::{GuestView, PlugRequest};
 use crate::id::DeviceId;
 use crate::kind::{DeviceIdentity, DeviceSpec};
-use crate::plan::{Allocators, ManagerConfig};
-use crate::refcount::RefCount;
+use crate::plan::Allocators;
 
 /// Everything the manager knows about one device: a snapshot for readers, and the unit of
 /// saved state.

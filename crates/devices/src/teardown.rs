@@ -5,11 +5,12 @@
 //! down to zero, and reports every failure together; a device that failed stays attached
 //! (with its count as before the failing detach) so a retry can finish the job.
 
+use plugboard_vfio::Released;
+
 use crate::error::DeviceError;
 use crate::hypervisor::Hypervisor;
 use crate::id::DeviceId;
 use crate::manager::DeviceManager;
-use crate::refcount::Released;
 
 /// The devices [`DeviceManager::detach_all`] could not detach, each with its error.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +60,8 @@ impl<H: Hypervisor> DeviceManager<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ManagerConfig;
     use crate::kind::BlockDriver;
-    use crate::plan::ManagerConfig;
     use crate::test_util::{HypervisorOp, InMemoryHypervisor, block_spec, generic_spec};
 
     #[test]

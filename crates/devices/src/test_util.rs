@@ -8,14 +8,16 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
+use plugboard_sysfs::DevKind;
+
 use crate::hypervisor::{
     GuestView, Hypervisor, HypervisorError, HypervisorKind, Plug, PlugRequest,
 };
 use crate::id::DeviceId;
 use crate::kind::{
     BlockDriver, BlockSpec, DeviceIdentity, DeviceKind, DeviceNode, DeviceSpec, GenericSpec,
-    HostFunction, NodeType, PciAddress, PlugMode, VfioBackend, VfioFunction, VfioSpec,
-    VhostUserDevice, VhostUserSpec,
+    HostFunction, PciAddress, PlugMode, VfioBackend, VfioFunction, VfioSpec, VhostUserDevice,
+    VhostUserSpec,
 };
 use crate::pci_path::{PciPath, PciSlot};
 
@@ -23,11 +25,7 @@ use crate::pci_path::{PciPath, PciSlot};
 #[must_use]
 pub fn block_spec(minor: u32, driver: BlockDriver) -> DeviceSpec {
     DeviceSpec {
-        identity: DeviceIdentity::Node(DeviceNode {
-            node_type: NodeType::Block,
-            major: 8,
-            minor,
-        }),
+        identity: DeviceIdentity::Node(DeviceNode::new(DevKind::Block, 8, minor)),
         mode: PlugMode::Hot,
         kind: DeviceKind::Block(BlockSpec::new(format!("/dev/sdx{minor}"), driver)),
     }
@@ -63,11 +61,7 @@ pub fn vfio_spec(group: u32, pcie: &[bool]) -> DeviceSpec {
         })
         .collect();
     DeviceSpec {
-        identity: DeviceIdentity::Node(DeviceNode {
-            node_type: NodeType::Char,
-            major: 511,
-            minor: group,
-        }),
+        identity: DeviceIdentity::Node(DeviceNode::new(DevKind::Char, 511, group)),
         mode: PlugMode::Hot,
         kind: DeviceKind::Vfio(VfioSpec {
             backend: VfioBackend::Group { group },
@@ -93,11 +87,7 @@ pub fn vhost_user_spec(socket: &str, device: VhostUserDevice) -> DeviceSpec {
 #[must_use]
 pub fn generic_spec(path: &str, major: u32, minor: u32) -> DeviceSpec {
     DeviceSpec {
-        identity: DeviceIdentity::Node(DeviceNode {
-            node_type: NodeType::Char,
-            major,
-            minor,
-        }),
+        identity: DeviceIdentity::Node(DeviceNode::new(DevKind::Char, major, minor)),
         mode: PlugMode::Hot,
         kind: DeviceKind::Generic(GenericSpec {
             path: PathBuf::from(path),

@@ -90,7 +90,7 @@ fn a_disk_attached_through_the_daemon_reaches_the_guest_and_survives_a_restart()
     let (_, vms) = daemon.request("GET", "/v1/vms", None);
     assert_eq!(vms["vms"][0]["connected"], true, "{vms}");
 
-    let id = device["id"].as_u64().unwrap();
+    let id = device["id"].as_str().unwrap();
     let (status, detached) = daemon.request("DELETE", &format!("/v1/vms/lab/devices/{id}"), None);
     assert_eq!(status, 200, "{detached}");
     assert_eq!(detached["unplugged"], true);

@@ -200,7 +200,7 @@ fn load() {
                         .push(format!("attach {}: {status} {answer}", disk.display()));
                     break;
                 }
-                let id = answer["device"]["id"].as_u64().unwrap();
+                let id = answer["device"]["id"].as_str().unwrap();
                 let path = format!("{devices}/{id}");
                 let (status, answer, took) = call(&mut sender, "DELETE", &path, None).await;
                 t.latencies.push(took);

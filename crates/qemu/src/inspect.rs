@@ -82,8 +82,9 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use plugboard_devices::{
-        BlockDriver, BlockIndex, BlockPlug, BlockSpec, DeviceId, HostFunction, PciAddress, Plug,
-        PlugMode, RootPort, ScsiAddress, VfioBackend, VfioFunction, VfioFunctionPlug, VfioPlug,
+        BlockDriver, BlockIndex, BlockPlug, BlockSpec, DeviceId, GuestScsiAddress, HostFunction,
+        PciAddress, Plug, PlugMode, RootPort, VfioBackend, VfioFunction, VfioFunctionPlug,
+        VfioPlug,
     };
     use serde_json::json;
 
@@ -135,7 +136,7 @@ mod tests {
                 spec: BlockSpec::new("/nonexistent/disk.raw", driver),
                 index: BlockIndex::try_from(0).unwrap(),
                 drive_name: None,
-                scsi_address: scsi.then(|| ScsiAddress::from_index(0).unwrap()),
+                scsi_address: scsi.then(|| GuestScsiAddress::from_index(0).unwrap()),
                 port: (!scsi).then(|| RootPort::new(0)),
             }),
         }

@@ -21,7 +21,7 @@ use crate::block::{self, BlockError, Disk, DiskFormat, DiskSource};
 use crate::id::{BackendRole, DeviceRole, QemuId};
 use crate::nvdimm::{self, Nvdimm, NvdimmError};
 use crate::plan::Plan;
-use crate::scsi::{self, ScsiAddress};
+use crate::scsi;
 use crate::vfio::{self, VfioHost, VfioIommu, VfioPci};
 use crate::vhost_user::{self, VhostUser, VhostUserKind};
 
@@ -143,10 +143,6 @@ fn block_plan(device: DeviceId, b: &BlockPlug, vm: VmLayout<'_>) -> Result<Plan,
             let address = b.scsi_address.ok_or_else(|| RequestError::Unsupported {
                 what: format!("SCSI disk {id} without a SCSI address"),
             })?;
-            let address = ScsiAddress {
-                target: address.id(),
-                lun: u32::from(address.lun()),
-            };
             Ok(scsi::scsi_hd(id, &disk, controller, address))
         }
         other => Err(RequestError::Unsupported {
@@ -234,8 +230,8 @@ mod tests {
     use std::path::Path;
 
     use plugboard_devices::{
-        BlockIndex, BlockSpec, DeviceId, FsCache, HostFunction, MacAddress, PciAddress, PlugMode,
-        ScsiAddress as ManagerScsi, VfioFunction, VfioFunctionPlug, VhostUserSpec,
+        BlockIndex, BlockSpec, DeviceId, FsCache, GuestScsiAddress, HostFunction, MacAddress,
+        PciAddress, PlugMode, VfioFunction, VfioFunctionPlug, VhostUserSpec,
     };
     use serde_json::json;
 
@@ -269,7 +265,7 @@ mod tests {
                 spec: BlockSpec::new(path, driver),
                 index: BlockIndex::try_from(3).unwrap(),
                 drive_name: None,
-                scsi_address: ManagerScsi::from_index(3).ok(),
+                scsi_address: GuestScsiAddress::from_index(3).ok(),
                 port: port.map(RootPort::new),
             }),
         }

@@ -5,20 +5,12 @@
 //! `<controller id>.0`. Unplugging a `scsi-hd` needs no guest cooperation: QEMU sends
 //! `DEVICE_DELETED` at once.
 
+use plugboard_devices::GuestScsiAddress;
 use serde_json::json;
 
 use crate::block::Disk;
 use crate::id::QemuId;
 use crate::plan::{Plan, on_root_port};
-
-/// A SCSI target address on one controller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ScsiAddress {
-    /// The SCSI target id (QEMU `scsi-id`).
-    pub target: u16,
-    /// The logical unit.
-    pub lun: u32,
-}
 
 /// A virtio-scsi-pci controller on a root port.
 pub fn controller(id: QemuId, port: &str) -> Plan {
@@ -26,15 +18,16 @@ pub fn controller(id: QemuId, port: &str) -> Plan {
     Plan::device_only(id, on_root_port(device, Some(port)))
 }
 
-/// A `scsi-hd` disk at `address` on the controller `controller`.
-pub fn scsi_hd(id: QemuId, disk: &Disk, controller: &str, address: ScsiAddress) -> Plan {
+/// A `scsi-hd` disk at `address` (target id as QEMU's `scsi-id`, and LUN) on the
+/// controller `controller`.
+pub fn scsi_hd(id: QemuId, disk: &Disk, controller: &str, address: GuestScsiAddress) -> Plan {
     let device = json!({
         "driver": "scsi-hd",
         "id": id.as_str(),
         "bus": format!("{controller}.0"),
         "channel": 0,
-        "scsi-id": address.target,
-        "lun": address.lun,
+        "scsi-id": address.id(),
+        "lun": address.lun(),
     });
     let device = disk.attach_to(&id, device);
     let mut plan = Plan::device_only(id, device);
@@ -54,7 +47,7 @@ mod tests {
             "sd1".parse().unwrap(),
             &disk,
             "scsi0",
-            ScsiAddress { target: 0, lun: 3 },
+            GuestScsiAddress::from_index(3).unwrap(),
         );
         assert_eq!(
             plan.device,

@@ -9,8 +9,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
 
 use plugboard_devices::{
-    BlockDriver, BlockSpec, DeviceIdentity, DeviceKind, DeviceNode, DeviceSpec, ImageFormat,
-    NodeType, PlugMode,
+    BlockDriver, BlockSpec, DevKind, DeviceIdentity, DeviceKind, DeviceNode, DeviceSpec,
+    ImageFormat, PlugMode,
 };
 use serde::{Deserialize, Serialize};
 
@@ -108,7 +108,7 @@ fn identity_of(path: &std::path::Path) -> Result<DeviceIdentity, ServiceError> {
     let meta = std::fs::metadata(path).map_err(bad)?;
     if meta.file_type().is_block_device() {
         return Ok(DeviceIdentity::Node(DeviceNode::from_rdev(
-            NodeType::Block,
+            DevKind::Block,
             meta.rdev(),
         )));
     }
@@ -180,8 +180,8 @@ mod tests {
     #[test]
     fn dev_numbers_split_like_glibc() {
         let split_dev = |dev| {
-            let node = DeviceNode::from_rdev(NodeType::Block, dev);
-            (node.major, node.minor)
+            let node = DeviceNode::from_rdev(DevKind::Block, dev);
+            (node.major(), node.minor())
         };
         assert_eq!(split_dev(0x0801), (8, 1));
         assert_eq!(split_dev((259 << 8) | 3), (259, 3));

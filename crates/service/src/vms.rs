@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use plugboard_devices::{DeviceId, DeviceState, Released, Removed};
+use plugboard_devices::{AttachError, DeviceId, DeviceState, Released, Removed, SavedState};
 use serde::{Deserialize, Serialize};
 
 use crate::attach::AttachRequest;
@@ -266,38 +266,39 @@ impl Service {
             }
             other => (other.to_spec(caller, name)?, Vec::new()),
         };
-        let created = match manager.new_device(spec) {
-            Ok(c) => c,
-            Err(e) => {
-                self.release_passthrough(name, &passthrough);
-                return Err(dev(e));
-            }
-        };
-        let id = created.id();
-        let acquired = match manager.attach(id) {
-            Ok(a) => a,
-            Err(e) => {
-                // Drop the reference new_device took (the device goes if it was new).
-                match manager.remove_device(id) {
-                    Ok(Removed::Gone) => self.release_passthrough(name, &passthrough),
-                    Ok(Removed::StillReferenced) => {}
-                    Err(undo) => {
-                        tracing::error!(vm = name, device = %id, error = %undo, "cannot drop the reference of a failed attach");
-                    }
-                }
-                return Err(dev(e));
-            }
-        };
-        self.save(&vm)?;
-        let device = manager
-            .device(id)
-            .ok_or_else(|| ServiceError::NoSuchDevice {
-                vm: name.to_owned(),
-                id,
+        // One transaction: create or reference, count, plug and save; the manager undoes all
+        // of it when a step fails, the save included.
+        let existed = manager.find(&spec.identity).is_some();
+        let saved = manager.attach_new(spec, |state: &SavedState| {
+            let json = state.to_json().map_err(|source| ServiceError::Persist {
+                vm: vm.record.name.clone(),
+                source,
             })?;
-        tracing::info!(vm = name, device = %id, identity = %device.spec.identity, "device attached; detach it to undo");
+            self.store().save_devices(&vm.record.name, &json)
+        });
+        let attached = match saved {
+            Ok(attached) => attached,
+            Err(err) => {
+                // Host devices prepared for a device this call created go back with it.
+                if err.rolled_back() && !existed {
+                    self.release_passthrough(name, &passthrough);
+                }
+                return Err(match err {
+                    AttachError::Device(e) => dev(e),
+                    AttachError::PersistFailed { persist, .. } => persist,
+                    AttachError::PersistFailedUndoFailed { id, persist, undo } => {
+                        // The device stays attached, unsaved: say that (the undo's error),
+                        // and log why the save failed.
+                        tracing::error!(vm = name, device = %id, error = %persist, "saving an attached device failed and undoing the attach failed; the device stays attached");
+                        dev(undo)
+                    }
+                });
+            }
+        };
+        let device = attached.state;
+        tracing::info!(vm = name, device = %device.id, identity = %device.spec.identity, "device attached; detach it to undo");
         Ok(Attached {
-            plugged: acquired == plugboard_devices::Acquired::First,
+            plugged: attached.attached == plugboard_devices::Acquired::First,
             device,
         })
     }

@@ -18,13 +18,13 @@ use serde::{Deserialize, Serialize};
 use crate::error::SysfsError;
 use crate::sysfs::Sysfs;
 
-/// Block or character device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// Block or character device. In JSON `"block"` or `"char"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DevKind {
     /// A block device (`b`).
     Block,
-    /// A character device (`c`).
+    /// A character device (`c`, or `u` for unbuffered).
     Char,
 }
 
@@ -47,11 +47,12 @@ impl fmt::Display for DevKind {
 impl FromStr for DevKind {
     type Err = DevNodeError;
 
-    /// `b`/`block` or `c`/`char`.
+    /// `b`/`block`, or `c`/`char`/`u` (`u` is an unbuffered char device, as `mknod` and
+    /// Kata's `DevType` accept it).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "b" | "block" => Ok(Self::Block),
-            "c" | "char" => Ok(Self::Char),
+            "c" | "u" | "char" => Ok(Self::Char),
             other => Err(DevNodeError::BadKind {
                 input: other.to_owned(),
             }),
@@ -59,7 +60,7 @@ impl FromStr for DevKind {
     }
 }
 
-/// A device number, `major:minor`.
+/// A device number, `major:minor`. In JSON `{"major": 8, "minor": 0}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct DevNumber {
     /// The major number.
@@ -161,8 +162,8 @@ impl Uevent {
 /// Why a `major:minor` does not resolve to a node.
 #[derive(Debug, thiserror::Error)]
 pub enum DevNodeError {
-    /// Not `b`, `c`, `block` or `char`.
-    #[error("{input:?} is not a device kind: expected b (block) or c (char)")]
+    /// Not `b`, `c`, `u`, `block` or `char`.
+    #[error("{input:?} is not a device kind: expected b (block), or c or u (char)")]
     BadKind {
         /// The rejected input.
         input: String,
@@ -303,6 +304,8 @@ mod tests {
     fn parses_kinds_and_numbers() {
         assert_eq!("b".parse::<DevKind>().unwrap(), DevKind::Block);
         assert_eq!("char".parse::<DevKind>().unwrap(), DevKind::Char);
+        assert_eq!("c".parse::<DevKind>().unwrap(), DevKind::Char);
+        assert_eq!("u".parse::<DevKind>().unwrap(), DevKind::Char);
         "x".parse::<DevKind>().unwrap_err();
         let n: DevNumber = "259:3".parse().unwrap();
         assert_eq!((n.major, n.minor), (259, 3));
@@ -319,6 +322,22 @@ mod tests {
         ] {
             bad.parse::<DevNumber>().expect_err(bad);
         }
+    }
+
+    #[test]
+    fn kinds_and_numbers_round_trip_through_json() {
+        for kind in [DevKind::Block, DevKind::Char] {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.dir_name()));
+            assert_eq!(serde_json::from_str::<DevKind>(&json).unwrap(), kind);
+        }
+        let n = DevNumber {
+            major: 259,
+            minor: 3,
+        };
+        let json = serde_json::to_string(&n).unwrap();
+        assert_eq!(json, r#"{"major":259,"minor":3}"#);
+        assert_eq!(serde_json::from_str::<DevNumber>(&json).unwrap(), n);
     }
 
     proptest! {

@@ -199,12 +199,13 @@ impl Container {
         if flags & VFIO_GROUP_FLAGS_CONTAINER_SET == 0 {
             return Err(ContainerError::NotAttached { group: group_id });
         }
-        let mut users = RefCount::default();
-        users.acquire();
         container.add_group(
             &mut container.state(),
             group_id,
-            GroupSlot { file: group, users },
+            GroupSlot {
+                file: group,
+                users: RefCount::from_raw(1),
+            },
         );
         let container = Arc::new(container);
         let lease = Group::new(Arc::clone(&container), group_id);
@@ -260,10 +261,9 @@ impl Container {
 
     /// How many leases (devices) use group `id` now; 0 if it is not attached.
     pub fn group_users(&self, id: u32) -> usize {
-        self.state()
-            .groups
-            .get(&id)
-            .map_or(0, |slot| slot.users.users())
+        self.state().groups.get(&id).map_or(0, |slot| {
+            usize::try_from(slot.users.get()).unwrap_or(usize::MAX)
+        })
     }
 
     /// How many DMA mappings the container's books hold (always 0 with [`DmaReplay::Off`]).
@@ -287,11 +287,14 @@ impl Container {
     pub fn attach_group(self: &Arc<Self>, id: u32) -> Result<Group, GroupError> {
         let mut state = self.state();
         if let Some(slot) = state.groups.get_mut(&id) {
-            let again = slot.users.acquire();
+            let again = slot
+                .users
+                .acquire()
+                .map_err(|_| GroupError::TooManyUsers { group: id })?;
             debug_assert_eq!(again, Acquired::Again);
             debug!(
                 group = id,
-                users = slot.users.users(),
+                users = slot.users.get(),
                 "shared an attached IOMMU group"
             );
             return Ok(Group::new(Arc::clone(self), id));
@@ -330,8 +333,7 @@ impl Container {
                 return Err(err);
             }
         }
-        let mut users = RefCount::default();
-        users.acquire();
+        let users = RefCount::from_raw(1);
         self.add_group(&mut state, id, GroupSlot { file, users });
         info!(group = id, container = %self.path.display(), "attached IOMMU group to the container (undone when its last device closes)");
         Ok(Group::new(Arc::clone(self), id))
@@ -395,9 +397,9 @@ impl Container {
             return Err(GroupError::NotAttached { group: id });
         };
         match slot.users.release() {
-            Released::StillUsed => return Ok(()),
-            Released::Unbalanced => return Err(GroupError::NotAttached { group: id }),
-            Released::Last => {}
+            Ok(Released::StillUsed) => return Ok(()),
+            Err(_) => return Err(GroupError::NotAttached { group: id }),
+            Ok(Released::Last) => {}
         }
         let Some(slot) = state.groups.remove(&id) else {
             return Err(GroupError::NotAttached { group: id });

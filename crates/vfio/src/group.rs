@@ -90,6 +90,12 @@ pub enum GroupError {
         /// The group id.
         group: u32,
     },
+    /// The group already has the most leases its count can hold.
+    #[error("IOMMU group {group} has the maximum number of users")]
+    TooManyUsers {
+        /// The group id.
+        group: u32,
+    },
     /// `VFIO_GROUP_GET_DEVICE_FD` failed for a device of the group.
     #[error("IOMMU group {group}: cannot open device {device}")]
     DeviceFd {

@@ -78,4 +78,5 @@ pub use iommufd::{CdevError, Iommufd, IommufdError};
 pub use irq::{IrqFlags, IrqInfo};
 pub use mode::{Interface, Mode, ModeError, ModeParseError, select, select_mdev};
 pub use open::{OpenError, Vfio};
+pub use refcount::{Acquired, RefCount, RefCountError, Released};
 pub use region::{RegionCap, RegionError, RegionFlags, RegionInfo, SparseArea, pci_region_name};

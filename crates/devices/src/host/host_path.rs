@@ -9,9 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-use plugboard_sysfs::{DevKind, DevNodeError, DevNumber, Sysfs};
+use plugboard_sysfs::{DevNodeError, Sysfs};
 
-use crate::kind::{DeviceNode, NodeType};
+use crate::kind::DeviceNode;
 
 /// Why a host path could not be found.
 #[derive(Debug, thiserror::Error)]
@@ -44,15 +44,7 @@ pub fn resolve(
     if container_path.as_os_str().is_empty() {
         return Err(HostPathError::EmptyPath(node.to_string()));
     }
-    let kind = match node.node_type {
-        NodeType::Block => DevKind::Block,
-        NodeType::Char => DevKind::Char,
-    };
-    let number = DevNumber {
-        major: node.major,
-        minor: node.minor,
-    };
-    match sysfs.resolve_devnode(kind, number) {
+    match sysfs.resolve_devnode(node.node_type, node.number) {
         Ok(path) => Ok(path),
         // No sysfs entry, or one without a uevent: the container's path is the host's.
         Err(DevNodeError::NoDevice { .. } | DevNodeError::NoUevent { .. }) => {
@@ -65,16 +57,13 @@ pub fn resolve(
 
 #[cfg(test)]
 mod tests {
+    use plugboard_sysfs::DevKind;
     use plugboard_sysfs::fake::{FakeKernel, NodeSpec};
 
     use super::*;
 
-    fn node(node_type: NodeType, major: u32, minor: u32) -> DeviceNode {
-        DeviceNode {
-            node_type,
-            major,
-            minor,
-        }
+    fn node(node_type: DevKind, major: u32, minor: u32) -> DeviceNode {
+        DeviceNode::new(node_type, major, minor)
     }
 
     #[test]
@@ -95,18 +84,18 @@ mod tests {
         let ok = |n: DeviceNode| resolve(&sysfs, n, c).unwrap();
         let err = |n: DeviceNode| resolve(&sysfs, n, c).unwrap_err();
 
-        assert_eq!(ok(node(NodeType::Block, 8, 0)), dev.join("sda"));
-        assert_eq!(ok(node(NodeType::Block, 253, 1)), dev.join("mapper/vg-lv"));
-        assert_eq!(ok(node(NodeType::Char, 10, 200)), dev.join("net/tun"));
+        assert_eq!(ok(node(DevKind::Block, 8, 0)), dev.join("sda"));
+        assert_eq!(ok(node(DevKind::Block, 253, 1)), dev.join("mapper/vg-lv"));
+        assert_eq!(ok(node(DevKind::Char, 10, 200)), dev.join("net/tun"));
         // The same numbers as a char device: no such device, so the container path.
-        assert_eq!(ok(node(NodeType::Char, 8, 0)), c);
+        assert_eq!(ok(node(DevKind::Char, 8, 0)), c);
         // Unknown to the kernel (Kata's /dev/fuse case): the container path.
-        assert_eq!(ok(node(NodeType::Char, 10, 229)), c);
+        assert_eq!(ok(node(DevKind::Char, 10, 229)), c);
         // A device directory without a uevent file: the container path, as Kata.
-        assert_eq!(ok(node(NodeType::Block, 8, 16)), c);
+        assert_eq!(ok(node(DevKind::Block, 8, 16)), c);
         // A malformed uevent (Kata's "nonkeyvaluedata" case), no DEVNAME, or a DEVNAME
         // that leaves /dev: errors naming the device.
-        let e = err(node(NodeType::Block, 8, 32));
+        let e = err(node(DevKind::Block, 8, 32));
         assert!(matches!(
             e,
             HostPathError::Uevent {
@@ -116,14 +105,14 @@ mod tests {
         ));
         assert_eq!(e.to_string(), "cannot resolve the host path of b 8:32");
         assert!(matches!(
-            err(node(NodeType::Block, 8, 48)),
+            err(node(DevKind::Block, 8, 48)),
             HostPathError::Uevent {
                 source: DevNodeError::NoDevName { .. },
                 ..
             }
         ));
         assert!(matches!(
-            err(node(NodeType::Char, 10, 1)),
+            err(node(DevKind::Char, 10, 1)),
             HostPathError::Uevent {
                 source: DevNodeError::BadDevName { .. },
                 ..
@@ -137,7 +126,7 @@ mod tests {
             .node(NodeSpec::block("sda", 8, 0))
             .build()
             .unwrap();
-        let e = resolve(&kernel.sysfs(), node(NodeType::Block, 8, 0), Path::new("")).unwrap_err();
+        let e = resolve(&kernel.sysfs(), node(DevKind::Block, 8, 0), Path::new("")).unwrap_err();
         assert!(matches!(e, HostPathError::EmptyPath(_)));
         assert_eq!(e.to_string(), "empty container path for device b 8:0");
     }

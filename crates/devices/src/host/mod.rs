@@ -13,11 +13,11 @@ mod vhost_user_store;
 
 use std::path::PathBuf;
 
-use plugboard_sysfs::Sysfs;
+use plugboard_sysfs::{DevKind, DevNumber, Sysfs};
 
 use crate::kind::{
     BlockDriver, BlockSpec, DeviceIdentity, DeviceKind, DeviceNode, DeviceSpec, GenericSpec,
-    NodeType, PlugMode, VhostUserDevice, VhostUserSpec,
+    PlugMode, VhostUserDevice, VhostUserSpec,
 };
 
 pub use host_path::HostPathError;
@@ -32,10 +32,10 @@ pub struct DeviceRequest {
     /// Where the container sees the device; must not be empty.
     pub container_path: PathBuf,
     /// Block or char.
-    pub node_type: NodeType,
+    pub node_type: DevKind,
     /// `major:minor`, or `None` for a device without a node (an image file, a socket): then
     /// `host_path` is the device, and its identity.
-    pub number: Option<(u32, u32)>,
+    pub number: Option<DevNumber>,
     /// The host path of a device without a node.
     pub host_path: Option<PathBuf>,
     /// The guest may not write (block devices).
@@ -47,10 +47,9 @@ pub struct DeviceRequest {
 impl DeviceRequest {
     /// The request's device node, when it has a number.
     fn node(&self) -> Option<DeviceNode> {
-        self.number.map(|(major, minor)| DeviceNode {
+        self.number.map(|number| DeviceNode {
             node_type: self.node_type,
-            major,
-            minor,
+            number,
         })
     }
 }
@@ -147,7 +146,7 @@ impl HostDevices {
             };
         };
         if let Some(store) = self.store_for(node) {
-            return store.socket(node.major, node.minor).map_err(|source| {
+            return store.socket(node.major(), node.minor()).map_err(|source| {
                 HostError::VhostUserStore {
                     container_path: container_path(),
                     source,
@@ -182,7 +181,7 @@ impl HostDevices {
             })?;
             DeviceKind::Vfio(spec)
         } else if let Some(node) = node.filter(|n| self.store_for(*n).is_some()) {
-            let device = if node.major == VHOST_USER_BLK_MAJOR {
+            let device = if node.major() == VHOST_USER_BLK_MAJOR {
                 VhostUserDevice::Blk {
                     driver: self.block_driver,
                 }
@@ -193,7 +192,7 @@ impl HostDevices {
                 socket: host_path,
                 device,
             })
-        } else if request.node_type == NodeType::Block {
+        } else if request.node_type == DevKind::Block {
             let mut block = BlockSpec::new(host_path, self.block_driver);
             block.read_only = request.read_only;
             DeviceKind::Block(block)
@@ -210,7 +209,7 @@ impl HostDevices {
 
     fn store_for(&self, node: DeviceNode) -> Option<&VhostUserStore> {
         self.store.as_ref().filter(|_| {
-            node.node_type == NodeType::Block && VhostUserStore::is_store_major(node.major)
+            node.node_type == DevKind::Block && VhostUserStore::is_store_major(node.major())
         })
     }
 }
@@ -225,11 +224,11 @@ mod tests {
     use super::*;
     use crate::kind::VfioBackend;
 
-    fn request(node_type: NodeType, number: Option<(u32, u32)>, container: &str) -> DeviceRequest {
+    fn request(node_type: DevKind, number: Option<(u32, u32)>, container: &str) -> DeviceRequest {
         DeviceRequest {
             container_path: PathBuf::from(container),
             node_type,
-            number,
+            number: number.map(|(major, minor)| DevNumber { major, minor }),
             host_path: None,
             read_only: false,
             mode: PlugMode::Hot,
@@ -256,7 +255,7 @@ mod tests {
         let k = kernel();
         let h = HostDevices::new(k.sysfs(), BlockDriver::VirtioScsi);
 
-        let mut r = request(NodeType::Block, Some((8, 16)), "/dev/xvdb");
+        let mut r = request(DevKind::Block, Some((8, 16)), "/dev/xvdb");
         r.read_only = true;
         let s = h.spec(&r).unwrap();
         let DeviceKind::Block(b) = &s.kind else {
@@ -267,12 +266,12 @@ mod tests {
         assert_eq!(s.identity.to_string(), "node b 8:16");
 
         let s = h
-            .spec(&request(NodeType::Char, Some((10, 229)), "/dev/fuse"))
+            .spec(&request(DevKind::Char, Some((10, 229)), "/dev/fuse"))
             .unwrap();
         assert!(matches!(&s.kind, DeviceKind::Generic(g) if g.path == k.dev_root().join("fuse")));
 
         let s = h
-            .spec(&request(NodeType::Char, Some((243, 12)), "/dev/vfio/12"))
+            .spec(&request(DevKind::Char, Some((243, 12)), "/dev/vfio/12"))
             .unwrap();
         let DeviceKind::Vfio(v) = &s.kind else {
             panic!("{s:?}")
@@ -282,25 +281,25 @@ mod tests {
 
         // A block node the kernel does not know keeps the container path and is block.
         let s = h
-            .spec(&request(NodeType::Block, Some((8, 99)), "/dev/sdz"))
+            .spec(&request(DevKind::Block, Some((8, 99)), "/dev/sdz"))
             .unwrap();
         assert!(matches!(&s.kind, DeviceKind::Block(b) if b.path == Path::new("/dev/sdz")));
 
         // Nodeless: the host path is the identity.
-        let mut r = request(NodeType::Block, None, "/dev/vdc");
+        let mut r = request(DevKind::Block, None, "/dev/vdc");
         r.host_path = Some(PathBuf::from("/img/disk.raw"));
         let s = h.spec(&r).unwrap();
         assert_eq!(
             s.identity,
             DeviceIdentity::Path(PathBuf::from("/img/disk.raw"))
         );
-        let r = request(NodeType::Block, None, "/dev/vdc");
+        let r = request(DevKind::Block, None, "/dev/vdc");
         assert!(matches!(h.spec(&r), Err(HostError::NoHostPath { .. })));
 
         // An empty container path is an error first, as in Kata, node or not.
-        let r = request(NodeType::Block, Some((8, 16)), "");
+        let r = request(DevKind::Block, Some((8, 16)), "");
         assert!(matches!(h.spec(&r), Err(HostError::HostPath { .. })));
-        let mut r = request(NodeType::Block, None, "");
+        let mut r = request(DevKind::Block, None, "");
         r.host_path = Some(PathBuf::from("/img/disk.raw"));
         let e = h.spec(&r).unwrap_err();
         assert!(
@@ -327,7 +326,7 @@ mod tests {
         let h = HostDevices::new(k.sysfs(), BlockDriver::VirtioBlk)
             .with_vhost_user_store(VhostUserStore::new(store.path()));
         let s = h
-            .spec(&request(NodeType::Block, Some((241, 0)), "/dev/vdb"))
+            .spec(&request(DevKind::Block, Some((241, 0)), "/dev/vdb"))
             .unwrap();
         let DeviceKind::VhostUser(v) = &s.kind else {
             panic!("{s:?}")
@@ -340,11 +339,11 @@ mod tests {
             }
         );
         let s = h
-            .spec(&request(NodeType::Block, Some((242, 0)), "/dev/sdc"))
+            .spec(&request(DevKind::Block, Some((242, 0)), "/dev/sdc"))
             .unwrap();
         assert!(matches!(&s.kind, DeviceKind::VhostUser(v) if v.device == VhostUserDevice::Scsi));
         let e = h
-            .spec(&request(NodeType::Block, Some((241, 3)), "/dev/vdd"))
+            .spec(&request(DevKind::Block, Some((241, 3)), "/dev/vdd"))
             .unwrap_err();
         assert!(matches!(
             e,
@@ -356,7 +355,7 @@ mod tests {
         // Without a store, 241 is an ordinary block device.
         let plain = HostDevices::new(k.sysfs(), BlockDriver::VirtioBlk);
         let s = plain
-            .spec(&request(NodeType::Block, Some((241, 0)), "/dev/vdb"))
+            .spec(&request(DevKind::Block, Some((241, 0)), "/dev/vdb"))
             .unwrap();
         assert!(matches!(s.kind, DeviceKind::Block(_)));
     }

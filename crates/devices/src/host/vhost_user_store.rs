@@ -11,7 +11,9 @@ use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use crate::kind::{DeviceNode, NodeType};
+use plugboard_sysfs::DevKind;
+
+use crate::kind::DeviceNode;
 
 /// The major of vhost-user-blk nodes in the store.
 pub const VHOST_USER_BLK_MAJOR: u32 = 241;
@@ -90,11 +92,7 @@ impl VhostUserStore {
             path: path.to_path_buf(),
             source,
         };
-        let wanted = DeviceNode {
-            node_type: NodeType::Block,
-            major,
-            minor,
-        };
+        let wanted = DeviceNode::new(DevKind::Block, major, minor);
         let entries = fs::read_dir(&dir).map_err(|e| read(&dir, e))?;
         let mut names = Vec::new();
         for entry in entries {
@@ -104,7 +102,7 @@ impl VhostUserStore {
                 continue;
             };
             if meta.file_type().is_block_device()
-                && DeviceNode::from_rdev(NodeType::Block, meta.rdev()) == wanted
+                && DeviceNode::from_rdev(DevKind::Block, meta.rdev()) == wanted
             {
                 names.push(entry.file_name());
             }

@@ -8,8 +8,8 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
+use plugboard_sysfs::{DevKind, DevNumber};
 use serde::{Deserialize, Serialize};
 
 mod block;
@@ -24,77 +24,58 @@ pub use vfio::{
 };
 pub use vhost_user::{FsCache, MacAddress, VhostUserDevice, VhostUserSpec, VhostUserSpecError};
 
-/// Block or character device node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum NodeType {
-    /// A block device (`b`).
-    Block,
-    /// A character device (`c`, or `u` for unbuffered).
-    Char,
-}
-
-impl NodeType {
-    /// The `/sys/dev` folder of this node type: `block` or `char`.
-    #[must_use]
-    pub const fn sys_dev_dir(self) -> &'static str {
-        match self {
-            Self::Block => "block",
-            Self::Char => "char",
-        }
-    }
-}
-
-/// A device type that is not `b`, `c` or `u`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("device type {0:?} is not b (block), c or u (char)")]
-pub struct NodeTypeError(pub String);
-
-impl FromStr for NodeType {
-    type Err = NodeTypeError;
-
-    /// Kata's `DevType`: `b` is block; `c` and `u` (unbuffered) are char.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "b" => Ok(Self::Block),
-            "c" | "u" => Ok(Self::Char),
-            other => Err(NodeTypeError(other.to_owned())),
-        }
-    }
-}
-
-/// A device node: its type and `major:minor`.
+/// A device node: its type and `major:minor`, as `plugboard-sysfs` types them (one parser
+/// for `b`/`c`/`u` and one for `major:minor`, shared with the host side).
+///
+/// In JSON `{"node_type": "block", "major": 8, "minor": 1}`, the shape saved states have
+/// always had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct DeviceNode {
     /// Block or character.
-    pub node_type: NodeType,
-    /// Major number.
-    pub major: u32,
-    /// Minor number.
-    pub minor: u32,
+    pub node_type: DevKind,
+    /// `major:minor`.
+    #[serde(flatten)]
+    pub number: DevNumber,
 }
 
 impl DeviceNode {
+    /// The node of type `node_type` with number `major:minor`.
+    #[must_use]
+    pub const fn new(node_type: DevKind, major: u32, minor: u32) -> Self {
+        Self {
+            node_type,
+            number: DevNumber { major, minor },
+        }
+    }
+
     /// The node of type `node_type` whose `dev_t` (a file's `st_rdev`,
     /// [`std::os::unix::fs::MetadataExt::rdev`]) is `rdev`, split by `rustix`'s
     /// `major()`/`minor()` (glibc's arithmetic).
     #[must_use]
-    pub fn from_rdev(node_type: NodeType, rdev: u64) -> Self {
-        Self {
-            node_type,
-            major: rustix::fs::major(rdev),
-            minor: rustix::fs::minor(rdev),
-        }
+    pub fn from_rdev(node_type: DevKind, rdev: u64) -> Self {
+        Self::new(node_type, rustix::fs::major(rdev), rustix::fs::minor(rdev))
+    }
+
+    /// The major number.
+    #[must_use]
+    pub const fn major(self) -> u32 {
+        self.number.major
+    }
+
+    /// The minor number.
+    #[must_use]
+    pub const fn minor(self) -> u32 {
+        self.number.minor
     }
 }
 
 impl fmt::Display for DeviceNode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let t = match self.node_type {
-            NodeType::Block => 'b',
-            NodeType::Char => 'c',
+            DevKind::Block => 'b',
+            DevKind::Char => 'c',
         };
-        write!(f, "{t} {}:{}", self.major, self.minor)
+        write!(f, "{t} {}", self.number)
     }
 }
 
@@ -176,17 +157,42 @@ mod tests {
 
     #[test]
     fn node_types() {
-        assert_eq!("b".parse::<NodeType>(), Ok(NodeType::Block));
-        assert_eq!("c".parse::<NodeType>(), Ok(NodeType::Char));
-        assert_eq!("u".parse::<NodeType>(), Ok(NodeType::Char));
-        assert_eq!("p".parse::<NodeType>(), Err(NodeTypeError("p".into())));
+        // Kata's `DevType` letters, through the one parser (plugboard-sysfs's).
+        assert_eq!("b".parse::<DevKind>().unwrap(), DevKind::Block);
+        assert_eq!("c".parse::<DevKind>().unwrap(), DevKind::Char);
+        assert_eq!("u".parse::<DevKind>().unwrap(), DevKind::Char);
+        assert!(matches!(
+            "p".parse::<DevKind>(),
+            Err(plugboard_sysfs::DevNodeError::BadKind { input }) if input == "p"
+        ));
+    }
+
+    #[test]
+    fn node_json_keeps_its_shape() {
+        // The shape saved states written before DeviceNode was built on plugboard-sysfs's
+        // types: it still loads, and is written the same.
+        let old = r#"{"node_type":"block","major":8,"minor":1}"#;
+        let node: DeviceNode = serde_json::from_str(old).unwrap();
+        assert_eq!(node, DeviceNode::new(DevKind::Block, 8, 1));
+        assert_eq!(serde_json::to_string(&node).unwrap(), old);
+        let identity = DeviceIdentity::Node(DeviceNode::new(DevKind::Char, 10, 229));
+        let json = serde_json::to_string(&identity).unwrap();
+        assert_eq!(
+            json,
+            r#"{"node":{"node_type":"char","major":10,"minor":229}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<DeviceIdentity>(&json).unwrap(),
+            identity
+        );
+        assert_eq!(node.to_string(), "b 8:1");
     }
 
     #[test]
     fn dev_t_split() {
         let split = |dev| {
-            let node = DeviceNode::from_rdev(NodeType::Block, dev);
-            (node.major, node.minor)
+            let node = DeviceNode::from_rdev(DevKind::Block, dev);
+            (node.major(), node.minor())
         };
         // makedev(8, 1) and a large one: makedev(259, 70000).
         assert_eq!(split(0x801), (8, 1));

@@ -309,8 +309,9 @@ pub async fn detach(
     ))
 }
 
-/// A device id: 16 hex digits (as logs and the CLI show it) or the decimal number of the
-/// JSON answers.
+/// A device id: 16 hex digits, its one text form (JSON answers, logs and the CLI show it so).
+/// The decimal number that JSON answers held before is still accepted, for scripts written
+/// against them; it is deprecated.
 fn device_id(text: &str) -> Result<DeviceId, ApiError> {
     if text.len() == 16 {
         return text
