@@ -122,6 +122,22 @@ pub enum ServiceError {
         #[source]
         source: Box<DeviceError>,
     },
+    /// Saving a just-attached device failed, and so did undoing the attach: the device
+    /// stays attached and counted in the VM, but the saved state does not have it.
+    #[error(
+        "VM {vm:?}: device {id} was attached but saving it failed ({persist}), and undoing the attach failed too; it stays attached"
+    )]
+    AttachUndoFailed {
+        /// The VM.
+        vm: String,
+        /// The device.
+        id: DeviceId,
+        /// Why saving failed, on one line.
+        persist: String,
+        /// Why the undo failed.
+        #[source]
+        undo: Box<DeviceError>,
+    },
     /// A host-device (hostdev registry) operation failed.
     #[error("host device operation {op} failed")]
     Hostdev {
@@ -197,6 +213,7 @@ impl ServiceError {
             | Self::VmHasDevices { .. }
             | Self::NotConnected { .. } => ErrorClass::Conflict,
             Self::Connect { .. } => ErrorClass::Backend,
+            Self::AttachUndoFailed { .. } => ErrorClass::Internal,
             Self::Device { source, .. } => device_class(source.as_ref()),
             Self::Hostdev { class, .. } => *class,
             Self::HostDevice { source, .. } => {

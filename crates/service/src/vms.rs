@@ -287,10 +287,12 @@ impl Service {
                     AttachError::Device(e) => dev(e),
                     AttachError::PersistFailed { persist, .. } => persist,
                     AttachError::PersistFailedUndoFailed { id, persist, undo } => {
-                        // The device stays attached, unsaved: say that (the undo's error),
-                        // and log why the save failed.
-                        tracing::error!(vm = name, device = %id, error = %persist, "saving an attached device failed and undoing the attach failed; the device stays attached");
-                        dev(undo)
+                        ServiceError::AttachUndoFailed {
+                            vm: name.to_owned(),
+                            id,
+                            persist: persist.chain(),
+                            undo: Box::new(undo),
+                        }
                     }
                 });
             }

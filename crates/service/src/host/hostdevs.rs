@@ -6,8 +6,8 @@
 //! any other owner, and every operation outside a VM, is root's.
 
 use plugboard_hostdev::{
-    BatchError, BatchOptions, DetachOutcome, DeviceRelease, HostDevice, Listing, NodeDeviceError,
-    Owner, PrepareError, ReattachOutcome, Recovered, ResetOutcome,
+    BatchError, BatchOptions, DetachOutcome, DeviceRelease, HostDevice, HostdevManager, Listing,
+    NodeDeviceError, Owner, PrepareError, ReattachOutcome, Recovered, ResetOutcome,
 };
 use plugboard_sysfs::PciAddress;
 use serde::{Deserialize, Serialize};
@@ -60,9 +60,8 @@ impl VmDirectory for () {
 pub struct PrepareAnswer {
     /// The owner, `DRIVER/DOMAIN`.
     pub owner: String,
-    /// Every device the owner holds after the prepare (PCI addresses and claims, as
-    /// `plugboard hostdev ls` names them), the IOMMU group members a whole-group prepare
-    /// took included.
+    /// Every device this prepare took (PCI addresses and claims, as `plugboard hostdev ls`
+    /// names them), the IOMMU group members a whole-group prepare took included.
     pub devices: Vec<String>,
 }
 
@@ -164,26 +163,18 @@ impl HostService {
             shareable: request.shareable,
         };
         let mut hostdev = self.hostdev()?;
+        let before = held_by(&mut hostdev, &owner)?;
         hostdev
             .prepare(&owner, &specs, options)
             .map_err(|e| hostdev_error("prepare", batch_class(&e), e))?;
         tracing::info!(owner = %owner, devices = ?request.devices, "host devices prepared; release them to undo");
-        let listing = hostdev
-            .list()
-            .map_err(|e| hostdev_error("list", ErrorClass::Internal, e))?;
-        let pci = listing
-            .pci
-            .iter()
-            .filter(|r| r.owner.as_ref() == Some(&owner))
-            .map(|r| r.address.clone());
-        let claims = listing
-            .claims
-            .iter()
-            .filter(|c| c.owner == owner)
-            .map(|c| format!("{}:{}", c.kind.as_str(), c.key));
+        let devices = held_by(&mut hostdev, &owner)?
+            .into_iter()
+            .filter(|d| !before.contains(d))
+            .collect();
         Ok(PrepareAnswer {
             owner: owner.to_string(),
-            devices: pci.chain(claims).collect(),
+            devices,
         })
     }
 
@@ -268,6 +259,24 @@ impl HostService {
             .map_err(|e| hostdev_error("recover", ErrorClass::Internal, e))?;
         Ok(RecoverAnswer { recovered })
     }
+}
+
+/// Every device `owner` holds, as `hostdev ls` names them: PCI addresses, then claims.
+fn held_by(hostdev: &mut HostdevManager, owner: &Owner) -> Result<Vec<String>, ServiceError> {
+    let listing = hostdev
+        .list()
+        .map_err(|e| hostdev_error("list", ErrorClass::Internal, e))?;
+    let pci = listing
+        .pci
+        .into_iter()
+        .filter(|r| r.owner.as_ref() == Some(owner))
+        .map(|r| r.address);
+    let claims = listing
+        .claims
+        .into_iter()
+        .filter(|c| c.owner == *owner)
+        .map(|c| format!("{}:{}", c.kind.as_str(), c.key));
+    Ok(pci.chain(claims).collect())
 }
 
 /// The owner and devices of `request`, once `caller` may act for that owner.
