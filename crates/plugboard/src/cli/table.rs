@@ -8,8 +8,23 @@ use std::io::Write;
 
 /// Writes `rows` (the first is usually the header) as left-aligned columns.
 pub fn write_table(out: &mut (impl Write + ?Sized), rows: &[Vec<String>]) -> std::io::Result<()> {
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let widths: Vec<usize> = (0..columns)
+    write_rows(out, rows, &widths(&rows.iter().collect::<Vec<_>>()))
+}
+
+/// Like [`write_table`], but a row of one cell is a heading: it stands alone and does not
+/// widen the columns of the rows under it.
+pub fn write_sections(
+    out: &mut (impl Write + ?Sized),
+    rows: &[Vec<String>],
+) -> std::io::Result<()> {
+    let aligned: Vec<&Vec<String>> = rows.iter().filter(|r| r.len() > 1).collect();
+    write_rows(out, rows, &widths(&aligned))
+}
+
+/// The width of each column of `rows`, in characters.
+fn widths(rows: &[&Vec<String>]) -> Vec<usize> {
+    let columns = rows.iter().map(|r| r.len()).max().unwrap_or(0);
+    (0..columns)
         .map(|c| {
             rows.iter()
                 .filter_map(|r| r.get(c))
@@ -17,12 +32,23 @@ pub fn write_table(out: &mut (impl Write + ?Sized), rows: &[Vec<String>]) -> std
                 .max()
                 .unwrap_or(0)
         })
-        .collect();
+        .collect()
+}
+
+fn write_rows(
+    out: &mut (impl Write + ?Sized),
+    rows: &[Vec<String>],
+    widths: &[usize],
+) -> std::io::Result<()> {
     for row in rows {
         let mut line = String::new();
-        for (cell, width) in row.iter().zip(&widths) {
+        for (i, cell) in row.iter().enumerate() {
             line.push_str(cell);
-            let pad = width - cell.chars().count();
+            let pad = widths
+                .get(i)
+                .copied()
+                .unwrap_or(0)
+                .saturating_sub(cell.chars().count());
             line.extend(std::iter::repeat_n(' ', pad + 2));
         }
         writeln!(out, "{}", line.trim_end())?;
@@ -62,5 +88,20 @@ mod tests {
             vec!["c".into()],
         ];
         assert_eq!(render(&rows), "é   x\nab  y\nc\n");
+    }
+
+    #[test]
+    fn headings_stand_alone_and_do_not_widen_columns() {
+        let rows = [
+            vec!["a long heading line".into()],
+            vec!["  x".into(), "y".into()],
+            vec!["  xyz".into(), "w".into()],
+        ];
+        let mut out = Vec::new();
+        write_sections(&mut out, &rows).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "a long heading line\n  x    y\n  xyz  w\n"
+        );
     }
 }

@@ -8,7 +8,7 @@ use plugboard_service::{DeviceDetail, HostGroups, Resolved};
 use plugboard_sysfs::{Inventory, PciAddress, PciDeviceInfo};
 
 use super::opt;
-use crate::cli::table::{header, write_table};
+use crate::cli::table::{header, write_sections, write_table};
 
 /// `host ls`: one row per device; the OWNER column only when some device has an owner.
 /// Devices that could not be read are warnings on stderr.
@@ -93,34 +93,7 @@ pub fn groups(answer: &HostGroups, out: &mut dyn Write) -> std::io::Result<()> {
             rows.push(vec![format!("  {other}"), "(not PCI)".to_owned()]);
         }
     }
-    write_groups(out, &rows)
-}
-
-/// Group header lines stand alone; member lines are aligned among themselves.
-fn write_groups(out: &mut dyn Write, rows: &[Vec<String>]) -> std::io::Result<()> {
-    let members: Vec<&Vec<String>> = rows.iter().filter(|r| r.len() > 1).collect();
-    let widths: Vec<usize> = (0..5)
-        .map(|c| {
-            members
-                .iter()
-                .filter_map(|r| r.get(c))
-                .map(|s| s.chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            line.push_str(cell);
-            if row.len() > 1 {
-                let pad = widths.get(i).copied().unwrap_or(0) - cell.chars().count();
-                line.extend(std::iter::repeat_n(' ', pad + 2));
-            }
-        }
-        writeln!(out, "{}", line.trim_end())?;
-    }
-    Ok(())
+    write_sections(out, &rows)
 }
 
 /// `host show`: one `key: value` line per fact.
