@@ -645,14 +645,19 @@ fn kill_prepare_and_release_at_random_moments_then_recover() {
     // in): the fastest of three, and the kills spread over that.
     let timed = |args: &[String]| {
         let start = Instant::now();
-        let status = Command::new(plugboard_bin())
+        let mut child = Command::new(plugboard_bin())
             .arg("--state-dir")
             .arg(&state)
             .args(args)
             .env_remove("RUST_LOG")
             .stdout(Stdio::null())
-            .status()
+            .spawn()
             .unwrap();
+        let status = wait_until(
+            &mut child,
+            Instant::now() + Duration::from_secs(120),
+            &format!("unkilled plugboard {}", args.join(" ")),
+        );
         assert!(status.success(), "plugboard {}: {status}", args.join(" "));
         start.elapsed()
     };
