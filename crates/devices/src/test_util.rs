@@ -482,9 +482,14 @@ mod tests {
             file_type: crate::kind::PassedFileType::File,
         });
         let err = h.hotplug_add(&r).unwrap_err();
-        assert!(err.source().unwrap().to_string().contains("no fd set 0"), "{err}");
+        assert!(
+            err.source().unwrap().to_string().contains("no fd set 0"),
+            "{err}"
+        );
         assert_eq!(h.add_fd(file), 0);
-        let ino = h.fd_set_metadata(0).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        let ino = h
+            .fd_set_metadata(0)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
         assert_eq!(ino, Some(inode));
         h.hotplug_add(&r).unwrap();
         h.hotplug_remove(&r).unwrap();
