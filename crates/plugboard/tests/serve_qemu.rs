@@ -70,7 +70,10 @@ fn devices_survive_a_restart_and_are_reconciled_with_qemu() {
         .map(|n| n["file"].as_str().unwrap())
         .collect();
     assert_eq!(files.len(), 3, "{nodes}");
-    assert!(files.iter().all(|f| f.starts_with("/dev/fdset/")), "{files:?}");
+    assert!(
+        files.iter().all(|f| f.starts_with("/dev/fdset/")),
+        "{files:?}"
+    );
 
     // Behind the stopped daemon's back: one SCSI disk goes, and an object named like ours
     // that no saved device accounts for appears.
