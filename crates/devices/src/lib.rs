@@ -85,9 +85,9 @@ pub use id::{DeviceId, DeviceIdError, MAX_NAME_ID_LEN};
 pub use index::{BLOCK_INDEX_LIMIT, BlockIndex, BlockIndexError, IndexError, IndexPool};
 pub use kind::{
     BlockDriver, BlockDriverError, BlockSpec, DeviceIdentity, DeviceKind, DeviceNode, DeviceSpec,
-    FsCache, GenericSpec, HostFunction, ImageFormat, MacAddress, MdevUuid, PciAddress, PlugMode,
-    VfioBackend, VfioFunction, VfioSpec, VfioSpecError, VhostUserDevice, VhostUserSpec,
-    VhostUserSpecError,
+    FsCache, GenericSpec, HostFunction, ImageFormat, MacAddress, MdevUuid, PassedFd,
+    PassedFileType, PciAddress, PlugMode, VfioBackend, VfioFunction, VfioSpec, VfioSpecError,
+    VhostUserDevice, VhostUserSpec, VhostUserSpecError,
 };
 pub use manager::{DeviceManager, NewDevice, Removed};
 pub use pci_path::{MAX_PCI_SLOT, PciPath, PciPathError, PciSlot};

@@ -173,7 +173,7 @@ pub(crate) fn take_reference(
 ) -> Result<NewDevice, DeviceError> {
     if let Some(&id) = books.by_identity.get(&spec.identity) {
         let entry = books.entry_mut(id)?;
-        if entry.state.spec != spec {
+        if !entry.state.spec.same_device(&spec) {
             return Err(DeviceError::Conflict {
                 id,
                 identity: spec.identity,

@@ -1,10 +1,16 @@
 //! An in-memory [`Hypervisor`] for tests: it records every call, keeps the VM's view of what
 //! is plugged, fails on command, and can hold calls to imitate a slow hotplug.
 //!
+//! Like QEMU it keeps fd sets: files handed over with [`InMemoryHypervisor::add_fd`] stay
+//! open in it, a block device passed by descriptor ([`crate::PassedFd`]) plugs only when
+//! its set is there, and its removal closes the set. A test can look at the file a set
+//! holds ([`InMemoryHypervisor::fd_set_metadata`]): the file the VM really got.
+//!
 //! Other crates get it with `plugboard-devices = { features = ["test-util"] }` in their
 //! `[dev-dependencies]`.
 
 use std::collections::BTreeMap;
+use std::fs::{File, Metadata};
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
@@ -122,6 +128,12 @@ pub struct Call {
 #[error("injected {0:?} failure")]
 pub struct InjectedFailure(pub HypervisorOp);
 
+/// The error of a plug whose block device was passed by descriptor in an fd set the VM
+/// does not hold (QEMU cannot open `/dev/fdset/<n>` then).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the VM holds no fd set {0}")]
+pub struct NoFdSet(pub u32);
+
 #[derive(Debug, Default)]
 struct State {
     calls: Vec<Call>,
@@ -132,6 +144,8 @@ struct State {
     held: Vec<HypervisorOp>,
     /// Calls waiting in a hold.
     waiting: usize,
+    /// Files handed over by descriptor, by fd set id.
+    fd_sets: BTreeMap<u32, File>,
 }
 
 /// A hypervisor that lives in memory. See the module documentation.
@@ -195,6 +209,34 @@ impl InMemoryHypervisor {
     #[must_use]
     pub fn plugged(&self) -> BTreeMap<DeviceId, PlugRequest> {
         self.lock().plugged.clone()
+    }
+
+    /// Keeps `file` open in a new fd set, as QEMU's `add-fd` does, and returns the set's id
+    /// (the lowest free one, as QEMU picks).
+    pub fn add_fd(&self, file: File) -> u32 {
+        let mut state = self.lock();
+        let id = (0..)
+            .find(|n| !state.fd_sets.contains_key(n))
+            .unwrap_or(u32::MAX);
+        state.fd_sets.insert(id, file);
+        id
+    }
+
+    /// Closes fd set `fdset` (QEMU's `remove-fd`); false when there was none.
+    pub fn remove_fd(&self, fdset: u32) -> bool {
+        self.lock().fd_sets.remove(&fdset).is_some()
+    }
+
+    /// The ids of the fd sets the VM holds.
+    #[must_use]
+    pub fn fd_set_ids(&self) -> Vec<u32> {
+        self.lock().fd_sets.keys().copied().collect()
+    }
+
+    /// The metadata (`fstat`) of the file in fd set `fdset`: what the VM really got.
+    #[must_use]
+    pub fn fd_set_metadata(&self, fdset: u32) -> Option<Metadata> {
+        self.lock().fd_sets.get(&fdset)?.metadata().ok()
     }
 
     /// Whether the VM holds `device`.
@@ -274,10 +316,20 @@ impl InMemoryHypervisor {
                 source: Box::new(InjectedFailure(op)),
             });
         }
+        let passed = match &request.plug {
+            Plug::Block(b) => b.spec.passed_fd.map(|p| p.fdset),
+            Plug::VhostUser(_) | Plug::Vfio(_) => None,
+        };
         match op {
             HypervisorOp::HotplugAdd | HypervisorOp::Coldplug => {
                 if state.plugged.contains_key(&device) {
                     return Err(HypervisorError::AlreadyPlugged { device });
+                }
+                if let Some(fdset) = passed.filter(|n| !state.fd_sets.contains_key(n)) {
+                    return Err(HypervisorError::Backend {
+                        device,
+                        source: Box::new(NoFdSet(fdset)),
+                    });
                 }
                 state.plugged.insert(device, request.clone());
                 Ok(guest_view(request))
@@ -285,6 +337,10 @@ impl InMemoryHypervisor {
             HypervisorOp::HotplugRemove => match state.plugged.get(&device) {
                 Some(held) if held == request => {
                     state.plugged.remove(&device);
+                    // The removal closes the device's fd set, as QEMU's backend does.
+                    if let Some(fdset) = passed {
+                        state.fd_sets.remove(&fdset);
+                    }
                     Ok(GuestView::default())
                 }
                 // A remove must name exactly what was added (the trait's contract).
@@ -352,6 +408,7 @@ impl Hypervisor for InMemoryHypervisor {
 
 #[cfg(test)]
 mod tests {
+    use std::error::Error as _;
     use std::sync::Arc;
 
     use super::*;
@@ -409,6 +466,35 @@ mod tests {
         h.hotplug_add(&request(1)).unwrap_err();
         assert!(h.plugged().is_empty());
         h.hotplug_add(&request(1)).unwrap();
+    }
+
+    #[test]
+    fn a_disk_passed_by_fd_needs_its_fd_set_and_its_removal_closes_it() {
+        let h = InMemoryHypervisor::new();
+        let file = tempfile::tempfile().unwrap();
+        let inode = std::os::unix::fs::MetadataExt::ino(&file.metadata().unwrap());
+        let mut r = request(1);
+        let Plug::Block(b) = &mut r.plug else {
+            unreachable!()
+        };
+        b.spec.passed_fd = Some(crate::kind::PassedFd {
+            fdset: 0,
+            file_type: crate::kind::PassedFileType::File,
+        });
+        let err = h.hotplug_add(&r).unwrap_err();
+        assert!(
+            err.source().unwrap().to_string().contains("no fd set 0"),
+            "{err}"
+        );
+        assert_eq!(h.add_fd(file), 0);
+        let ino = h
+            .fd_set_metadata(0)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+        assert_eq!(ino, Some(inode));
+        h.hotplug_add(&r).unwrap();
+        h.hotplug_remove(&r).unwrap();
+        assert!(h.fd_set_ids().is_empty());
+        assert!(!h.remove_fd(0));
     }
 
     #[test]

@@ -57,6 +57,24 @@ fn devices_survive_a_restart_and_are_reconciled_with_qemu() {
     let (_, before) = daemon.request("GET", "/v1/vms/vm1/devices", None);
     assert!(daemon.stop().success());
 
+    // QEMU opened none of the paths: each disk's file node is the descriptor the daemon
+    // opened and checked, in an fd set of its own.
+    let sets = qemu.execute("query-fdsets", None);
+    assert_eq!(sets.as_array().unwrap().len(), 3, "{sets}");
+    let nodes = qemu.execute("query-named-block-nodes", Some(&json!({"flat": true})));
+    let files: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["drv"] == "file")
+        .map(|n| n["file"].as_str().unwrap())
+        .collect();
+    assert_eq!(files.len(), 3, "{nodes}");
+    assert!(
+        files.iter().all(|f| f.starts_with("/dev/fdset/")),
+        "{files:?}"
+    );
+
     // Behind the stopped daemon's back: one SCSI disk goes, and an object named like ours
     // that no saved device accounts for appears.
     let gone_id = format!("drive-{}", hex(&gone["id"]));

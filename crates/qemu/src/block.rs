@@ -4,10 +4,17 @@
 //! a format node (`raw` or `qcow2`). Read-only is set on **both** nodes: QEMU then opens the
 //! image read-only and the guest sees a read-only disk. The nodes are named
 //! `<id>-file` and `<id>-fmt` so that removal finds them from the device id.
+//!
+//! A disk whose file was opened and checked by the caller comes as an fd set: the protocol
+//! node's `filename` is then `/dev/fdset/<n>` ([`DiskSource::from_fd_set`]), QEMU opens the
+//! file by duplicating the set's descriptor whose access mode matches (read-only or
+//! read-write, so the descriptor must have been opened the same way), and the path the
+//! caller named is never opened by QEMU.
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
+use plugboard_devices::PassedFileType;
 use serde_json::{Value, json};
 
 use crate::id::{BackendRole, QemuId};
@@ -48,6 +55,16 @@ impl DiskSource {
         } else {
             Self::File(path.to_owned())
         })
+    }
+
+    /// The file in fd set `fdset`, of type `file_type`: `/dev/fdset/<fdset>` with the `file`
+    /// or `host_device` driver. Nothing is looked up: the type is what the opener saw.
+    pub fn from_fd_set(fdset: u32, file_type: PassedFileType) -> Self {
+        let path = PathBuf::from(format!("/dev/fdset/{fdset}"));
+        match file_type {
+            PassedFileType::File => Self::File(path),
+            PassedFileType::BlockDevice => Self::HostDevice(path),
+        }
     }
 
     /// The host path.
@@ -212,6 +229,24 @@ mod tests {
         assert_eq!(plan.backends[1].name(), "vb1-fmt");
         assert_eq!(plan.device["share-rw"], json!(true));
         assert!(plan.device.get("serial").is_none());
+    }
+
+    #[test]
+    fn a_disk_in_an_fd_set_opens_dev_fdset() {
+        let disk = Disk::new(
+            DiskSource::from_fd_set(4, PassedFileType::BlockDevice),
+            DiskFormat::Raw,
+        );
+        let plan = virtio_blk(id("vb2"), &disk, Some("hp1"), None);
+        let BackendObject::BlockNode { args, .. } = &plan.backends[0] else {
+            panic!()
+        };
+        assert_eq!(args["driver"], "host_device");
+        assert_eq!(args["filename"], "/dev/fdset/4");
+        assert_eq!(
+            DiskSource::from_fd_set(0, PassedFileType::File),
+            DiskSource::File("/dev/fdset/0".into())
+        );
     }
 
     #[test]

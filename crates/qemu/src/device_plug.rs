@@ -103,6 +103,13 @@ impl Hypervisor for QemuHypervisor {
         {
             return Err(HypervisorError::AlreadyPlugged { device });
         }
+        // A descriptor reaches only a running QEMU (add-fd); a command line cannot name it.
+        if plans.iter().any(|p| p.fd_set.is_some()) {
+            return Err(HypervisorError::Unsupported {
+                device,
+                what: "coldplug of a disk passed by descriptor".into(),
+            });
+        }
         if self.config.memory_shared == Some(false)
             && plans.iter().any(|p| p.requires.shared_memory)
         {

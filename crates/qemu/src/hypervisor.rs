@@ -9,6 +9,7 @@
 //! The state sits behind one mutex because QMP is one ordered conversation: a call holds it
 //! for its whole exchange, including the wait for the guest to release a device.
 
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -52,6 +53,24 @@ pub enum QemuError {
     MissingPort {
         /// The port id.
         port: String,
+    },
+    /// A file could not be handed to QEMU (`add-fd`).
+    #[error("cannot hand {what} to QEMU as a descriptor (add-fd)")]
+    AddFd {
+        /// What the file is (the note given with it).
+        what: String,
+        /// The error.
+        #[source]
+        source: QmpError,
+    },
+    /// An fd set could not be closed (`remove-fd`).
+    #[error("cannot close fd set {fdset} in QEMU (remove-fd)")]
+    RemoveFd {
+        /// The fd set.
+        fdset: u32,
+        /// The error.
+        #[source]
+        source: QmpError,
     },
     /// Hotplug or removal before [`QemuHypervisor::attach`].
     #[error("QEMU is not running yet (no QMP session)")]
@@ -233,6 +252,48 @@ impl QemuHypervisor {
         let mut state = self.lock();
         let session = state.session.as_mut().ok_or(QemuError::NotRunning)?;
         Ok(f(&mut session.client))
+    }
+
+    /// Hands an open file to the running QEMU in a new fd set (`add-fd`) and returns the
+    /// set's id; `note` names the file in `query-fdsets` (QEMU's `opaque`) and in errors.
+    ///
+    /// A disk whose `BlockSpec::passed_fd` names the set then opens `/dev/fdset/<id>`: QEMU
+    /// duplicates the set's descriptor, so it uses the very file that was opened, and the
+    /// descriptor must have been opened with the access the disk asks for (read-only or
+    /// read-write). The device's removal closes the set; [`Self::remove_fd`] closes one that
+    /// no plug took.
+    ///
+    /// # Errors
+    /// [`QemuError::NotRunning`] before [`attach`](Self::attach) (a VM not yet started cannot
+    /// take descriptors); [`QemuError::AddFd`].
+    pub fn add_fd(&self, fd: BorrowedFd<'_>, note: &str) -> Result<u32, QemuError> {
+        let mut state = self.lock();
+        let session = state.session.as_mut().ok_or(QemuError::NotRunning)?;
+        let added = session
+            .client
+            .add_fd(fd, None, Some(note))
+            .map_err(|source| QemuError::AddFd {
+                what: note.to_owned(),
+                source,
+            })?;
+        tracing::debug!(
+            fdset = added.fdset,
+            qemu_fd = added.fd,
+            note,
+            "file handed to QEMU; remove-fd closes it"
+        );
+        Ok(added.fdset)
+    }
+
+    /// Closes fd set `fdset` (`remove-fd`); one that is already gone counts as closed.
+    ///
+    /// # Errors
+    /// [`QemuError::NotRunning`]; [`QemuError::RemoveFd`].
+    pub fn remove_fd(&self, fdset: u32) -> Result<(), QemuError> {
+        let mut state = self.lock();
+        let session = state.session.as_mut().ok_or(QemuError::NotRunning)?;
+        removal::close_fd_set(&mut session.client, fdset)
+            .map_err(|source| QemuError::RemoveFd { fdset, source })
     }
 
     /// Hot-plugs one plan (checks, backends, device; rolled back on failure).

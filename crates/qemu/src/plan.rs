@@ -101,6 +101,10 @@ pub struct Plan {
     pub removable: bool,
     /// Checks to make before touching QEMU.
     pub requires: Requirements,
+    /// The fd set the backends open (`/dev/fdset/<n>`): a file opened by whoever checked it
+    /// and handed over before the plug ([`QemuHypervisor::add_fd`](crate::QemuHypervisor::add_fd)).
+    /// The plan does not create it; its removal closes it (`remove-fd`) after the backends.
+    pub fd_set: Option<u32>,
 }
 
 impl Plan {
@@ -112,6 +116,7 @@ impl Plan {
             device,
             removable: true,
             requires: Requirements::default(),
+            fd_set: None,
         }
     }
 

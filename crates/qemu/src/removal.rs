@@ -12,6 +12,9 @@
 //! a device already being unplugged, or already gone, is not an error here, and deleting a
 //! backend that is already gone counts as done. All names come from the plan, so a retry
 //! needs no state of ours.
+//!
+//! A plan whose disk was passed by descriptor ends with `remove-fd` of its fd set, after
+//! the block nodes that held the file are deleted; a set already gone counts as closed.
 
 use std::time::{Duration, Instant};
 
@@ -82,6 +85,18 @@ pub enum RemovalError {
         #[source]
         source: QmpError,
     },
+    /// The device and its backends are gone but its fd set could not be closed; retrying
+    /// finishes the job.
+    #[error("{device} is gone but its fd set {fdset} could not be closed")]
+    FdSet {
+        /// The device.
+        device: QemuId,
+        /// The fd set.
+        fdset: u32,
+        /// The error.
+        #[source]
+        source: QmpError,
+    },
     /// The device is gone but a backend could not be deleted; retrying finishes the job.
     #[error("{device} is gone but its backend {backend} could not be deleted")]
     Backend {
@@ -133,6 +148,14 @@ pub fn unplug(
         }
     };
     delete_backends(client, plan, BACKEND_RELEASE_TIMEOUT)?;
+    if let Some(fdset) = plan.fd_set {
+        close_fd_set(client, fdset).map_err(|source| RemovalError::FdSet {
+            device: id.clone(),
+            fdset,
+            source,
+        })?;
+        tracing::debug!(device = %id, fdset, "fd set closed");
+    }
     tracing::info!(device = %id, driver = plan.driver(), ?departure, "device removed and its backends deleted");
     Ok(departure)
 }
@@ -260,6 +283,14 @@ pub fn delete_backends(
     Ok(())
 }
 
+/// Closes fd set `fdset` (`remove-fd`); a set that is already gone counts as closed.
+pub(crate) fn close_fd_set(client: &mut QmpClient, fdset: u32) -> Result<(), QmpError> {
+    match client.remove_fd(fdset) {
+        Err(e) if e.failure().is_some_and(is_not_found) => Ok(()),
+        other => other,
+    }
+}
+
 /// How long QEMU may take to let go of a removed device's backends. QEMU-internal work (the
 /// device's finalization), not the guest's, so it does not scale with the unplug timeout.
 pub const BACKEND_RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -275,7 +306,8 @@ fn is_busy(f: &QmpFailure) -> bool {
 
 /// QEMU's ways of saying "no such thing" (checked on 10.0.2): `DeviceNotFound` for devices
 /// and netdevs, `Failed to find node with node-name=…` for block nodes, `Chardev '…' not
-/// found`, and `object '…' not found` for QOM objects.
+/// found`, `object '…' not found` for QOM objects, and `File descriptor named
+/// 'fdset-id:…' not found` for fd sets.
 fn is_not_found(f: &QmpFailure) -> bool {
     f.class == "DeviceNotFound"
         || f.desc.starts_with("Failed to find node")
@@ -341,6 +373,44 @@ mod tests {
             fake.received()[2].arguments,
             json!({"node-name": "vb0-fmt"})
         );
+    }
+
+    #[test]
+    fn a_disk_passed_by_descriptor_closes_its_fd_set_after_its_nodes() {
+        let closed = Arc::new(AtomicBool::new(false));
+        let c2 = Arc::clone(&closed);
+        let fake = FakeQmp::start(move |cmd, args| match cmd {
+            "device_del" => vec![
+                Action::Return(json!({})),
+                Action::Event(
+                    "DEVICE_DELETED",
+                    json!({"device": "vb0", "path": "/machine/peripheral/vb0"}),
+                ),
+            ],
+            "qom-list" => vec![peripheral(false)],
+            // QEMU's words for a set that is not there (a retry after the first close).
+            "remove-fd" if c2.swap(true, Ordering::SeqCst) => vec![Action::Error(format!(
+                "File descriptor named 'fdset-id:{}' not found",
+                args["fdset-id"]
+            ))],
+            _ => vec![Action::Return(json!({}))],
+        });
+        let mut plan = disk_plan();
+        plan.fd_set = Some(3);
+        let mut c = client(&fake);
+        unplug(&mut c, &plan, Duration::from_secs(5)).unwrap();
+        let commands = fake.commands();
+        assert_eq!(
+            commands[commands.len() - 3..],
+            ["blockdev-del", "blockdev-del", "remove-fd"]
+        );
+        assert_eq!(
+            fake.received().last().unwrap().arguments,
+            json!({"fdset-id": 3})
+        );
+        // A retry of the whole removal finds everything gone and still succeeds.
+        unplug(&mut c, &plan, Duration::from_secs(5)).unwrap();
+        assert!(closed.load(Ordering::SeqCst));
     }
 
     #[test]

@@ -105,6 +105,12 @@ pub fn plans(request: &PlugRequest, vm: VmLayout<'_>) -> Result<Vec<Plan>, Reque
 fn block_plan(device: DeviceId, b: &BlockPlug, vm: VmLayout<'_>) -> Result<Plan, RequestError> {
     let id = QemuId::for_device(device, DeviceRole::Disk);
     if b.spec.driver == BlockDriver::Nvdimm {
+        // memory-backend-file opens its mem-path itself; it takes no fd set.
+        if b.spec.passed_fd.is_some() {
+            return Err(RequestError::Unsupported {
+                what: format!("nvdimm {id} from a file passed by descriptor"),
+            });
+        }
         let dimm = match Nvdimm::from_file(&b.spec.path, b.spec.pmem, b.spec.read_only) {
             Err(_) if vm.for_removal => Nvdimm {
                 path: b.spec.path.clone(),
@@ -116,9 +122,12 @@ fn block_plan(device: DeviceId, b: &BlockPlug, vm: VmLayout<'_>) -> Result<Plan,
         };
         return Ok(nvdimm::nvdimm(id, &dimm));
     }
-    let source = match DiskSource::detect(&b.spec.path) {
-        Err(_) if vm.for_removal => DiskSource::File(b.spec.path.clone()),
-        other => other?,
+    // A disk passed by descriptor is the file that was opened, never what the path names
+    // now: it is not looked at.
+    let source = match (b.spec.passed_fd, DiskSource::detect(&b.spec.path)) {
+        (Some(fd), _) => DiskSource::from_fd_set(fd.fdset, fd.file_type),
+        (None, Err(_)) if vm.for_removal => DiskSource::File(b.spec.path.clone()),
+        (None, other) => other?,
     };
     let mut disk = Disk::new(
         source,
@@ -129,10 +138,21 @@ fn block_plan(device: DeviceId, b: &BlockPlug, vm: VmLayout<'_>) -> Result<Plan,
     );
     disk.read_only = b.spec.read_only;
     disk.share_rw = b.spec.share_rw;
+    let mut plan = disk_plan(id, &disk, b, vm)?;
+    plan.fd_set = b.spec.passed_fd.map(|fd| fd.fdset);
+    Ok(plan)
+}
+
+fn disk_plan(
+    id: QemuId,
+    disk: &Disk,
+    b: &BlockPlug,
+    vm: VmLayout<'_>,
+) -> Result<Plan, RequestError> {
     match b.spec.driver {
         BlockDriver::VirtioBlk => {
             let port = vm.port(&id, b.port)?;
-            Ok(block::virtio_blk(id, &disk, port.as_deref(), None))
+            Ok(block::virtio_blk(id, disk, port.as_deref(), None))
         }
         BlockDriver::VirtioScsi => {
             let controller = vm
@@ -143,7 +163,7 @@ fn block_plan(device: DeviceId, b: &BlockPlug, vm: VmLayout<'_>) -> Result<Plan,
             let address = b.scsi_address.ok_or_else(|| RequestError::Unsupported {
                 what: format!("SCSI disk {id} without a SCSI address"),
             })?;
-            Ok(scsi::scsi_hd(id, &disk, controller, address))
+            Ok(scsi::scsi_hd(id, disk, controller, address))
         }
         other => Err(RequestError::Unsupported {
             what: format!("block driver {other} for {id}"),
@@ -287,6 +307,49 @@ mod tests {
                 port: Some(RootPort::new(0)),
             }),
         }
+    }
+
+    /// `block` with its file passed by descriptor in fd set 5, as a block device.
+    fn passed(path: &Path, driver: BlockDriver) -> PlugRequest {
+        let mut request = block(path, driver, Some(0));
+        if let Plug::Block(b) = &mut request.plug {
+            b.spec.passed_fd = Some(plugboard_devices::PassedFd {
+                fdset: 5,
+                file_type: plugboard_devices::PassedFileType::BlockDevice,
+            });
+        }
+        request
+    }
+
+    #[test]
+    fn a_disk_passed_by_descriptor_opens_its_fd_set_and_never_looks_at_the_path() {
+        // The path names a regular file now; what was opened was a block device.
+        let f = tempfile::NamedTempFile::new().unwrap();
+        for driver in [BlockDriver::VirtioBlk, BlockDriver::VirtioScsi] {
+            let p = plans(&passed(f.path(), driver), layout(ports())).unwrap();
+            assert_eq!(p[0].fd_set, Some(5));
+            let BackendObject::BlockNode { args, .. } = &p[0].backends[0] else {
+                panic!("{:?}", p[0].backends)
+            };
+            assert_eq!(args["filename"], "/dev/fdset/5");
+            assert_eq!(args["driver"], "host_device");
+        }
+        // Gone from the path altogether: the removal's plan is the same.
+        let gone = Path::new("/nonexistent/disk.raw");
+        let removal = VmLayout {
+            for_removal: true,
+            ..layout(ports())
+        };
+        let p = plans(&passed(gone, BlockDriver::VirtioBlk), removal).unwrap();
+        assert_eq!(p[0].fd_set, Some(5));
+        let p = plans(
+            &block(f.path(), BlockDriver::VirtioBlk, Some(0)),
+            layout(ports()),
+        )
+        .unwrap();
+        assert_eq!(p[0].fd_set, None, "a disk by path has no fd set");
+        let err = plans(&passed(f.path(), BlockDriver::Nvdimm), layout(ports())).unwrap_err();
+        assert!(matches!(err, RequestError::Unsupported { .. }), "{err}");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::time::Duration;
 use plugboard_devices::test_util::vhost_user_spec;
 use plugboard_devices::{
     BlockDriver, DeviceError, DeviceId, DeviceKind, DeviceManager, Hypervisor, HypervisorError,
-    ImageFormat, ManagerConfig, PlugMode, PlugRequest, VhostUserDevice,
+    ImageFormat, ManagerConfig, PassedFd, PassedFileType, PlugMode, PlugRequest, VhostUserDevice,
 };
 use plugboard_qemu::qmp::QmpClient;
 use plugboard_qemu::test_util::{BackendProcess, BareQemu, create_image};
@@ -310,6 +310,106 @@ fn scsi_hd_goes_to_the_managers_id_and_lun_and_leaves_at_once() {
     m.detach(id).unwrap();
     assert!(!peripherals(hv).contains(&name));
     assert!(nodes(hv).iter().all(|(n, _)| !n.starts_with(&name)));
+}
+
+/// The `(st_dev, st_ino)` of every file QEMU (`pid`) has open.
+fn open_inodes(pid: u32) -> Vec<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::metadata(e.unwrap().path()).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect()
+}
+
+fn inode(path: &std::path::Path) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap();
+    (m.dev(), m.ino())
+}
+
+/// The bytes QEMU reads from the block node `node`: a full `blockdev-backup` of it into a
+/// fresh file `copy`, of `size` bytes (block jobs run in a paused VM too).
+fn read_through_qemu(
+    hv: &QemuHypervisor,
+    node: &str,
+    copy: &std::path::Path,
+    size: usize,
+) -> Vec<u8> {
+    std::fs::write(copy, vec![0_u8; size]).unwrap();
+    let target = json!({"driver": "file", "node-name": "copy", "filename": copy});
+    query(hv, "blockdev-add", Some(&target));
+    let job = json!({"job-id": "copy", "device": node, "target": "copy", "sync": "full"});
+    query(hv, "blockdev-backup", Some(&job));
+    let done = hv
+        .with_client(|c| c.wait_event(T, |e| e.name == "BLOCK_JOB_COMPLETED"))
+        .unwrap()
+        .unwrap();
+    assert!(done.is_some(), "the copy job did not finish");
+    query(hv, "blockdev-del", Some(&json!({"node-name": "copy"})));
+    std::fs::read(copy).unwrap()
+}
+
+#[test]
+fn a_disk_passed_by_descriptor_is_the_file_that_was_opened_whatever_the_path_names_later() {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let qemu = BareQemu::builder()
+        .args(["-device", "virtio-scsi-pci,id=scsi0,bus=hp4"])
+        .start();
+    let dir = qemu.dir();
+    let checked = dir.join("checked.raw");
+    let other = dir.join("other.raw");
+    std::fs::write(&checked, vec![0xaa_u8; 1 << 20]).unwrap();
+    std::fs::write(&other, vec![0xbb_u8; 1 << 20]).unwrap();
+    let original = inode(&checked);
+    // Opened once, as the service does, read-write like the disk.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NOCTTY.bits().cast_signed())
+        .open(&checked)
+        .unwrap();
+    let m = manager(&qemu);
+    let hv = m.hypervisor();
+    let fdset = hv.add_fd(file.as_fd(), "disk checked.raw").unwrap();
+    drop(file);
+    let mut spec = disk_spec(&checked, BlockDriver::VirtioScsi, ImageFormat::Raw, false);
+    let DeviceKind::Block(block) = &mut spec.kind else {
+        unreachable!()
+    };
+    block.passed_fd = Some(PassedFd {
+        fdset,
+        file_type: PassedFileType::File,
+    });
+    // The path is swapped before the plug: a symlink to another file now stands there.
+    std::fs::rename(&checked, dir.join("checked.raw.moved")).unwrap();
+    std::os::unix::fs::symlink(&other, &checked).unwrap();
+    let id = m.new_device(spec).unwrap().id();
+    m.attach(id).unwrap();
+    let name = qemu_name(id, DeviceRole::Disk);
+    let list = query(hv, "query-named-block-nodes", Some(&json!({"flat": true})));
+    let file_node = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["node-name"] == format!("{name}-file"))
+        .unwrap();
+    assert_eq!(file_node["file"], format!("/dev/fdset/{fdset}"));
+    // QEMU holds the original inode, and not the file the path names now.
+    let held = open_inodes(qemu.pid());
+    assert!(held.contains(&original), "{held:?}");
+    assert!(!held.contains(&inode(&other)), "{held:?}");
+    // And reads the original's bytes through the guest's disk node.
+    let data = read_through_qemu(hv, &format!("{name}-fmt"), &dir.join("copy.raw"), 1 << 20);
+    assert!(data.iter().all(|&b| b == 0xaa), "QEMU read another file");
+    // The removal closes the fd set: QEMU holds neither it nor the file any more.
+    let sets = query(hv, "query-fdsets", None);
+    assert_eq!(sets.as_array().unwrap().len(), 1, "{sets}");
+    m.detach(id).unwrap();
+    let sets = query(hv, "query-fdsets", None);
+    assert_eq!(sets, json!([]), "the fd set is closed");
+    assert!(!open_inodes(qemu.pid()).contains(&original));
 }
 
 #[test]

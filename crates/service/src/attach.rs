@@ -4,6 +4,13 @@
 //! The device's identity, which the manager dedupes on, is derived here and not taken from
 //! the client: a block device node is `major:minor`, any other file is its canonical path.
 //! The caller's right to the files named is checked on the way (see `auth.rs`).
+//!
+//! A block device's file, named by a `Disk` or in a `Spec`, is opened here once, on the
+//! caller's behalf ([`OpenedFile`], `open.rs`): its owner, type and identity are read from
+//! that open file, and the service hands the same open file to the hypervisor, so a path
+//! swapped after the request is not what the VM gets. The one exception is an nvdimm,
+//! whose file QEMU's `memory-backend-file` opens by path itself: the service cannot check
+//! what QEMU will open, so only root may attach one.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::PathBuf;
@@ -16,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::Caller;
 use crate::error::ServiceError;
+use crate::open::OpenedFile;
 
 /// A device to attach to a VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,13 +60,28 @@ pub enum AttachRequest {
     },
 }
 
+/// A request checked for its caller: the spec, and the file it names, opened once.
+#[derive(Debug)]
+pub struct CheckedSpec {
+    /// The spec, its identity derived from the open file. A block device's
+    /// `BlockSpec::passed_fd` is still `None`: it is set when the file is handed to the
+    /// hypervisor.
+    pub spec: DeviceSpec,
+    /// The block device's file, opened and checked on the caller's behalf; `None` for
+    /// other kinds and for an nvdimm (QEMU opens its path itself; root only).
+    pub file: Option<OpenedFile>,
+}
+
 impl AttachRequest {
-    /// The spec to hand the device manager, after checking `caller` may use what it names.
+    /// The spec to hand the device manager, after checking `caller` may use what it names,
+    /// with the block device's file opened once (see the module documentation).
     ///
     /// # Errors
-    /// [`ServiceError::BadRequest`] for a missing file, [`ServiceError::Forbidden`] for
-    /// someone else's file or a kind only root may attach.
-    pub fn to_spec(&self, caller: Caller, vm: &str) -> Result<DeviceSpec, ServiceError> {
+    /// [`ServiceError::BadRequest`] for a missing file, a file that is neither a block
+    /// device nor a regular file, or a spec that names a descriptor of its own
+    /// (`passed_fd`); [`ServiceError::Forbidden`] for someone else's file, an nvdimm asked
+    /// for by someone other than root, or a kind only root may attach.
+    pub fn to_spec(&self, caller: Caller, vm: &str) -> Result<CheckedSpec, ServiceError> {
         let action = format!("attach to VM {vm:?}");
         match self {
             Self::Disk {
@@ -67,24 +90,30 @@ impl AttachRequest {
                 format,
                 read_only,
             } => {
-                caller.may_use_file(path, &action)?;
-                let identity = identity_of(path)?;
                 let mut block =
                     BlockSpec::new(path.clone(), driver.unwrap_or(BlockDriver::VirtioBlk));
                 block.format = *format;
                 block.read_only = *read_only;
-                Ok(DeviceSpec {
-                    identity,
-                    mode: PlugMode::Hot,
-                    kind: DeviceKind::Block(block),
+                let (identity, file) = open_block(caller, &block, &action)?;
+                Ok(CheckedSpec {
+                    spec: DeviceSpec {
+                        identity,
+                        mode: PlugMode::Hot,
+                        kind: DeviceKind::Block(block),
+                    },
+                    file,
                 })
             }
             Self::Pci { address, .. } => Err(ServiceError::BadRequest(format!(
                 "PCI device {address}: passthrough is prepared by the service, not described by a spec"
             ))),
             Self::Spec { spec } => {
-                if let DeviceKind::Block(block) = &spec.kind {
-                    caller.may_use_file(&block.path, &action)?;
+                let mut spec = spec.clone();
+                let file = if let DeviceKind::Block(block) = &spec.kind {
+                    let (identity, file) = open_block(caller, block, &action)?;
+                    // Derived from the file, as for a disk: not taken from the client.
+                    spec.identity = identity;
+                    file
                 } else if !caller.is_root() {
                     return Err(ServiceError::forbidden(
                         caller.uid(),
@@ -94,14 +123,47 @@ impl AttachRequest {
                             spec.kind.type_name()
                         ),
                     ));
-                }
-                Ok(spec.clone())
+                } else {
+                    None
+                };
+                Ok(CheckedSpec { spec, file })
             }
         }
     }
 }
 
-/// A block device node's `major:minor`, or the canonical path of any other file.
+/// Opens and checks a block device's file for `caller`: its identity and the open file,
+/// or, for an nvdimm (root only), its identity by path and no file.
+fn open_block(
+    caller: Caller,
+    block: &BlockSpec,
+    action: &str,
+) -> Result<(DeviceIdentity, Option<OpenedFile>), ServiceError> {
+    if let Some(fd) = block.passed_fd {
+        return Err(ServiceError::BadRequest(format!(
+            "{}: passed_fd (fd set {}) is set by the service when it hands the file over, \
+             not by a request",
+            block.path.display(),
+            fd.fdset
+        )));
+    }
+    if block.driver == BlockDriver::Nvdimm {
+        if !caller.is_root() {
+            return Err(ServiceError::forbidden(
+                caller.uid(),
+                format!("{action} {}", block.path.display()),
+                "QEMU opens an nvdimm's file by path itself, so the service cannot make sure \
+                 it is the file checked; only root may attach one",
+            ));
+        }
+        return Ok((identity_of(&block.path)?, None));
+    }
+    let opened = OpenedFile::open(caller, &block.path, block.read_only, action)?;
+    Ok((opened.identity().clone(), Some(opened)))
+}
+
+/// A block device node's `major:minor`, or the canonical path of any other file, by path
+/// (an nvdimm's, which QEMU opens by path).
 fn identity_of(path: &std::path::Path) -> Result<DeviceIdentity, ServiceError> {
     let bad =
         |e: std::io::Error| ServiceError::BadRequest(format!("cannot use {}: {e}", path.display()));
@@ -135,7 +197,10 @@ mod tests {
             "kind": "disk", "path": dir.path().join(".").join("d.img"), "read_only": true
         }))
         .unwrap();
-        let spec = req.to_spec(Caller::ROOT, "vm").unwrap();
+        let checked = req.to_spec(Caller::ROOT, "vm").unwrap();
+        let opened = checked.file.as_ref().unwrap();
+        assert_eq!(opened.identity(), &checked.spec.identity);
+        let spec = checked.spec;
         assert_eq!(
             spec.identity,
             DeviceIdentity::Path(file.canonicalize().unwrap())

@@ -107,9 +107,28 @@ impl Caller {
     /// # Errors
     /// [`ServiceError::BadRequest`] when the path does not exist, [`ServiceError::Forbidden`]
     /// when it belongs to someone else.
+    ///
+    /// This looks the path up, so a file the service then opens by the same path may not be
+    /// the one checked: use it only where the path is all there is to hand on (a QMP socket
+    /// to connect to); a file the service opens goes through
+    /// [`OpenedFile::open`](crate::OpenedFile::open) and [`Self::may_use_open_file`].
     pub fn may_use_file(self, path: &Path, action: &str) -> Result<(), ServiceError> {
         let meta = std::fs::metadata(path)
             .map_err(|e| ServiceError::BadRequest(format!("cannot use {}: {e}", path.display())))?;
+        self.may_use_open_file(&meta, path, action)
+    }
+
+    /// Allows the service to use, for the caller, the file whose `fstat` is `meta` (opened
+    /// from `path`, which only names it in the message): root, or the file's owner.
+    ///
+    /// # Errors
+    /// [`ServiceError::Forbidden`] when the file belongs to someone else.
+    pub fn may_use_open_file(
+        self,
+        meta: &std::fs::Metadata,
+        path: &Path,
+        action: &str,
+    ) -> Result<(), ServiceError> {
         if self.is_root() || meta.uid() == self.uid {
             return Ok(());
         }

@@ -7,9 +7,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::os::fd::AsFd;
+
 use plugboard_devices::{GuestView, Hypervisor, HypervisorError, HypervisorKind, PlugRequest};
 use plugboard_qemu::{Inspection, QemuConfig, QemuError, QemuHypervisor};
 use serde::{Deserialize, Serialize};
+
+use crate::open::OpenedFile;
 
 /// How to reach a VM's hypervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,6 +81,32 @@ impl Backend {
             Self::Qemu(q) => q.port_pool(),
             #[cfg(any(test, feature = "test-util"))]
             Self::Memory(_) => (0..8).map(|n| format!("rp{n}")).collect(),
+        }
+    }
+
+    /// Hands a file opened for a caller to the hypervisor (QEMU: `add-fd` into a new fd
+    /// set) and returns the set's id, for the block device's `BlockSpec::passed_fd`. The
+    /// device's removal closes the set; [`Self::remove_fd`] closes one no plug took.
+    pub(crate) fn add_fd(&self, file: OpenedFile) -> Result<u32, QemuError> {
+        match self {
+            Self::Qemu(q) => {
+                let note = format!("plugboard: {}", file.path().display());
+                q.add_fd(file.file().as_fd(), &note)
+            }
+            #[cfg(any(test, feature = "test-util"))]
+            Self::Memory(m) => Ok(m.add_fd(file.into_file())),
+        }
+    }
+
+    /// Closes fd set `fdset`; one already gone counts as closed.
+    pub(crate) fn remove_fd(&self, fdset: u32) -> Result<(), QemuError> {
+        match self {
+            Self::Qemu(q) => q.remove_fd(fdset),
+            #[cfg(any(test, feature = "test-util"))]
+            Self::Memory(m) => {
+                m.remove_fd(fdset);
+                Ok(())
+            }
         }
     }
 

@@ -113,6 +113,17 @@ pub enum ServiceError {
         #[source]
         source: Box<QemuError>,
     },
+    /// A file opened for the caller could not be handed to the VM's hypervisor.
+    #[error("VM {vm:?}: cannot hand {} to the hypervisor", path.display())]
+    PassFile {
+        /// The VM.
+        vm: String,
+        /// The path the caller named.
+        path: PathBuf,
+        /// QEMU's error.
+        #[source]
+        source: Box<QemuError>,
+    },
     /// The device manager refused or failed.
     #[error("VM {vm:?}: device operation failed")]
     Device {
@@ -212,7 +223,7 @@ impl ServiceError {
             | Self::EndpointInUse { .. }
             | Self::VmHasDevices { .. }
             | Self::NotConnected { .. } => ErrorClass::Conflict,
-            Self::Connect { .. } => ErrorClass::Backend,
+            Self::Connect { .. } | Self::PassFile { .. } => ErrorClass::Backend,
             Self::AttachUndoFailed { .. } => ErrorClass::Internal,
             Self::Device { source, .. } => device_class(source.as_ref()),
             Self::Hostdev { class, .. } => *class,

@@ -37,6 +37,7 @@ mod error;
 mod held;
 mod host;
 mod metrics;
+mod open;
 mod passthrough;
 mod reconcile;
 mod restore;
@@ -45,7 +46,7 @@ mod store;
 mod vm;
 mod vms;
 
-pub use attach::AttachRequest;
+pub use attach::{AttachRequest, CheckedSpec};
 pub use auth::Caller;
 pub use backend::{Backend, Endpoint};
 pub use error::{ErrorClass, ServiceError};
@@ -55,6 +56,7 @@ pub use host::{
     ReleaseAnswer, Resolved, VfioQuery, VfioReport, VmDirectory,
 };
 pub use metrics::{Gauges, LATENCY_BUCKETS, Metrics};
+pub use open::OpenedFile;
 pub use reconcile::Repair;
 pub use service::{Health, Service, ServiceConfig, StartReport};
 pub use vm::{MAX_VM_NAME_LEN, RegisterVm, VmInfo, VmRecord, validate_name};

@@ -493,3 +493,173 @@ fn a_vm_whose_hypervisor_is_gone_stays_listed_and_can_be_unregistered() {
     );
     assert!(svc.host().hostdevs().unwrap().pci.is_empty());
 }
+
+/// The in-memory hypervisor behind VM `name`.
+fn memory_hypervisor(
+    svc: &Service,
+    name: &str,
+) -> std::sync::Arc<plugboard_devices::test_util::InMemoryHypervisor> {
+    let vm = svc.vm(name).unwrap();
+    match vm.manager().unwrap().hypervisor() {
+        crate::Backend::Memory(m) => std::sync::Arc::clone(m),
+        crate::Backend::Qemu(_) => panic!("VM {name} is not in memory"),
+    }
+}
+
+/// A disk image `name` in the fixture's state directory, owned by `uid`, holding `bytes`.
+fn owned_image(f: &Fixture, name: &str, uid: u32, bytes: &[u8]) -> std::path::PathBuf {
+    let path = f.state.path().join(name);
+    std::fs::write(&path, bytes).unwrap();
+    std::os::unix::fs::chown(&path, Some(uid), None).unwrap();
+    path
+}
+
+fn inode(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+#[test]
+fn a_path_swapped_for_a_symlink_to_roots_file_before_the_plug_does_not_reach_the_vm() {
+    use plugboard_devices::test_util::HypervisorOp;
+    let f = fixture();
+    let svc = service_with_vm_a(&f);
+    let hv = memory_hypervisor(&svc, "a");
+    let disk = owned_image(&f, "mine.img", 1000, b"the caller's");
+    let checked = inode(&std::fs::metadata(&disk).unwrap());
+    let roots = owned_image(&f, "roots.img", 0, b"root's secret");
+    let request = AttachRequest::Disk {
+        path: disk.clone(),
+        driver: None,
+        format: plugboard_devices::ImageFormat::Raw,
+        read_only: false,
+    };
+    // The request is checked and its file opened; the plug waits, and meanwhile the path
+    // becomes a symlink to root's file.
+    hv.hold(HypervisorOp::HotplugAdd);
+    let attached = std::thread::scope(|s| {
+        let attach = s.spawn(|| svc.attach(Caller::new(1000), "a", &request));
+        hv.wait_for_held_calls(1);
+        std::fs::rename(&disk, f.state.path().join("mine.img.old")).unwrap();
+        std::os::unix::fs::symlink(&roots, &disk).unwrap();
+        hv.release(HypervisorOp::HotplugAdd);
+        attach.join().unwrap()
+    })
+    .unwrap();
+    // The VM got the file that was checked: the one in the fd set its disk opens.
+    let plugged = attached.device.plugged.as_ref().unwrap();
+    let plugboard_devices::Plug::Block(block) = &plugged.plug else {
+        panic!("not a block plug: {plugged:?}")
+    };
+    let fd = block
+        .spec
+        .passed_fd
+        .expect("the disk is passed by descriptor");
+    let got = hv.fd_set_metadata(fd.fdset).unwrap();
+    assert_eq!(inode(&got), checked);
+    assert_ne!(inode(&got), inode(&std::fs::metadata(&roots).unwrap()));
+    assert_eq!(hv.plugged()[&attached.device.id], *plugged);
+    // The device's identity is the file opened, not what the path names now.
+    assert_eq!(
+        attached.device.spec.identity,
+        plugboard_devices::DeviceIdentity::Path(f.state.path().join("mine.img"))
+    );
+    // Detaching closes the fd set.
+    svc.detach(Caller::new(1000), "a", attached.device.id)
+        .unwrap();
+    assert!(hv.fd_set_ids().is_empty());
+}
+
+#[test]
+fn a_symlink_of_the_callers_to_roots_file_is_refused_and_hands_nothing_over() {
+    let f = fixture();
+    let svc = service_with_vm_a(&f);
+    let hv = memory_hypervisor(&svc, "a");
+    let roots = owned_image(&f, "roots.img", 0, b"root's secret");
+    let link = f.state.path().join("link.img");
+    std::os::unix::fs::symlink(&roots, &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(1000), None).unwrap();
+    let request = AttachRequest::Disk {
+        path: link,
+        driver: None,
+        format: plugboard_devices::ImageFormat::Raw,
+        read_only: true,
+    };
+    let err = svc.attach(Caller::new(1000), "a", &request).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Forbidden);
+    assert!(err.to_string().contains("belongs to uid 0"), "{err}");
+    // The same through a spec.
+    let spec = plugboard_devices::test_util::image_spec(
+        request_path(&request),
+        plugboard_devices::BlockDriver::VirtioBlk,
+    );
+    let err = svc
+        .attach(Caller::new(1000), "a", &AttachRequest::Spec { spec })
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Forbidden);
+    assert!(hv.fd_set_ids().is_empty());
+    assert!(hv.plugged().is_empty());
+}
+
+fn request_path(request: &AttachRequest) -> &str {
+    match request {
+        AttachRequest::Disk { path, .. } => path.to_str().unwrap(),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn fd_sets_stay_only_with_the_device_that_plugged_with_them() {
+    use plugboard_devices::test_util::HypervisorOp;
+    let f = fixture();
+    let svc = service_with_vm_a(&f);
+    let hv = memory_hypervisor(&svc, "a");
+    let disk = owned_image(&f, "d.img", 1000, b"disk");
+    let request = AttachRequest::Disk {
+        path: disk.clone(),
+        driver: None,
+        format: plugboard_devices::ImageFormat::Raw,
+        read_only: false,
+    };
+    // A failed plug closes the set it was handed.
+    hv.fail_next(HypervisorOp::HotplugAdd);
+    svc.attach(Caller::new(1000), "a", &request).unwrap_err();
+    assert!(hv.fd_set_ids().is_empty());
+    // A second attach of an attached disk only counts, and closes its own set.
+    let first = svc.attach(Caller::new(1000), "a", &request).unwrap();
+    assert_eq!(hv.fd_set_ids().len(), 1);
+    let again = svc.attach(Caller::new(1000), "a", &request).unwrap();
+    assert!(!again.plugged);
+    assert_eq!(again.device.id, first.device.id);
+    assert_eq!(
+        again.device.plugged, first.device.plugged,
+        "plugged as before"
+    );
+    assert_eq!(hv.fd_set_ids().len(), 1);
+    // A spec may not name a descriptor itself.
+    let mut spec = plugboard_devices::test_util::image_spec(
+        disk.to_str().unwrap(),
+        plugboard_devices::BlockDriver::VirtioScsi,
+    );
+    if let plugboard_devices::DeviceKind::Block(b) = &mut spec.kind {
+        b.passed_fd = Some(plugboard_devices::PassedFd {
+            fdset: hv.fd_set_ids()[0],
+            file_type: plugboard_devices::PassedFileType::File,
+        });
+    }
+    let err = svc
+        .attach(Caller::new(1000), "a", &AttachRequest::Spec { spec })
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::BadRequest);
+    assert!(err.to_string().contains("passed_fd"), "{err}");
+    // Only root attaches an nvdimm, whose file QEMU opens by path.
+    let nvdimm = AttachRequest::Disk {
+        path: disk,
+        driver: Some(plugboard_devices::BlockDriver::Nvdimm),
+        format: plugboard_devices::ImageFormat::Raw,
+        read_only: false,
+    };
+    let err = svc.attach(Caller::new(1000), "a", &nvdimm).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Forbidden);
+    assert!(err.to_string().contains("nvdimm"), "{err}");
+}

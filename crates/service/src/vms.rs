@@ -4,10 +4,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use plugboard_devices::{AttachError, DeviceId, DeviceState, Released, Removed, SavedState};
+use plugboard_devices::{
+    AttachError, DeviceId, DeviceKind, DeviceSpec, DeviceState, PassedFd, Plug, PlugRequest,
+    Released, Removed, SavedState,
+};
 use serde::{Deserialize, Serialize};
 
-use crate::attach::AttachRequest;
+use crate::attach::{AttachRequest, CheckedSpec};
 use crate::auth::Caller;
 use crate::backend::{Backend, Endpoint};
 use crate::error::ServiceError;
@@ -264,8 +267,12 @@ impl Service {
                 let functions = spec_pci_functions(&spec);
                 (spec, functions)
             }
-            other => (other.to_spec(caller, name)?, Vec::new()),
+            other => {
+                let checked = other.to_spec(caller, name)?;
+                (pass_file(manager.hypervisor(), name, checked)?, Vec::new())
+            }
         };
+        let passed = passed_fd_set(&spec);
         // One transaction: create or reference, count, plug and save; the manager undoes all
         // of it when a step fails, the save included.
         let existed = manager.find(&spec.identity).is_some();
@@ -276,6 +283,24 @@ impl Service {
             })?;
             self.store().save_devices(&vm.record.name, &json)
         });
+        // The fd set this call handed over stays only if the device plugged now uses it; a
+        // device attached already keeps the file it was plugged with, and a failed attach
+        // took nothing.
+        if let Some(fdset) = passed {
+            let plugged = match &saved {
+                Ok(attached) => Some(attached.state.clone()),
+                Err(AttachError::PersistFailedUndoFailed { id, .. }) => manager.device(*id),
+                Err(_) => None,
+            };
+            let taken = plugged
+                .as_ref()
+                .and_then(|d| d.plugged.as_ref())
+                .and_then(plugged_fd_set)
+                == Some(fdset);
+            if !taken && let Err(e) = manager.hypervisor().remove_fd(fdset) {
+                tracing::warn!(vm = name, fdset, error = %e, "cannot close an fd set no device took; QEMU keeps the file open until it exits");
+            }
+        }
         let attached = match saved {
             Ok(attached) => attached,
             Err(err) => {
@@ -365,6 +390,47 @@ impl Service {
             .get(name)
             .cloned()
             .ok_or_else(|| ServiceError::NoSuchVm(name.to_owned()))
+    }
+}
+
+/// Hands the file `checked` opened to the VM's hypervisor and returns the spec that uses
+/// it (`BlockSpec::passed_fd`); a spec with no file comes back as it is.
+fn pass_file(
+    backend: &Backend,
+    vm: &str,
+    checked: CheckedSpec,
+) -> Result<DeviceSpec, ServiceError> {
+    let CheckedSpec { mut spec, file } = checked;
+    let (Some(file), DeviceKind::Block(block)) = (file, &mut spec.kind) else {
+        return Ok(spec);
+    };
+    let path = file.path().to_owned();
+    let file_type = file.file_type();
+    let fdset = backend
+        .add_fd(file)
+        .map_err(|source| ServiceError::PassFile {
+            vm: vm.to_owned(),
+            path: path.clone(),
+            source: Box::new(source),
+        })?;
+    tracing::debug!(vm, path = %path.display(), fdset, "file opened for the caller handed to the hypervisor");
+    block.passed_fd = Some(PassedFd { fdset, file_type });
+    Ok(spec)
+}
+
+/// The fd set a spec's block device was handed over in.
+fn passed_fd_set(spec: &DeviceSpec) -> Option<u32> {
+    match &spec.kind {
+        DeviceKind::Block(block) => block.passed_fd.map(|fd| fd.fdset),
+        _ => None,
+    }
+}
+
+/// The fd set a plugged block device uses.
+fn plugged_fd_set(request: &PlugRequest) -> Option<u32> {
+    match &request.plug {
+        Plug::Block(b) => b.spec.passed_fd.map(|fd| fd.fdset),
+        Plug::VhostUser(_) | Plug::Vfio(_) => None,
     }
 }
 

@@ -1,4 +1,9 @@
 //! Block devices: a host block device or an image file, and the guest driver that shows it.
+//!
+//! A block device reaches the hypervisor by path (the hypervisor opens it) or, when a
+//! service opened the file on a caller's behalf and checked that open file, by descriptor
+//! ([`PassedFd`]): the hypervisor then uses the very file that was checked, whatever the
+//! path names by the time it plugs.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -92,10 +97,37 @@ pub enum ImageFormat {
     Qcow2,
 }
 
+/// What an open file handed to the hypervisor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PassedFileType {
+    /// A regular file (an image).
+    File,
+    /// A host block device node.
+    BlockDevice,
+}
+
+/// A block device's file, opened once by whoever checked it and handed to the hypervisor as
+/// a descriptor before the plug: the hypervisor uses that open file and never opens the
+/// path itself.
+///
+/// For QEMU the descriptor sits in an fd set (QMP `add-fd`), the block node opens
+/// `/dev/fdset/<fdset>`, and the removal of the device closes the set (`remove-fd`). The id
+/// is saved with the device, so a manager loaded after a restart still closes it (QEMU
+/// keeps the set while it runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PassedFd {
+    /// The hypervisor's handle of the descriptor: QEMU's fd set id.
+    pub fdset: u32,
+    /// What the open file is (QEMU's `file` or `host_device` driver).
+    pub file_type: PassedFileType,
+}
+
 /// A block device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockSpec {
-    /// The host block device (`/dev/sdb`) or image file.
+    /// The host block device (`/dev/sdb`) or image file. With [`Self::passed_fd`] it only
+    /// says what was asked for: the hypervisor uses the descriptor.
     pub path: PathBuf,
     /// The guest driver.
     pub driver: BlockDriver,
@@ -107,6 +139,11 @@ pub struct BlockSpec {
     pub share_rw: bool,
     /// The backend is a persistent-memory file (with the `nvdimm` driver).
     pub pmem: bool,
+    /// The file, already open, handed to the hypervisor by descriptor; `None`: the
+    /// hypervisor opens [`Self::path`] itself. Absent from JSON when `None` (saved states
+    /// written before it load unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed_fd: Option<PassedFd>,
 }
 
 impl BlockSpec {
@@ -120,6 +157,21 @@ impl BlockSpec {
             read_only: false,
             share_rw: false,
             pmem: false,
+            passed_fd: None,
+        }
+    }
+
+    /// Whether `self` and `other` describe the same device, however each reached the
+    /// hypervisor: equal but for [`Self::passed_fd`] (every request opens the file anew,
+    /// so a second request for an attached device carries a descriptor of its own).
+    #[must_use]
+    pub fn same_device(&self, other: &Self) -> bool {
+        Self {
+            passed_fd: None,
+            ..self.clone()
+        } == Self {
+            passed_fd: None,
+            ..other.clone()
         }
     }
 }
@@ -149,6 +201,28 @@ mod tests {
         assert_eq!(err, BlockDriverError("virtio-foo".into()));
         assert!(err.to_string().contains("virtio-foo"));
         "".parse::<BlockDriver>().unwrap_err();
+    }
+
+    #[test]
+    fn a_passed_fd_is_saved_only_when_there_is_one_and_is_not_part_of_the_device() {
+        let by_path = BlockSpec::new("/v/d.img", BlockDriver::VirtioBlk);
+        let json = serde_json::to_value(&by_path).unwrap();
+        assert!(json.get("passed_fd").is_none(), "{json}");
+        let mut by_fd = by_path.clone();
+        by_fd.passed_fd = Some(PassedFd {
+            fdset: 3,
+            file_type: PassedFileType::BlockDevice,
+        });
+        let json = serde_json::to_value(&by_fd).unwrap();
+        assert_eq!(
+            json["passed_fd"],
+            serde_json::json!({"fdset": 3, "file_type": "block-device"})
+        );
+        assert_eq!(serde_json::from_value::<BlockSpec>(json).unwrap(), by_fd);
+        assert!(by_fd.same_device(&by_path));
+        let mut read_only = by_fd.clone();
+        read_only.read_only = true;
+        assert!(!read_only.same_device(&by_path));
     }
 
     #[test]

@@ -17,7 +17,7 @@ mod generic;
 mod vfio;
 mod vhost_user;
 
-pub use block::{BlockDriver, BlockDriverError, BlockSpec, ImageFormat};
+pub use block::{BlockDriver, BlockDriverError, BlockSpec, ImageFormat, PassedFd, PassedFileType};
 pub use generic::GenericSpec;
 pub use vfio::{
     HostFunction, MdevUuid, PciAddress, VfioBackend, VfioFunction, VfioSpec, VfioSpecError,
@@ -149,6 +149,21 @@ pub struct DeviceSpec {
     pub mode: PlugMode,
     /// What the device is.
     pub kind: DeviceKind,
+}
+
+impl DeviceSpec {
+    /// Whether `self` and `other` are the same device for deduplication: equal, except
+    /// that a block device's [`BlockSpec::passed_fd`] does not count (see
+    /// [`BlockSpec::same_device`]).
+    #[must_use]
+    pub fn same_device(&self, other: &Self) -> bool {
+        match (&self.kind, &other.kind) {
+            (DeviceKind::Block(a), DeviceKind::Block(b)) => {
+                self.identity == other.identity && self.mode == other.mode && a.same_device(b)
+            }
+            _ => self == other,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -108,6 +108,15 @@ impl QmpError {
     }
 }
 
+/// QEMU's answer to `add-fd`: the set the fd went into, and QEMU's number for its copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AddedFd {
+    /// The fd set (`/dev/fdset/<fdset>`).
+    pub fdset: u32,
+    /// QEMU's own fd number for the copy (as `query-fdsets` lists it).
+    pub fd: u64,
+}
+
 /// A connected, negotiated QMP session.
 #[derive(Debug)]
 pub struct QmpClient {
@@ -213,26 +222,74 @@ impl QmpClient {
     /// Passes a file descriptor to QEMU under `name` (`getfd`, the fd rides on the command
     /// bytes as SCM_RIGHTS). QEMU keeps its own copy; the caller keeps `fd`.
     pub fn send_fd(&mut self, name: &str, fd: BorrowedFd<'_>) -> Result<(), QmpError> {
+        self.execute_with_fd("getfd", &json!({ "fdname": name }), fd)
+            .map(drop)
+    }
+
+    /// Adds a copy of `fd` to an fd set (`add-fd`, the fd riding as SCM_RIGHTS): to the set
+    /// `fdset` when given, else to a new set with the lowest free id. `opaque` is a note QEMU
+    /// shows in `query-fdsets`. A block node then opens the file as `/dev/fdset/<id>` (QEMU
+    /// dups the set's fd whose access mode matches), and [`Self::remove_fd`] closes it. The
+    /// caller keeps `fd`.
+    pub fn add_fd(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        fdset: Option<u32>,
+        opaque: Option<&str>,
+    ) -> Result<AddedFd, QmpError> {
+        let mut args = serde_json::Map::new();
+        if let Some(id) = fdset {
+            args.insert("fdset-id".to_owned(), json!(id));
+        }
+        if let Some(note) = opaque {
+            args.insert("opaque".to_owned(), json!(note));
+        }
+        let answer = self.execute_with_fd("add-fd", &Value::Object(args), fd)?;
+        let field = |name: &str| answer.get(name).and_then(Value::as_u64);
+        match (
+            field("fdset-id").and_then(|n| u32::try_from(n).ok()),
+            field("fd"),
+        ) {
+            (Some(fdset), Some(fd)) => Ok(AddedFd { fdset, fd }),
+            _ => Err(self.unexpected(&format!("add-fd answer {answer}"))),
+        }
+    }
+
+    /// Removes fd set `fdset` (`remove-fd` without `fd`: every fd of the set). QEMU closes
+    /// each fd now, or, while a block node still uses the file, when it lets go of it.
+    pub fn remove_fd(&mut self, fdset: u32) -> Result<(), QmpError> {
+        self.execute("remove-fd", Some(&json!({ "fdset-id": fdset })))
+            .map(drop)
+    }
+
+    /// Runs `command` with `fd` attached to its bytes as SCM_RIGHTS, within the client's
+    /// timeout.
+    fn execute_with_fd(
+        &mut self,
+        command: &str,
+        arguments: &Value,
+        fd: BorrowedFd<'_>,
+    ) -> Result<Value, QmpError> {
         self.budget = self.timeout;
         let deadline = Instant::now() + self.timeout;
         let id = self.take_id();
-        let bytes = wire::encode_command(id, "getfd", Some(&json!({ "fdname": name })));
+        let bytes = wire::encode_command(id, command, Some(arguments));
         let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
         let mut control = rustix::net::SendAncillaryBuffer::new(&mut space);
         let fds = [fd];
         control.push(rustix::net::SendAncillaryMessage::ScmRights(&fds));
-        self.set_write_deadline("getfd", deadline)?;
+        self.set_write_deadline(command, deadline)?;
         let sent = rustix::net::sendmsg(
             &self.stream,
             &[IoSlice::new(&bytes)],
             &mut control,
             rustix::net::SendFlags::NOSIGNAL,
         )
-        .map_err(|e| self.io_error("getfd", io::Error::from(e)))?;
+        .map_err(|e| self.io_error(command, io::Error::from(e)))?;
         if let Some(rest) = bytes.get(sent..).filter(|rest| !rest.is_empty()) {
-            self.write_bytes("getfd", rest)?;
+            self.write_bytes(command, rest)?;
         }
-        self.wait_reply("getfd", id, deadline).map(drop)
+        self.wait_reply(command, id, deadline)
     }
 
     /// Waits until an event matching `matches` arrives (or is already queued) and takes it.
@@ -568,5 +625,40 @@ mod tests {
         let getfd = got.iter().find(|r| r.command == "getfd").unwrap();
         assert_eq!(getfd.arguments, json!({"fdname": "fd0"}));
         assert_eq!(getfd.fds, 1);
+    }
+
+    #[test]
+    fn add_fd_passes_the_descriptor_and_reads_the_set_back() {
+        let fake = FakeQmp::start(|cmd, args| match cmd {
+            "add-fd" => vec![Action::Return(
+                json!({"fdset-id": args.get("fdset-id").cloned().unwrap_or(json!(0)), "fd": 25}),
+            )],
+            "remove-fd" => vec![Action::Return(json!({}))],
+            _ => vec![Action::Return(json!({}))],
+        });
+        let mut c = QmpClient::connect(fake.socket(), T).unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let added = c.add_fd(file.as_fd(), None, Some("disk d.img")).unwrap();
+        assert_eq!(added, AddedFd { fdset: 0, fd: 25 });
+        let added = c.add_fd(file.as_fd(), Some(7), None).unwrap();
+        assert_eq!(added.fdset, 7);
+        c.remove_fd(7).unwrap();
+        let got = fake.received();
+        let adds: Vec<_> = got.iter().filter(|r| r.command == "add-fd").collect();
+        assert_eq!(adds[0].arguments, json!({"opaque": "disk d.img"}));
+        assert_eq!(adds[0].fds, 1);
+        assert_eq!(adds[1].arguments, json!({"fdset-id": 7}));
+        let remove = got.iter().find(|r| r.command == "remove-fd").unwrap();
+        assert_eq!(remove.arguments, json!({"fdset-id": 7}));
+        assert_eq!(remove.fds, 0);
+    }
+
+    #[test]
+    fn a_malformed_add_fd_answer_is_an_error() {
+        let fake = FakeQmp::start(|_, _| vec![Action::Return(json!({"fd": 3}))]);
+        let mut c = QmpClient::connect(fake.socket(), T).unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let err = c.add_fd(file.as_fd(), None, None).unwrap_err();
+        assert!(matches!(err, QmpError::Unexpected { .. }), "{err}");
     }
 }

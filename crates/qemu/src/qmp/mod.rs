@@ -6,7 +6,7 @@ mod events;
 pub mod fake;
 mod wire;
 
-pub use client::{DEFAULT_TIMEOUT, QmpClient, QmpError};
+pub use client::{AddedFd, DEFAULT_TIMEOUT, QmpClient, QmpError};
 pub use events::{Event, EventQueue};
 pub use wire::{
     Greeting, Incoming, LineBuffer, QemuVersion, QmpFailure, WireError, encode_command, parse_line,
