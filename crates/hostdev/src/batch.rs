@@ -1,8 +1,11 @@
 //! One call for a VM's whole device list, of mixed kinds: what the CLI and runtimes use.
 //!
-//! Prepare goes kind by kind (PCI, NVMe, USB, SCSI, mdev), each all-or-nothing, and when
-//! a later kind fails the kinds already prepared are released again, so the call as a
-//! whole is all or nothing. Release is best effort with one line per device.
+//! Prepare goes kind by kind (PCI, NVMe, USB, SCSI, mdev), each all-or-nothing, so the call
+//! as a whole is all or nothing. PCI is reserved and bound first but recorded active only
+//! once every other kind is claimed: when a later kind fails, the PCI part is rolled back
+//! like a failed PCI prepare (each device put back on the driver it had, or left unbound if
+//! it had none, and no row written), never released; the other kinds already claimed are
+//! released again. Release is best effort with one line per device.
 
 use std::fmt;
 
@@ -172,16 +175,32 @@ impl HostdevManager {
             managed: options.managed,
             whole_group: options.whole_group,
         };
-        let pci: Vec<PciAddress> = self
-            .prepare_pci(owner, &s.pci, pci_options)?
-            .iter()
-            .map(|p| p.address)
-            .collect();
-        let result = self.prepare_claims(owner, &s, options);
-        if let Err(err) = result {
-            self.release_pci(owner, &pci)?;
+        // PCI first, held: reserved and bound, the rows untouched until the other kinds
+        // are done, so that undoing it puts back exactly the rows and bindings of before
+        // (a release would leave an adopted device an inactive row, or keep a device on
+        // vfio-pci for its group).
+        let pci = self.reserve_pci(owner, &s.pci, pci_options)?;
+        if let Err(err) = self.prepare_claims(owner, &s, options) {
+            if let Some(pci) = &pci {
+                self.abandon_pci(pci);
+            }
             return Err(err);
         }
+        if let Some(pci) = pci
+            && let Err(err) = self.commit_pci(owner, pci)
+        {
+            self.release_claims(owner, &s)?;
+            return Err(err.into());
+        }
+        Ok(())
+    }
+
+    /// Drops the claims of every kind after PCI, in reverse order.
+    fn release_claims(&mut self, owner: &Owner, s: &Sorted) -> Result<(), BatchError> {
+        self.release_mdev(owner, &s.mdev)?;
+        self.release_scsi(owner, &s.scsi)?;
+        self.release_usb(owner, &s.usb)?;
+        self.release_nvme(owner, &s.nvme)?;
         Ok(())
     }
 
@@ -343,6 +362,101 @@ mod tests {
         }
         assert!(m.list().unwrap().claims.is_empty());
         assert!(books(&mut m).is_empty());
+    }
+
+    /// The registry as `list()` shows it, as JSON text, and every PCI device's driver and
+    /// override: what "exactly as before" compares.
+    fn snapshot(fx: &Fixture, m: &mut HostdevManager) -> (String, Vec<String>) {
+        let listing = serde_json::to_string(&m.list().unwrap()).unwrap();
+        let bindings = fx
+            .kernel
+            .sysfs()
+            .pci_devices()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} {:?} {:?}",
+                    d.address(),
+                    d.driver().unwrap(),
+                    d.driver_override().unwrap()
+                )
+            })
+            .collect();
+        (listing, bindings)
+    }
+
+    const ADOPTED: &str = "0000:0a:00.0";
+
+    #[test]
+    fn a_failed_mixed_prepare_leaves_no_row_for_a_device_it_adopted() {
+        let fx = Fixture::with(
+            host_spec()
+                .usb(UsbSpec::new("1-1", 1, 2, 0x046d, 0xc52b))
+                .pci(
+                    plugboard_sysfs::fake::PciSpec::new(ADOPTED, 0x8086, 0x10d3)
+                        .iommu_group(10)
+                        .driver("vfio-pci"),
+                ),
+        );
+        let mut m = fx.manager();
+        let parse = |list: &[&str]| -> Vec<HostDevice> {
+            list.iter().map(|s| s.parse().unwrap()).collect()
+        };
+        m.prepare(
+            &owner("qemu/vm2"),
+            &parse(&["usb:1/2"]),
+            BatchOptions::default(),
+        )
+        .unwrap();
+        let before = snapshot(&fx, &mut m);
+        for managed in [false, true] {
+            let options = BatchOptions {
+                managed,
+                ..BatchOptions::default()
+            };
+            // Managed, NIC1 is bound to vfio-pci by the call as well.
+            let specs = if managed {
+                parse(&[ADOPTED, NIC1, "usb:1/2"])
+            } else {
+                parse(&[ADOPTED, "usb:1/2"])
+            };
+            let err = m.prepare(&owner("qemu/vm1"), &specs, options).unwrap_err();
+            assert!(
+                matches!(err, BatchError::Usb(UsbError::InUse { .. })),
+                "{err:?}"
+            );
+            assert_eq!(snapshot(&fx, &mut m), before, "managed: {managed}");
+        }
+    }
+
+    #[test]
+    fn a_failed_mixed_prepare_gives_back_a_device_whose_group_the_owner_still_uses() {
+        let fx = Fixture::with(host_spec());
+        let mut m = fx.manager();
+        let a = owner("qemu/vm1");
+        // SHARED1 has no driver; the owner holds the other member of its group.
+        fx.kernel
+            .sysfs()
+            .pci_device(addr(SHARED1))
+            .unwrap()
+            .unbind()
+            .unwrap();
+        m.prepare_pci(&a, &[addr(SHARED2)], MANAGED).unwrap();
+        let before = snapshot(&fx, &mut m);
+        // The mdev does not exist: the mixed prepare fails after binding SHARED1.
+        let specs: Vec<HostDevice> = [SHARED1, "mdev:6d7b9a1e-0a41-4f1c-9a5e-2b5b1f0c0d11"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let managed = BatchOptions {
+            managed: true,
+            ..BatchOptions::default()
+        };
+        let err = m.prepare(&a, &specs, managed).unwrap_err();
+        assert!(matches!(err, BatchError::Mdev(_)), "{err:?}");
+        assert_eq!(snapshot(&fx, &mut m), before);
+        assert_eq!(fx.driver(SHARED1), None);
     }
 
     #[test]

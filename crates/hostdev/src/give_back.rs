@@ -1,7 +1,8 @@
 //! Giving a PCI device back to the host: the one routine that release, a prepare's
 //! rollback, `reattach` and `recover` share.
 //!
-//! A device is *on its host driver* when it is bound to a driver that is not a vfio driver.
+//! A device is *on its host driver* when it is bound to a driver that is not a vfio driver
+//! (a host driver or `pci-stub`).
 //! Anything else (on vfio-pci or a variant, unbound, or carrying a `driver_override`) is
 //! given back the way libvirt's `virPCIDeviceReattach` does it: clear the override, unbind
 //! if bound, `drivers_probe`, then read back what bound. An unbound device is probed too:
@@ -16,7 +17,7 @@
 
 use std::fmt;
 
-use plugboard_sysfs::{BindError, DriverKind, PciDevice};
+use plugboard_sysfs::{BindError, PciDevice};
 use serde::{Deserialize, Serialize};
 
 use crate::fault;
@@ -82,7 +83,7 @@ pub(crate) fn give_back(
     let driver = device.driver()?;
     let kind = device.driver_kind()?;
     let stale_override = device.driver_override()?;
-    if kind == DriverKind::Host
+    if kind.is_host_side()
         && let Some(driver) = driver
     {
         if stale_override.is_some() {

@@ -6,7 +6,7 @@
 //! `pci.rs` (prepare), `release.rs`, `node_device.rs` (detach/reattach/reset),
 //! `recover.rs`, `listing.rs`, and one file per other device kind.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plugboard_sysfs::Sysfs;
 
@@ -20,6 +20,8 @@ pub struct HostdevManager {
     pub(crate) sysfs: Sysfs,
     pub(crate) registry: Registry,
     pub(crate) stamp: ProcessStamp,
+    /// Where the kernel shows processes (`/proc`): scanned for holders of a device.
+    pub(crate) proc_root: PathBuf,
 }
 
 impl HostdevManager {
@@ -38,7 +40,16 @@ impl HostdevManager {
             sysfs,
             registry: Registry::open(state_dir, options)?,
             stamp: ProcessStamp::current(),
+            proc_root: PathBuf::from("/proc"),
         })
+    }
+
+    /// Looks for processes under `proc_root` instead of `/proc` (for tests, or a host
+    /// whose processes are seen elsewhere).
+    #[must_use]
+    pub fn with_proc_root(mut self, proc_root: impl Into<PathBuf>) -> Self {
+        self.proc_root = proc_root.into();
+        self
     }
 
     /// The sysfs tree this manager acts on.

@@ -17,7 +17,7 @@
 
 use std::collections::BTreeSet;
 
-use plugboard_sysfs::{BindError, PciAddress, VFIO_PCI};
+use plugboard_sysfs::{BindError, PciAddress, PciDevice, VFIO_PCI};
 use serde::{Deserialize, Serialize};
 
 use crate::device::HostDeviceError;
@@ -43,6 +43,25 @@ pub struct Prepared {
     pub bound: bool,
 }
 
+/// A PCI prepare that has reserved its devices (one prepare intent each) and bound them,
+/// but not yet recorded them active: every row is as before the call. It ends with
+/// [`HostdevManager::commit_pci`] or [`HostdevManager::abandon_pci`]; a process that dies
+/// in between leaves intents that `recover` undoes like any half-done prepare.
+#[derive(Debug)]
+pub(crate) struct PendingPci {
+    plan: Vec<Step>,
+    /// What this call bound: the device, its driver and `driver_override` before.
+    bound: Vec<Bound>,
+}
+
+/// One device this call bound to vfio-pci, and what it had before.
+#[derive(Debug, Clone)]
+struct Bound {
+    address: PciAddress,
+    driver: Option<String>,
+    driver_override: Option<String>,
+}
+
 impl HostdevManager {
     /// Prepares `devices` for `owner`. All or nothing: on error every list and binding is
     /// exactly as before. An empty list is a no-op.
@@ -55,11 +74,48 @@ impl HostdevManager {
         if devices.is_empty() {
             return Ok(Vec::new());
         }
+        let (plan, journaled) = self.journal_pci(owner, devices, options, false)?;
+        if !journaled {
+            fault::point("prepare.committed");
+            return Ok(prepared(&plan, &[]));
+        }
+        let pending = self.bind_pci(plan)?;
+        self.commit_pci(owner, pending)
+    }
+
+    /// The first half of a prepare, for a caller that has more to do before the devices
+    /// may be recorded active (a mixed prepare): reserves and binds `devices`, leaving
+    /// every row as it was. `None` for an empty list.
+    pub(crate) fn reserve_pci(
+        &mut self,
+        owner: &Owner,
+        devices: &[PciAddress],
+        options: PrepareOptions,
+    ) -> Result<Option<PendingPci>, PrepareError> {
+        if devices.is_empty() {
+            return Ok(None);
+        }
+        // Held, the plan is always journaled: no row is written before `commit_pci`.
+        let (plan, _journaled) = self.journal_pci(owner, devices, options, true)?;
+        self.bind_pci(plan).map(Some)
+    }
+
+    /// Plans and journals, in one write transaction. With `hold`, the intents are written
+    /// even when nothing needs a sysfs write, so that the rows stay untouched until
+    /// [`Self::commit_pci`]; without it such a plan is recorded active at once (`false`
+    /// returned: nothing journaled).
+    fn journal_pci(
+        &mut self,
+        owner: &Owner,
+        devices: &[PciAddress],
+        options: PrepareOptions,
+        hold: bool,
+    ) -> Result<(Vec<Step>, bool), PrepareError> {
         let sysfs = self.sysfs.clone();
         let stamp = self.stamp;
-        let plan = self.registry.write(|tx| {
+        self.registry.write(|tx| {
             let plan = plan(tx, &sysfs, owner, devices, options)?;
-            if plan.iter().all(|s| !s.bind) {
+            if !hold && plan.iter().all(|s| !s.bind) {
                 // Nothing to write to sysfs: the claim is one transaction.
                 for step in &plan {
                     tx.put_pci_row(&active_row(step, owner))?;
@@ -81,15 +137,15 @@ impl HostdevManager {
                 })?;
             }
             Ok((plan, true))
-        });
-        let (plan, journaled) = plan?;
-        if !journaled {
-            fault::point("prepare.committed");
-            return Ok(prepared(&plan, &[]));
-        }
-        fault::point("prepare.journaled");
+        })
+    }
 
-        let mut bound: Vec<(PciAddress, Option<String>)> = Vec::new();
+    /// Binds the managed devices of a journaled plan to vfio-pci (verified); on failure
+    /// undoes the binds in reverse and drops the intents.
+    fn bind_pci(&mut self, plan: Vec<Step>) -> Result<PendingPci, PrepareError> {
+        fault::point("prepare.journaled");
+        let sysfs = self.sysfs.clone();
+        let mut bound: Vec<Bound> = Vec::new();
         for step in plan.iter().filter(|s| s.bind) {
             if let Err(err) = self.mark_binding(&step.address.to_string()) {
                 self.undo_prepare(&plan, &bound);
@@ -113,7 +169,11 @@ impl HostdevManager {
             match result {
                 Ok(outcome) => {
                     if outcome.changed {
-                        bound.push((step.address, outcome.previous_driver));
+                        bound.push(Bound {
+                            address: step.address,
+                            driver: outcome.previous_driver,
+                            driver_override: outcome.previous_override,
+                        });
                     }
                     fault::point("prepare.bound");
                 }
@@ -123,7 +183,17 @@ impl HostdevManager {
                 }
             }
         }
+        Ok(PendingPci { plan, bound })
+    }
 
+    /// The second half: in one transaction, records every device active for `owner` and
+    /// drops the intents. On failure the prepare is undone.
+    pub(crate) fn commit_pci(
+        &mut self,
+        owner: &Owner,
+        pending: PendingPci,
+    ) -> Result<Vec<Prepared>, PrepareError> {
+        let PendingPci { plan, bound } = pending;
         let finish = self.registry.write(|tx| {
             for step in &plan {
                 tx.put_pci_row(&active_row(step, owner))?;
@@ -138,34 +208,39 @@ impl HostdevManager {
             return Err(err.into());
         }
         fault::point("prepare.committed");
-        let bound: Vec<PciAddress> = bound.into_iter().map(|(a, _)| a).collect();
+        let bound: Vec<PciAddress> = bound.into_iter().map(|b| b.address).collect();
         Ok(prepared(&plan, &bound))
     }
 
-    /// Rolls back a failed prepare: reattach what this call bound, in reverse order, then
+    /// Gives up a reserved prepare: every binding and list exactly as before the call.
+    pub(crate) fn abandon_pci(&mut self, pending: &PendingPci) {
+        self.undo_prepare(&pending.plan, &pending.bound);
+    }
+
+    /// Rolls back a failed prepare: put back what this call bound, in reverse order, then
     /// drop the intents. Best effort; what cannot be undone stays journaled for `recover`.
-    fn undo_prepare(&mut self, plan: &[Step], bound: &[(PciAddress, Option<String>)]) {
+    fn undo_prepare(&mut self, plan: &[Step], bound: &[Bound]) {
         let mut undone = BTreeSet::new();
-        for (address, previous) in bound.iter().rev() {
+        for b in bound.iter().rev() {
             let result = self
                 .sysfs
-                .pci_device(*address)
+                .pci_device(b.address)
                 .map_err(BindError::from)
-                .and_then(|dev| give_back(&dev, previous.as_deref()));
+                .and_then(|dev| restore(&dev, b));
             match result {
-                Ok(outcome) => {
-                    tracing::info!(bdf = %address, %outcome, "prepare rolled back");
-                    undone.insert(*address);
+                Ok(()) => {
+                    tracing::info!(bdf = %b.address, driver = ?b.driver, "prepare rolled back");
+                    undone.insert(b.address);
                 }
                 Err(err) => {
-                    tracing::error!(bdf = %address, error = %err,
+                    tracing::error!(bdf = %b.address, error = %err,
                         "rolling back a failed prepare: reattach failed; left journaled for `plugboard hostdev recover`");
                 }
             }
         }
         let drop_intents = self.registry.write(|tx| {
             for step in plan {
-                let bound_here = bound.iter().any(|(a, _)| *a == step.address);
+                let bound_here = bound.iter().any(|b| b.address == step.address);
                 if bound_here && !undone.contains(&step.address) {
                     continue;
                 }
@@ -179,6 +254,27 @@ impl HostdevManager {
             tracing::error!(error = %err, "rolling back a failed prepare: cannot drop its intents; run `plugboard hostdev recover`");
         }
     }
+}
+
+/// Puts a device this call bound back as it was: on its driver (given back and verified),
+/// or, when it had none, unbound without a probe (a probe could bind a host driver into an
+/// IOMMU group that a VM uses); then its `driver_override` as it was.
+fn restore(device: &PciDevice, before: &Bound) -> Result<(), BindError> {
+    match &before.driver {
+        Some(driver) => {
+            give_back(device, Some(driver))?;
+        }
+        None => {
+            device.set_driver_override(None)?;
+            if device.driver()?.is_some() {
+                device.unbind()?;
+            }
+        }
+    }
+    if before.driver_override.is_some() {
+        device.set_driver_override(before.driver_override.as_deref())?;
+    }
+    Ok(())
 }
 
 fn active_row(step: &Step, owner: &Owner) -> PciRow {

@@ -8,6 +8,12 @@
 //! with no row already on a vfio driver is adopted as unmanaged; an unmanaged device on a
 //! host driver is refused; no other member of a group active or being prepared for another
 //! owner, nor being given back to the host; the group viable once the plan is done.
+//!
+//! `pci-stub`: the kernel allows it beside VFIO, so a member on it neither blocks its group
+//! nor is taken by a whole-group prepare (libvirt too leaves pci-stub devices alone for
+//! viability): it stays where the administrator parked it, with no row. Named explicitly,
+//! such a device is taken like any other on a host driver (managed: bound to vfio-pci,
+//! given back to `pci-stub` on release; unmanaged: refused as not detached).
 
 use std::collections::BTreeSet;
 
@@ -68,7 +74,8 @@ pub(crate) fn plan(
     if options.whole_group {
         for (_, group) in &group_info {
             for member in group.members.iter().filter(|m| !m.bridge) {
-                if seen.contains(&member.address) {
+                // Named devices are planned already; a member on pci-stub is left alone.
+                if seen.contains(&member.address) || member.driver_kind == DriverKind::Stub {
                     continue;
                 }
                 // A member this owner already holds is simply kept.
@@ -184,7 +191,7 @@ pub(crate) fn plan(
                     });
                 }
             }
-            if !member.bridge && member.driver_kind == DriverKind::Host {
+            if member.blocks() {
                 return Err(PrepareError::NotViable {
                     address: asked,
                     group: *number,
@@ -195,4 +202,117 @@ pub(crate) fn plan(
         }
     }
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use plugboard_sysfs::fake::PciSpec;
+
+    use crate::pci_request::{PrepareError, PrepareOptions};
+    use crate::registry::List;
+    use crate::release::PciReleased;
+    use crate::test_support::*;
+
+    /// Group 9: a GPU on its host driver, its audio function parked on pci-stub.
+    const GPU: &str = "0000:09:00.0";
+    const AUDIO: &str = "0000:09:00.1";
+
+    fn gpu_with_stubbed_audio() -> Fixture {
+        Fixture::with(
+            host_spec()
+                .pci(
+                    PciSpec::new(GPU, 0x10de, 0x1b80)
+                        .class(0x03_0000)
+                        .iommu_group(9)
+                        .driver("nouveau"),
+                )
+                .pci(
+                    PciSpec::new(AUDIO, 0x10de, 0x10f0)
+                        .class(0x04_0300)
+                        .iommu_group(9)
+                        .driver("pci-stub"),
+                ),
+        )
+    }
+
+    const WHOLE: PrepareOptions = PrepareOptions {
+        managed: true,
+        whole_group: true,
+    };
+
+    #[test]
+    fn a_member_on_pci_stub_does_not_make_the_group_non_viable() {
+        let fx = gpu_with_stubbed_audio();
+        let mut m = fx.manager();
+        let done = m
+            .prepare_pci(&owner("qemu/vm1"), &[addr(GPU)], MANAGED)
+            .unwrap();
+        assert_eq!(done.len(), 1, "{done:?}");
+        assert_eq!(fx.driver(GPU).as_deref(), Some("vfio-pci"));
+        assert_eq!(fx.driver(AUDIO).as_deref(), Some("pci-stub"));
+        assert_eq!(
+            books(&mut m),
+            vec![(GPU.into(), List::Active, Some("qemu/vm1".into()), true)]
+        );
+    }
+
+    #[test]
+    fn a_whole_group_prepare_leaves_a_pci_stub_member_where_it_is() {
+        let fx = gpu_with_stubbed_audio();
+        let mut m = fx.manager();
+        let a = owner("qemu/vm1");
+        let done = m.prepare_pci(&a, &[addr(GPU)], WHOLE).unwrap();
+        let taken: Vec<String> = done.iter().map(|p| p.address.to_string()).collect();
+        assert_eq!(taken, [GPU], "the pci-stub member is not taken");
+        assert_eq!(fx.driver(AUDIO).as_deref(), Some("pci-stub"));
+        assert!(
+            fx.kernel
+                .writes()
+                .iter()
+                .all(|(path, _)| !path.to_string_lossy().contains(AUDIO)),
+            "{:?}",
+            fx.kernel.writes()
+        );
+        // The group is still never split: another owner cannot take the stub member.
+        let err = m
+            .prepare_pci(&owner("qemu/vm2"), &[addr(AUDIO)], MANAGED)
+            .unwrap_err();
+        assert!(
+            matches!(&err, PrepareError::GroupInUse { member, group: 9, .. } if *member == addr(GPU)),
+            "{err:?}"
+        );
+        let out = m.release_pci(&a, &[addr(GPU)]).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].result.as_ref().unwrap(),
+            &PciReleased::Reattached {
+                driver: Some("nouveau".into())
+            }
+        );
+        assert_eq!(fx.driver(AUDIO).as_deref(), Some("pci-stub"));
+        assert!(books(&mut m).is_empty());
+    }
+
+    #[test]
+    fn a_pci_stub_device_named_in_a_managed_prepare_is_taken_and_given_back_to_pci_stub() {
+        let fx = gpu_with_stubbed_audio();
+        let mut m = fx.manager();
+        let a = owner("qemu/vm1");
+        let done = m
+            .prepare_pci(&a, &[addr(GPU), addr(AUDIO)], MANAGED)
+            .unwrap();
+        assert_eq!(done.len(), 2);
+        assert_eq!(done[1].original_driver.as_deref(), Some("pci-stub"));
+        assert_eq!(fx.driver(AUDIO).as_deref(), Some("vfio-pci"));
+        m.release_pci(&a, &[addr(GPU), addr(AUDIO)]).unwrap();
+        assert_eq!(fx.driver(GPU).as_deref(), Some("nouveau"));
+        assert_eq!(fx.driver(AUDIO).as_deref(), Some("pci-stub"));
+        assert!(books(&mut m).is_empty());
+        // Unmanaged, a device on pci-stub is not detached: refused, like any host driver.
+        let err = m.prepare_pci(&a, &[addr(AUDIO)], UNMANAGED).unwrap_err();
+        assert!(
+            matches!(&err, PrepareError::NotDetached { driver, .. } if driver == "pci-stub"),
+            "{err:?}"
+        );
+    }
 }

@@ -9,17 +9,26 @@
 //! 2. For each (`give_back.rs`): clear `driver_override`, unbind, probe, verify the
 //!    original driver is back; then drop its row and intent. Unmanaged devices stay inactive on vfio-pci.
 //!
+//! Before unbinding, release looks for processes that hold the device's VFIO group node or
+//! cdev open (`holders.rs`): the kernel's unbind would block until they let go, so release
+//! refuses with [`ReleaseError::Held`], naming them, and puts the row back as it was. The
+//! other waits of a release are bounded: the registry's busy timeout, and sysfs writes that
+//! return once the driver is (un)bound.
+//!
 //! The managed flag that counts is the one recorded when the device first went inactive:
 //! a device detached by hand and then prepared as managed stays inactive (as in libvirt).
 
 use std::collections::BTreeSet;
 
-use plugboard_sysfs::{BindError, PciAddress};
+use std::path::PathBuf;
+
+use plugboard_sysfs::{BindError, PciAddress, PciDevice};
 use serde::{Deserialize, Serialize};
 
 use crate::device::{DeviceFacts, HostDeviceError};
 use crate::fault;
 use crate::give_back::give_back;
+use crate::holders::{Holder, holders};
 use crate::intent::{Intent, IntentOp, IntentStep};
 use crate::manager::HostdevManager;
 use crate::owner::Owner;
@@ -79,6 +88,19 @@ pub enum ReleaseError {
         #[source]
         source: BindError,
     },
+    /// A process still holds the device's VFIO group node or cdev open (a VMM still using
+    /// it): unbinding vfio-pci now would block in the kernel until it lets go, so nothing
+    /// was unbound and the device's row is as it was before the release.
+    #[error(
+        "PCI device {address} is still open ({}); not released: stop the process or detach the device from its VM first",
+        holders.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    Held {
+        /// The device.
+        address: PciAddress,
+        /// The processes and the nodes they hold.
+        holders: Vec<Holder>,
+    },
     /// The device could not be read.
     #[error(transparent)]
     Device(#[from] HostDeviceError),
@@ -99,6 +121,8 @@ pub struct ReleaseOutcome {
 /// A device to give back to its host driver.
 struct GiveBack {
     address: PciAddress,
+    /// The row before this release: put back when the device is still held open.
+    before: PciRow,
     original_driver: Option<String>,
     group: Option<u32>,
     intent: i64,
@@ -197,6 +221,7 @@ impl HostdevManager {
                 })?;
                 give_back.push(GiveBack {
                     address,
+                    before: row.clone(),
                     original_driver: row.original_driver,
                     group: row.iommu_group,
                     intent,
@@ -233,6 +258,19 @@ impl HostdevManager {
                 return Err(err.into());
             }
         };
+        let held = self.holders_of(&device, item.group);
+        if !held.is_empty() {
+            tracing::error!(bdf = %item.address, holders = ?held,
+                "the device is still open; not unbinding it (the kernel would block)");
+            self.registry.write(|tx| {
+                tx.put_pci_row(&item.before)?;
+                tx.delete_intent(item.intent)
+            })?;
+            return Err(ReleaseError::Held {
+                address: item.address,
+                holders: held,
+            });
+        }
         if let Err(err) = self.mark_binding(&key) {
             self.registry.write(|tx| tx.delete_intent(item.intent))?;
             return Err(err.into());
@@ -257,6 +295,22 @@ impl HostdevManager {
                 })
             }
         }
+    }
+}
+
+impl HostdevManager {
+    /// The processes holding `device`'s VFIO nodes open: the group node of `group` and the
+    /// device's cdev, while they exist.
+    pub(crate) fn holders_of(&self, device: &PciDevice, group: Option<u32>) -> Vec<Holder> {
+        let mut nodes: Vec<PathBuf> = group
+            .map(|g| self.sysfs.vfio_group_node(g))
+            .into_iter()
+            .collect();
+        if let Ok(Some(cdev)) = device.vfio_cdev_path() {
+            nodes.push(cdev);
+        }
+        nodes.retain(|n| n.exists());
+        holders(&self.proc_root, &nodes)
     }
 }
 
@@ -366,5 +420,45 @@ mod tests {
         let listing = m.list().unwrap();
         assert_eq!(listing.needs_attention.len(), 1, "{listing:?}");
         assert_eq!(listing.needs_attention[0].address, NIC1);
+    }
+
+    #[test]
+    fn a_device_held_open_is_refused_by_name_and_released_once_closed() {
+        let fx = Fixture::new();
+        let mut m = fx.manager();
+        let a = owner("qemu/vm1");
+        m.prepare_pci(&a, &[addr(NIC1)], MANAGED).unwrap();
+        // The fake kernel's group node is a plain file: holding it open is what QEMU does.
+        let node = fx.kernel.dev_root().join("vfio/1");
+        let file = std::fs::File::open(&node).unwrap();
+        let out = m.release_pci(&a, &[addr(NIC1)]).unwrap();
+        let err = out[0].result.as_ref().unwrap_err();
+        assert!(
+            matches!(err, ReleaseError::Held { holders, .. }
+                if holders.iter().any(|h| h.pid == std::process::id() && h.node == node)),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(NIC1), "{text}");
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        assert!(text.contains(&node.display().to_string()), "{text}");
+        // Nothing was unbound, and the owner still holds it.
+        assert_eq!(fx.driver(NIC1).as_deref(), Some("vfio-pci"));
+        assert_eq!(
+            books(&mut m),
+            vec![(NIC1.into(), List::Active, Some("qemu/vm1".into()), true)]
+        );
+        drop(file);
+        let out = m.release_pci(&a, &[addr(NIC1)]).unwrap();
+        assert!(
+            matches!(out[0].result, Ok(PciReleased::Reattached { .. })),
+            "{:?}",
+            out[0].result
+        );
+        assert_eq!(fx.driver(NIC1).as_deref(), Some("e1000e"));
+        assert!(books(&mut m).is_empty());
     }
 }

@@ -24,6 +24,7 @@ use plugboard_hostdev::registry::{List, PciRow, RegistryError};
 use plugboard_hostdev::{
     DetachOutcome, HostdevManager, Intent, IntentOp, IntentStep, NodeDeviceError, Owner,
     PciReleased, PrepareError, PrepareOptions, ProcessStamp, ReattachOutcome, RecoverAction,
+    ReleaseError,
 };
 use plugboard_sysfs::{PciAddress, Sysfs};
 
@@ -771,4 +772,45 @@ fn kill_prepare_and_release_at_random_moments_then_recover() {
         m.release_pci(&a, &group).unwrap();
     }
     assert_eq!(check_group(&mut m, &sysfs, &group, &a), Where::Host);
+}
+
+#[test]
+#[ignore = "needs the lab guest (lab/run-tests.sh)"]
+fn release_is_refused_while_a_process_holds_the_group_node() {
+    let sysfs = in_lab_guest();
+    let nic = nics(&sysfs).single[0];
+    let (mut m, _restore) = setup(&[nic]);
+    let a = owner("qemu/lab1");
+    m.prepare_pci(&a, &[nic], MANAGED).unwrap();
+    let node = group_node(&sysfs, nic);
+    // What QEMU does with a legacy group: hold /dev/vfio/<group> open.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&node)
+        .unwrap();
+    let out = m.release_pci(&a, &[nic]).unwrap();
+    let err = out[0].result.as_ref().unwrap_err();
+    let me = std::process::id();
+    assert!(
+        matches!(err, ReleaseError::Held { holders, .. }
+            if holders.iter().any(|h| h.pid == me && h.node == node)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&format!("pid {me}")), "{err}");
+    assert_eq!(driver(&sysfs, nic).as_deref(), Some("vfio-pci"));
+    assert_eq!(
+        books(&mut m),
+        vec![(nic.to_string(), List::Active, Some("qemu/lab1".into()))]
+    );
+    drop(file);
+    let out = m.release_pci(&a, &[nic]).unwrap();
+    assert_eq!(
+        out[0].result.as_ref().unwrap(),
+        &PciReleased::Reattached {
+            driver: Some("e1000e".into())
+        }
+    );
+    assert_eq!(driver(&sysfs, nic).as_deref(), Some("e1000e"));
+    assert!(books(&mut m).is_empty());
 }

@@ -64,7 +64,9 @@ impl Service {
         let Ok(device) = self.host.sysfs().pci_device(address) else {
             return Ok(());
         };
-        if let (Ok(Some(driver)), Ok(DriverKind::Host)) = (device.driver(), device.driver_kind()) {
+        if let (Ok(Some(driver)), Ok(DriverKind::Host | DriverKind::Stub)) =
+            (device.driver(), device.driver_kind())
+        {
             return caller.may_take_from_host(&format!(
                 "take PCI device {address} from its host driver {driver}"
             ));

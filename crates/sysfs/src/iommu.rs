@@ -1,9 +1,10 @@
 //! IOMMU groups: their members, and whether a group is viable for passthrough.
 //!
 //! The kernel isolates devices per IOMMU group: VFIO hands a group to userspace only when
-//! every endpoint in it is on `vfio-pci`, on a vfio variant driver, or on no driver at all.
-//! Bridges (host bridge 0x0600, PCI bridge 0x0604) do not count. A group that fails this is
-//! "not viable", and the member on a host driver is the one to name in the error.
+//! every endpoint in it is on `vfio-pci`, on a vfio variant driver, on `pci-stub` (the
+//! kernel's `vfio_driver_allowed[]`), or on no driver at all. Bridges (host bridge 0x0600,
+//! PCI bridge 0x0604) do not count. A group that fails this is "not viable", and the member
+//! on a host driver is the one to name in the error.
 
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +32,7 @@ pub struct GroupMember {
 impl GroupMember {
     /// True when this member keeps the group from being used through VFIO.
     pub fn blocks(&self) -> bool {
-        !self.bridge && self.driver_kind == DriverKind::Host
+        !self.bridge && self.driver_kind.blocks_group()
     }
 }
 
@@ -179,6 +180,7 @@ impl Sysfs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::{FakeKernel, PciSpec};
 
     fn member(address: &str, class: u32, driver: Option<&str>, kind: DriverKind) -> GroupMember {
         let class = PciClass::new(class);
@@ -224,5 +226,41 @@ mod tests {
         let mut lie = json;
         lie["viable"] = true.into();
         serde_json::from_value::<IommuGroup>(lie).unwrap_err();
+    }
+
+    /// A GPU and its audio function in one group, the audio function parked on pci-stub.
+    fn gpu_with_stubbed_audio(gpu_driver: &str) -> FakeKernel {
+        FakeKernel::builder()
+            .pci(
+                PciSpec::new("0000:09:00.0", 0x10de, 0x1b80)
+                    .class(0x03_0000)
+                    .iommu_group(9)
+                    .driver(gpu_driver),
+            )
+            .pci(
+                PciSpec::new("0000:09:00.1", 0x10de, 0x10f0)
+                    .class(0x04_0300)
+                    .iommu_group(9)
+                    .driver("pci-stub"),
+            )
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_member_on_pci_stub_does_not_block_its_group() {
+        let kernel = gpu_with_stubbed_audio("vfio-pci");
+        let group = kernel.sysfs().iommu_group(9).unwrap();
+        assert!(group.is_viable(), "{group:?}");
+        assert_eq!(group.blockers().count(), 0);
+        assert_eq!(group.members[1].driver_kind, DriverKind::Stub);
+        let json = serde_json::to_value(&group).unwrap();
+        assert_eq!(json["viable"], true);
+        assert_eq!(json["members"][1]["driver_kind"], "stub");
+        // A host driver beside it still blocks.
+        let kernel = gpu_with_stubbed_audio("nouveau");
+        let group = kernel.sysfs().iommu_group(9).unwrap();
+        let blockers: Vec<String> = group.blockers().map(|m| m.address.to_string()).collect();
+        assert_eq!(blockers, ["0000:09:00.0"]);
     }
 }

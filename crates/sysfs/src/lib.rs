@@ -36,11 +36,11 @@
 //!
 //! - **PCI** ([`PciDevice`]): IDs, [`PciClass`], revision, [`HeaderType`] (config byte
 //!   0x0e), config size and PCIe, driver and [`DriverKind`] (vfio-pci, a vfio variant with
-//!   `vfio-dev/`, a host driver, none), `driver_override`, IOMMU group, NUMA node, BARs
+//!   `vfio-dev/`, `pci-stub`, a host driver, none), `driver_override`, IOMMU group, NUMA node, BARs
 //!   ([`Bar`], from `resource`, with [`Bar::is_large`] for > 4 GiB), SR-IOV `physfn` and
 //!   `virtfnN`, [`ResetMethods`], the upstream bridge.
 //! - **IOMMU groups** ([`IommuGroup`]): members and viability (every endpoint member on
-//!   vfio-pci, a vfio variant, or no driver; bridges 0x0600/0x0604 do not count), with the
+//!   vfio-pci, a vfio variant, `pci-stub`, or no driver; bridges 0x0600/0x0604 do not count), with the
 //!   blocking members named.
 //! - **Device nodes** ([`Sysfs::resolve_devnode`]): `dev/{block,char}/M:m/uevent` →
 //!   `DEVNAME`, with "no such device", "no uevent", "no DEVNAME" and "malformed" kept apart.
@@ -95,7 +95,7 @@ pub use inventory::{Inventory, InventoryProblem, PciDeviceInfo, PciDeviceNames, 
 pub use iommu::{GroupMember, IommuGroup};
 pub use mdev::Mdev;
 pub use names::{DEFAULT_PCI_IDS, PciNames};
-pub use pci::{DriverKind, HeaderType, PciClass, PciDevice, ResetMethods, VFIO_PCI};
+pub use pci::{DriverKind, HeaderType, PCI_STUB, PciClass, PciDevice, ResetMethods, VFIO_PCI};
 pub use resource::{
     Bar, IORESOURCE_IO, IORESOURCE_MEM, IORESOURCE_MEM_64, IORESOURCE_PREFETCH, LARGE_BAR,
     ResourceError, parse_resource,

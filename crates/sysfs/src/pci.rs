@@ -24,6 +24,11 @@ use crate::sysfs::Sysfs;
 /// The name of the generic VFIO PCI driver.
 pub const VFIO_PCI: &str = "vfio-pci";
 
+/// The name of the PCI stub driver: it claims a device so that no host driver does, and
+/// the kernel allows it beside VFIO in an IOMMU group (`vfio_driver_allowed[]` in
+/// `drivers/vfio/group.c`).
+pub const PCI_STUB: &str = "pci-stub";
+
 /// A 24-bit PCI class code: base class, subclass, programming interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PciClass(u32);
@@ -135,9 +140,9 @@ impl fmt::Display for HeaderType {
 
 /// What kind of driver a device is bound to, as far as VFIO is concerned.
 ///
-/// JSON words (stable): `unbound`, `vfio_pci`, `vfio_variant`, `host`.
+/// JSON words (stable): `unbound`, `vfio_pci`, `vfio_variant`, `stub`, `host`.
 /// [`Display`](fmt::Display) prints the human words: "unbound", "vfio-pci", "vfio variant
-/// driver", "host driver".
+/// driver", "pci-stub (allowed beside VFIO)", "host driver".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DriverKind {
@@ -147,17 +152,21 @@ pub enum DriverKind {
     VfioPci,
     /// A vfio variant driver (e.g. `mlx5_vfio_pci`): the device has a `vfio-dev/` directory.
     VfioVariant,
+    /// `pci-stub`: not usable through VFIO, but the kernel lets the rest of its IOMMU group
+    /// be (a GPU's audio function parked there does not make the group non-viable).
+    Stub,
     /// Any other host driver.
     Host,
 }
 
 impl DriverKind {
-    /// The stable word used in JSON: `unbound`, `vfio_pci`, `vfio_variant`, `host`.
+    /// The stable word used in JSON: `unbound`, `vfio_pci`, `vfio_variant`, `stub`, `host`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Unbound => "unbound",
             Self::VfioPci => "vfio_pci",
             Self::VfioVariant => "vfio_variant",
+            Self::Stub => "stub",
             Self::Host => "host",
         }
     }
@@ -165,6 +174,18 @@ impl DriverKind {
     /// `vfio-pci` or a variant: the device is usable through VFIO.
     pub fn is_vfio(self) -> bool {
         matches!(self, Self::VfioPci | Self::VfioVariant)
+    }
+
+    /// Bound to a driver on the host's side, not a vfio one: a host driver or `pci-stub`.
+    /// Taking such a device for a VM means detaching it from that driver.
+    pub fn is_host_side(self) -> bool {
+        matches!(self, Self::Stub | Self::Host)
+    }
+
+    /// An endpoint on this driver keeps its IOMMU group from being used through VFIO: a
+    /// host driver. The kernel allows no driver, a vfio driver and `pci-stub`.
+    pub fn blocks_group(self) -> bool {
+        self == Self::Host
     }
 }
 
@@ -174,6 +195,7 @@ impl fmt::Display for DriverKind {
             Self::Unbound => "unbound",
             Self::VfioPci => VFIO_PCI,
             Self::VfioVariant => "vfio variant driver",
+            Self::Stub => "pci-stub (allowed beside VFIO)",
             Self::Host => "host driver",
         })
     }
@@ -600,6 +622,7 @@ pub(crate) fn kind_of(driver: Option<&str>, has_vfio_dev: impl FnOnce() -> bool)
     match driver {
         None => DriverKind::Unbound,
         Some(VFIO_PCI) => DriverKind::VfioPci,
+        Some(PCI_STUB) => DriverKind::Stub,
         Some(_) if has_vfio_dev() => DriverKind::VfioVariant,
         Some(_) => DriverKind::Host,
     }
@@ -629,6 +652,20 @@ mod tests {
             DriverKind::VfioVariant
         );
         assert_eq!(kind_of(Some("e1000e"), || false), DriverKind::Host);
+        assert_eq!(kind_of(Some("pci-stub"), || false), DriverKind::Stub);
+        let blocking: Vec<DriverKind> = [
+            DriverKind::Unbound,
+            DriverKind::VfioPci,
+            DriverKind::VfioVariant,
+            DriverKind::Stub,
+            DriverKind::Host,
+        ]
+        .into_iter()
+        .filter(|k| k.blocks_group())
+        .collect();
+        assert_eq!(blocking, [DriverKind::Host]);
+        assert!(DriverKind::Stub.is_host_side() && DriverKind::Host.is_host_side());
+        assert!(!DriverKind::Stub.is_vfio() && !DriverKind::Unbound.is_host_side());
     }
 
     #[test]
@@ -641,6 +678,7 @@ mod tests {
                 "vfio_variant",
                 "vfio variant driver",
             ),
+            (DriverKind::Stub, "stub", "pci-stub (allowed beside VFIO)"),
             (DriverKind::Host, "host", "host driver"),
         ];
         for (kind, word, human) in kinds {

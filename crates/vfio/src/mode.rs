@@ -421,6 +421,16 @@ mod tests {
             err.to_string(),
             "0000:01:00.0 is bound to e1000e, not to vfio-pci: bind it to vfio-pci first"
         );
+        let stub = Facts {
+            driver: Some("pci-stub".into()),
+            driver_kind: DriverKind::Stub,
+            ..facts()
+        };
+        let err = decide("0000:01:00.1", Mode::Auto, &stub).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "0000:01:00.1 is bound to pci-stub, not to vfio-pci: bind it to vfio-pci first"
+        );
         let unbound = Facts {
             driver: None,
             driver_kind: DriverKind::Unbound,
