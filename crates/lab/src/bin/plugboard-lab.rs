@@ -55,8 +55,8 @@ struct MachineArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 1024)]
     mem: u64,
-    /// Guest CPUs.
-    #[arg(long, default_value_t = 2)]
+    /// Guest CPUs (more than one loses interrupts under TCG now and then: see lab/README.md).
+    #[arg(long, default_value_t = 1)]
     smp: u32,
     /// An extra QEMU argument (repeat for each).
     #[arg(long = "qemu-arg", allow_hyphen_values = true)]
