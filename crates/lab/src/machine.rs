@@ -175,7 +175,6 @@ mod tests {
             smp: 2,
             extra_qemu_args: vec!["-device".into(), "virtio-rng-pci".into()],
             kernel_args: vec!["foo=1".into()],
-            ..MachineConfig::default()
         };
         let args = cfg.qemu_args(Accel::Tcg, &files());
         let line = args.join(" ");
