@@ -3,14 +3,17 @@
 #
 #  1. guest tests: every package's `lab` integration test binary (crates/*/tests/lab.rs,
 #     tests marked #[ignore]) and the `plugboard` binary are built, packed into one
-#     initramfs, and run in one lab guest as root with `--ignored --test-threads=1`;
+#     initramfs, and run in one lab guest as root, each test alone with its own deadline
+#     (PLUGBOARD_LAB_TEST_TIMEOUT, 300 s); a missed deadline prints the guest's blocked
+#     tasks and stacks, kills the guest, and the next test gets a fresh one;
 #  2. host tests: plugboard-lab's own tests that boot guests from the host (QMP hot-add,
 #     topology smoke test), `cargo test -p plugboard-lab --test host -- --ignored`.
 # Both always run; the exit status is non-zero if either failed. Each stage's time is
 # printed (deps, kernel build or cache hit, build, initramfs, boot, tests).
 #
 # Environment: PLUGBOARD_LAB_KERNEL (prebuilt bzImage), PLUGBOARD_LAB_ACCEL (auto|kvm|tcg),
-# PLUGBOARD_LAB_CACHE, PLUGBOARD_LAB_BOOT_TIMEOUT, PLUGBOARD_LAB_LIFETIME (seconds).
+# PLUGBOARD_LAB_CACHE, PLUGBOARD_LAB_BOOT_TIMEOUT, PLUGBOARD_LAB_LIFETIME,
+# PLUGBOARD_LAB_TEST_TIMEOUT (seconds). CARGO_TARGET_DIR is honoured (cargo metadata).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

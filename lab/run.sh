@@ -4,7 +4,7 @@
 #
 # Usage: lab/run.sh [OPTIONS] -- COMMAND...
 #   --mem MIB            guest memory (default 1024)
-#   --smp N              guest CPUs (default 2)
+#   --smp N              guest CPUs (default 1; two lose interrupts under TCG, see lab/README.md)
 #   --timeout SECS       deadline for the command (default 600); the guest is killed after it
 #   --file HOST[:GUEST]  put a host file or program (with its libraries) into the guest;
 #                        without :GUEST it lands at its absolute host path

@@ -5,6 +5,10 @@
 //! - the host sends `"<id> <base64 of a shell script>\n"`; the guest prints
 //!   `@@PLUGBOARD-LAB-BEGIN id=<id>@@`, the script's stdout and stderr, then a newline and
 //!   `@@PLUGBOARD-LAB-RESULT id=<id> status=<n>@@` (the machine-readable result line);
+//! - `"diag <id>\n"`, sent when command `id` missed its deadline, makes the guest print
+//!   `@@PLUGBOARD-LAB-DIAG-BEGIN id=<id>@@`, its state (blocked tasks and kernel stacks,
+//!   every user thread's state, syscall and stack, open files, the kernel log) and
+//!   `@@PLUGBOARD-LAB-DIAG-END id=<id>@@` (see [`Console::diagnostics`]);
 //! - `"poweroff\n"` powers the guest off.
 //!
 //! The newline before the result line is the guest's, not the command's, and is dropped, so
@@ -126,6 +130,27 @@ impl Console {
         }
     }
 
+    /// Collects the guest's answer to `diag <id>` (the request already sent): every line up
+    /// to the end marker, the begin marker dropped. Lines of the late command (its output,
+    /// even its result line) that arrive first are kept. `Err` carries what came before the
+    /// deadline or the end of the console.
+    pub fn diagnostics(&mut self, id: u64, deadline: Instant) -> Result<String, (Stop, String)> {
+        let begin = format!("@@PLUGBOARD-LAB-DIAG-BEGIN id={id}@@");
+        let end = format!("@@PLUGBOARD-LAB-DIAG-END id={id}@@");
+        let mut text = String::new();
+        loop {
+            match self.next_line(deadline) {
+                Ok(line) if line == end => return Ok(text),
+                Ok(line) if line == begin => {}
+                Ok(line) => {
+                    text.push_str(&line);
+                    text.push('\n');
+                }
+                Err(stop) => return Err((stop, text)),
+            }
+        }
+    }
+
     /// The last console lines, for error messages.
     pub fn tail(&self) -> String {
         let mut s: Vec<&str> = self.tail.iter().map(String::as_str).collect();
@@ -140,6 +165,11 @@ impl Console {
 /// One request line for command `id`.
 pub fn request(id: u64, script: &str) -> String {
     format!("{id} {}\n", base64(script.as_bytes()))
+}
+
+/// The request for the guest's state while command `id` runs past its deadline.
+pub fn diag_request(id: u64) -> String {
+    format!("diag {id}\n")
 }
 
 /// Standard base64 with padding, no line breaks (what busybox `base64 -d` reads).
@@ -238,6 +268,31 @@ mod tests {
         let mut out = String::new();
         assert_eq!(c.collect(5, soon(), &mut |_| {}, &mut out), Ok(0));
         assert_eq!(out, "@@PLUGBOARD-LAB-RESULT id=4 status=0@@\n");
+    }
+
+    #[test]
+    fn diagnostics_run_to_their_end_marker_and_keep_late_output() {
+        let mut c = console(&[
+            "late line\n@@PLUGBOARD-LAB-DIAG-BEGIN id=4@@\n=== blocked\n  [<0>] vfio_unregister_group_dev+0x9c/0x150\n",
+            "@@PLUGBOARD-LAB-DIAG-END id=4@@\nafter\n",
+        ]);
+        let text = c.diagnostics(4, soon()).unwrap();
+        assert_eq!(
+            text,
+            "late line\n=== blocked\n  [<0>] vfio_unregister_group_dev+0x9c/0x150\n"
+        );
+        assert_eq!(diag_request(4), "diag 4\n");
+        // A guest that stops answering midway: what came is kept, with the reason.
+        let (tx, rx) = mpsc::channel::<Vec<u8>>();
+        tx.send(b"@@PLUGBOARD-LAB-DIAG-BEGIN id=5@@\npartial\n".to_vec())
+            .unwrap();
+        let mut c = Console::new(rx);
+        let err = c
+            .diagnostics(5, Instant::now() + Duration::from_millis(50))
+            .unwrap_err();
+        assert_eq!(err, (Stop::Timeout, "partial\n".to_string()));
+        drop(tx);
+        assert_eq!(c.diagnostics(5, soon()), Err((Stop::Eof, String::new())));
     }
 
     #[test]

@@ -66,9 +66,10 @@ pub enum LabError {
         /// QEMU's own error output.
         stderr: String,
     },
-    /// A guest command did not finish in time; the guest was killed.
+    /// A guest command did not finish in time; the guest was asked for its state, then
+    /// killed.
     #[error(
-        "guest command `{command}` did not finish within {timeout:?}; killed the guest. Output tail:\n{tail}"
+        "guest command `{command}` did not finish within {timeout:?}; killed the guest. Output tail:\n{tail}\n{diagnostics}"
     )]
     ExecTimeout {
         /// The command (shortened).
@@ -77,6 +78,10 @@ pub enum LabError {
         timeout: Duration,
         /// The output seen so far.
         tail: String,
+        /// The guest's state at the deadline: its blocked tasks with their kernel stacks,
+        /// every user thread's state, syscall, wait channel and kernel stack, open files,
+        /// and the kernel log since the command started; or why the guest gave none.
+        diagnostics: String,
     },
     /// The guest is not running any more (it was killed or powered off).
     #[error("lab guest is not running (it was {0})")]

@@ -38,6 +38,9 @@ pub struct BootOptions {
     pub qemu: PathBuf,
 }
 
+/// How long the guest's init may take to print its state after a missed deadline.
+const DIAG_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The boot deadline of a KVM attempt that can still fall back to TCG.
 const KVM_BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -277,7 +280,10 @@ impl Guest {
 
     /// Runs `script` in the guest as root with `sh`, in `/`, stdin from `/dev/null`, and
     /// returns its status and output; `on_line` sees each output line as it arrives. If it
-    /// does not finish within `timeout`, the guest is killed and `ExecTimeout` returned.
+    /// does not finish within `timeout`, the guest's init is asked for its state (blocked
+    /// tasks and kernel stacks, every user thread's stack and open files, the kernel log;
+    /// up to a minute more), the guest is killed, and `ExecTimeout` returned with that
+    /// state in its `diagnostics`.
     pub fn exec_with(
         &mut self,
         script: &str,
@@ -304,6 +310,7 @@ impl Guest {
         {
             Ok(status) => Ok(ExecOutput { status, output }),
             Err(Stop::Timeout) => {
+                let diagnostics = self.diagnose(id);
                 self.kill("killed after a command timeout");
                 let tail: String = output
                     .chars()
@@ -317,9 +324,38 @@ impl Guest {
                     command: script.chars().take(200).collect(),
                     timeout,
                     tail,
+                    diagnostics,
                 })
             }
             Err(Stop::Eof) => Err(self.exited("running a command")),
+        }
+    }
+
+    /// Asks the guest's init for its state while command `id` runs past its deadline (see
+    /// `lab/guest/init`) and returns it, headed by a line saying what it is, or saying why
+    /// the guest gave none within [`DIAG_TIMEOUT`]. The guest keeps running.
+    fn diagnose(&mut self, id: u64) -> String {
+        let sent = self.stdin.as_mut().map(|s| {
+            s.write_all(console::diag_request(id).as_bytes())
+                .and_then(|()| s.flush())
+        });
+        if !matches!(sent, Some(Ok(()))) {
+            return "The guest's state: not asked for, its console is closed.".into();
+        }
+        let started = Instant::now();
+        let heading =
+            "The guest's state at the deadline (blocked tasks, user threads, kernel log):";
+        match self.console.diagnostics(id, started + DIAG_TIMEOUT) {
+            Ok(text) => format!("{heading}\n{text}"),
+            Err((why, text)) => {
+                let why = match why {
+                    Stop::Timeout => {
+                        format!("its init gave no full answer within {DIAG_TIMEOUT:?}")
+                    }
+                    Stop::Eof => "QEMU exited while it answered".into(),
+                };
+                format!("{heading} ({why})\n{text}")
+            }
         }
     }
 

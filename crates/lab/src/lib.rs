@@ -26,6 +26,7 @@ mod error;
 mod guest;
 mod initramfs;
 mod kernel;
+pub mod libtest;
 pub mod machine;
 mod paths;
 mod qmp;

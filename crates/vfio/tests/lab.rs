@@ -312,6 +312,9 @@ fn two_devices_of_one_group_share_one_group_fd() {
         container.group_ids().is_empty(),
         "the last device detached the group"
     );
+    // The legacy context goes before the next one: every fd of this group is closed
+    // before the NICs are given back (an unbind waits for every open device fd).
+    drop((container, vfio));
 
     // iommufd: both devices join one IOAS.
     let mut vfio = Vfio::new(sysfs.clone());

@@ -4,8 +4,10 @@
 //! - `plugboard-lab run [OPTIONS] -- COMMAND...`: boot the guest, run COMMAND in it, stream
 //!   its output, exit with its status (124: a timeout killed the guest; 125: lab failure).
 //! - `plugboard-lab test [-p PACKAGE]... [-- TEST-ARGS...]`: build every package's `lab`
-//!   test binary and `plugboard`, pack them into one initramfs, boot once, run each with
-//!   `--ignored --test-threads=1` as root.
+//!   test binary and `plugboard`, pack them into one initramfs, boot once, and run each
+//!   binary's ignored tests as root, one guest command per test with its own deadline
+//!   (`--test-timeout`; a guest that missed one is killed after printing its state, and the
+//!   next test gets a fresh guest), under a deadline for the whole binary (`--timeout`).
 //! - `plugboard-lab initramfs OUT [--file ...]`: write the image for a hand-made QEMU run.
 //!
 //! Each stage's time goes to stderr.
@@ -15,6 +17,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use plugboard_lab::libtest::{self, OneTestOutput};
 use plugboard_lab::{BootOptions, Guest, Initramfs, LabError, cargo, shell_quote};
 
 #[derive(Debug, Parser)]
@@ -52,8 +55,8 @@ struct MachineArgs {
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 1024)]
     mem: u64,
-    /// Guest CPUs.
-    #[arg(long, default_value_t = 2)]
+    /// Guest CPUs (more than one loses interrupts under TCG now and then: see lab/README.md).
+    #[arg(long, default_value_t = 1)]
     smp: u32,
     /// An extra QEMU argument (repeat for each).
     #[arg(long = "qemu-arg", allow_hyphen_values = true)]
@@ -86,9 +89,13 @@ struct RunArgs {
 struct TestArgs {
     #[command(flatten)]
     machine: MachineArgs,
-    /// Deadline for each test binary, in seconds.
+    /// Deadline for each test binary, all its tests together, in seconds.
     #[arg(long, default_value_t = 1200)]
     timeout: u64,
+    /// Deadline for each test, in seconds: each test runs as its own guest command. 0: each
+    /// binary runs as one command, under --timeout only.
+    #[arg(long, env = "PLUGBOARD_LAB_TEST_TIMEOUT", default_value_t = 300)]
+    test_timeout: u64,
     /// Only this package's `lab` tests (repeat for several; default: every package).
     #[arg(short, long = "package")]
     packages: Vec<String>,
@@ -271,49 +278,26 @@ fn test(args: &TestArgs) -> Result<i32, LabError> {
         return Ok(i32::from(!failed.is_empty()));
     }
     let opts = boot_options(&args.machine, kernel);
-    let mut guest = Some(boot(&opts, &img)?);
-    let extra: String = args
-        .test_args
-        .iter()
-        .map(|a| format!(" {}", shell_quote(a)))
-        .collect();
+    let mut lab = Lab {
+        opts,
+        img,
+        guest: None,
+    };
+    lab.guest = Some(boot(&lab.opts, &lab.img)?);
     let all = Instant::now();
     for t in &tests {
         let name = format!("{}-lab", t.package);
-        let script =
-            format!("cd /lab-tests && ./{name} --ignored --test-threads=1 --color never{extra}");
-        // A binary that hung killed the guest: boot a fresh one for the next.
-        let mut g = match guest.take() {
-            Some(g) => g,
-            None => match boot(&opts, &img) {
-                Ok(g) => g,
-                Err(e) => {
-                    summary.push(format!(
-                        "{name}: not run, the guest did not boot again: {e}"
-                    ));
-                    failed.push(name);
-                    continue;
-                }
-            },
+        let outcome = if args.test_timeout == 0 {
+            lab.run_binary_whole(&name, args)
+        } else {
+            lab.run_binary_per_test(&name, args)
         };
-        eprintln!("==> lab test binary {name} (in the guest, as root): {script}");
-        let start = Instant::now();
-        let result = g.exec_with(&script, Duration::from_secs(args.timeout), &mut |l| {
-            println!("{l}");
-        });
-        let took = start.elapsed().as_secs_f64();
-        match result {
-            Ok(out) => {
-                summary.push(format!("{name}: status {} in {took:.1}s", out.status));
-                if !out.success() {
-                    failed.push(name);
-                }
-                guest = Some(g);
-            }
-            Err(e) => {
-                summary.push(format!("{name}: {e}"));
-                failed.push(name);
-            }
+        summary.push(format!(
+            "{name}: {} in {:.1}s",
+            outcome.verdict, outcome.took
+        ));
+        if !outcome.ok {
+            failed.push(name);
         }
     }
     eprintln!(
@@ -323,7 +307,7 @@ fn test(args: &TestArgs) -> Result<i32, LabError> {
     for line in &summary {
         eprintln!("    {line}");
     }
-    if let Some(g) = guest {
+    if let Some(g) = lab.guest.take() {
         let _ = g.shutdown();
     }
     if failed.is_empty() {
@@ -331,6 +315,208 @@ fn test(args: &TestArgs) -> Result<i32, LabError> {
     } else {
         eprintln!("==> lab tests failed: {failed:?}");
         Ok(1)
+    }
+}
+
+/// The guest the tests run in, and what it takes to boot a fresh one after a guest was
+/// killed (a missed deadline).
+struct Lab {
+    opts: BootOptions,
+    img: Initramfs,
+    guest: Option<Guest>,
+}
+
+/// How one test binary went.
+struct BinaryOutcome {
+    ok: bool,
+    verdict: String,
+    took: f64,
+}
+
+/// How one guest command went.
+enum Ran {
+    Done(plugboard_lab::ExecOutput),
+    /// It missed its deadline (the error, with the guest's state, was printed); the guest
+    /// was killed.
+    TimedOut,
+    /// The guest failed otherwise (it could not boot, or QEMU exited).
+    LabFailed(String),
+}
+
+impl Lab {
+    /// Runs `script` with `timeout` in the guest, booting one first if the last was killed.
+    fn exec(
+        &mut self,
+        label: &str,
+        script: &str,
+        timeout: Duration,
+        on_line: &mut dyn FnMut(&str),
+    ) -> Ran {
+        let mut g = match self.guest.take() {
+            Some(g) => g,
+            None => match boot(&self.opts, &self.img) {
+                Ok(g) => g,
+                Err(e) => return Ran::LabFailed(format!("the guest did not boot again: {e}")),
+            },
+        };
+        match g.exec_with(script, timeout, on_line) {
+            Ok(out) => {
+                self.guest = Some(g);
+                Ran::Done(out)
+            }
+            Err(e @ LabError::ExecTimeout { .. }) => {
+                eprintln!("==> lab: {label}: {e}");
+                Ran::TimedOut
+            }
+            Err(e) => Ran::LabFailed(e.to_string()),
+        }
+    }
+
+    /// The whole binary as one guest command, under `--timeout` only.
+    fn run_binary_whole(&mut self, name: &str, args: &TestArgs) -> BinaryOutcome {
+        let extra: String = args
+            .test_args
+            .iter()
+            .map(|a| format!(" {}", shell_quote(a)))
+            .collect();
+        let script =
+            format!("cd /lab-tests && ./{name} --ignored --test-threads=1 --color never{extra}");
+        eprintln!("==> lab test binary {name} (in the guest, as root): {script}");
+        let start = Instant::now();
+        let ran = self.exec(name, &script, Duration::from_secs(args.timeout), &mut |l| {
+            println!("{l}");
+        });
+        let took = start.elapsed().as_secs_f64();
+        let (ok, verdict) = match ran {
+            Ran::Done(out) => (out.success(), format!("status {}", out.status)),
+            Ran::TimedOut => (
+                false,
+                format!(
+                    "timed out after {}s (the guest's state is printed above)",
+                    args.timeout
+                ),
+            ),
+            Ran::LabFailed(e) => (false, e),
+        };
+        BinaryOutcome { ok, verdict, took }
+    }
+
+    /// Each test of the binary as its own guest command with its own deadline
+    /// (`--test-timeout`), all of them within `--timeout`.
+    fn run_binary_per_test(&mut self, name: &str, args: &TestArgs) -> BinaryOutcome {
+        let start = Instant::now();
+        let binary_deadline = start + Duration::from_secs(args.timeout);
+        let exe = format!("./{name}");
+        let targs = libtest::TestArgs::split(&args.test_args);
+        let list = format!("cd /lab-tests && {}", targs.list_command(&exe));
+        let listed = self.exec(
+            name,
+            &list,
+            Duration::from_secs(120).min(binary_deadline.saturating_duration_since(Instant::now())),
+            &mut |_| {},
+        );
+        let names = match listed {
+            Ran::Done(out) if out.success() => libtest::parse_list(&out.output),
+            Ran::Done(out) => {
+                return BinaryOutcome {
+                    ok: false,
+                    verdict: format!(
+                        "listing its tests failed (status {}): {}",
+                        out.status,
+                        out.output.trim()
+                    ),
+                    took: start.elapsed().as_secs_f64(),
+                };
+            }
+            Ran::TimedOut => {
+                return BinaryOutcome {
+                    ok: false,
+                    verdict: "listing its tests timed out".into(),
+                    took: start.elapsed().as_secs_f64(),
+                };
+            }
+            Ran::LabFailed(e) => {
+                return BinaryOutcome {
+                    ok: false,
+                    verdict: format!("listing its tests failed: {e}"),
+                    took: start.elapsed().as_secs_f64(),
+                };
+            }
+        };
+        eprintln!(
+            "==> lab test binary {name} (in the guest, as root): {} tests, each alone with a {}s deadline: cd /lab-tests && {}",
+            names.len(),
+            args.test_timeout,
+            targs.run_command(&exe, "NAME")
+        );
+        let (mut passed, mut failed, mut timed_out, mut not_run) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for test in &names {
+            let left = binary_deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                not_run.push(test.clone());
+                continue;
+            }
+            let deadline = Duration::from_secs(args.test_timeout).min(left);
+            let script = format!("cd /lab-tests && {}", targs.run_command(&exe, test));
+            let mut filter = OneTestOutput::new();
+            let ran = self.exec(&format!("{name} {test}"), &script, deadline, &mut |l| {
+                for line in filter.line(l) {
+                    println!("{line}");
+                }
+            });
+            match ran {
+                Ran::Done(out) if out.success() => passed.push(test.clone()),
+                Ran::Done(_) => failed.push(test.clone()),
+                Ran::TimedOut => {
+                    println!(
+                        "test {test} ... TIMED OUT after {}s (the guest's state is printed on stderr)",
+                        deadline.as_secs()
+                    );
+                    timed_out.push(test.clone());
+                }
+                Ran::LabFailed(e) => {
+                    println!("test {test} ... LAB FAILED: {e}");
+                    failed.push(test.clone());
+                }
+            }
+        }
+        let mut verdict = format!(
+            "{} passed, {} failed, {} timed out",
+            passed.len(),
+            failed.len(),
+            timed_out.len()
+        );
+        if !not_run.is_empty() {
+            verdict.push_str(&format!(
+                ", {} not run (the binary's {}s deadline passed)",
+                not_run.len(),
+                args.timeout
+            ));
+        }
+        for (what, list) in [
+            ("failed", &failed),
+            ("timed out", &timed_out),
+            ("not run", &not_run),
+        ] {
+            if !list.is_empty() {
+                verdict.push_str(&format!("; {what}: {}", list.join(", ")));
+            }
+        }
+        if names.is_empty() {
+            // A filter may match tests of another binary only; without one, a binary with
+            // no lab test to list is broken.
+            return BinaryOutcome {
+                ok: !targs.select.is_empty(),
+                verdict: "no test matched".into(),
+                took: start.elapsed().as_secs_f64(),
+            };
+        }
+        BinaryOutcome {
+            ok: failed.is_empty() && timed_out.is_empty() && not_run.is_empty(),
+            verdict,
+            took: start.elapsed().as_secs_f64(),
+        }
     }
 }
 

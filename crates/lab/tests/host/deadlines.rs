@@ -1,4 +1,5 @@
-//! The harness's own promises: exact status and output, and hard deadlines that kill QEMU.
+//! The harness's own promises: exact status and output, and hard deadlines that kill QEMU
+//! after the guest told what it was doing.
 
 use std::time::Duration;
 
@@ -32,8 +33,26 @@ fn exec_returns_status_and_exact_output_then_a_deadline_kills_the_guest() {
             &mut |_| {},
         )
         .unwrap_err();
-    assert!(matches!(err, LabError::ExecTimeout { .. }), "{err}");
+    let LabError::ExecTimeout { diagnostics, .. } = &err else {
+        panic!("{err}")
+    };
     assert!(err.to_string().contains("started"), "{err}");
+    // Before the kill, the guest told what it was doing: the command's processes with each
+    // thread's kernel stack, and the kernel log with SysRq-w's blocked tasks.
+    assert!(
+        diagnostics.starts_with("The guest's state at the deadline"),
+        "{diagnostics}"
+    );
+    assert!(diagnostics.contains(": sleep 600"), "{diagnostics}");
+    assert!(
+        diagnostics.contains("hrtimer_nanosleep"),
+        "the sleeping thread's kernel stack: {diagnostics}"
+    );
+    assert!(
+        diagnostics.contains("sysrq: Show Blocked State"),
+        "{diagnostics}"
+    );
+    assert!(err.to_string().contains(diagnostics.as_str()));
     assert!(!alive(pid), "QEMU {pid} still running after the deadline");
     assert!(matches!(guest.exec("true"), Err(LabError::NotRunning(_))));
 }
