@@ -190,10 +190,7 @@ fn plug_error(device: DeviceId, error: QemuError) -> HypervisorError {
 mod tests {
     use std::time::Duration;
 
-    use plugboard_devices::{
-        BlockDriver, BlockIndex, BlockPlug, BlockSpec, HostFunction, PciAddress, RootPort,
-        VfioBackend, VfioFunction, VfioFunctionPlug, VfioPlug,
-    };
+    use plugboard_devices::{BlockDriver, BlockIndex, BlockPlug, BlockSpec, RootPort, VfioBackend};
     use serde_json::{Value, json};
 
     use super::*;
@@ -248,26 +245,7 @@ mod tests {
     }
 
     fn vfio_pair() -> PlugRequest {
-        let id = DeviceId::from_raw(5);
-        let function = |f: u8| VfioFunctionPlug {
-            name_id: id.name_id(&format!("vfio-{f}")),
-            function: VfioFunction {
-                host: HostFunction::Pci(format!("0000:65:00.{f}").parse::<PciAddress>().unwrap()),
-                sysfs_path: format!("/sys/bus/pci/devices/0000:65:00.{f}").into(),
-                class: None,
-                is_pcie: true,
-                large_bar: false,
-            },
-            port: Some(RootPort::new(u32::from(f))),
-        };
-        PlugRequest {
-            device: id,
-            mode: PlugMode::Hot,
-            plug: Plug::Vfio(VfioPlug {
-                backend: VfioBackend::Group { group: 3 },
-                functions: vec![function(0), function(1)],
-            }),
-        }
+        crate::test_requests::vfio_pair(5, VfioBackend::Group { group: 3 })
     }
 
     #[test]

@@ -82,9 +82,8 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use plugboard_devices::{
-        BlockDriver, BlockIndex, BlockPlug, BlockSpec, DeviceId, GuestScsiAddress, HostFunction,
-        PciAddress, Plug, PlugMode, RootPort, VfioBackend, VfioFunction, VfioFunctionPlug,
-        VfioPlug,
+        BlockDriver, BlockIndex, BlockPlug, BlockSpec, DeviceId, GuestScsiAddress, Plug, PlugMode,
+        RootPort, VfioBackend,
     };
     use serde_json::json;
 
@@ -143,26 +142,7 @@ mod tests {
     }
 
     fn vfio_pair(device: u64) -> PlugRequest {
-        let id = DeviceId::from_raw(device);
-        let function = |f: u8| VfioFunctionPlug {
-            name_id: id.name_id(&format!("vfio-{f}")),
-            function: VfioFunction {
-                host: HostFunction::Pci(format!("0000:65:00.{f}").parse::<PciAddress>().unwrap()),
-                sysfs_path: format!("/sys/bus/pci/devices/0000:65:00.{f}").into(),
-                class: None,
-                is_pcie: true,
-                large_bar: false,
-            },
-            port: Some(RootPort::new(u32::from(f))),
-        };
-        PlugRequest {
-            device: id,
-            mode: PlugMode::Hot,
-            plug: Plug::Vfio(VfioPlug {
-                backend: VfioBackend::Group { group: 3 },
-                functions: vec![function(0), function(1)],
-            }),
-        }
+        crate::test_requests::vfio_pair(device, VfioBackend::Group { group: 3 })
     }
 
     #[test]

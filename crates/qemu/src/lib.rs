@@ -39,6 +39,8 @@ mod requests;
 pub mod scsi;
 #[cfg(any(test, feature = "test-util"))]
 mod sys;
+#[cfg(test)]
+mod test_requests;
 #[cfg(any(test, feature = "test-util"))]
 pub mod test_util;
 pub mod vfio;

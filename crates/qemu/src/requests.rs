@@ -514,30 +514,7 @@ mod tests {
     fn every_name_a_plan_gives_qemu_is_read_back_as_the_requests() {
         let mut f = tempfile::NamedTempFile::new().unwrap();
         std::io::Write::write_all(&mut f, &[0u8; 4096]).unwrap();
-        let vfio = |backend| {
-            let id = DeviceId::from_raw(3);
-            let function = |f: u8| VfioFunctionPlug {
-                name_id: id.name_id(&format!("vfio-{f}")),
-                function: VfioFunction {
-                    host: HostFunction::Pci(
-                        format!("0000:65:00.{f}").parse::<PciAddress>().unwrap(),
-                    ),
-                    sysfs_path: format!("/sys/bus/pci/devices/0000:65:00.{f}").into(),
-                    class: None,
-                    is_pcie: true,
-                    large_bar: false,
-                },
-                port: Some(RootPort::new(u32::from(f))),
-            };
-            PlugRequest {
-                device: id,
-                mode: PlugMode::Hot,
-                plug: Plug::Vfio(VfioPlug {
-                    backend,
-                    functions: vec![function(0), function(1)],
-                }),
-            }
-        };
+        let vfio = |backend| crate::test_requests::vfio_pair(3, backend);
         let requests = [
             block(f.path(), BlockDriver::VirtioBlk, Some(0)),
             block(f.path(), BlockDriver::VirtioScsi, None),
