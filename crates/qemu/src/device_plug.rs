@@ -37,6 +37,7 @@ impl Hypervisor for QemuHypervisor {
             scsi_controller: session.scsi_controller.as_deref(),
             portless_ok: false,
             for_removal: false,
+            vfio_fds: self.config.vfio_fds.as_deref(),
         };
         let plans = requests::plans(request, layout).map_err(|e| request_error(device, e))?;
         for (n, plan) in plans.iter().enumerate() {
@@ -73,6 +74,10 @@ impl Hypervisor for QemuHypervisor {
             scsi_controller: session.scsi_controller.as_deref(),
             portless_ok: true,
             for_removal: true,
+            // Removal deletes by name, and a name that is not there counts as gone:
+            // without descriptors the plans name every function's own iommufd object too,
+            // so one cold-plugged (or plugged before descriptors were passed) goes as well.
+            vfio_fds: None,
         };
         let plans = requests::plans(request, layout).map_err(|e| request_error(device, e))?;
         for plan in plans.iter().rev() {
@@ -131,6 +136,7 @@ impl QemuHypervisor {
             scsi_controller: self.config.scsi_controller.as_deref(),
             portless_ok: true,
             for_removal: false,
+            vfio_fds: None,
         };
         requests::plans(request, layout).map_err(|e| request_error(request.device, e))
     }

@@ -10,6 +10,7 @@ use std::fmt;
 
 use crate::backend_socket::{self, BackendSocketError};
 use crate::id::QemuId;
+use crate::passed_fds::{self, PassFdError};
 use crate::plan::Plan;
 use crate::qmp::{QmpClient, QmpError};
 
@@ -64,6 +65,16 @@ pub enum HotplugError {
         #[source]
         source: BackendSocketError,
     },
+    /// A file the plan hands QEMU by descriptor could not be opened or passed; QEMU was
+    /// left as it was (a descriptor passed before is closed again).
+    #[error("hot-plugging {device}: cannot hand it to QEMU by descriptor")]
+    PassFd {
+        /// The device.
+        device: QemuId,
+        /// What failed.
+        #[source]
+        source: PassFdError,
+    },
     /// A QMP step failed; the steps before it were undone as `rollback` says.
     #[error("hot-plugging {device}: {step} failed; {rollback}")]
     Step {
@@ -84,6 +95,7 @@ impl HotplugError {
     pub fn qmp(&self) -> Option<&QmpError> {
         match self {
             Self::Step { source, .. } => Some(source.as_ref()),
+            Self::PassFd { source, .. } => source.qmp(),
             _ => None,
         }
     }
@@ -105,9 +117,48 @@ pub fn check(plan: &Plan, vm: VmFacts) -> Result<(), HotplugError> {
     Ok(())
 }
 
-/// Checks, then adds the backends and the device; undoes the backends if a step fails.
+/// Checks, hands over the plan's descriptors, then adds the backends and the device; undoes
+/// the backends and closes the descriptors nothing took if a step fails.
 pub fn plug(client: &mut QmpClient, plan: &Plan, vm: VmFacts) -> Result<(), HotplugError> {
     check(plan, vm)?;
+    let passed = pass_fds(client, plan)?;
+    let plugged = add(client, plan);
+    if plugged.is_err() {
+        passed_fds::close_untaken(client, &passed);
+    }
+    plugged
+}
+
+/// Opens the plan's files (before QEMU is touched, so a missing one changes nothing), creates
+/// the VM's iommufd object if the plan needs it and is the first, then sends the files;
+/// returns their names.
+fn pass_fds(client: &mut QmpClient, plan: &Plan) -> Result<Vec<String>, HotplugError> {
+    let failed = |source| HotplugError::PassFd {
+        device: plan.id.clone(),
+        source,
+    };
+    let files = plan
+        .passed_fds
+        .iter()
+        .map(|fd| passed_fds::open(&fd.source).map(|file| (fd.name.as_str(), file)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(failed)?;
+    if let Some(iommu) = &plan.vm_iommufd {
+        passed_fds::ensure_vm_iommufd(client, iommu).map_err(failed)?;
+    }
+    let mut sent = Vec::with_capacity(files.len());
+    for (name, file) in &files {
+        if let Err(e) = passed_fds::send(client, name, file) {
+            passed_fds::close_untaken(client, &sent);
+            return Err(failed(e));
+        }
+        sent.push((*name).to_owned());
+    }
+    Ok(sent)
+}
+
+/// Adds the backends and the device; undoes the backends if a step fails.
+fn add(client: &mut QmpClient, plan: &Plan) -> Result<(), HotplugError> {
     for (done, backend) in plan.backends.iter().enumerate() {
         let (command, args) = backend.add_command();
         if let Err(source) = client.execute(command, Some(&args)) {

@@ -10,7 +10,7 @@
 //! for its whole exchange, including the wait for the guest to release a device.
 
 use std::os::fd::BorrowedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -102,6 +102,14 @@ pub struct QemuConfig {
     pub root_ports: Vec<String>,
     /// The virtio-scsi controller for SCSI disks; `None`: the first one found at attach.
     pub scsi_controller: Option<String>,
+    /// `Some(dev_root)`: hot-plugged PCI functions in iommufd mode are handed to QEMU by
+    /// descriptor: we open their cdev (`<dev_root>/vfio/devices/vfioN`) and, once per VM,
+    /// `<dev_root>/iommu` for the shared [`VM_IOMMUFD`](crate::id::VM_IOMMUFD) object, and
+    /// pass them with `getfd`, so a QEMU without access to `/dev/vfio` and `/dev/iommu`
+    /// (an unprivileged one) can use them. `None` (the default): QEMU opens them itself.
+    /// Legacy-mode functions and coldplug always leave the opening to QEMU (it takes no
+    /// group descriptor, and a command line cannot name a passed one).
+    pub vfio_fds: Option<PathBuf>,
 }
 
 impl Default for QemuConfig {
@@ -112,6 +120,7 @@ impl Default for QemuConfig {
             memory_shared: None,
             root_ports: Vec::new(),
             scsi_controller: None,
+            vfio_fds: None,
         }
     }
 }

@@ -15,6 +15,16 @@ use std::str::FromStr;
 
 use plugboard_devices::DeviceId;
 
+/// The VM's one `iommufd` object for functions handed over by descriptor: created with a
+/// passed `/dev/iommu` the first time one is plugged, and never deleted, because QEMU never
+/// closes an iommufd it was given (`iommufd_backend_finalize` closes only one it opened), so
+/// an object per device would leak one descriptor per detach. Not one of [`OurName`]'s
+/// names: it belongs to no device, and inspection does not count it as a stray.
+pub const VM_IOMMUFD: &str = "plugboard-iommufd";
+
+/// The `getfd` name of the descriptor [`VM_IOMMUFD`] is created with.
+pub const VM_IOMMUFD_FD: &str = "plugboard-iommufd-fd";
+
 /// Why a string is not a usable QEMU id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QemuIdError {
@@ -64,6 +74,13 @@ impl QemuId {
         OurName::parse(id)
             .filter(|n| n.backend.is_none())
             .map(|n| (n.role, n.device))
+    }
+
+    /// The name a descriptor handed over for this device goes by (`getfd`): `<id>-fd`.
+    /// QEMU takes it out of the monitor's table when the device takes it, so a name is
+    /// free again once its plug is over, and a later plug of the same id can reuse it.
+    pub fn fd_name(&self) -> String {
+        format!("{}-fd", self.0)
     }
 
     /// The device's QOM path.

@@ -51,6 +51,7 @@ impl QemuHypervisor {
             scsi_controller: session.scsi_controller.as_deref(),
             portless_ok: true,
             for_removal: true,
+            vfio_fds: None,
         };
         let mut known = BTreeSet::new();
         let mut held = Vec::with_capacity(requests.len());

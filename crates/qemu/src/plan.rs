@@ -105,6 +105,36 @@ pub struct Plan {
     /// and handed over before the plug ([`QemuHypervisor::add_fd`](crate::QemuHypervisor::add_fd)).
     /// The plan does not create it; its removal closes it (`remove-fd`) after the backends.
     pub fd_set: Option<u32>,
+    /// Files the plug opens and hands QEMU by name (`getfd`) before the backends, for the
+    /// device or its backends to take (`fd=<name>`); hotplug only, as a command line
+    /// cannot name them. QEMU owns each one it takes; one left untaken is closed.
+    pub passed_fds: Vec<PassedFd>,
+    /// The VM's one shared `iommufd` object this plan's device uses, opened from the given
+    /// `/dev/iommu` and created (by descriptor) by the first plan that needs it, never
+    /// deleted: see [`VM_IOMMUFD`](crate::id::VM_IOMMUFD).
+    pub vm_iommufd: Option<PathBuf>,
+}
+
+/// A file handed to QEMU by name before a plug.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassedFd {
+    /// The name the device or backend refers to it by (`getfd`'s `fdname`).
+    pub name: String,
+    /// What to open.
+    pub source: FdSource,
+}
+
+/// Where a passed file comes from; opened read-write at plug time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FdSource {
+    /// The VFIO device cdev of the PCI function at `sysfs_path` (its `vfio-dev/vfioN`),
+    /// under `dev_root` (`<dev_root>/vfio/devices/vfioN`).
+    VfioCdev {
+        /// The function's sysfs directory.
+        sysfs_path: PathBuf,
+        /// The `/dev` root.
+        dev_root: PathBuf,
+    },
 }
 
 impl Plan {
@@ -117,6 +147,8 @@ impl Plan {
             removable: true,
             requires: Requirements::default(),
             fd_set: None,
+            passed_fds: Vec::new(),
+            vm_iommufd: None,
         }
     }
 

@@ -10,7 +10,7 @@
 //! functions in iommufd mode shares one `iommufd` object, owned by the first function, so
 //! it is created first and deleted last.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use plugboard_devices::{
     BlockDriver, BlockPlug, DeviceId, HostFunction, ImageFormat, Plug, PlugRequest, RootPort,
@@ -18,9 +18,9 @@ use plugboard_devices::{
 };
 
 use crate::block::{self, BlockError, Disk, DiskFormat, DiskSource};
-use crate::id::{BackendRole, DeviceRole, QemuId};
+use crate::id::{BackendRole, DeviceRole, QemuId, VM_IOMMUFD};
 use crate::nvdimm::{self, Nvdimm, NvdimmError};
-use crate::plan::Plan;
+use crate::plan::{FdSource, PassedFd, Plan};
 use crate::scsi;
 use crate::vfio::{self, VfioHost, VfioIommu, VfioPci};
 use crate::vhost_user::{self, VhostUser, VhostUserKind};
@@ -68,6 +68,10 @@ pub struct VmLayout<'a> {
     /// The plans are for removal: only names matter, so files that are gone already do
     /// not make the request fail.
     pub for_removal: bool,
+    /// `Some(dev_root)`: PCI functions in iommufd mode are handed to QEMU by descriptor
+    /// (their cdev and the VM's iommufd, opened under `dev_root` at plug time) instead of
+    /// QEMU opening them; hotplug only. `None`: QEMU opens them by sysfs path.
+    pub vfio_fds: Option<&'a Path>,
 }
 
 impl VmLayout<'_> {
@@ -227,20 +231,41 @@ fn vfio_plans(device: DeviceId, v: &VfioPlug, vm: VmLayout<'_>) -> Result<Vec<Pl
             HostFunction::Pci(address) => VfioHost::Pci(address.to_string()),
             HostFunction::Mdev(_) => VfioHost::Mdev(PathBuf::from(&f.function.sysfs_path)),
         };
-        let iommu = match (v.backend, &shared) {
-            (VfioBackend::Group { .. }, _) => VfioIommu::Legacy,
-            (VfioBackend::Cdev { .. }, None) => {
+        let by_fd = match (v.backend, &f.function.host, vm.vfio_fds) {
+            (VfioBackend::Cdev { .. }, HostFunction::Pci(_), Some(dev_root)) => Some(dev_root),
+            _ => None,
+        };
+        let iommu = match (v.backend, &shared, by_fd) {
+            (VfioBackend::Group { .. }, _, _) => VfioIommu::Legacy,
+            (VfioBackend::Cdev { .. }, _, Some(_)) => VfioIommu::SharedIommufd(VM_IOMMUFD.into()),
+            (VfioBackend::Cdev { .. }, None, None) => {
                 shared = Some(id.backend_name(BackendRole::Iommufd));
                 VfioIommu::OwnIommufd
             }
-            (VfioBackend::Cdev { .. }, Some(obj)) => VfioIommu::SharedIommufd(obj.clone()),
+            (VfioBackend::Cdev { .. }, Some(obj), None) => VfioIommu::SharedIommufd(obj.clone()),
         };
         let port = vm.port(&id, f.port)?;
-        plans.push(vfio::vfio_pci(
+        let fd = by_fd.map(|_| id.fd_name());
+        let mut plan = vfio::vfio_pci(
             id,
-            &VfioPci { host, iommu },
+            &VfioPci {
+                host,
+                iommu,
+                fd: fd.clone(),
+            },
             port.as_deref(),
-        ));
+        );
+        if let (Some(dev_root), Some(name)) = (by_fd, fd) {
+            plan.passed_fds.push(PassedFd {
+                name,
+                source: FdSource::VfioCdev {
+                    sysfs_path: f.function.sysfs_path.clone(),
+                    dev_root: dev_root.to_path_buf(),
+                },
+            });
+            plan.vm_iommufd = Some(dev_root.join("iommu"));
+        }
+        plans.push(plan);
     }
     Ok(plans)
 }
@@ -268,6 +293,7 @@ mod tests {
             scsi_controller: Some("scsi0"),
             portless_ok: false,
             for_removal: false,
+            vfio_fds: None,
         }
     }
 

@@ -4,8 +4,12 @@
 //! group is viable) is plugboard-hostdev's job and is done before QEMU sees the device.
 //! Here we only tell QEMU which function to open and through which interface: the legacy
 //! container/group (`host=`/`sysfsdev=` alone) or an `iommufd` object (QEMU ≥ 9.0), either
-//! one this device owns (created before it, deleted after it) or a shared one the VM was
-//! started with.
+//! one this device owns (created before it, deleted after it) or a shared one.
+//!
+//! In iommufd mode a function can also be handed over by descriptor (`fd=`, the cdev opened
+//! by us and passed with `getfd`), so QEMU itself opens nothing under `/dev/vfio` or
+//! `/dev/iommu`: what an unprivileged QEMU needs. QEMU takes descriptors only in iommufd
+//! mode; in legacy mode it opens the group itself.
 
 use std::path::PathBuf;
 
@@ -41,6 +45,9 @@ pub struct VfioPci {
     pub host: VfioHost,
     /// The interface.
     pub iommu: VfioIommu,
+    /// The `getfd` name of the function's cdev, handed over before the plug (iommufd mode
+    /// only): QEMU uses it instead of opening [`Self::host`].
+    pub fd: Option<String>,
 }
 
 /// The optional iommufd object, then `vfio-pci` on a root port.
@@ -48,9 +55,10 @@ pub fn vfio_pci(id: QemuId, dev: &VfioPci, port: Option<&str>) -> Plan {
     let mut device = json!({"driver": "vfio-pci", "id": id.as_str()});
     let mut backends = Vec::new();
     if let Value::Object(map) = &mut device {
-        match &dev.host {
-            VfioHost::Pci(bdf) => map.insert("host".to_owned(), json!(bdf)),
-            VfioHost::Mdev(path) => map.insert("sysfsdev".to_owned(), json!(path)),
+        match (&dev.fd, &dev.host) {
+            (Some(name), _) => map.insert("fd".to_owned(), json!(name)),
+            (None, VfioHost::Pci(bdf)) => map.insert("host".to_owned(), json!(bdf)),
+            (None, VfioHost::Mdev(path)) => map.insert("sysfsdev".to_owned(), json!(path)),
         };
         let object = match &dev.iommu {
             VfioIommu::Legacy => None,
@@ -80,9 +88,32 @@ mod tests {
     fn plan(host: VfioHost, iommu: VfioIommu) -> Plan {
         vfio_pci(
             "hostdev0".parse().unwrap(),
-            &VfioPci { host, iommu },
+            &VfioPci {
+                host,
+                iommu,
+                fd: None,
+            },
             Some("hp3"),
         )
+    }
+
+    #[test]
+    fn a_function_handed_over_by_descriptor_names_the_fd_not_the_host() {
+        let p = vfio_pci(
+            "hostdev0".parse().unwrap(),
+            &VfioPci {
+                host: VfioHost::Pci("0000:01:00.0".into()),
+                iommu: VfioIommu::SharedIommufd("plugboard-iommufd".into()),
+                fd: Some("hostdev0-fd".into()),
+            },
+            Some("hp3"),
+        );
+        assert_eq!(
+            p.device,
+            json!({"driver": "vfio-pci", "id": "hostdev0", "fd": "hostdev0-fd",
+                   "iommufd": "plugboard-iommufd", "bus": "hp3", "addr": "0x0"})
+        );
+        assert!(p.backends.is_empty());
     }
 
     #[test]

@@ -226,6 +226,13 @@ impl QmpClient {
             .map(drop)
     }
 
+    /// Closes the descriptor QEMU holds under `name` (`closefd`): one passed with
+    /// [`Self::send_fd`] that nothing took.
+    pub fn close_fd(&mut self, name: &str) -> Result<(), QmpError> {
+        self.execute("closefd", Some(&json!({ "fdname": name })))
+            .map(drop)
+    }
+
     /// Adds a copy of `fd` to an fd set (`add-fd`, the fd riding as SCM_RIGHTS): to the set
     /// `fdset` when given, else to a new set with the lowest free id. `opaque` is a note QEMU
     /// shows in `query-fdsets`. A block node then opens the file as `/dev/fdset/<id>` (QEMU
