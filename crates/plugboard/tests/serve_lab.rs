@@ -102,3 +102,87 @@ fn a_disk_attached_through_the_daemon_reaches_the_guest_and_survives_a_restart()
     assert!(daemon.stop().success());
     guest.shutdown().unwrap();
 }
+
+/// Builds `examples/nested_daemon_vfio.rs` (dev profile) and returns the executable.
+fn build_example(name: &str) -> std::path::PathBuf {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["build", "-p", "plugboard", "--example", name])
+        .arg("--message-format=json")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["target"]["name"] == name)
+        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
+        .unwrap()
+}
+
+#[test]
+#[ignore = "boots the lab guest (lab/run-tests.sh)"]
+fn vfio_through_the_daemon_into_a_nested_qemu_by_descriptor_and_by_group() {
+    let probe = build_example("nested_daemon_vfio");
+    let qemu = plugboard_qemu::test_util::qemu_binary();
+    let qemu = if qemu.is_absolute() {
+        qemu
+    } else {
+        std::path::PathBuf::from("/usr/bin").join(qemu)
+    };
+    let mut initramfs = plugboard_lab::Initramfs::new().unwrap();
+    initramfs
+        .add_binary(
+            std::path::Path::new(env!("CARGO_BIN_EXE_plugboard")),
+            "/usr/bin/plugboard",
+        )
+        .unwrap()
+        .add_binary(&qemu, "/usr/bin/qemu-system-x86_64")
+        .unwrap()
+        .add_binary(&probe, "/usr/bin/nested_daemon_vfio")
+        .unwrap()
+        // Debian's QEMU finds SeaBIOS in /usr/share/seabios (its firmware path).
+        .add_file(
+            std::path::Path::new("/usr/share/seabios/bios-256k.bin"),
+            "/usr/share/seabios/bios-256k.bin",
+            0o644,
+        );
+    let mut opts = plugboard_lab::BootOptions::default();
+    opts.machine.memory_mib = 1536;
+    let mut guest = Guest::boot(&opts, &initramfs).unwrap();
+    // A single-device-group e1000e on its host driver: the daemon takes it (managed).
+    let script = r#"
+        set -e
+        bdf=""
+        for d in /sys/bus/pci/devices/*; do
+          [ "$(cat $d/vendor):$(cat $d/device)" = "0x8086:0x10d3" ] || continue
+          [ "$(ls $d/iommu_group/devices | wc -l)" = 1 ] || continue
+          bdf=$(basename $d); break
+        done
+        [ -n "$bdf" ] || { echo "no single-device e1000e"; exit 1; }
+        [ "$(basename $(readlink /sys/bus/pci/devices/$bdf/driver))" = e1000e ]
+        ls -l /dev/iommu /dev/vfio
+        PLUGBOARD_QEMU=/usr/bin/qemu-system-x86_64 /usr/bin/nested_daemon_vfio $bdf auto legacy
+    "#;
+    let out = guest
+        .exec_with(script, Duration::from_secs(900), &mut |line| {
+            eprintln!("guest: {line}");
+        })
+        .unwrap();
+    assert!(
+        out.success() && out.output.contains("NESTED-DAEMON-VFIO-OK"),
+        "{}",
+        out.output
+    );
+    // auto took the cdev with iommufd on the lab kernel; QEMU ran as nobody.
+    assert!(
+        out.output.contains(r#"auto: backend {"type":"cdev""#),
+        "{}",
+        out.output
+    );
+    guest.shutdown().unwrap();
+}

@@ -36,6 +36,7 @@ pub struct BareQemuBuilder {
     shared_memory: bool,
     paused: bool,
     extra: Vec<String>,
+    user: Option<u32>,
 }
 
 impl Default for BareQemuBuilder {
@@ -46,6 +47,7 @@ impl Default for BareQemuBuilder {
             shared_memory: false,
             paused: true,
             extra: Vec::new(),
+            user: None,
         }
     }
 }
@@ -72,6 +74,14 @@ impl BareQemuBuilder {
     /// More arguments (coldplugged devices, `-machine nvdimm=on`, …).
     pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
         self.extra.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Run QEMU as user and group `id` (an unprivileged QEMU, as libvirt and Kata run it),
+    /// with no limit on locked memory, which VFIO DMA mappings are charged to. The scratch
+    /// directory is made writable for it.
+    pub fn user(mut self, id: u32) -> Self {
+        self.user = Some(id);
         self
     }
 
@@ -111,9 +121,30 @@ impl BareQemuBuilder {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("QEMU log file"));
         crate::sys::kill_with_parent(&mut cmd);
+        if let Some(id) = self.user {
+            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::process::CommandExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+                .map_err(|e| format!("cannot open {} to user {id}: {e}", dir.path().display()))?;
+            cmd.uid(id).gid(id);
+        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", qemu_binary().display()))?;
+        if self.user.is_some() {
+            // Before any device is plugged, so before any DMA mapping is charged.
+            let unlimited = rustix::process::Rlimit {
+                current: None,
+                maximum: None,
+            };
+            let pid = rustix::process::Pid::from_raw(child.id().try_into().unwrap_or(i32::MAX));
+            if let Err(e) =
+                rustix::process::prlimit(pid, rustix::process::Resource::Memlock, unlimited)
+            {
+                let _ = child.kill();
+                return Err(format!("cannot lift QEMU's locked-memory limit: {e}"));
+            }
+        }
         match wait_listening(&mut child, &qmp, &log) {
             Ok(()) => Ok(BareQemu { child, dir, qmp }),
             Err(NotListening::Exited { status, stderr }) => Err(format!(

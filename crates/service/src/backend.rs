@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 #[cfg(any(test, feature = "test-util"))]
 use std::sync::Arc;
-use std::time::Duration;
 
 use std::os::fd::AsFd;
 
@@ -14,6 +13,7 @@ use plugboard_qemu::{Inspection, QemuConfig, QemuError, QemuHypervisor};
 use serde::{Deserialize, Serialize};
 
 use crate::open::OpenedFile;
+use crate::service::ServiceConfig;
 
 /// How to reach a VM's hypervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,17 +53,19 @@ pub enum Backend {
 
 impl Backend {
     /// Connects to `endpoint`. For QEMU, `ports` is the root-port pool recorded at
-    /// registration (empty: discover the free ports now).
+    /// registration (empty: discover the free ports now); functions in iommufd mode are
+    /// handed over by descriptor, opened under the service's `/dev` root.
     pub(crate) fn connect(
         endpoint: &Endpoint,
         ports: &[String],
-        unplug_timeout: Duration,
+        config: &ServiceConfig,
     ) -> Result<Self, QemuError> {
         match endpoint {
             Endpoint::Qemu { qmp_socket } => {
                 let config = QemuConfig {
                     root_ports: ports.to_vec(),
-                    unplug_timeout,
+                    unplug_timeout: config.unplug_timeout,
+                    vfio_fds: Some(config.host.dev_root.clone()),
                     ..QemuConfig::default()
                 };
                 QemuHypervisor::connect(qmp_socket, config).map(|q| Self::Qemu(Box::new(q)))

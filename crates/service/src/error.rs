@@ -182,6 +182,10 @@ pub enum ServiceError {
     /// the node and the path).
     #[error(transparent)]
     HostNode(Box<plugboard_sysfs::DevNodeError>),
+    /// The VFIO interface asked for (the service's `vfio_mode`) is not one the kernel and
+    /// the device offer (plugboard-vfio's error names the device and the missing node).
+    #[error(transparent)]
+    VfioMode(Box<plugboard_vfio::ModeError>),
     /// A VFIO device could not be opened (plugboard-vfio's error names the device).
     #[error(transparent)]
     VfioOpen(Box<plugboard_vfio::OpenError>),
@@ -236,6 +240,10 @@ impl ServiceError {
             }
             Self::HostNode(_) => ErrorClass::NotFound,
             Self::VfioOpen(_) | Self::VfioClose(_) => ErrorClass::Backend,
+            Self::VfioMode(e) => match e.as_ref() {
+                plugboard_vfio::ModeError::Sysfs { .. } => ErrorClass::Internal,
+                _ => ErrorClass::Conflict,
+            },
             Self::Sysfs { .. } | Self::Store { .. } | Self::Persist { .. } => ErrorClass::Internal,
         }
     }

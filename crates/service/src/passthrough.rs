@@ -14,6 +14,7 @@ use plugboard_devices::{
 };
 use plugboard_hostdev::{BatchOptions, HostDevice};
 use plugboard_sysfs::{DriverKind, PciAddress, Sysfs};
+use plugboard_vfio::{Interface, Mode};
 
 use crate::auth::Caller;
 use crate::error::ServiceError;
@@ -44,7 +45,12 @@ impl Service {
         self.hostdev()?
             .prepare(&owner, &[HostDevice::Pci(address)], options)
             .map_err(|e| hostdev_error("prepare", batch_class(&e), e))?;
-        match vfio_spec(self.host.sysfs(), address, whole_group) {
+        match vfio_spec(
+            self.host.sysfs(),
+            address,
+            whole_group,
+            self.config.vfio_mode,
+        ) {
             Ok(spec) => Ok(spec),
             Err(e) => {
                 self.release_passthrough(vm, &[address]);
@@ -99,11 +105,14 @@ impl Service {
     }
 }
 
-/// The VFIO spec of `address` (or its whole group), read from sysfs after prepare.
+/// The VFIO spec of `address` (or its whole group), read from sysfs after prepare, in the
+/// interface `mode` chooses for `address` (`auto`: the cdev with iommufd when the kernel
+/// and the device offer it, else the legacy group).
 fn vfio_spec(
     sysfs: &Sysfs,
     address: PciAddress,
     whole_group: bool,
+    mode: Mode,
 ) -> Result<DeviceSpec, ServiceError> {
     let read = |what: &'static str| move |source| ServiceError::Sysfs { what, source };
     let device = sysfs.pci_device(address).map_err(read("a PCI device"))?;
@@ -136,12 +145,38 @@ fn vfio_spec(
             large_bar: d.has_large_bar().map_err(read("a PCI device"))?,
         });
     }
+    let backend = match plugboard_vfio::select(sysfs, address, mode)
+        .map_err(|e| ServiceError::VfioMode(Box::new(e)))?
+    {
+        Interface::Legacy => VfioBackend::Group { group },
+        Interface::Iommufd => VfioBackend::Cdev {
+            index: cdev_index(&device)?,
+        },
+    };
+    tracing::debug!(device = %address, %mode, %backend, "VFIO interface chosen");
     Ok(DeviceSpec {
         identity: DeviceIdentity::Path(sysfs.vfio_group_node(group)),
         mode: PlugMode::Hot,
-        kind: DeviceKind::Vfio(VfioSpec {
-            backend: VfioBackend::Group { group },
-            functions,
-        }),
+        kind: DeviceKind::Vfio(VfioSpec { backend, functions }),
     })
+}
+
+/// `N` of the device's cdev `vfioN`, which [`plugboard_vfio::select`] found when it chose
+/// iommufd.
+fn cdev_index(device: &plugboard_sysfs::PciDevice) -> Result<u32, ServiceError> {
+    let name = device
+        .vfio_dev()
+        .map_err(|source| ServiceError::Sysfs {
+            what: "a VFIO device cdev",
+            source,
+        })?
+        .unwrap_or_default();
+    name.strip_prefix("vfio")
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            ServiceError::Conflict(format!(
+                "PCI device {}: its VFIO cdev {name:?} went away or is not named vfioN",
+                device.address()
+            ))
+        })
 }

@@ -3,8 +3,6 @@
 //! manager, and give back the host devices of devices that reconciliation dropped. Used at
 //! the service's start and by `reconnect`.
 
-use std::time::Duration;
-
 use plugboard_devices::{DeviceManager, SavedState};
 use plugboard_hostdev::HostdevManager;
 
@@ -12,6 +10,7 @@ use crate::backend::Backend;
 use crate::error::ServiceError;
 use crate::held::owner_of;
 use crate::reconcile::{Repair, reconcile};
+use crate::service::ServiceConfig;
 use crate::store::{Store, StoredVm};
 use crate::vm::{Link, Vm, VmRecord};
 
@@ -19,7 +18,7 @@ use crate::vm::{Link, Vm, VmRecord};
 pub(crate) fn restore(
     stored: StoredVm,
     store: &Store,
-    unplug_timeout: Duration,
+    config: &ServiceConfig,
 ) -> (Vm, Vec<Repair>) {
     let StoredVm { record, devices } = stored;
     let name = record.name.clone();
@@ -31,7 +30,7 @@ pub(crate) fn restore(
             return (disconnected(record, None, reason), Vec::new());
         }
     };
-    let backend = match Backend::connect(&record.endpoint, &record.root_ports, unplug_timeout) {
+    let backend = match Backend::connect(&record.endpoint, &record.root_ports, config) {
         Ok(b) => b,
         Err(e) => {
             let reason = ServiceError::Connect {

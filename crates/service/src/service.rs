@@ -31,6 +31,12 @@ pub struct ServiceConfig {
     pub host: HostConfig,
     /// How long a detach waits for the guest to let a device go.
     pub unplug_timeout: Duration,
+    /// The VFIO interface passthrough uses: `auto` (the default) takes the device cdev with
+    /// iommufd where the kernel and device offer it, else the legacy group. In iommufd
+    /// mode a hot-plugged function is handed to QEMU by descriptor (its cdev, and one
+    /// `/dev/iommu` per VM), so QEMU needs no access to `/dev/vfio` or `/dev/iommu`; in
+    /// legacy mode QEMU opens `/dev/vfio/<group>` itself.
+    pub vfio_mode: plugboard_vfio::Mode,
 }
 
 /// What `GET /healthz` answers: the daemon is up, and which host and state it serves (a
@@ -102,7 +108,7 @@ impl Service {
         let mut vms = BTreeMap::new();
         for stored in store.load()? {
             let name = stored.record.name.clone();
-            let (vm, repairs) = restore(stored, &store, config.unplug_timeout);
+            let (vm, repairs) = restore(stored, &store, &config);
             if let Link::Disconnected { reason, .. } = &vm.link {
                 report.disconnected.push((name.clone(), reason.clone()));
             }

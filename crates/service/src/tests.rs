@@ -36,6 +36,7 @@ fn fixture() -> Fixture {
             pci_ids: None,
         },
         unplug_timeout: plugboard_qemu::DEFAULT_UNPLUG_TIMEOUT,
+        vfio_mode: plugboard_vfio::Mode::Auto,
     };
     Fixture {
         kernel,
@@ -362,10 +363,22 @@ fn root_pci_passthrough_prepares_attaches_detaches_and_releases() {
     let plugboard_devices::DeviceKind::Vfio(spec) = &attached.device.spec.kind else {
         panic!("not a VFIO device");
     };
+    // `auto` on a kernel with the cdev and iommufd: the device's own cdev.
+    let cdev = f
+        .kernel
+        .sysfs()
+        .pci_device(nic())
+        .unwrap()
+        .vfio_dev()
+        .unwrap();
     assert_eq!(
-        spec.backend,
-        plugboard_devices::VfioBackend::Group { group: 7 }
+        Some(spec.backend.to_string()),
+        cdev.map(|name| format!("/dev/vfio/devices/{name}"))
     );
+    assert!(matches!(
+        spec.backend,
+        plugboard_devices::VfioBackend::Cdev { .. }
+    ));
     let listing = svc.host().hostdevs().unwrap();
     assert_eq!(listing.pci.len(), 1);
     assert_eq!(
@@ -662,4 +675,60 @@ fn fd_sets_stay_only_with_the_device_that_plugged_with_them() {
     let err = svc.attach(Caller::new(1000), "a", &nvdimm).unwrap_err();
     assert_eq!(err.class(), ErrorClass::Forbidden);
     assert!(err.to_string().contains("nvdimm"), "{err}");
+}
+
+#[test]
+fn passthrough_uses_the_vfio_interface_the_service_is_configured_for() {
+    // Legacy asked for: the group, though the kernel offers the cdev.
+    let mut f = fixture();
+    f.config.vfio_mode = plugboard_vfio::Mode::Legacy;
+    let svc = service_with_vm_a(&f);
+    let attached = svc.attach(Caller::ROOT, "a", &nic_passthrough()).unwrap();
+    let plugboard_devices::DeviceKind::Vfio(spec) = &attached.device.spec.kind else {
+        panic!("not a VFIO device");
+    };
+    assert_eq!(
+        spec.backend,
+        plugboard_devices::VfioBackend::Group { group: 7 }
+    );
+
+    // iommufd asked for on a kernel without it: refused, naming the missing node, and the
+    // device is given back.
+    let kernel = FakeKernel::builder()
+        .pci(
+            PciSpec::new("0000:02:00.0", 0x8086, 0x10d3)
+                .class(0x02_0000)
+                .iommu_group(7)
+                .driver("e1000e"),
+        )
+        .legacy_vfio_only()
+        .build()
+        .unwrap();
+    let mut f = fixture();
+    f.config.host.sysfs_root = kernel.sysfs_root();
+    f.config.host.dev_root = kernel.dev_root();
+    f.kernel = kernel;
+    f.config.vfio_mode = plugboard_vfio::Mode::Iommufd;
+    let svc = service_with_vm_a(&f);
+    let err = svc
+        .attach(Caller::ROOT, "a", &nic_passthrough())
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Conflict, "{}", err.chain());
+    assert!(err.chain().contains("0000:02:00.0"), "{}", err.chain());
+    assert!(err.chain().contains("iommu"), "{}", err.chain());
+    assert_eq!(f.nic_driver().as_deref(), Some("e1000e"));
+    assert!(svc.host().hostdevs().unwrap().pci.is_empty());
+
+    // auto on that kernel: the legacy group.
+    f.config.vfio_mode = plugboard_vfio::Mode::Auto;
+    drop(svc);
+    let (svc, _) = f.open();
+    let attached = svc.attach(Caller::ROOT, "a", &nic_passthrough()).unwrap();
+    let plugboard_devices::DeviceKind::Vfio(spec) = &attached.device.spec.kind else {
+        panic!("not a VFIO device");
+    };
+    assert_eq!(
+        spec.backend,
+        plugboard_devices::VfioBackend::Group { group: 7 }
+    );
 }

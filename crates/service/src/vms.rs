@@ -86,12 +86,13 @@ impl Service {
             Endpoint::Memory => {}
         }
         check_free(&self.vms_read(), &name, &request.endpoint)?;
-        let backend = Backend::connect(&request.endpoint, &[], self.config.unplug_timeout)
-            .map_err(|source| ServiceError::Connect {
+        let backend = Backend::connect(&request.endpoint, &[], &self.config).map_err(|source| {
+            ServiceError::Connect {
                 vm: name.clone(),
                 socket: request.endpoint.socket(),
                 source: Box::new(source),
-            })?;
+            }
+        })?;
         let record = VmRecord {
             name: name.clone(),
             owner_uid: caller.uid(),
@@ -175,7 +176,7 @@ impl Service {
             record: old.record.clone(),
             devices,
         };
-        let (vm, repairs) = restore(stored, &self.store(), self.config.unplug_timeout);
+        let (vm, repairs) = restore(stored, &self.store(), &self.config);
         match self.hostdev() {
             Ok(mut hostdev) => release_forgotten(&mut hostdev, &repairs),
             Err(e) => {

@@ -113,6 +113,7 @@ fn start_daemon(kernel: &FakeKernel, config: &HostConfig, socket: &Path) {
     let service_config = ServiceConfig {
         host: config.clone(),
         unplug_timeout: Duration::from_secs(1),
+        vfio_mode: Mode::Auto,
     };
     let host = HostService::with_sysfs(config.clone(), kernel.sysfs());
     let (service, _) = Service::open_with(service_config.clone(), host).unwrap();

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 use plugboard_service::{HostConfig, ServiceConfig};
+use plugboard_vfio::Mode;
 
 use super::Global;
 use crate::client::DEFAULT_SOCKET;
@@ -25,6 +26,11 @@ pub struct ServeArgs {
     /// Seconds a detach waits for the guest to release a device.
     #[arg(long, default_value_t = 10)]
     unplug_timeout: u64,
+    /// The VFIO interface for passthrough: auto (the device cdev with iommufd where the
+    /// kernel and device offer it, handed to QEMU by descriptor; else the legacy group),
+    /// legacy, or iommufd.
+    #[arg(long, env = "PLUGBOARD_VFIO_MODE", default_value_t = Mode::Auto)]
+    vfio_mode: Mode,
 }
 
 /// Runs the daemon until SIGTERM.
@@ -53,6 +59,7 @@ pub fn run(global: &Global, args: ServeArgs) -> anyhow::Result<()> {
                 },
             },
             unplug_timeout: std::time::Duration::from_secs(args.unplug_timeout),
+            vfio_mode: args.vfio_mode,
         },
     })
 }
