@@ -141,6 +141,13 @@ fn devices_survive_a_restart_and_are_reconciled_with_qemu() {
             .device_ids()
             .contains(&format!("drive-{}", hex(&keep["id"])))
     );
+    // Nothing is left of the disk removed behind the daemon's back: reconciliation deleted
+    // its block nodes and closed its fd set; the detach closed the kept disk's. Only the
+    // virtio-blk disk's file is still handed over.
+    let sets = qemu.execute("query-fdsets", None);
+    assert_eq!(sets.as_array().unwrap().len(), 1, "{sets}");
+    let nodes = qemu.execute("query-named-block-nodes", Some(&json!({"flat": true})));
+    assert!(!nodes.to_string().contains(&gone_id), "{nodes}");
     let daemon = Daemon::start(dir.path(), &state, &sysfs, &[]);
     let again = {
         let body =

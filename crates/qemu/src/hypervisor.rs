@@ -84,6 +84,15 @@ pub enum QemuError {
     /// A removal failed.
     #[error(transparent)]
     Removal(#[from] RemovalError),
+    /// A request cannot be a device of this VM (its port is not in the pool, …).
+    #[error("device {device} cannot be a device of this VM")]
+    Request {
+        /// The device.
+        device: plugboard_devices::DeviceId,
+        /// Why.
+        #[source]
+        source: crate::requests::RequestError,
+    },
 }
 
 /// How to drive a QEMU.
@@ -305,6 +314,18 @@ impl QemuHypervisor {
             .map_err(|source| QemuError::RemoveFd { fdset, source })
     }
 
+    /// Closes fd set `fdset` only if it is still the one handed over with `note` (QEMU's
+    /// `opaque`, as given to [`Self::add_fd`]): after a reconnect, a QEMU that restarted may
+    /// hold a set of someone else's under the same id. Returns whether a set was closed.
+    ///
+    /// # Errors
+    /// [`QemuError::NotRunning`]; [`QemuError::RemoveFd`] (also when `query-fdsets` fails).
+    pub fn remove_fd_noted(&self, fdset: u32, note: &str) -> Result<bool, QemuError> {
+        let mut state = self.lock();
+        let session = state.session.as_mut().ok_or(QemuError::NotRunning)?;
+        session.remove_fd_noted(fdset, note)
+    }
+
     /// Hot-plugs one plan (checks, backends, device; rolled back on failure).
     pub fn plug(&self, plan: &Plan) -> Result<(), QemuError> {
         let mut state = self.lock();
@@ -355,6 +376,22 @@ impl Session {
         self.set_occupant(plan, None);
         self.last_departure = Some((plan.id.to_string(), departure));
         Ok(departure)
+    }
+
+    /// [`QemuHypervisor::remove_fd_noted`] on this session.
+    pub(crate) fn remove_fd_noted(&mut self, fdset: u32, note: &str) -> Result<bool, QemuError> {
+        let error = |source| QemuError::RemoveFd { fdset, source };
+        let sets = self.client.execute("query-fdsets", None).map_err(error)?;
+        let ours = sets.as_array().into_iter().flatten().any(|set| {
+            set["fdset-id"] == fdset
+                && set["fds"]
+                    .as_array()
+                    .is_some_and(|fds| fds.iter().any(|fd| fd["opaque"] == note))
+        });
+        if ours {
+            removal::close_fd_set(&mut self.client, fdset).map_err(error)?;
+        }
+        Ok(ours)
     }
 
     /// The root bus slot of the port a plan sits on.
@@ -411,6 +448,32 @@ mod tests {
             &json!([{"id": "mem", "share": true}, {"id": "m2", "share": false}])
         ));
         assert!(!all_shared(&json!([])));
+    }
+
+    #[test]
+    fn a_noted_fd_set_is_closed_only_while_it_is_still_ours() {
+        use crate::qmp::fake::{Action, FakeQmp};
+        let fake = FakeQmp::start(|cmd, _| match cmd {
+            "query-fdsets" => vec![Action::Return(json!([
+                {"fdset-id": 0, "fds": [{"fd": 30, "opaque": "plugboard: /v/a.img"}]},
+                {"fdset-id": 1, "fds": [{"fd": 31, "opaque": "libvirt: other"}]},
+            ]))],
+            "qom-list" => vec![Action::Return(json!([]))],
+            "query-memdev" => vec![Action::Return(json!([]))],
+            _ => vec![Action::Return(json!({}))],
+        });
+        let hv = QemuHypervisor::connect(fake.socket(), QemuConfig::default()).unwrap();
+        // Set 1 is someone else's now (QEMU restarted); set 0 is still ours; set 2 is gone.
+        assert!(!hv.remove_fd_noted(1, "plugboard: /v/a.img").unwrap());
+        assert!(!hv.remove_fd_noted(2, "plugboard: /v/a.img").unwrap());
+        assert!(hv.remove_fd_noted(0, "plugboard: /v/a.img").unwrap());
+        let removed: Vec<_> = fake
+            .received()
+            .into_iter()
+            .filter(|r| r.command == "remove-fd")
+            .map(|r| r.arguments)
+            .collect();
+        assert_eq!(removed, [json!({"fdset-id": 0})]);
     }
 
     #[test]

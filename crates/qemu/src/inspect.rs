@@ -16,6 +16,7 @@ use plugboard_devices::PlugRequest;
 use crate::hypervisor::{LIST_PERIPHERALS, QemuError, QemuHypervisor};
 use crate::id::QemuId;
 use crate::qom;
+use crate::removal;
 use crate::requests::{self, VmLayout};
 
 /// What [`QemuHypervisor::inspect`] found.
@@ -74,6 +75,48 @@ impl QemuHypervisor {
             .filter(|id| QemuId::parse_ours(id).is_some() && !known.contains(id))
             .collect();
         Ok(Inspection { held, strays })
+    }
+}
+
+impl QemuHypervisor {
+    /// Deletes what the VM still holds of a request whose devices are gone (removed behind
+    /// our back): the backends named from its id (ours by name), and its fd set if QEMU
+    /// still holds it under `fd_note` (see [`Self::remove_fd_noted`]). A device of the
+    /// request that is still present is left alone with its backends: taking a guest's
+    /// device away is not a cleanup to make unasked. Returns what was left alone.
+    ///
+    /// # Errors
+    /// [`QemuError::NotRunning`]; the first backend or fd set that could not be deleted.
+    pub fn clear_leftovers(
+        &self,
+        request: &PlugRequest,
+        fd_note: Option<&str>,
+    ) -> Result<Vec<String>, QemuError> {
+        let mut state = self.lock();
+        let session = state.session.as_mut().ok_or(QemuError::NotRunning)?;
+        let layout = VmLayout {
+            ports: &session.pool,
+            scsi_controller: session.scsi_controller.as_deref(),
+            portless_ok: true,
+            for_removal: true,
+            vfio_fds: None,
+        };
+        let plans = requests::plans(request, layout).map_err(|source| QemuError::Request {
+            device: request.device,
+            source,
+        })?;
+        let mut left = Vec::new();
+        for plan in plans.iter().rev() {
+            if removal::present(&mut session.client, &plan.id)? {
+                left.push(plan.id.to_string());
+                continue;
+            }
+            removal::delete_backends(&mut session.client, plan, removal::BACKEND_RELEASE_TIMEOUT)?;
+            if let (Some(fdset), Some(note)) = (plan.fd_set, fd_note) {
+                session.remove_fd_noted(fdset, note)?;
+            }
+        }
+        Ok(left)
     }
 }
 

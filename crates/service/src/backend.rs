@@ -2,7 +2,7 @@
 //! plugboard-devices' `Hypervisor` trait, and what each can report about the devices it
 //! really holds (for reconciliation after a restart).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 #[cfg(any(test, feature = "test-util"))]
 use std::sync::Arc;
 
@@ -91,10 +91,7 @@ impl Backend {
     /// device's removal closes the set; [`Self::remove_fd`] closes one no plug took.
     pub(crate) fn add_fd(&self, file: OpenedFile) -> Result<u32, QemuError> {
         match self {
-            Self::Qemu(q) => {
-                let note = format!("plugboard: {}", file.path().display());
-                q.add_fd(file.file().as_fd(), &note)
-            }
+            Self::Qemu(q) => q.add_fd(file.file().as_fd(), &fd_note(file.path())),
             #[cfg(any(test, feature = "test-util"))]
             Self::Memory(m) => Ok(m.add_fd(file.into_file())),
         }
@@ -112,6 +109,22 @@ impl Backend {
         }
     }
 
+    /// Deletes what the VM still holds of a device dropped from the books: its backends,
+    /// and the fd set its file was handed over in (`fd_file`: the path it was opened from)
+    /// while QEMU still holds it as ours. Returns the devices of it still present, left
+    /// alone.
+    pub(crate) fn clear_leftovers(
+        &self,
+        request: &PlugRequest,
+        fd_file: Option<&Path>,
+    ) -> Result<Vec<String>, QemuError> {
+        match self {
+            Self::Qemu(q) => q.clear_leftovers(request, fd_file.map(fd_note).as_deref()),
+            #[cfg(any(test, feature = "test-util"))]
+            Self::Memory(_) => Ok(Vec::new()),
+        }
+    }
+
     /// What the VM really holds of `requests`, and the devices it holds that are named like
     /// ours but belong to none of them.
     pub(crate) fn inspect(&self, requests: &[&PlugRequest]) -> Result<Inspection, QemuError> {
@@ -124,6 +137,12 @@ impl Backend {
             }),
         }
     }
+}
+
+/// The note (QEMU's `opaque`) an fd set handed over for `path` carries, which tells our
+/// sets from anyone else's.
+fn fd_note(path: &Path) -> String {
+    format!("plugboard: {}", path.display())
 }
 
 impl Hypervisor for Backend {

@@ -4,14 +4,16 @@
 //! | saved state | hypervisor | repair |
 //! |---|---|---|
 //! | attached | holds every object of the plug | none |
-//! | attached | misses an object (removed behind our back, VM restarted) | the device is dropped from the books, its block index and ports freed |
+//! | attached | misses a device (removed behind our back, VM restarted) | the device is dropped from the books, its block index and ports freed; what QEMU still holds of it is deleted: its backends (named from its id) and the fd set its file was handed over in, if QEMU still holds that as ours; a device of it still present is left alone |
 //! | — | holds an object with one of our names that no device accounts for (a plug whose result was never saved) | reported as a stray and left alone: removing a guest's device is not a repair to make unasked |
 //!
 //! The repaired state is loaded into a fresh manager, which then agrees with the VM.
 
 use std::collections::BTreeSet;
 
-use plugboard_devices::{DeviceId, SavedState};
+use std::path::PathBuf;
+
+use plugboard_devices::{DeviceId, Plug, PlugRequest, SavedState};
 use plugboard_qemu::QemuError;
 use plugboard_sysfs::PciAddress;
 use serde::{Deserialize, Serialize};
@@ -70,6 +72,14 @@ impl std::fmt::Display for Repair {
     }
 }
 
+/// The file a plugged block device's fd set was opened from, if it was handed over.
+fn passed_file(request: &PlugRequest) -> Option<PathBuf> {
+    match &request.plug {
+        Plug::Block(b) => b.spec.passed_fd.map(|_| b.spec.path.clone()),
+        Plug::VhostUser(_) | Plug::Vfio(_) => None,
+    }
+}
+
 /// Repairs `saved` against what `backend` holds. Returns the repaired state and what was
 /// repaired (each already logged).
 ///
@@ -102,6 +112,17 @@ pub(crate) fn reconcile(
         if let Some(r) = &d.plugged {
             freed_indexes.extend(r.block_index());
             freed_ports.extend(r.ports());
+        }
+        if let Some(r) = &d.plugged {
+            match backend.clear_leftovers(r, passed_file(r).as_deref()) {
+                Ok(left) if left.is_empty() => {}
+                Ok(left) => {
+                    tracing::warn!(vm, device = %d.id, ?left, "part of a device dropped from the books is still in the VM; left alone");
+                }
+                Err(e) => {
+                    tracing::warn!(vm, device = %d.id, error = %e, "cannot delete what is left in the VM of a device dropped from the books; QEMU keeps it until it exits");
+                }
+            }
         }
         let what = format!("{} {}", d.spec.kind.type_name(), d.spec.identity);
         tracing::warn!(
