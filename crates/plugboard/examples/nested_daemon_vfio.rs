@@ -17,6 +17,7 @@
 //! `NESTED-DAEMON-VFIO-OK` when every round passed.
 
 use std::error::Error;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -125,6 +126,8 @@ fn round(bdf: &str, mode: &str) -> Result<()> {
     let mut qemu = BareQemu::builder().ports(&["hp1"]);
     if unprivileged {
         qemu = qemu.user(NOBODY);
+        // QEMU creates the second monitor's socket here.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))?;
     }
     // A second monitor for this program's own checks: the daemon holds the first.
     let qemu = qemu
@@ -180,7 +183,11 @@ fn round(bdf: &str, mode: &str) -> Result<()> {
         println!("{mode}: backend {backend}; QEMU holds {held:?}");
     }
     let owners = daemon.ok(&["hostdev", "ls"])?;
-    if !owners.to_string().contains("plugboard/nested") {
+    let owner = &owners["pci"][0]["owner"];
+    if owners["pci"][0]["address"] != bdf
+        || owner["driver"] != "plugboard"
+        || owner["domain"] != "nested"
+    {
         return Err(format!("hostdev ls does not show the VM as owner: {owners}").into());
     }
 
