@@ -91,7 +91,12 @@ impl Backend {
     /// device's removal closes the set; [`Self::remove_fd`] closes one no plug took.
     pub(crate) fn add_fd(&self, file: OpenedFile) -> Result<u32, QemuError> {
         match self {
-            Self::Qemu(q) => q.add_fd(file.file().as_fd(), &fd_note(file.path())),
+            Self::Qemu(q) => {
+                let added = q.add_fd(file.file().as_fd(), &fd_note(file.path()));
+                // QEMU holds its own copy in the set now; ours closes here.
+                drop(file);
+                added
+            }
             #[cfg(any(test, feature = "test-util"))]
             Self::Memory(m) => Ok(m.add_fd(file.into_file())),
         }
