@@ -185,9 +185,10 @@ mod tests {
         ));
     }
 
-    /// Found by the `proc_net_unix` fuzz target: read with `str::lines`, a socket bound
-    /// to a path ending in `\r` lost the `\r`, so its own path was "not listening" and the
-    /// path without it was taken for a listener.
+    /// The `str::lines` fault the `uevent` fuzz target found, seen here by review (the
+    /// `proc_net_unix` target now checks it): read with `str::lines`, a socket bound to a
+    /// path ending in `\r` lost the `\r`, so its own path was "not listening" and the path
+    /// without it was taken for a listener.
     #[test]
     fn a_carriage_return_ending_a_path_is_part_of_it() {
         let table = "Num       RefCount Protocol Flags    Type St Inode Path\n\
