@@ -12,7 +12,8 @@
 #   target...     the targets to run (default: all, in `cargo fuzz list` order)
 #
 # Each target starts from its committed seeds (fuzz/corpus/<target>/, read only) and a
-# working corpus that it grows ($PLUGBOARD_FUZZ_DIR/corpus/<target>, kept between runs).
+# working corpus that it grows ($PLUGBOARD_FUZZ_DIR/corpus/<target>, kept between runs;
+# PLUGBOARD_FUZZ_DIR defaults to fuzz-work in the build directory).
 # A crashing input is saved as $PLUGBOARD_FUZZ_DIR/artifacts/<target>/crash-*, and the
 # script exits 1 after running every target. Fuzz builds go to $PLUGBOARD_FUZZ_TARGET_DIR
 # (default fuzz/target). Installs cargo-fuzz first (scripts/install-fuzz.sh).
@@ -31,7 +32,7 @@ while [ $# -gt 0 ]; do
     --runs) runs=$2; shift 2 ;;
     --asan) sanitizer=address; shift ;;
     --build-only) build_only=1; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { print }' "$0"; exit 0 ;;
     -*) echo "fuzz: unknown option $1" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
   esac
