@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every Plugboard test on a fresh machine, and prints how long each stage took.
 #
-#   scripts/test-all.sh           everything: install deps, fmt, clippy, tests, the lab
-#   scripts/test-all.sh --fast    no installs and no lab: fmt, clippy and cargo tests only
+#   scripts/test-all.sh           everything: install deps, fmt, clippy, tests, a short fuzz
+#                                 run of every fuzz target, the lab
+#   scripts/test-all.sh --fast    no installs, no fuzzing and no lab: fmt, clippy and cargo
+#                                 tests only
 #
 # The installs need root (they use apt-get); as another user the script uses sudo.
 set -euo pipefail
@@ -32,11 +34,16 @@ trap summary EXIT
 if [ "$fast" = 0 ]; then
   stage install as_root lab/install-deps.sh
   stage virtiofsd scripts/install-virtiofsd.sh
+  stage fuzz-install scripts/install-fuzz.sh
 fi
 stage fmt cargo fmt --all --check
 stage clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 stage test cargo test --workspace --locked
 if [ "$fast" = 0 ]; then
+  # Coverage-guided fuzzing of the parsers of outside input (fuzz/README.md): the build of
+  # the instrumented targets, then 15 s per target, from the committed seeds.
+  stage fuzz-build scripts/fuzz.sh --build-only
+  stage fuzz scripts/fuzz.sh --seconds 15
   # Real-kernel tests inside the lab guest, then host-side tests that boot it.
   stage lab lab/run-tests.sh
   # A real QEMU 10 hot-plugging into the lab guest through the device manager.

@@ -313,6 +313,22 @@ mod tests {
         m
     }
 
+    /// The seed of the `saved_state` fuzz target is this manager's state: a golden file,
+    /// rewritten by running this test with `PLUGBOARD_WRITE_FUZZ_SEEDS=1`.
+    #[test]
+    fn the_saved_state_fuzz_seed_is_a_busy_managers_state() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/corpus/saved_state/busy.json");
+        let json = busy_manager().save().to_json().unwrap();
+        if std::env::var_os("PLUGBOARD_WRITE_FUZZ_SEEDS").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &json).unwrap();
+        }
+        let seed = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(seed, json, "{} is stale", path.display());
+        SavedState::from_json(&seed).unwrap();
+    }
+
     #[test]
     fn round_trip_is_equal_and_carries_on() {
         let m = busy_manager();

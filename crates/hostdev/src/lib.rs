@@ -32,6 +32,8 @@ mod batch;
 mod crash_tests;
 mod device;
 mod fault;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod give_back;
 mod holders;
 mod host_device;

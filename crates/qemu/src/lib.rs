@@ -25,6 +25,8 @@ pub mod cmdline;
 mod device_plug;
 #[cfg(any(test, feature = "test-util"))]
 pub mod fake_vhost_user;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod hotplug;
 mod hypervisor;
 mod id;

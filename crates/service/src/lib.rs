@@ -59,7 +59,7 @@ pub use metrics::{Gauges, LATENCY_BUCKETS, Metrics};
 pub use open::OpenedFile;
 pub use reconcile::Repair;
 pub use service::{Health, Service, ServiceConfig, StartReport};
-pub use vm::{MAX_VM_NAME_LEN, RegisterVm, VmInfo, VmRecord, validate_name};
+pub use vm::{MAX_VM_NAME_LEN, RegisterVm, VmInfo, VmRecord, parse_device_id, validate_name};
 pub use vms::{Attached, Detached, DeviceList, Reconnected, VmList};
 
 #[cfg(test)]

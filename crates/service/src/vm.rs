@@ -8,7 +8,7 @@
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use plugboard_devices::{DeviceManager, DeviceState, ManagerConfig, SavedState};
+use plugboard_devices::{DeviceId, DeviceManager, DeviceState, ManagerConfig, SavedState};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{Backend, Endpoint};
@@ -172,6 +172,25 @@ pub fn validate_name(name: &str) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// Reads a device id as an API path names it: 16 hex digits, its one text form (JSON
+/// answers, logs and the CLI show it so). The decimal number that JSON answers held before
+/// is still accepted, for scripts written against them; it is deprecated.
+///
+/// # Errors
+/// [`ServiceError::BadRequest`] saying what is wrong.
+pub fn parse_device_id(text: &str) -> Result<DeviceId, ServiceError> {
+    if text.len() == 16 {
+        return text
+            .parse::<DeviceId>()
+            .map_err(|e| ServiceError::BadRequest(e.to_string()));
+    }
+    text.parse::<u64>().map(DeviceId::from_raw).map_err(|_| {
+        ServiceError::BadRequest(format!(
+            "device id {text:?}: expected 16 hex digits or a decimal number"
+        ))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,6 +203,23 @@ mod tests {
         for bad in ["", ".x", "-x", "a/b", "a b", &"x".repeat(65)] {
             let err = validate_name(bad).unwrap_err();
             assert!(err.to_string().contains("VM name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn device_ids_are_16_hex_digits_or_the_deprecated_decimal() {
+        let id = DeviceId::from_raw(42);
+        assert_eq!(parse_device_id("000000000000002a").unwrap(), id);
+        assert_eq!(parse_device_id("42").unwrap(), id);
+        // Sixteen characters are always the hex form, even when they are decimal digits.
+        assert_eq!(
+            parse_device_id("0000000000000010").unwrap(),
+            DeviceId::from_raw(16)
+        );
+        for bad in ["", "x", "-1", "00000000000000zz", "18446744073709551616"] {
+            let err = parse_device_id(bad).unwrap_err();
+            assert!(matches!(err, ServiceError::BadRequest(_)), "{bad:?}");
+            assert!(err.to_string().contains("device id"), "{err}");
         }
     }
 

@@ -7,7 +7,7 @@ use std::fmt;
 use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
-use super::{RegistryError, Tx};
+use super::{Invalid, RegistryError, Tx};
 use crate::owner::Owner;
 
 /// The kinds of device kept in the claims table.
@@ -113,41 +113,31 @@ impl Tx<'_> {
         sql: &str,
         p: impl rusqlite::Params,
     ) -> Result<Vec<ClaimRow>, RegistryError> {
-        type Raw = (String, String, String, String, bool, Option<String>);
-        let raws: Vec<Raw> = self
+        let raws: Vec<RawClaim> = self
             .tx
             .prepare_cached(sql)
             .and_then(|mut st| {
                 st.query_map(p, |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                    ))
+                    Ok(RawClaim {
+                        kind: r.get(0)?,
+                        key: r.get(1)?,
+                        owner_driver: r.get(2)?,
+                        owner_domain: r.get(3)?,
+                        shareable: r.get(4)?,
+                        detail: r.get(5)?,
+                    })
                 })?
                 .collect()
             })
             .map_err(self.err("reading claims"))?;
         raws.into_iter()
-            .map(|(kind, key, drv, dom, shareable, detail)| {
-                Ok(ClaimRow {
-                    kind: ClaimKind::from_name(&kind)
-                        .ok_or_else(|| self.invalid("claims.kind", &kind))?,
-                    key,
-                    owner: Owner::new(&drv, &dom)
-                        .map_err(|_| self.invalid("claims.owner", &format!("{drv}/{dom}")))?,
-                    shareable,
-                    detail,
-                })
-            })
+            .map(|r| r.into_claim().map_err(|i| self.invalid_row(i)))
             .collect()
     }
 
     /// Adds a claim.
     pub fn insert_claim(&self, claim: &ClaimRow) -> Result<(), RegistryError> {
+        let raw = RawClaim::from_claim(claim);
         self.tx
             .prepare_cached(
                 "INSERT INTO claims (kind, key, owner_driver, owner_domain, shareable, detail) \
@@ -155,12 +145,12 @@ impl Tx<'_> {
             )
             .and_then(|mut st| {
                 st.execute(params![
-                    claim.kind.as_str(),
-                    claim.key,
-                    claim.owner.driver(),
-                    claim.owner.domain(),
-                    claim.shareable,
-                    claim.detail,
+                    raw.kind,
+                    raw.key,
+                    raw.owner_driver,
+                    raw.owner_domain,
+                    raw.shareable,
+                    raw.detail,
                 ])
             })
             .map_err(self.err("writing a claim"))?;
@@ -185,5 +175,59 @@ impl Tx<'_> {
             })
             .map_err(self.err("deleting a claim"))?;
         Ok(n > 0)
+    }
+}
+
+/// A claim as SQLite stores it (the columns of `claims`), before validation.
+///
+/// Reading decodes with [`RawClaim::into_claim`]; writing encodes with
+/// [`RawClaim::from_claim`], so what is written is what is read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawClaim {
+    /// `kind`: `usb`, `scsi`, `mdev` or `nvme`.
+    pub kind: String,
+    /// `key`.
+    pub key: String,
+    /// `owner_driver`.
+    pub owner_driver: String,
+    /// `owner_domain`.
+    pub owner_domain: String,
+    /// `shareable`.
+    pub shareable: bool,
+    /// `detail`.
+    pub detail: Option<String>,
+}
+
+impl RawClaim {
+    /// The columns that store `claim`.
+    pub fn from_claim(claim: &ClaimRow) -> Self {
+        Self {
+            kind: claim.kind.as_str().to_owned(),
+            key: claim.key.clone(),
+            owner_driver: claim.owner.driver().to_owned(),
+            owner_domain: claim.owner.domain().to_owned(),
+            shareable: claim.shareable,
+            detail: claim.detail.clone(),
+        }
+    }
+
+    /// The claim these columns hold, or the first column that holds a value this build
+    /// cannot read.
+    pub fn into_claim(self) -> Result<ClaimRow, Invalid> {
+        let kind = ClaimKind::from_name(&self.kind)
+            .ok_or_else(|| Invalid::new("claims.kind", &*self.kind))?;
+        let owner = Owner::new(&self.owner_driver, &self.owner_domain).map_err(|_| {
+            Invalid::new(
+                "claims.owner",
+                format!("{}/{}", self.owner_driver, self.owner_domain),
+            )
+        })?;
+        Ok(ClaimRow {
+            kind,
+            key: self.key,
+            owner,
+            shareable: self.shareable,
+            detail: self.detail,
+        })
     }
 }

@@ -126,3 +126,23 @@ impl RegistryError {
         matches!(self, Self::Locked { .. })
     }
 }
+
+/// A column holding a value this build cannot read: a [`RegistryError::Invalid`] before
+/// the transaction names the database file. Row decoding returns it, so it needs no open
+/// database (and can be fuzzed without one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// Table and column.
+    pub column: &'static str,
+    /// The value found.
+    pub value: String,
+}
+
+impl Invalid {
+    pub(crate) fn new(column: &'static str, value: impl Into<String>) -> Self {
+        Self {
+            column,
+            value: value.into(),
+        }
+    }
+}

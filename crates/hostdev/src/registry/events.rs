@@ -133,7 +133,8 @@ impl Tx<'_> {
                     address,
                     iommu_group,
                     kind,
-                    owner: super::pci_rows::owner_from(self, drv, dom)?,
+                    owner: super::pci_rows::owner_from(drv, dom)
+                        .map_err(|i| self.invalid_row(i))?,
                 })
             })
             .collect()

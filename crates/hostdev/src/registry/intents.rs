@@ -3,9 +3,8 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::{RegistryError, Tx};
+use super::{Invalid, RegistryError, Tx};
 use crate::intent::{Intent, IntentOp, IntentStep};
-use crate::owner::Owner;
 use crate::process::ProcessStamp;
 
 const COLUMNS: &str = "id, op, address, original_driver, owner_driver, owner_domain, managed, \
@@ -15,6 +14,7 @@ impl Tx<'_> {
     /// Journals `intent` and returns its id. Fails (constraint) if the device already has
     /// a pending intent; callers check [`Tx::intent_for`] first to report who holds it.
     pub fn insert_intent(&self, intent: &Intent) -> Result<i64, RegistryError> {
+        let raw = RawIntent::from_intent(intent);
         self.tx
             .prepare_cached(
                 "INSERT INTO intents (op, address, original_driver, owner_driver, owner_domain, \
@@ -23,17 +23,17 @@ impl Tx<'_> {
             )
             .and_then(|mut st| {
                 st.execute(params![
-                    intent.op.as_str(),
-                    intent.address,
-                    intent.original_driver,
-                    intent.owner.as_ref().map(Owner::driver),
-                    intent.owner.as_ref().map(Owner::domain),
-                    intent.managed,
-                    intent.writes_sysfs,
-                    intent.iommu_group,
-                    intent.step.as_str(),
-                    intent.process.pid,
-                    intent.process.start.cast_signed(),
+                    raw.op,
+                    raw.address,
+                    raw.original_driver,
+                    raw.owner_driver,
+                    raw.owner_domain,
+                    raw.managed,
+                    raw.writes_sysfs,
+                    raw.iommu_group,
+                    raw.step,
+                    raw.pid,
+                    raw.pid_start,
                 ])
             })
             .map_err(self.err("journaling an intent"))?;
@@ -75,7 +75,8 @@ impl Tx<'_> {
             .prepare_cached(&sql)
             .and_then(|mut st| st.query_row([address], RawIntent::read).optional())
             .map_err(self.err("reading an intent"))?;
-        raw.map(|r| r.into_intent(self)).transpose()
+        raw.map(|r| r.into_intent().map_err(|i| self.invalid_row(i)))
+            .transpose()
     }
 
     /// Every pending intent, oldest first.
@@ -103,23 +104,42 @@ impl Tx<'_> {
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(self.err("reading intents"))?;
-        raws.into_iter().map(|r| r.into_intent(self)).collect()
+        raws.into_iter()
+            .map(|r| r.into_intent().map_err(|i| self.invalid_row(i)))
+            .collect()
     }
 }
 
-struct RawIntent {
-    id: i64,
-    op: String,
-    address: String,
-    original_driver: Option<String>,
-    owner_driver: Option<String>,
-    owner_domain: Option<String>,
-    managed: bool,
-    writes_sysfs: bool,
-    iommu_group: Option<u32>,
-    step: String,
-    pid: u32,
-    pid_start: u64,
+/// An intent as SQLite stores it (the columns of `intents`), before validation.
+///
+/// Reading goes `RawIntent::read` then [`RawIntent::into_intent`]; writing goes
+/// [`RawIntent::from_intent`] (the `id` column is assigned by SQLite on insert).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawIntent {
+    /// `id`.
+    pub id: i64,
+    /// `op`: `prepare`, `release`, `detach` or `reattach`.
+    pub op: String,
+    /// `address`.
+    pub address: String,
+    /// `original_driver`.
+    pub original_driver: Option<String>,
+    /// `owner_driver`.
+    pub owner_driver: Option<String>,
+    /// `owner_domain`.
+    pub owner_domain: Option<String>,
+    /// `managed`.
+    pub managed: bool,
+    /// `writes_sysfs`.
+    pub writes_sysfs: bool,
+    /// `iommu_group`.
+    pub iommu_group: Option<u32>,
+    /// `step`: `reserved` or `binding`.
+    pub step: String,
+    /// `pid`.
+    pub pid: u32,
+    /// `pid_start`: the start time's bits as SQLite's signed integer.
+    pub pid_start: i64,
 }
 
 impl RawIntent {
@@ -136,27 +156,48 @@ impl RawIntent {
             iommu_group: r.get(8)?,
             step: r.get(9)?,
             pid: r.get(10)?,
-            pid_start: r.get::<_, i64>(11).map(i64::cast_unsigned)?,
+            pid_start: r.get(11)?,
         })
     }
 
-    fn into_intent(self, tx: &Tx<'_>) -> Result<Intent, RegistryError> {
-        let op = IntentOp::from_name(&self.op).ok_or_else(|| tx.invalid("intents.op", &self.op))?;
+    /// The columns that store `intent`.
+    pub fn from_intent(intent: &Intent) -> Self {
+        Self {
+            id: intent.id,
+            op: intent.op.as_str().to_owned(),
+            address: intent.address.clone(),
+            original_driver: intent.original_driver.clone(),
+            owner_driver: intent.owner.as_ref().map(|o| o.driver().to_owned()),
+            owner_domain: intent.owner.as_ref().map(|o| o.domain().to_owned()),
+            managed: intent.managed,
+            writes_sysfs: intent.writes_sysfs,
+            iommu_group: intent.iommu_group,
+            step: intent.step.as_str().to_owned(),
+            pid: intent.process.pid,
+            pid_start: intent.process.start.cast_signed(),
+        }
+    }
+
+    /// The intent these columns hold, or the first column that holds a value this build
+    /// cannot read.
+    pub fn into_intent(self) -> Result<Intent, Invalid> {
+        let op =
+            IntentOp::from_name(&self.op).ok_or_else(|| Invalid::new("intents.op", &*self.op))?;
         let step = IntentStep::from_name(&self.step)
-            .ok_or_else(|| tx.invalid("intents.step", &self.step))?;
+            .ok_or_else(|| Invalid::new("intents.step", &*self.step))?;
         Ok(Intent {
             id: self.id,
             op,
             address: self.address,
             original_driver: self.original_driver,
-            owner: super::pci_rows::owner_from(tx, self.owner_driver, self.owner_domain)?,
+            owner: super::pci_rows::owner_from(self.owner_driver, self.owner_domain)?,
             managed: self.managed,
             writes_sysfs: self.writes_sysfs,
             iommu_group: self.iommu_group,
             step,
             process: ProcessStamp {
                 pid: self.pid,
-                start: self.pid_start,
+                start: self.pid_start.cast_unsigned(),
             },
         })
     }

@@ -24,9 +24,19 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 pub use claims::{ClaimKind, ClaimRow};
+pub(crate) use error::Invalid;
 pub use error::RegistryError;
 pub use events::{AuditEvent, EventKind};
 pub use pci_rows::{List, PciRow};
+
+/// The rows as stored, for the `fuzzing` feature's entry points.
+#[cfg(feature = "fuzzing")]
+pub(crate) mod raw {
+    pub use super::claims::RawClaim;
+    pub use super::error::Invalid;
+    pub use super::intents::RawIntent;
+    pub use super::pci_rows::RawRow;
+}
 pub use vm_records::{VmRecords, VmRecordsError, VmRow};
 
 /// The database file's name inside the state directory.
@@ -207,6 +217,15 @@ impl Tx<'_> {
     pub(crate) fn err(&self, step: &'static str) -> impl Fn(rusqlite::Error) -> RegistryError {
         let path = self.path;
         move |e| RegistryError::classify(path, step, 0, e)
+    }
+
+    /// The [`RegistryError::Invalid`] of a row that did not decode.
+    pub(crate) fn invalid_row(&self, invalid: Invalid) -> RegistryError {
+        RegistryError::Invalid {
+            path: self.path.to_path_buf(),
+            column: invalid.column,
+            value: invalid.value,
+        }
     }
 
     /// An [`RegistryError::Invalid`] for `column` holding `value`.

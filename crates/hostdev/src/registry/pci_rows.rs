@@ -8,7 +8,7 @@ use std::fmt;
 use rusqlite::{OptionalExtension, Row, params};
 use serde::{Deserialize, Serialize};
 
-use super::{EventKind, RegistryError, Tx};
+use super::{EventKind, Invalid, RegistryError, Tx};
 use crate::owner::Owner;
 
 /// Which list a device is on. JSON and registry words (stable): `active`, `inactive`;
@@ -68,7 +68,8 @@ impl Tx<'_> {
             .prepare_cached(&sql)
             .and_then(|mut st| st.query_row([address], RawRow::read).optional())
             .map_err(self.err("reading a PCI device"))?;
-        raw.map(|r| r.into_row(self)).transpose()
+        raw.map(|r| r.into_row().map_err(|i| self.invalid_row(i)))
+            .transpose()
     }
 
     /// Every PCI row, ordered by address.
@@ -96,7 +97,9 @@ impl Tx<'_> {
                     .collect::<Result<Vec<_>, _>>()
             })
             .map_err(self.err("reading PCI devices"))?;
-        raws.into_iter().map(|r| r.into_row(self)).collect()
+        raws.into_iter()
+            .map(|r| r.into_row().map_err(|i| self.invalid_row(i)))
+            .collect()
     }
 
     /// Inserts or replaces the row of `row.address` and records the change.
@@ -104,17 +107,18 @@ impl Tx<'_> {
         let sql = format!(
             "INSERT OR REPLACE INTO pci_devices ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
         );
+        let raw = RawRow::from_row(row);
         self.tx
             .prepare_cached(&sql)
             .and_then(|mut st| {
                 st.execute(params![
-                    row.address,
-                    row.list.as_str(),
-                    row.owner.as_ref().map(Owner::driver),
-                    row.owner.as_ref().map(Owner::domain),
-                    row.managed,
-                    row.original_driver,
-                    row.iommu_group,
+                    raw.address,
+                    raw.list,
+                    raw.owner_driver,
+                    raw.owner_domain,
+                    raw.managed,
+                    raw.original_driver,
+                    raw.iommu_group,
                 ])
             })
             .map_err(self.err("writing a PCI device"))?;
@@ -144,15 +148,26 @@ impl Tx<'_> {
     }
 }
 
-/// A row as SQLite returns it, before validation.
-struct RawRow {
-    address: String,
-    list: String,
-    owner_driver: Option<String>,
-    owner_domain: Option<String>,
-    managed: bool,
-    original_driver: Option<String>,
-    iommu_group: Option<u32>,
+/// A row as SQLite stores it (the columns of `pci_devices`, in order), before validation.
+///
+/// Reading goes `RawRow::read` then [`RawRow::into_row`]; writing goes
+/// [`RawRow::from_row`], so what is written is what is read back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRow {
+    /// `address`.
+    pub address: String,
+    /// `list`: `active` or `inactive`.
+    pub list: String,
+    /// `owner_driver`.
+    pub owner_driver: Option<String>,
+    /// `owner_domain`.
+    pub owner_domain: Option<String>,
+    /// `managed`.
+    pub managed: bool,
+    /// `original_driver`.
+    pub original_driver: Option<String>,
+    /// `iommu_group`.
+    pub iommu_group: Option<u32>,
 }
 
 impl RawRow {
@@ -168,13 +183,28 @@ impl RawRow {
         })
     }
 
-    fn into_row(self, tx: &Tx<'_>) -> Result<PciRow, RegistryError> {
+    /// The columns that store `row`.
+    pub fn from_row(row: &PciRow) -> Self {
+        Self {
+            address: row.address.clone(),
+            list: row.list.as_str().to_owned(),
+            owner_driver: row.owner.as_ref().map(|o| o.driver().to_owned()),
+            owner_domain: row.owner.as_ref().map(|o| o.domain().to_owned()),
+            managed: row.managed,
+            original_driver: row.original_driver.clone(),
+            iommu_group: row.iommu_group,
+        }
+    }
+
+    /// The row these columns hold, or the first column that holds a value this build
+    /// cannot read.
+    pub fn into_row(self) -> Result<PciRow, Invalid> {
         let list = match self.list.as_str() {
             "active" => List::Active,
             "inactive" => List::Inactive,
-            other => return Err(tx.invalid("pci_devices.list", other)),
+            _ => return Err(Invalid::new("pci_devices.list", self.list)),
         };
-        let owner = owner_from(tx, self.owner_driver, self.owner_domain)?;
+        let owner = owner_from(self.owner_driver, self.owner_domain)?;
         Ok(PciRow {
             address: self.address,
             list,
@@ -188,15 +218,14 @@ impl RawRow {
 
 /// Rebuilds an owner from its two columns.
 pub(super) fn owner_from(
-    tx: &Tx<'_>,
     driver: Option<String>,
     domain: Option<String>,
-) -> Result<Option<Owner>, RegistryError> {
+) -> Result<Option<Owner>, Invalid> {
     match (driver, domain) {
         (Some(driver), Some(domain)) => Owner::new(&driver, &domain)
             .map(Some)
-            .map_err(|_| tx.invalid("owner", &format!("{driver}/{domain}"))),
+            .map_err(|_| Invalid::new("owner", format!("{driver}/{domain}"))),
         (None, None) => Ok(None),
-        (d, m) => Err(tx.invalid("owner", &format!("{d:?}/{m:?}"))),
+        (d, m) => Err(Invalid::new("owner", format!("{d:?}/{m:?}"))),
     }
 }

@@ -13,7 +13,6 @@ use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use plugboard_devices::DeviceId;
 use plugboard_service::{
     AttachRequest, Caller, DeviceQuery, HostdevRequest, NamesQuery, NodeDeviceResult, RegisterVm,
     Service, ServiceError, VfioQuery,
@@ -303,24 +302,8 @@ pub async fn detach(
     ConnectInfo(peer): PeerInfo,
     Path((name, id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let id = device_id(&id)?;
+    let id = plugboard_service::parse_device_id(&id)?;
     Ok(ok(
         &blocking(move || svc.detach(caller(&peer), &name, id)).await?
     ))
-}
-
-/// A device id: 16 hex digits, its one text form (JSON answers, logs and the CLI show it so).
-/// The decimal number that JSON answers held before is still accepted, for scripts written
-/// against them; it is deprecated.
-fn device_id(text: &str) -> Result<DeviceId, ApiError> {
-    if text.len() == 16 {
-        return text
-            .parse::<DeviceId>()
-            .map_err(|e| ApiError::bad_request(e.to_string()));
-    }
-    text.parse::<u64>().map(DeviceId::from_raw).map_err(|_| {
-        ApiError::bad_request(format!(
-            "device id {text:?}: expected 16 hex digits or a decimal number"
-        ))
-    })
 }

@@ -158,7 +158,8 @@ impl LineBuffer {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// Takes the next complete line (without `\n` or `\r`), skipping empty lines.
+    /// Takes the next complete line without its line end (`\n`, or `\r\n` as QEMU writes
+    /// it), skipping blank lines. Any other `\r` stays: JSON reads it as white space.
     pub fn next_line(&mut self) -> Option<Vec<u8>> {
         loop {
             let end = self.buf.iter().position(|&b| b == b'\n')?;
@@ -253,6 +254,23 @@ mod tests {
         );
         let v: Value = serde_json::from_slice(&encode_command(4, "query-version", None)).unwrap();
         assert_eq!(v, json!({"execute": "query-version", "id": 4}));
+    }
+
+    /// Found by the `qmp` fuzz target, whose invariant read the old doc comment ("without
+    /// `\n` or `\r`"): only the line end is taken off, one `\r` with the `\n`; a second
+    /// `\r` stays in the line, and the line still decodes.
+    #[test]
+    fn line_buffer_takes_off_the_line_end_only() {
+        let mut b = LineBuffer::default();
+        b.extend(b"{\"return\": {}, \"id\": 1}\r\r\n\r\r\n");
+        let line = b.next_line().unwrap();
+        assert_eq!(line, b"{\"return\": {}, \"id\": 1}\r");
+        assert_eq!(b.next_line(), None);
+        assert_eq!(b.pending(), 0);
+        assert!(matches!(
+            parse_line(&line).unwrap(),
+            Incoming::Reply { id: Some(1), .. }
+        ));
     }
 
     #[test]
