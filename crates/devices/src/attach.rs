@@ -239,6 +239,7 @@ mod tests {
     use crate::kind::{BlockDriver, MacAddress, VhostUserDevice};
     use crate::manager::NewDevice;
     use crate::plan::Allocations;
+    use crate::ports::RootPort;
     use crate::state::DeviceState;
     use crate::test_util::{
         HypervisorOp, InMemoryHypervisor, block_spec, generic_spec, image_spec, vfio_spec,
@@ -271,7 +272,7 @@ mod tests {
 
     #[test]
     fn only_first_attach_and_last_detach_reach_the_hypervisor() {
-        let m = manager(ManagerConfig::default());
+        let m = manager(crate::test_util::EIGHT_PORTS);
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         assert_eq!(m.attach(id).unwrap(), Acquired::First);
         assert_eq!(m.attach(id).unwrap(), Acquired::Again);
@@ -292,7 +293,7 @@ mod tests {
 
     #[test]
     fn detach_of_an_unattached_device_changes_nothing() {
-        let m = manager(ManagerConfig::default());
+        let m = manager(crate::test_util::EIGHT_PORTS);
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         let before = snapshot(&m);
         assert!(matches!(m.detach(id), Err(DeviceError::NotAttached { .. })));
@@ -311,7 +312,7 @@ mod tests {
 
     #[test]
     fn attach_overflow_changes_nothing() {
-        let m = manager(ManagerConfig::default());
+        let m = manager(crate::test_util::EIGHT_PORTS);
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         m.attach(id).unwrap();
         if let Some(e) = m.lock().devices.get_mut(&id) {
@@ -327,7 +328,7 @@ mod tests {
 
     #[test]
     fn generic_devices_only_count() {
-        let m = manager(ManagerConfig::default());
+        let m = manager(crate::test_util::EIGHT_PORTS);
         let id = new(&m, generic_spec("/dev/fuse", 10, 229));
         assert_eq!(m.attach(id).unwrap(), Acquired::First);
         assert!(m.is_attached(id));
@@ -344,7 +345,7 @@ mod tests {
 
     #[test]
     fn block_indexes_names_and_scsi_addresses() {
-        let m = manager(ManagerConfig::default());
+        let m = manager(crate::test_util::EIGHT_PORTS);
         let a = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         let b = new(&m, block_spec(1, BlockDriver::VirtioBlk));
         let c = new(&m, block_spec(2, BlockDriver::VirtioScsi));
@@ -391,7 +392,7 @@ mod tests {
     fn name_offset_changes_the_name_not_the_index() {
         let m = manager(ManagerConfig {
             name_offset: 1,
-            ..ManagerConfig::default()
+            ..crate::test_util::EIGHT_PORTS
         });
         let id = new(&m, image_spec("/img/a", BlockDriver::VirtioMmio));
         m.attach(id).unwrap();
@@ -409,7 +410,7 @@ mod tests {
 
     #[test]
     fn vhost_user_blk_takes_an_index_only_in_the_virtio_blk_family() {
-        let m = manager(ManagerConfig::default());
+        let m = manager(crate::test_util::EIGHT_PORTS);
         let blk = new(
             &m,
             vhost_user_spec(
@@ -465,8 +466,8 @@ mod tests {
     #[test]
     fn root_ports_one_device_per_port_and_rollback_when_exhausted() {
         let m = manager(ManagerConfig {
-            root_ports: 3,
-            ..ManagerConfig::default()
+            root_ports: 4,
+            ..crate::test_util::EIGHT_PORTS
         });
         // A group with two PCIe functions and one conventional PCI function.
         let gpu = new(&m, vfio_spec(10, &[true, true, false]));
@@ -479,13 +480,16 @@ mod tests {
             .iter()
             .map(|f| f.port.map(|p| p.to_string()))
             .collect();
-        assert_eq!(ports, [Some("rp0".into()), Some("rp1".into()), None]);
-        // One guest PCI path per function, ported or not.
+        assert_eq!(
+            ports,
+            [Some("rp0".into()), Some("rp1".into()), Some("rp2".into())]
+        );
+        // One guest PCI path per function.
         assert_eq!(m.device(gpu).unwrap().guest.unwrap().pci_paths.len(), 3);
         // A virtio-blk disk takes the last port.
         let disk = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         m.attach(disk).unwrap();
-        assert_eq!(block_plug(&m, disk).port.unwrap().to_string(), "rp2");
+        assert_eq!(block_plug(&m, disk).port.unwrap().to_string(), "rp3");
         // No port left: the next PCI device fails and takes nothing, not even its index.
         let disk2 = new(&m, block_spec(1, BlockDriver::VirtioBlk));
         let before = snapshot(&m);
@@ -509,11 +513,47 @@ mod tests {
         assert_eq!(m.allocations().root_ports.len(), 2);
     }
 
+    /// Issue 17, item 2: a conventional PCI function (256-byte config space, a GPU's audio
+    /// function) used to get no root port, and QEMU (q35) hot-plugs nothing on its root bus,
+    /// so a group holding one could never be hot-plugged. Each function takes a port now.
+    #[test]
+    fn a_conventional_pci_function_takes_a_root_port_so_qemu_can_hot_plug_its_group() {
+        let m = manager(ManagerConfig {
+            root_ports: 2,
+            ..crate::test_util::EIGHT_PORTS
+        });
+        // A GPU and its conventional audio function.
+        let gpu = new(&m, vfio_spec(12, &[true, false]));
+        assert_eq!(m.attach(gpu).unwrap(), Acquired::First);
+        let Plug::Vfio(v) = m.device(gpu).unwrap().plugged.unwrap().plug else {
+            panic!("not vfio")
+        };
+        let ports: Vec<_> = v.functions.iter().map(|f| f.port).collect();
+        assert_eq!(ports, [Some(RootPort::new(0)), Some(RootPort::new(1))]);
+        let paths = m.device(gpu).unwrap().guest.unwrap().pci_paths;
+        assert_eq!(
+            paths.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["01/00", "02/00"],
+            "each function behind its own port"
+        );
+        m.detach(gpu).unwrap();
+        // With no ports, QEMU cannot hot-plug it: a clear refusal that leaves nothing taken.
+        let bare = manager(ManagerConfig {
+            root_ports: 0,
+            ..crate::test_util::EIGHT_PORTS
+        });
+        let gpu = new(&bare, vfio_spec(12, &[true, false]));
+        let err = bare.attach(gpu).unwrap_err();
+        assert!(matches!(err, DeviceError::Plug { .. }), "{err}");
+        assert!(!bare.is_attached(gpu));
+        assert_eq!(bare.allocations(), Allocations::default());
+    }
+
     #[test]
     fn a_failed_plug_leaves_everything_as_before() {
         let m = manager(ManagerConfig {
             root_ports: 4,
-            ..ManagerConfig::default()
+            ..crate::test_util::EIGHT_PORTS
         });
         let other = new(&m, block_spec(9, BlockDriver::VirtioBlk));
         m.attach(other).unwrap();
@@ -546,7 +586,7 @@ mod tests {
     fn a_failed_unplug_leaves_the_device_attached() {
         let m = manager(ManagerConfig {
             root_ports: 1,
-            ..ManagerConfig::default()
+            ..crate::test_util::EIGHT_PORTS
         });
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         m.attach(id).unwrap();
@@ -559,7 +599,7 @@ mod tests {
 
     #[test]
     fn cold_plug_uses_coldplug_and_is_removed_with_its_request() {
-        let m = manager(ManagerConfig::default());
+        let m = manager(crate::test_util::EIGHT_PORTS);
         let mut spec = vhost_user_spec(
             "/run/fs.sock",
             VhostUserDevice::Fs {
@@ -590,7 +630,7 @@ mod tests {
 
     #[test]
     fn a_slow_plug_blocks_neither_reads_nor_other_devices() {
-        let m = Arc::new(manager(ManagerConfig::default()));
+        let m = Arc::new(manager(crate::test_util::EIGHT_PORTS));
         let slow = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         let fast = new(&m, generic_spec("/dev/fuse", 10, 229));
         let other = new(&m, block_spec(1, BlockDriver::VirtioBlk));
@@ -618,7 +658,7 @@ mod tests {
 
     #[test]
     fn concurrent_attaches_of_one_device_plug_it_once() {
-        let m = Arc::new(manager(ManagerConfig::default()));
+        let m = Arc::new(manager(crate::test_util::EIGHT_PORTS));
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         m.hypervisor().hold(HypervisorOp::HotplugAdd);
         let first = attach_on_a_thread(&m, id);
@@ -639,7 +679,7 @@ mod tests {
 
     #[test]
     fn a_waiter_plugs_itself_when_the_first_plug_fails() {
-        let m = Arc::new(manager(ManagerConfig::default()));
+        let m = Arc::new(manager(crate::test_util::EIGHT_PORTS));
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         m.hypervisor().hold(HypervisorOp::HotplugAdd);
         m.hypervisor().fail_next(HypervisorOp::HotplugAdd);

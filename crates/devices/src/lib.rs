@@ -40,8 +40,8 @@
 //! # Allocators
 //! Block indexes are taken lowest-free from `[0, 65535)` and reused ([`IndexPool`]); a
 //! block index gives the `vdX` [`DriveName`] (plus a name offset) and the virtio-scsi
-//! [`GuestScsiAddress`]; PCIe root ports come from a [`RootPortPool`], one device function
-//! per port.
+//! [`GuestScsiAddress`]; PCIe root ports come from a [`RootPortPool`], one PCI function
+//! (PCIe or conventional) per port.
 //!
 //! # Shared types
 //! A [`DeviceId`] has one text form, 16 hex digits, in JSON as everywhere else. Device nodes

@@ -291,7 +291,7 @@ mod tests {
     use crate::test_util::{InMemoryHypervisor, block_spec, generic_spec, image_spec};
 
     fn manager() -> DeviceManager<InMemoryHypervisor> {
-        DeviceManager::new(InMemoryHypervisor::new(), ManagerConfig::default())
+        DeviceManager::new(InMemoryHypervisor::new(), crate::test_util::EIGHT_PORTS)
     }
 
     #[test]

@@ -60,13 +60,12 @@ impl<H: Hypervisor> DeviceManager<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ManagerConfig;
     use crate::kind::BlockDriver;
     use crate::test_util::{HypervisorOp, InMemoryHypervisor, block_spec, generic_spec};
 
     #[test]
     fn goes_on_past_failures_and_reports_them_all() {
-        let m = DeviceManager::new(InMemoryHypervisor::new(), ManagerConfig::default());
+        let m = DeviceManager::new(InMemoryHypervisor::new(), crate::test_util::EIGHT_PORTS);
         let ids: Vec<DeviceId> = (0..4)
             .map(|n| {
                 m.new_device(block_spec(n, BlockDriver::VirtioBlk))

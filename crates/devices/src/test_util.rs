@@ -1,6 +1,11 @@
 //! An in-memory [`Hypervisor`] for tests: it records every call, keeps the VM's view of what
 //! is plugged, fails on command, and can hold calls to imitate a slow hotplug.
 //!
+//! Like QEMU on q35 (its default kind) it refuses to hot-plug a PCI function (virtio-blk,
+//! a vhost-user PCI device, every VFIO function) without a root port of its own
+//! ([`PortRefusal`]); other kinds place PCI devices themselves. Cold plugs may go on the
+//! root bus.
+//!
 //! Like QEMU it keeps fd sets: files handed over with [`InMemoryHypervisor::add_fd`] stay
 //! open in it, a block device passed by descriptor ([`crate::PassedFd`]) plugs only when
 //! its set is there, and its removal closes the set. A test can look at the file a set
@@ -101,6 +106,13 @@ pub fn generic_spec(path: &str, major: u32, minor: u32) -> DeviceSpec {
     }
 }
 
+/// The settings of a VM with eight root ports: what [`InMemoryHypervisor`] (QEMU's rules)
+/// needs to hot-plug PCI devices.
+pub const EIGHT_PORTS: crate::config::ManagerConfig = crate::config::ManagerConfig {
+    root_ports: 8,
+    name_offset: 0,
+};
+
 /// Which trait method a call was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HypervisorOp {
@@ -127,6 +139,24 @@ pub struct Call {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("injected {0:?} failure")]
 pub struct InjectedFailure(pub HypervisorOp);
+
+/// The error of a hot plug that QEMU on q35 refuses: a PCI device without a root port (the
+/// root bus `pcie.0` has no hotplug, QEMU's "Bus 'pcie.0' does not support hotplugging"),
+/// or onto a root port that already holds a device (one function per port).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortRefusal {
+    /// A PCI function without a root port.
+    #[error("{0} needs a root port for hotplug and the request has none")]
+    NoPort(String),
+    /// A root port that holds another device's function already.
+    #[error("root port {port} already holds a function of device {holder}")]
+    Taken {
+        /// The port.
+        port: crate::ports::RootPort,
+        /// The device on it.
+        holder: DeviceId,
+    },
+}
 
 /// The error of a plug whose block device was passed by descriptor in an fd set the VM
 /// does not hold (QEMU cannot open `/dev/fdset/<n>` then).
@@ -290,7 +320,7 @@ impl InMemoryHypervisor {
             }
             state.waiting -= 1;
         }
-        let result = Self::apply(&mut state, op, request);
+        let result = Self::apply(&mut state, self.kind, op, request);
         if self.log_calls {
             state.calls.push(Call {
                 op,
@@ -303,6 +333,7 @@ impl InMemoryHypervisor {
 
     fn apply(
         state: &mut State,
+        kind: HypervisorKind,
         op: HypervisorOp,
         request: &PlugRequest,
     ) -> Result<GuestView, HypervisorError> {
@@ -324,6 +355,15 @@ impl InMemoryHypervisor {
             HypervisorOp::HotplugAdd | HypervisorOp::Coldplug => {
                 if state.plugged.contains_key(&device) {
                     return Err(HypervisorError::AlreadyPlugged { device });
+                }
+                if op == HypervisorOp::HotplugAdd
+                    && kind == HypervisorKind::Qemu
+                    && let Err(refusal) = qemu_port_rule(&state.plugged, request)
+                {
+                    return Err(HypervisorError::Backend {
+                        device,
+                        source: Box::new(refusal),
+                    });
                 }
                 if let Some(fdset) = passed.filter(|n| !state.fd_sets.contains_key(n)) {
                     return Err(HypervisorError::Backend {
@@ -348,6 +388,37 @@ impl InMemoryHypervisor {
             },
         }
     }
+}
+
+/// QEMU's rule for a hot plug on q35: every PCI function of the request sits on a root
+/// port of its own, one no plugged device holds.
+fn qemu_port_rule(
+    plugged: &BTreeMap<DeviceId, PlugRequest>,
+    request: &PlugRequest,
+) -> Result<(), PortRefusal> {
+    let functions: Vec<(String, Option<crate::ports::RootPort>)> = match &request.plug {
+        Plug::Block(b) if b.spec.driver.is_pci() => vec![(b.name_id.clone(), b.port)],
+        Plug::VhostUser(v) if v.spec.device.is_pci() => vec![(v.name_id.clone(), v.port)],
+        Plug::Block(_) | Plug::VhostUser(_) => Vec::new(),
+        Plug::Vfio(v) => v
+            .functions
+            .iter()
+            .map(|f| (f.name_id.clone(), f.port))
+            .collect(),
+    };
+    for (name, port) in functions {
+        let port = port.ok_or(PortRefusal::NoPort(name))?;
+        if let Some((holder, _)) = plugged
+            .iter()
+            .find(|(_, held)| held.ports().contains(&port))
+        {
+            return Err(PortRefusal::Taken {
+                port,
+                holder: *holder,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Invents guest PCI paths: a function on root port N sits at `(N+1 mod 32)/00`, others at
@@ -426,7 +497,7 @@ mod tests {
                 index: BlockIndex::try_from(0).unwrap(),
                 drive_name: None,
                 scsi_address: None,
-                port: None,
+                port: Some(crate::ports::RootPort::new(0)),
             }),
         }
     }
@@ -457,6 +528,36 @@ mod tests {
                 (HypervisorOp::HotplugRemove, true),
             ]
         );
+    }
+
+    #[test]
+    fn like_qemu_a_pci_hotplug_needs_a_root_port_of_its_own() {
+        let h = InMemoryHypervisor::new();
+        let mut portless = request(1);
+        let Plug::Block(b) = &mut portless.plug else {
+            unreachable!()
+        };
+        b.port = None;
+        let name = b.name_id.clone();
+        let err = h.hotplug_add(&portless).unwrap_err();
+        assert_eq!(
+            err.source().unwrap().to_string(),
+            format!("{name} needs a root port for hotplug and the request has none")
+        );
+        h.hotplug_add(&request(1)).unwrap();
+        // Port 0 is taken by device 1.
+        let err = h.hotplug_add(&request(2)).unwrap_err();
+        assert!(
+            err.source().unwrap().to_string().contains("already holds"),
+            "{err}"
+        );
+        // Cold plugs may go on the root bus; a VMM of another kind places devices itself.
+        let mut cold = portless.clone();
+        cold.device = DeviceId::from_raw(3);
+        cold.mode = PlugMode::Cold;
+        h.coldplug(&cold).unwrap();
+        let ch = InMemoryHypervisor::with_kind(HypervisorKind::CloudHypervisor);
+        ch.hotplug_add(&portless).unwrap();
     }
 
     #[test]

@@ -792,3 +792,124 @@ fn removal_of_something_already_gone_finishes_cleanly() {
         plugboard_qemu::Departure::AlreadyGone
     );
 }
+
+/// A stand-in for VFIO on a host where nothing may be opened for VFIO: QEMU's own plans for
+/// each request (`plugboard_qemu::plans`, the bus and slot the manager's ports map onto),
+/// with each `vfio-pci` swapped for an emulated NIC of the same kind: `e1000e` (PCI
+/// Express) for a PCIe function, `e1000` (conventional PCI) for the others.
+struct EmulatedFunctions(QemuHypervisor);
+
+impl Hypervisor for EmulatedFunctions {
+    fn kind(&self) -> plugboard_devices::HypervisorKind {
+        self.0.kind()
+    }
+
+    fn hotplug_add(
+        &self,
+        request: &PlugRequest,
+    ) -> Result<plugboard_devices::GuestView, HypervisorError> {
+        let plugboard_devices::Plug::Vfio(vfio) = &request.plug else {
+            return self.0.hotplug_add(request);
+        };
+        let backend = |e: Box<dyn std::error::Error + Send + Sync>| HypervisorError::Backend {
+            device: request.device,
+            source: e,
+        };
+        let pool = self.0.port_pool();
+        let layout = plugboard_qemu::VmLayout {
+            ports: &pool,
+            scsi_controller: None,
+            portless_ok: false,
+            for_removal: false,
+        };
+        let plans = plugboard_qemu::plans(request, layout).map_err(|e| backend(Box::new(e)))?;
+        for (mut plan, f) in plans.into_iter().zip(&vfio.functions) {
+            let device = plan.device.as_object_mut().unwrap();
+            assert_eq!(device.remove("driver"), Some(json!("vfio-pci")));
+            device.remove("host");
+            let nic = if f.function.is_pcie {
+                "e1000e"
+            } else {
+                "e1000"
+            };
+            device.insert("driver".into(), json!(nic));
+            plan.backends.clear();
+            self.0.plug(&plan).map_err(|e| backend(Box::new(e)))?;
+        }
+        Ok(plugboard_devices::GuestView::default())
+    }
+
+    fn hotplug_remove(&self, request: &PlugRequest) -> Result<(), HypervisorError> {
+        self.0.hotplug_remove(request)
+    }
+
+    fn coldplug(
+        &self,
+        request: &PlugRequest,
+    ) -> Result<plugboard_devices::GuestView, HypervisorError> {
+        self.0.coldplug(request)
+    }
+}
+
+/// Issue 17, item 2, against a real QEMU: a group with a conventional PCI function (a
+/// GPU's audio function: 256-byte config space) used to get no root port for it, and
+/// QEMU refuses a PCI hotplug without one (q35's root bus has no hotplug). Each function now
+/// takes a port, and QEMU takes a conventional PCI endpoint on a root port.
+#[test]
+fn a_group_with_a_conventional_pci_function_is_hot_plugged_one_root_port_each() {
+    let qemu = BareQemu::builder().start();
+    // Through the real backend, the plan gets past the ports: what stops it is QEMU's
+    // vfio-pci finding no such host function here (bus 0xfc), not a missing port.
+    let m = manager(&qemu);
+    let id = m
+        .new_device(plugboard_devices::test_util::vfio_spec(
+            0xfc,
+            &[true, false],
+        ))
+        .unwrap()
+        .id();
+    let chain = format!("{:?}", m.attach(id).unwrap_err());
+    assert!(!chain.contains("NoPort"), "{chain}");
+    assert!(chain.contains("no such host device"), "{chain}");
+    assert_eq!(m.allocations().root_ports, []);
+    drop(m);
+
+    // The same placement with emulated functions in place of vfio-pci.
+    let hv = QemuHypervisor::connect(qemu.qmp_socket(), config()).unwrap();
+    let m = DeviceManager::new(
+        EmulatedFunctions(hv),
+        ManagerConfig {
+            root_ports: 4,
+            name_offset: 0,
+        },
+    );
+    let id = m
+        .new_device(plugboard_devices::test_util::vfio_spec(
+            0xfb,
+            &[true, false],
+        ))
+        .unwrap()
+        .id();
+    m.attach(id).unwrap();
+    let hv = &m.hypervisor().0;
+    for (n, (port, nic)) in [("hp1", "e1000e"), ("hp2", "e1000")]
+        .into_iter()
+        .enumerate()
+    {
+        let name = qemu_name(id, DeviceRole::VfioFunction(u8::try_from(n).unwrap()));
+        let path = format!("/machine/peripheral/{name}");
+        let kind = query(
+            hv,
+            "qom-get",
+            Some(&json!({"path": path, "property": "type"})),
+        );
+        assert_eq!(kind, json!(nic));
+        let bus = query(
+            hv,
+            "qom-get",
+            Some(&json!({"path": path, "property": "parent_bus"})),
+        );
+        assert_eq!(bus, json!(format!("/machine/peripheral/{port}/{port}")));
+    }
+    assert_eq!(m.allocations().root_ports.len(), 2);
+}
