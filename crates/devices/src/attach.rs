@@ -15,11 +15,11 @@ use std::sync::MutexGuard;
 use plugboard_vfio::{Acquired, Released};
 
 use crate::error::DeviceError;
-use crate::hypervisor::{Hypervisor, PlugRequest};
+use crate::hypervisor::{Hypervisor, HypervisorError, PlugRequest};
 use crate::id::DeviceId;
 use crate::kind::PlugMode;
 use crate::manager::{DeviceManager, drop_reference};
-use crate::state::Books;
+use crate::state::{Books, Leftover};
 
 impl<H: Hypervisor> DeviceManager<H> {
     /// Attaches a device: the first attach plugs it (hot or cold, per its spec), later ones
@@ -39,10 +39,18 @@ impl<H: Hypervisor> DeviceManager<H> {
     /// device that is half rolled back.
     pub(crate) fn attach_locked(
         &self,
-        mut books: MutexGuard<'_, Books>,
+        books: MutexGuard<'_, Books>,
         id: DeviceId,
         on_failure: OnFailure,
     ) -> Result<Acquired, DeviceError> {
+        // What an earlier failed plug left in the VM goes first: its allocations are still
+        // taken, and the VM may hold objects of the device's names.
+        let (mut books, cleaned) = self.clean_up_locked(books, id);
+        self.idle.notify_all();
+        if let Err(e) = cleaned {
+            on_failure.undo(&mut books, id);
+            return Err(e);
+        }
         let books_ref = &mut *books;
         let request = match count_or_plan(books_ref, id) {
             Ok(Planned::Counted(step)) => return Ok(step),
@@ -67,6 +75,21 @@ impl<H: Hypervisor> DeviceManager<H> {
         };
         let guest = match result {
             Ok(guest) => guest,
+            Err(source @ HypervisorError::Incomplete { .. }) => {
+                // The VM may still hold part of the device: keep its allocations (a port
+                // the VM still uses is not free) and the device itself, and say so.
+                let mut books = busy.finish();
+                if let Some(entry) = books.devices.get_mut(&id) {
+                    entry.state.needs_cleanup = Some(Leftover {
+                        request: request.clone(),
+                        holds_reference: on_failure == OnFailure::DropReference,
+                    });
+                }
+                drop(books);
+                self.idle.notify_all();
+                tracing::error!(device = %id, error = %source, "plug failed and its undo did not finish; the device is recorded as needing cleanup, its allocations stay taken");
+                return Err(DeviceError::PlugIncomplete { id, source });
+            }
             Err(source) => {
                 tracing::warn!(device = %id, error = %source, "plug failed; allocations given back");
                 drop(busy);
@@ -83,6 +106,83 @@ impl<H: Hypervisor> DeviceManager<H> {
         drop(books);
         self.idle.notify_all();
         Ok(Acquired::First)
+    }
+
+    /// Removes what a failed plug of `id` left in the VM ([`crate::DeviceState::needs_cleanup`]):
+    /// `hotplug_remove` of the request that failed, then its block index and root ports are
+    /// freed, and the reference the failed attach kept is dropped (the device goes if it was
+    /// the last). Answers whether there was anything to clean up.
+    ///
+    /// # Errors
+    /// [`DeviceError::NotFound`]; [`DeviceError::Cleanup`] when the hypervisor fails (the
+    /// device still needs cleanup).
+    pub fn clean_up(&self, id: DeviceId) -> Result<bool, DeviceError> {
+        let books = self.lock_idle(id)?;
+        let (books, result) = self.clean_up_locked(books, id);
+        drop(books);
+        self.idle.notify_all();
+        result
+    }
+
+    /// The devices whose failed plug still needs cleanup, by id.
+    pub fn needing_cleanup(&self) -> Vec<DeviceId> {
+        let books = self.lock();
+        let mut ids: Vec<DeviceId> = books
+            .devices
+            .values()
+            .filter(|e| e.state.needs_cleanup.is_some())
+            .map(|e| e.state.id)
+            .collect();
+        drop(books);
+        ids.sort();
+        ids
+    }
+
+    /// [`Self::clean_up`] of `id`, idle in the locked `books`; answers the books locked
+    /// again (the caller wakes the waiters).
+    fn clean_up_locked<'m>(
+        &'m self,
+        mut books: MutexGuard<'m, Books>,
+        id: DeviceId,
+    ) -> (MutexGuard<'m, Books>, Result<bool, DeviceError>) {
+        let Some(leftover) = books
+            .devices
+            .get(&id)
+            .and_then(|e| e.state.needs_cleanup.clone())
+        else {
+            return (books, Ok(false));
+        };
+        books.set_busy(id, true);
+        drop(books);
+        let busy = Busy {
+            manager: self,
+            id,
+            planned: None,
+            on_failure: OnFailure::Keep,
+        };
+        let result = match self.hypervisor.hotplug_remove(&leftover.request) {
+            // Nothing of it is in the VM: clean already.
+            Ok(()) | Err(HypervisorError::NotPlugged { .. }) => Ok(()),
+            Err(source) => Err(source),
+        };
+        let mut books = busy.finish();
+        if let Err(source) = result {
+            tracing::warn!(device = %id, error = %source, "cleaning up a failed plug failed; the device still needs cleanup");
+            return (books, Err(DeviceError::Cleanup { id, source }));
+        }
+        if let Err(e) = books.alloc.release(&leftover.request) {
+            tracing::error!(device = %id, error = %e, "freeing the allocations of a cleaned-up plug failed");
+        }
+        if let Some(entry) = books.devices.get_mut(&id) {
+            entry.state.needs_cleanup = None;
+        }
+        if leftover.holds_reference
+            && let Err(e) = drop_reference(&mut books, id)
+        {
+            tracing::error!(device = %id, error = %e, "dropping the reference a failed attach kept failed");
+        }
+        tracing::info!(device = %id, "what a failed plug left in the VM is removed; its allocations are free");
+        (books, Ok(true))
     }
 
     /// Detaches a device: the last detach unplugs it and frees its block index and root

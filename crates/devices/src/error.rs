@@ -13,7 +13,8 @@ use crate::scsi::GuestScsiAddressError;
 /// Why a [`crate::DeviceManager`] operation did nothing.
 ///
 /// Whatever the variant, the manager (counts, allocators) and the hypervisor's view are as
-/// they were before the call.
+/// they were before the call, except [`DeviceError::PlugIncomplete`]: a plug the hypervisor
+/// could not undo, which the manager records as needing cleanup.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// No device has this id (Kata's `ErrDeviceNotExist`).
@@ -124,6 +125,37 @@ pub enum DeviceError {
         /// The hypervisor's error.
         #[source]
         source: HypervisorError,
+    },
+    /// The hypervisor failed to plug the device and could not undo all of it: the VM may
+    /// still hold part of it. Not attached, but recorded as needing cleanup
+    /// ([`crate::DeviceState::needs_cleanup`]), its block index and root ports still taken;
+    /// [`crate::DeviceManager::clean_up`] or the next attach finishes the undo.
+    #[error(
+        "plugging device {id} failed and the VM may still hold part of it; it is recorded as needing cleanup"
+    )]
+    PlugIncomplete {
+        /// The device.
+        id: DeviceId,
+        /// The hypervisor's error ([`HypervisorError::Incomplete`]).
+        #[source]
+        source: HypervisorError,
+    },
+    /// Removing what a failed plug left in the VM failed; the device still needs cleanup.
+    #[error(
+        "cleaning up what a failed plug of device {id} left in the VM failed; it still needs cleanup"
+    )]
+    Cleanup {
+        /// The device.
+        id: DeviceId,
+        /// The hypervisor's error.
+        #[source]
+        source: HypervisorError,
+    },
+    /// Removing the last reference of a device whose failed plug is not cleaned up yet.
+    #[error("device {id} needs cleanup of a failed plug before it can be removed")]
+    NeedsCleanup {
+        /// The device.
+        id: DeviceId,
     },
     /// The hypervisor refused to unplug the device; it stays attached.
     #[error("unplugging device {id} failed; it stays attached")]

@@ -97,6 +97,6 @@ pub use plugboard_sysfs::{DevKind, DevNumber};
 pub use plugboard_vfio::{Acquired, RefCount, RefCountError, Released};
 pub use ports::{RootPort, RootPortPool};
 pub use scsi::{GuestScsiAddress, GuestScsiAddressError, MAX_SCSI_INDEX};
-pub use state::DeviceState;
+pub use state::{DeviceState, Leftover};
 pub use teardown::TeardownError;
 pub use transaction::{AttachError, AttachedDevice};

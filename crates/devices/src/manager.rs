@@ -204,6 +204,7 @@ pub(crate) fn take_reference(
                 attachments: RefCount::new(),
                 plugged: None,
                 guest: None,
+                needs_cleanup: None,
             },
             busy: false,
         },
@@ -221,6 +222,9 @@ pub(crate) fn drop_reference(books: &mut Books, id: DeviceId) -> Result<Removed,
         .references
         .peek_release()
         .map_err(|_| DeviceError::NotFound { id })?;
+    if step == Released::Last && state.needs_cleanup.is_some() {
+        return Err(DeviceError::NeedsCleanup { id });
+    }
     if step == Released::Last && !state.attachments.is_zero() {
         return Err(DeviceError::StillAttached {
             id,

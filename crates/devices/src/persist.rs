@@ -185,7 +185,8 @@ impl<H: Hypervisor> DeviceManager<H> {
             {
                 return Err(PersistError::Duplicate { id });
             }
-            if let Some(request) = &state.plugged {
+            let leftover = state.needs_cleanup.as_ref().map(|l| &l.request);
+            for request in state.plugged.iter().chain(leftover) {
                 books
                     .alloc
                     .take_exact(request)
@@ -230,6 +231,14 @@ fn check_device(state: &DeviceState) -> Result<(), PersistError> {
             }
         }
         _ => return bad("a plug request without a guest view, or the reverse"),
+    }
+    if let Some(leftover) = &state.needs_cleanup {
+        if attached || state.plugged.is_some() {
+            return bad("a device needing cleanup of a failed plug that is attached");
+        }
+        if leftover.request.device != id {
+            return bad("a failed plug's request for another device");
+        }
     }
     if let Some(request) = &state.plugged {
         let matches_spec = match (&state.spec.kind, &request.plug) {

@@ -49,6 +49,13 @@ impl<H: Hypervisor> DeviceManager<H> {
                 }
             }
         }
+        // What failed plugs left in the VM goes too.
+        for id in self.needing_cleanup() {
+            if let Err(e) = self.clean_up(id) {
+                tracing::error!(device = %id, error = %e, "teardown: a failed plug's leftovers stay");
+                failures.push((id, e));
+            }
+        }
         if failures.is_empty() {
             Ok(())
         } else {

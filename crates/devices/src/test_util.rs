@@ -170,6 +170,8 @@ struct State {
     plugged: BTreeMap<DeviceId, PlugRequest>,
     /// Fail this many upcoming calls of each op.
     fail_next: BTreeMap<HypervisorOp, usize>,
+    /// Fail this many upcoming hot plugs without undoing them (the device stays plugged).
+    incomplete_next: usize,
     /// Ops whose calls wait until released.
     held: Vec<HypervisorOp>,
     /// Calls waiting in a hold.
@@ -280,9 +282,18 @@ impl InMemoryHypervisor {
         *self.lock().fail_next.entry(op).or_default() += 1;
     }
 
+    /// Makes the next hot plug fail with [`HypervisorError::Incomplete`] and leave the device
+    /// in the VM, as a QEMU whose guest never lets go of a function already plugged when a
+    /// later one fails. A `hotplug_remove` of the request takes it out.
+    pub fn fail_next_incomplete(&self) {
+        self.lock().incomplete_next += 1;
+    }
+
     /// Disarms every armed failure.
     pub fn clear_failures(&self) {
-        self.lock().fail_next.clear();
+        let mut state = self.lock();
+        state.fail_next.clear();
+        state.incomplete_next = 0;
     }
 
     /// Makes every later call of `op` wait in the hypervisor until [`Self::release`].
@@ -363,6 +374,14 @@ impl InMemoryHypervisor {
                     return Err(HypervisorError::Backend {
                         device,
                         source: Box::new(refusal),
+                    });
+                }
+                if op == HypervisorOp::HotplugAdd && state.incomplete_next > 0 {
+                    state.incomplete_next -= 1;
+                    state.plugged.insert(device, request.clone());
+                    return Err(HypervisorError::Incomplete {
+                        device,
+                        source: Box::new(InjectedFailure(op)),
                     });
                 }
                 if let Some(fdset) = passed.filter(|n| !state.fd_sets.contains_key(n)) {

@@ -39,12 +39,25 @@ impl Hypervisor for QemuHypervisor {
             for_removal: false,
         };
         let plans = requests::plans(request, layout).map_err(|e| request_error(device, e))?;
+        #[cfg(any(test, feature = "test-util"))]
+        let plans = self.stand_in(plans);
         for (n, plan) in plans.iter().enumerate() {
             if let Err(e) = session.plug(plan) {
+                let mut left = left_by_plug(&e);
                 for done in plans[..n].iter().rev() {
                     if let Err(undo) = session.unplug(done, timeout) {
-                        tracing::error!(device = %done.id, error = %undo, "could not take a plugged VFIO function back out");
+                        tracing::error!(device = %done.id, error = %undo, "could not take a plugged function back out; the VM may still hold it");
+                        left.push(done.id.to_string());
                     }
+                }
+                if !left.is_empty() {
+                    return Err(HypervisorError::Incomplete {
+                        device,
+                        source: Box::new(QemuError::RollbackIncomplete {
+                            left,
+                            cause: Box::new(e),
+                        }),
+                    });
                 }
                 return Err(plug_error(device, e));
             }
@@ -125,6 +138,15 @@ impl Hypervisor for QemuHypervisor {
 }
 
 impl QemuHypervisor {
+    /// The plans with the test's stand-in applied (see [`QemuHypervisor::with_stand_in`]).
+    #[cfg(any(test, feature = "test-util"))]
+    fn stand_in(&self, mut plans: Vec<Plan>) -> Vec<Plan> {
+        if let Some(stand_in) = &self.stand_in {
+            plans.iter_mut().for_each(|p| (stand_in.0)(p));
+        }
+        plans
+    }
+
     fn cold_plans(&self, request: &PlugRequest) -> Result<Vec<Plan>, HypervisorError> {
         let layout = VmLayout {
             ports: &self.config.root_ports,
@@ -173,6 +195,14 @@ fn request_error(device: DeviceId, error: RequestError) -> HypervisorError {
             device,
             source: Box::new(other),
         },
+    }
+}
+
+/// The backends a failed plan's own rollback could not delete.
+fn left_by_plug(error: &QemuError) -> Vec<String> {
+    match error {
+        QemuError::Hotplug(HotplugError::Step { rollback, .. }) => rollback.left_behind.clone(),
+        _ => Vec::new(),
     }
 }
 

@@ -793,62 +793,25 @@ fn removal_of_something_already_gone_finishes_cleanly() {
     );
 }
 
-/// A stand-in for VFIO on a host where nothing may be opened for VFIO: QEMU's own plans for
-/// each request (`plugboard_qemu::plans`, the bus and slot the manager's ports map onto),
-/// with each `vfio-pci` swapped for an emulated NIC of the same kind: `e1000e` (PCI
-/// Express) for a PCIe function, `e1000` (conventional PCI) for the others.
-struct EmulatedFunctions(QemuHypervisor);
-
-impl Hypervisor for EmulatedFunctions {
-    fn kind(&self) -> plugboard_devices::HypervisorKind {
-        self.0.kind()
-    }
-
-    fn hotplug_add(
-        &self,
-        request: &PlugRequest,
-    ) -> Result<plugboard_devices::GuestView, HypervisorError> {
-        let plugboard_devices::Plug::Vfio(vfio) = &request.plug else {
-            return self.0.hotplug_add(request);
-        };
-        let backend = |e: Box<dyn std::error::Error + Send + Sync>| HypervisorError::Backend {
-            device: request.device,
-            source: e,
-        };
-        let pool = self.0.port_pool();
-        let layout = plugboard_qemu::VmLayout {
-            ports: &pool,
-            scsi_controller: None,
-            portless_ok: false,
-            for_removal: false,
-        };
-        let plans = plugboard_qemu::plans(request, layout).map_err(|e| backend(Box::new(e)))?;
-        for (mut plan, f) in plans.into_iter().zip(&vfio.functions) {
-            let device = plan.device.as_object_mut().unwrap();
-            assert_eq!(device.remove("driver"), Some(json!("vfio-pci")));
-            device.remove("host");
-            let nic = if f.function.is_pcie {
-                "e1000e"
-            } else {
-                "e1000"
-            };
-            device.insert("driver".into(), json!(nic));
-            plan.backends.clear();
-            self.0.plug(&plan).map_err(|e| backend(Box::new(e)))?;
+/// A stand-in for `vfio-pci` on a host where nothing may be opened for VFIO: each
+/// function of the manager's VFIO request keeps the bus and slot plugboard-qemu gave it,
+/// with an emulated NIC of the same kind in its place: function 0 `e1000e` (PCI Express),
+/// function 1 `e1000` (conventional PCI), or for `broken_function_1`, something QEMU refuses
+/// (a bus that does not exist).
+fn emulated_functions(hv: QemuHypervisor, broken_function_1: bool) -> QemuHypervisor {
+    hv.with_stand_in(move |plan| {
+        let device = plan.device.as_object_mut().unwrap();
+        if device.get("driver") != Some(&json!("vfio-pci")) {
+            return;
         }
-        Ok(plugboard_devices::GuestView::default())
-    }
-
-    fn hotplug_remove(&self, request: &PlugRequest) -> Result<(), HypervisorError> {
-        self.0.hotplug_remove(request)
-    }
-
-    fn coldplug(
-        &self,
-        request: &PlugRequest,
-    ) -> Result<plugboard_devices::GuestView, HypervisorError> {
-        self.0.coldplug(request)
-    }
+        let host = device.remove("host").unwrap();
+        let function_1 = host.as_str().unwrap().ends_with(".1");
+        let nic = if function_1 { "e1000" } else { "e1000e" };
+        device.insert("driver".into(), json!(nic));
+        if function_1 && broken_function_1 {
+            device.insert("bus".into(), json!("no-such-port"));
+        }
+    })
 }
 
 /// Issue 17, item 2, against a real QEMU: a group with a conventional PCI function (a
@@ -876,13 +839,7 @@ fn a_group_with_a_conventional_pci_function_is_hot_plugged_one_root_port_each() 
 
     // The same placement with emulated functions in place of vfio-pci.
     let hv = QemuHypervisor::connect(qemu.qmp_socket(), config()).unwrap();
-    let m = DeviceManager::new(
-        EmulatedFunctions(hv),
-        ManagerConfig {
-            root_ports: 4,
-            name_offset: 0,
-        },
-    );
+    let m = manager_over(emulated_functions(hv, false));
     let id = m
         .new_device(plugboard_devices::test_util::vfio_spec(
             0xfb,
@@ -891,7 +848,7 @@ fn a_group_with_a_conventional_pci_function_is_hot_plugged_one_root_port_each() 
         .unwrap()
         .id();
     m.attach(id).unwrap();
-    let hv = &m.hypervisor().0;
+    let hv = m.hypervisor();
     for (n, (port, nic)) in [("hp1", "e1000e"), ("hp2", "e1000")]
         .into_iter()
         .enumerate()
@@ -912,4 +869,52 @@ fn a_group_with_a_conventional_pci_function_is_hot_plugged_one_root_port_each() 
         assert_eq!(bus, json!(format!("/machine/peripheral/{port}/{port}")));
     }
     assert_eq!(m.allocations().root_ports.len(), 2);
+    let paths = m.device(id).unwrap().guest.unwrap().pci_paths;
+    assert_eq!(paths.len(), 2, "a guest PCI path for each function");
+}
+
+/// Issue 17, item 1, against a real QEMU: the second function of a group fails, and the
+/// guest (none here) never acknowledges the `device_del` of the first. That used to be
+/// booked as a clean rollback (ports free, "not attached") while QEMU still held function 0
+/// on its port. Now the device is recorded as needing cleanup with its ports taken, and
+/// the cleanup finishes once the VM lets go.
+#[test]
+fn a_rollback_the_guest_does_not_acknowledge_leaves_the_device_needing_cleanup() {
+    let qemu = BareQemu::builder().start();
+    let hv = QemuHypervisor::connect(qemu.qmp_socket(), config()).unwrap();
+    let m = manager_over(emulated_functions(hv, true));
+    let id = m
+        .new_device(plugboard_devices::test_util::vfio_spec(
+            0xfa,
+            &[true, false],
+        ))
+        .unwrap()
+        .id();
+    let err = m.attach(id).unwrap_err();
+    assert!(matches!(err, DeviceError::PlugIncomplete { .. }), "{err:?}");
+    let chain = format!("{err:?}");
+    assert!(chain.contains("RollbackIncomplete"), "{chain}");
+    let function_0 = qemu_name(id, DeviceRole::VfioFunction(0));
+    let hv = m.hypervisor();
+    assert!(
+        peripherals(hv).contains(&function_0),
+        "QEMU still holds function 0"
+    );
+    assert!(!m.is_attached(id));
+    let leftover = m.device(id).unwrap().needs_cleanup.unwrap();
+    assert_eq!(
+        m.allocations().root_ports,
+        leftover.request.ports(),
+        "the ports stay taken"
+    );
+    assert_eq!(m.allocations().root_ports.len(), 2);
+    // While the guest still holds it, the cleanup fails and changes nothing.
+    assert!(matches!(m.clean_up(id), Err(DeviceError::Cleanup { .. })));
+    assert_eq!(m.needing_cleanup(), [id]);
+    // A reset completes the pending unplug; the cleanup then finishes the job.
+    query(hv, "system_reset", None);
+    assert!(m.clean_up(id).unwrap());
+    assert!(!peripherals(hv).contains(&function_0));
+    assert_eq!(m.allocations().root_ports, []);
+    assert_eq!(m.needing_cleanup(), []);
 }

@@ -294,6 +294,49 @@ fn state_survives_a_restart_and_is_reconciled() {
     assert_ne!(again.device.id, DeviceId::from_raw(u64::MAX));
 }
 
+/// Issue 17, item 1: an attach whose plug failed and could not be undone is not "as
+/// before": the device is in the books (and the saved state) as needing cleanup, and the
+/// reconciliation at the next start cleans it up and drops it.
+#[test]
+fn a_plug_that_could_not_be_undone_is_saved_as_needing_cleanup_and_reconciled() {
+    let f = fixture();
+    let (svc, _) = f.open();
+    svc.register_vm(Caller::ROOT, memory_vm("a")).unwrap();
+    memory_hypervisor(&svc, "a").fail_next_incomplete();
+    let err = svc
+        .attach(Caller::ROOT, "a", &disk(&f, "left.img"))
+        .unwrap_err();
+    assert!(
+        err.chain().contains("may still hold part of it"),
+        "{}",
+        err.chain()
+    );
+    let devices = svc.devices("a").unwrap().devices;
+    assert_eq!(devices.len(), 1);
+    let id = devices[0].id;
+    assert!(devices[0].needs_cleanup.is_some());
+    assert!(devices[0].attachments.is_zero());
+    let saved = svc.store().devices("a").unwrap().unwrap();
+    assert!(saved.contains("needs_cleanup"), "{saved}");
+    drop(svc);
+
+    let (svc, report) = f.open();
+    assert_eq!(
+        report.repairs,
+        vec![Repair::CleanedUp {
+            vm: "a".into(),
+            device: id,
+            host_pci: Vec::new(),
+        }]
+    );
+    assert!(svc.devices("a").unwrap().devices.is_empty());
+    let saved = svc.store().devices("a").unwrap().unwrap();
+    assert!(
+        !saved.contains("needs_cleanup"),
+        "the repair is saved: {saved}"
+    );
+}
+
 #[test]
 fn metrics_count_vms_and_devices() {
     let f = fixture();

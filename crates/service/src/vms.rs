@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use plugboard_devices::{
-    AttachError, DeviceId, DeviceKind, DeviceSpec, DeviceState, PassedFd, Plug, PlugRequest,
-    Released, Removed, SavedState,
+    AttachError, DeviceError, DeviceId, DeviceKind, DeviceSpec, DeviceState, PassedFd, Plug,
+    PlugRequest, Released, Removed, SavedState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -289,12 +289,20 @@ impl Service {
         if let Some(fdset) = passed {
             let plugged = match &saved {
                 Ok(attached) => Some(attached.state.clone()),
-                Err(AttachError::PersistFailedUndoFailed { id, .. }) => manager.device(*id),
+                Err(
+                    AttachError::PersistFailedUndoFailed { id, .. }
+                    | AttachError::Device(DeviceError::PlugIncomplete { id, .. }),
+                ) => manager.device(*id),
                 Err(_) => None,
             };
+            // A failed plug the VM may still hold part of keeps its set until its cleanup.
             let taken = plugged
                 .as_ref()
-                .and_then(|d| d.plugged.as_ref())
+                .and_then(|d| {
+                    d.plugged
+                        .as_ref()
+                        .or(d.needs_cleanup.as_ref().map(|l| &l.request))
+                })
                 .and_then(plugged_fd_set)
                 == Some(fdset);
             if !taken && let Err(e) = manager.hypervisor().remove_fd(fdset) {
@@ -304,6 +312,13 @@ impl Service {
         let attached = match saved {
             Ok(attached) => attached,
             Err(err) => {
+                // A plug the VM may still hold part of is in the books, needing cleanup:
+                // saved as such, its host devices kept (reconciliation cleans it up).
+                if matches!(err, AttachError::Device(DeviceError::PlugIncomplete { .. }))
+                    && let Err(e) = self.save(&vm)
+                {
+                    tracing::error!(vm = name, error = %e.chain(), "cannot save a device that needs cleanup");
+                }
                 // Host devices prepared for a device this call created go back with it.
                 if err.rolled_back() && !existed {
                     self.release_passthrough(name, &passthrough);
