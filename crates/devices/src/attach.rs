@@ -124,6 +124,36 @@ impl<H: Hypervisor> DeviceManager<H> {
         result
     }
 
+    /// Asks the hypervisor again what the guest sees of every plugged device, and books it:
+    /// a device cold-plugged before the VM started gets its PCI path once the VM runs. Call
+    /// it after the VM has started (for QEMU, once its QMP session is open).
+    ///
+    /// # Errors
+    /// [`DeviceError::GuestView`] for the first device the hypervisor could not answer for;
+    /// the devices before it are updated.
+    pub fn refresh_guest_views(&self) -> Result<(), DeviceError> {
+        let plugged: Vec<PlugRequest> = self
+            .devices()
+            .into_iter()
+            .filter_map(|d| d.plugged)
+            .collect();
+        for request in plugged {
+            let id = request.device;
+            let view = self
+                .hypervisor
+                .guest_view(&request)
+                .map_err(|source| DeviceError::GuestView { id, source })?;
+            let mut books = self.lock();
+            // Booked only if the device still holds this very plug.
+            if let Some(entry) = books.devices.get_mut(&id)
+                && entry.state.plugged.as_ref() == Some(&request)
+            {
+                entry.state.guest = Some(view);
+            }
+        }
+        Ok(())
+    }
+
     /// The devices whose failed plug still needs cleanup, by id.
     pub fn needing_cleanup(&self) -> Vec<DeviceId> {
         let books = self.lock();
@@ -216,10 +246,27 @@ impl<H: Hypervisor> DeviceManager<H> {
             planned: None,
             on_failure: OnFailure::Keep,
         };
-        if let Err(source) = self.hypervisor.hotplug_remove(&request) {
-            tracing::warn!(device = %id, error = %source, "unplug failed; device stays attached");
-            drop(busy);
-            return Err(DeviceError::Unplug { id, source });
+        match self.hypervisor.hotplug_remove(&request) {
+            Ok(()) => {}
+            // A cold device the running VM cannot take out: Kata's rule, the detach only
+            // counts down, and the device stays in the VM (allocations and all) until it
+            // stops.
+            Err(HypervisorError::NotRemovable { .. }) if request.mode == PlugMode::Cold => {
+                let mut books = busy.finish();
+                if let Some(entry) = books.devices.get_mut(&id) {
+                    let _: Result<Released, _> = entry.state.attachments.release();
+                    entry.state.resident = true;
+                }
+                drop(books);
+                self.idle.notify_all();
+                tracing::info!(device = %id, "cold-plugged device detached; the running VM cannot remove it, so it stays there until the VM stops");
+                return Ok(Released::Last);
+            }
+            Err(source) => {
+                tracing::warn!(device = %id, error = %source, "unplug failed; device stays attached");
+                drop(busy);
+                return Err(DeviceError::Unplug { id, source });
+            }
         }
         let mut books = busy.finish();
         if let Some(entry) = books.devices.get_mut(&id) {
@@ -259,6 +306,13 @@ fn count_or_plan(books: &mut Books, id: DeviceId) -> Result<Planned, DeviceError
         .map_err(|_| DeviceError::TooManyAttachments { id })?;
     if step == Acquired::Again {
         let _: Result<Acquired, _> = state.attachments.acquire();
+        return Ok(Planned::Counted(Acquired::Again));
+    }
+    if state.resident {
+        // Still in the VM since its last detach: counting is all there is, and no plug
+        // happens now.
+        let _: Result<Acquired, _> = state.attachments.acquire();
+        state.resident = false;
         return Ok(Planned::Counted(Acquired::Again));
     }
     let Some(request) = books.alloc.plan(id, &state.spec)? else {
@@ -719,6 +773,50 @@ mod tests {
         assert_eq!(calls[1].request, request);
     }
 
+    /// Issue 17, item 3: the last detach of a cold device the running VM cannot remove used
+    /// to fail for good (the device attached forever). Kata's rule: it only counts down.
+    #[test]
+    fn a_cold_device_the_running_vm_cannot_remove_is_detached_by_count() {
+        let m = manager(crate::test_util::EIGHT_PORTS);
+        let mut spec = block_spec(0, BlockDriver::VirtioBlk);
+        spec.mode = PlugMode::Cold;
+        let id = new(&m, spec);
+        m.attach(id).unwrap();
+        m.hypervisor().keep_cold_devices();
+        let allocations = m.allocations();
+        assert_eq!(m.detach(id).unwrap(), Released::Last);
+        let state = m.device(id).unwrap();
+        assert!(state.resident && state.attachments.is_zero());
+        assert!(state.plugged.is_some() && state.guest.is_some());
+        assert_eq!(m.allocations(), allocations, "its allocations stay taken");
+        assert!(m.hypervisor().is_plugged(id));
+        assert!(matches!(
+            m.remove_device(id),
+            Err(DeviceError::StaysInVm { .. })
+        ));
+        // Saved and loaded as it is.
+        let saved = m.save();
+        let json = saved.to_json().unwrap();
+        assert!(json.contains("\"resident\": true"), "{json}");
+        let loaded = DeviceManager::load(
+            Arc::clone(m.hypervisor()),
+            crate::persist::SavedState::from_json(&json).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(loaded.save(), saved);
+        // Attaching again only counts.
+        let calls = m.hypervisor().calls().len();
+        assert_eq!(m.attach(id).unwrap(), Acquired::Again);
+        assert_eq!(m.hypervisor().calls().len(), calls);
+        assert!(!m.device(id).unwrap().resident);
+        // A hot device that cannot be removed still stays attached.
+        let hot = new(&m, block_spec(1, BlockDriver::VirtioBlk));
+        m.attach(hot).unwrap();
+        m.hypervisor().fail_next(HypervisorOp::HotplugRemove);
+        assert!(matches!(m.detach(hot), Err(DeviceError::Unplug { .. })));
+        assert!(m.is_attached(hot));
+    }
+
     /// `m.attach(id)` on a thread of its own.
     fn attach_on_a_thread(
         m: &Arc<Manager>,
@@ -831,6 +929,10 @@ mod panics {
 
         fn coldplug(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
             self.inner.coldplug(request)
+        }
+
+        fn guest_view(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+            self.inner.guest_view(request)
         }
     }
 

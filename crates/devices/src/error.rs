@@ -157,6 +157,25 @@ pub enum DeviceError {
         /// The device.
         id: DeviceId,
     },
+    /// Removing the last reference of a cold-plugged device that the running VM could not
+    /// take out ([`crate::DeviceState::resident`]): it stays, with its allocations, until the
+    /// VM stops.
+    #[error(
+        "device {id} was cold-plugged and stays in the running VM until it stops; it cannot be removed before"
+    )]
+    StaysInVm {
+        /// The device.
+        id: DeviceId,
+    },
+    /// The hypervisor could not say what the guest sees of the device.
+    #[error("cannot read what the guest sees of device {id}")]
+    GuestView {
+        /// The device.
+        id: DeviceId,
+        /// The hypervisor's error.
+        #[source]
+        source: HypervisorError,
+    },
     /// The hypervisor refused to unplug the device; it stays attached.
     #[error("unplugging device {id} failed; it stays attached")]
     Unplug {

@@ -26,9 +26,16 @@
 //!   `coldplug` got, so an implementation can find its objects from it alone (ids are in
 //!   the request, not in the implementation's memory).
 //! - **Cold-plugged devices** are removed through `hotplug_remove` too, with
-//!   [`PlugRequest::mode`] telling which; an implementation that cannot remove one (a running
-//!   VM, a slot without hotplug) returns [`HypervisorError::NotRemovable`], and the manager
-//!   keeps the device attached.
+//!   [`PlugRequest::mode`] telling which: before the VM starts that takes them out of its
+//!   configuration, and once it runs a cold device in a hot-pluggable slot (a root port)
+//!   leaves like a hot one. An implementation that cannot remove one from the running VM
+//!   (QEMU's q35 root bus has no hotplug) returns [`HypervisorError::NotRemovable`]; the
+//!   manager then does what Kata does, and only counts the detach down: the device stays in
+//!   the VM until it stops ([`crate::DeviceState::resident`]). A hot device that cannot be
+//!   removed (an nvdimm) stays attached.
+//! - **What the guest sees** of a plugged device can be asked again
+//!   ([`Hypervisor::guest_view`]): a device cold-plugged before the VM started gets its PCI
+//!   path only once the VMM has placed it.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -238,6 +245,14 @@ pub trait Hypervisor: Send + Sync {
     /// # Errors
     /// Any [`HypervisorError`]; the configuration is left as it was.
     fn coldplug(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError>;
+
+    /// What the guest sees of a device `hotplug_add` or `coldplug` added, as the VMM tells it
+    /// now (a cold-plugged device's PCI path is known only once the VM runs).
+    ///
+    /// # Errors
+    /// [`HypervisorError::NotPlugged`] when the VM does not hold it; any other
+    /// [`HypervisorError`] when the VMM cannot be asked.
+    fn guest_view(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError>;
 }
 
 impl<H: Hypervisor + ?Sized> Hypervisor for Arc<H> {
@@ -256,6 +271,10 @@ impl<H: Hypervisor + ?Sized> Hypervisor for Arc<H> {
     fn coldplug(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
         (**self).coldplug(request)
     }
+
+    fn guest_view(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+        (**self).guest_view(request)
+    }
 }
 
 impl<H: Hypervisor + ?Sized> Hypervisor for &H {
@@ -273,6 +292,10 @@ impl<H: Hypervisor + ?Sized> Hypervisor for &H {
 
     fn coldplug(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
         (**self).coldplug(request)
+    }
+
+    fn guest_view(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+        (**self).guest_view(request)
     }
 }
 

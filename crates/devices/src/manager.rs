@@ -205,6 +205,7 @@ pub(crate) fn take_reference(
                 plugged: None,
                 guest: None,
                 needs_cleanup: None,
+                resident: false,
             },
             busy: false,
         },
@@ -224,6 +225,9 @@ pub(crate) fn drop_reference(books: &mut Books, id: DeviceId) -> Result<Removed,
         .map_err(|_| DeviceError::NotFound { id })?;
     if step == Released::Last && state.needs_cleanup.is_some() {
         return Err(DeviceError::NeedsCleanup { id });
+    }
+    if step == Released::Last && state.resident {
+        return Err(DeviceError::StaysInVm { id });
     }
     if step == Released::Last && !state.attachments.is_zero() {
         return Err(DeviceError::StillAttached {

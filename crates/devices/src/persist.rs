@@ -216,9 +216,12 @@ fn check_device(state: &DeviceState) -> Result<(), PersistError> {
     }
     let attached = !state.attachments.is_zero();
     let generic = matches!(state.spec.kind, DeviceKind::Generic(_));
+    if state.resident && (attached || state.plugged.is_none()) {
+        return bad("a device staying in the VM that is attached or not plugged");
+    }
     match (&state.plugged, &state.guest) {
         (Some(request), Some(_)) => {
-            if generic || !attached {
+            if generic || (!attached && !state.resident) {
                 return bad("a plug without an attachment");
             }
             if request.device != id || request.mode != state.spec.mode {

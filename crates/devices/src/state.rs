@@ -37,6 +37,12 @@ pub struct DeviceState {
     /// next attach, which cleans up first) removes it. Absent from JSON when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub needs_cleanup: Option<Leftover>,
+    /// A cold-plugged device whose last detach the running VM could not carry out (QEMU's
+    /// root bus has no hotplug): not attached, but still in the VM until it stops, so
+    /// `plugged`, `guest` and its allocations stay; attaching it again only counts, and its
+    /// last reference cannot be removed. Absent from JSON when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resident: bool,
 }
 
 /// What a plug whose undo did not finish may have left in the VM.

@@ -172,6 +172,8 @@ struct State {
     fail_next: BTreeMap<HypervisorOp, usize>,
     /// Fail this many upcoming hot plugs without undoing them (the device stays plugged).
     incomplete_next: usize,
+    /// The VM runs and cannot remove cold-plugged devices (QEMU's root bus).
+    cold_stays: bool,
     /// Ops whose calls wait until released.
     held: Vec<HypervisorOp>,
     /// Calls waiting in a hold.
@@ -289,6 +291,12 @@ impl InMemoryHypervisor {
         self.lock().incomplete_next += 1;
     }
 
+    /// From now on the VM runs and cannot remove a cold-plugged device, as QEMU's q35 root
+    /// bus cannot: its removal is [`HypervisorError::NotRemovable`] and it stays plugged.
+    pub fn keep_cold_devices(&self) {
+        self.lock().cold_stays = true;
+    }
+
     /// Disarms every armed failure.
     pub fn clear_failures(&self) {
         let mut state = self.lock();
@@ -394,6 +402,11 @@ impl InMemoryHypervisor {
                 Ok(guest_view(request))
             }
             HypervisorOp::HotplugRemove => match state.plugged.get(&device) {
+                Some(held)
+                    if held == request && state.cold_stays && held.mode == PlugMode::Cold =>
+                {
+                    Err(HypervisorError::NotRemovable { device })
+                }
                 Some(held) if held == request => {
                     state.plugged.remove(&device);
                     // The removal closes the device's fd set, as QEMU's backend does.
@@ -493,6 +506,15 @@ impl Hypervisor for InMemoryHypervisor {
 
     fn coldplug(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
         self.call(HypervisorOp::Coldplug, request)
+    }
+
+    fn guest_view(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+        match self.lock().plugged.get(&request.device) {
+            Some(held) if held == request => Ok(guest_view(request)),
+            Some(_) | None => Err(HypervisorError::NotPlugged {
+                device: request.device,
+            }),
+        }
     }
 }
 

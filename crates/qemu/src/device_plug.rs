@@ -88,6 +88,14 @@ impl Hypervisor for QemuHypervisor {
             for_removal: true,
         };
         let plans = requests::plans(request, layout).map_err(|e| request_error(device, e))?;
+        // A device cold-plugged on the root bus cannot leave a running q35 VM (no hotplug
+        // there): QEMU is not asked.
+        if request.mode == PlugMode::Cold
+            && let Some(plan) = plans.iter().find(|p| p.bus().is_none() && p.removable)
+        {
+            tracing::info!(device = %plan.id, "a cold-plugged device on the root bus stays in the running VM");
+            return Err(HypervisorError::NotRemovable { device });
+        }
         for plan in plans.iter().rev() {
             session.unplug(plan, timeout).map_err(|e| match e {
                 QemuError::Removal(RemovalError::NotRemovable { .. }) => {
@@ -135,9 +143,56 @@ impl Hypervisor for QemuHypervisor {
         state.boot.extend(plans);
         Ok(view)
     }
+
+    fn guest_view(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+        self.view_now(request)
+    }
 }
 
 impl QemuHypervisor {
+    /// [`Hypervisor::guest_view`]: before the VM runs, what coldplug answered; once it runs,
+    /// each PCI device's path as QEMU placed it.
+    fn view_now(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+        let device = request.device;
+        let mut state = self.lock();
+        let Some(session) = state.session.as_mut() else {
+            let plans = self.cold_plans(request)?;
+            if !plans
+                .iter()
+                .all(|p| state.boot.iter().any(|q| q.id == p.id))
+            {
+                return Err(HypervisorError::NotPlugged { device });
+            }
+            return Ok(guest_view(request, &plans, None));
+        };
+        let layout = VmLayout {
+            ports: &session.pool,
+            scsi_controller: session.scsi_controller.as_deref(),
+            portless_ok: true,
+            for_removal: true,
+        };
+        let plans = requests::plans(request, layout).map_err(|e| request_error(device, e))?;
+        let mut view = guest_view(request, &plans, None);
+        for plan in &plans {
+            let slots = match session.port_slot(plan) {
+                Some(port) => Some(vec![port, 0]),
+                // On the root bus (cold-plugged): the device's own slot, if it is on PCI.
+                None if plan.bus().is_none() => session
+                    .root_bus_slot(plan)
+                    .map_err(|e| backend(device, e))?
+                    .map(|slot| vec![slot]),
+                None => None,
+            };
+            let path = slots.and_then(|s| {
+                let slots: Option<Vec<PciSlot>> =
+                    s.into_iter().map(|n| PciSlot::new(n).ok()).collect();
+                PciPath::new(slots?).ok()
+            });
+            view.pci_paths.extend(path);
+        }
+        Ok(view)
+    }
+
     /// The plans with the test's stand-in applied (see [`QemuHypervisor::with_stand_in`]).
     #[cfg(any(test, feature = "test-util"))]
     fn stand_in(&self, mut plans: Vec<Plan>) -> Vec<Plan> {

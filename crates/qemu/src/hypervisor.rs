@@ -388,6 +388,24 @@ impl Session {
         Ok(departure)
     }
 
+    /// The slot on the root bus of a plan's device placed there (cold-plugged, no bus named):
+    /// its `addr` property (the devfn) read from QOM; `None` when it has none (not PCI).
+    pub(crate) fn root_bus_slot(&mut self, plan: &Plan) -> Result<Option<u8>, QemuError> {
+        let path = plan.id.qom_path();
+        match self.client.execute(
+            "qom-get",
+            Some(&serde_json::json!({"path": path, "property": "addr"})),
+        ) {
+            // `addr` is the devfn: slot << 3 | function.
+            Ok(devfn) => Ok(devfn.as_u64().and_then(|d| u8::try_from(d >> 3).ok())),
+            Err(e) if e.failure().is_some() => Ok(None),
+            Err(source) => Err(QemuError::Query {
+                what: "qom-get addr",
+                source,
+            }),
+        }
+    }
+
     /// The root bus slot of the port a plan sits on.
     pub(crate) fn port_slot(&self, plan: &Plan) -> Option<u8> {
         let bus = plan.bus()?;

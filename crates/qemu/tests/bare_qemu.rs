@@ -918,3 +918,69 @@ fn a_rollback_the_guest_does_not_acknowledge_leaves_the_device_needing_cleanup()
     assert_eq!(m.allocations().root_ports, []);
     assert_eq!(m.needing_cleanup(), []);
 }
+
+/// Issue 17, item 3, against a real QEMU: a device cold-plugged on the root bus (no root
+/// port) cannot leave a running q35 VM, whose root bus has no hotplug. Its last detach used
+/// to `device_del` it, fail, and leave it attached for good. Now (Kata's rule) the detach
+/// only counts down: the device stays in the VM until it stops, its allocations taken, and
+/// attaching it again only counts. Once the VM runs, its guest PCI path is read from QEMU.
+#[test]
+fn a_cold_plugged_device_on_the_root_bus_is_detached_by_count_and_gets_its_pci_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("cold.raw");
+    create_image(&raw, "raw", "4M").unwrap();
+    // No root ports configured: cold devices go on the root bus.
+    let m = DeviceManager::new(
+        QemuHypervisor::new(config()),
+        ManagerConfig {
+            root_ports: 0,
+            name_offset: 0,
+        },
+    );
+    let mut spec = disk_spec(&raw, BlockDriver::VirtioBlk, ImageFormat::Raw, false);
+    spec.mode = PlugMode::Cold;
+    let id = m.new_device(spec).unwrap().id();
+    m.attach(id).unwrap();
+    assert_eq!(m.device(id).unwrap().guest.unwrap().pci_paths, []);
+    let qemu = BareQemu::builder().args(m.hypervisor().boot_args()).start();
+    m.hypervisor().attach(qemu.qmp_socket()).unwrap();
+    let hv = m.hypervisor();
+    let name = qemu_name(id, DeviceRole::Disk);
+    // The guest path is the device's own slot on the root bus, as QEMU placed it.
+    m.refresh_guest_views().unwrap();
+    let devfn = query(
+        hv,
+        "qom-get",
+        Some(&json!({"path": format!("/machine/peripheral/{name}"), "property": "addr"})),
+    );
+    let slot = devfn.as_u64().unwrap() >> 3;
+    let paths: Vec<String> = m
+        .device(id)
+        .unwrap()
+        .guest
+        .unwrap()
+        .pci_paths
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(paths, [format!("{slot:02x}")]);
+
+    assert_eq!(m.detach(id).unwrap(), plugboard_devices::Released::Last);
+    assert!(peripherals(hv).contains(&name), "it stays in the VM");
+    let state = m.device(id).unwrap();
+    assert!(state.attachments.is_zero());
+    assert!(state.resident, "booked as staying until the VM stops");
+    assert_eq!(
+        m.allocations().block_indexes.len(),
+        1,
+        "its index stays taken"
+    );
+    assert!(matches!(
+        m.remove_device(id),
+        Err(DeviceError::StaysInVm { .. })
+    ));
+    // Attaching it again only counts; QEMU is not asked.
+    assert_eq!(m.attach(id).unwrap(), plugboard_devices::Acquired::Again);
+    assert!(m.is_attached(id));
+    assert!(!m.device(id).unwrap().resident);
+}
