@@ -52,7 +52,7 @@ pub fn image_spec(path: &str, driver: BlockDriver) -> DeviceSpec {
     }
 }
 
-/// A VFIO group `group` (`/dev/vfio/<group>`, char node `511:group`) whose functions are
+/// A VFIO group `group` (`/dev/vfio/<group>`, identity [`DeviceIdentity::IommuGroup`]) whose functions are
 /// `0000:<group % 256>:00.<n>`, PCIe or not as given (at most 8), hot-plugged.
 #[must_use]
 pub fn vfio_spec(group: u32, pcie: &[bool]) -> DeviceSpec {
@@ -72,7 +72,7 @@ pub fn vfio_spec(group: u32, pcie: &[bool]) -> DeviceSpec {
         })
         .collect();
     DeviceSpec {
-        identity: DeviceIdentity::Node(DeviceNode::new(DevKind::Char, 511, group)),
+        identity: DeviceIdentity::IommuGroup(group),
         mode: PlugMode::Hot,
         kind: DeviceKind::Vfio(VfioSpec {
             backend: VfioBackend::Group { group },

@@ -18,15 +18,21 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let kernel = FakeKernel::builder()
-        .pci(
-            PciSpec::new("0000:02:00.0", 0x8086, 0x10d3)
-                .class(0x02_0000)
-                .iommu_group(7)
-                .driver("e1000e"),
-        )
-        .build()
-        .unwrap();
+    fixture_over(
+        FakeKernel::builder()
+            .pci(
+                PciSpec::new("0000:02:00.0", 0x8086, 0x10d3)
+                    .class(0x02_0000)
+                    .iommu_group(7)
+                    .driver("e1000e"),
+            )
+            .build()
+            .unwrap(),
+    )
+}
+
+/// A fixture over `kernel`.
+fn fixture_over(kernel: FakeKernel) -> Fixture {
     let state = tempfile::tempdir().unwrap();
     let config = ServiceConfig {
         host: HostConfig {
@@ -292,6 +298,67 @@ fn state_survives_a_restart_and_is_reconciled() {
         a0.device.plugged.as_ref().unwrap().block_index()
     );
     assert_ne!(again.device.id, DeviceId::from_raw(u64::MAX));
+}
+
+/// Issue 17, item 4: two functions of one IOMMU group attached one by one used to collide
+/// after the second was prepared (taken onto vfio-pci and registered), and the failed
+/// attach left it there. One group is one device: the second function is a clear answer
+/// before anything is touched, and nothing is left bound.
+#[test]
+fn a_second_function_of_an_attached_group_is_a_clear_answer_and_nothing_is_left_bound() {
+    let f = fixture_over(
+        FakeKernel::builder()
+            .pci(
+                PciSpec::new("0000:03:00.0", 0x10de, 0x2330)
+                    .class(0x03_0000)
+                    .iommu_group(8)
+                    .unbound(),
+            )
+            .pci(
+                PciSpec::new("0000:03:00.1", 0x10de, 0x22a3)
+                    .class(0x04_0300)
+                    .iommu_group(8)
+                    .unbound(),
+            )
+            .build()
+            .unwrap(),
+    );
+    let svc = service_with_vm_a(&f);
+    let function = |a: &str| AttachRequest::Pci {
+        address: a.parse().unwrap(),
+        whole_group: false,
+    };
+    let driver = |a: &str| {
+        f.kernel
+            .sysfs()
+            .pci_device(a.parse::<plugboard_sysfs::PciAddress>().unwrap())
+            .unwrap()
+            .driver()
+            .unwrap()
+    };
+    let first = svc
+        .attach(Caller::ROOT, "a", &function("0000:03:00.0"))
+        .unwrap();
+    assert_eq!(
+        first.device.spec.identity,
+        plugboard_devices::DeviceIdentity::IommuGroup(8)
+    );
+    let err = svc
+        .attach(Caller::ROOT, "a", &function("0000:03:00.1"))
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Conflict, "{}", err.chain());
+    assert!(err.to_string().contains("IOMMU group 8"), "{err}");
+    assert_eq!(driver("0000:03:00.1"), None, "nothing left bound");
+    let held: Vec<String> = svc
+        .host()
+        .hostdevs()
+        .unwrap()
+        .pci
+        .iter()
+        .map(|d| d.address.to_string())
+        .collect();
+    assert_eq!(held, ["0000:03:00.0"], "nothing left registered");
+    assert_eq!(svc.devices("a").unwrap().devices.len(), 1);
 }
 
 /// Issue 17, item 1: an attach whose plug failed and could not be undone is not "as

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use plugboard_devices::{
-    AttachError, DeviceError, DeviceId, DeviceKind, DeviceSpec, DeviceState, PassedFd, Plug,
-    PlugRequest, Released, Removed, SavedState,
+    AttachError, DeviceError, DeviceId, DeviceIdentity, DeviceKind, DeviceSpec, DeviceState,
+    PassedFd, Plug, PlugRequest, Released, Removed, SavedState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -257,6 +257,25 @@ impl Service {
                         "PCI device {address} is already passed through to VM {name:?}"
                     )));
                 }
+                // One IOMMU group is one device: another function of a group this VM
+                // holds is refused before anything is prepared (bound, registered).
+                if let Some(group) = self.iommu_group_of(*address)
+                    && let Some(held) = manager
+                        .find(&DeviceIdentity::IommuGroup(group))
+                        .and_then(|id| manager.device(id))
+                {
+                    let functions: Vec<String> = pci_functions(&held)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    return Err(ServiceError::Conflict(format!(
+                        "PCI device {address} is in IOMMU group {group}, which VM {name:?} \
+                         holds already as device {} ({}); a group is one device: detach it \
+                         and attach the group again with whole_group",
+                        held.id,
+                        functions.join(" ")
+                    )));
+                }
                 // Only root takes a device from its host driver (see `auth`); others
                 // pass through what root has already detached.
                 if !caller.is_root() {
@@ -275,7 +294,6 @@ impl Service {
         let passed = passed_fd_set(&spec);
         // One transaction: create or reference, count, plug and save; the manager undoes all
         // of it when a step fails, the save included.
-        let existed = manager.find(&spec.identity).is_some();
         let saved = manager.attach_new(spec, |state: &SavedState| {
             let json = state.to_json().map_err(|source| ServiceError::Persist {
                 vm: vm.record.name.clone(),
@@ -319,9 +337,15 @@ impl Service {
                 {
                     tracing::error!(vm = name, error = %e.chain(), "cannot save a device that needs cleanup");
                 }
-                // Host devices prepared for a device this call created go back with it.
-                if err.rolled_back() && !existed {
-                    self.release_passthrough(name, &passthrough);
+                // Host devices this call prepared that no device of the VM holds go back.
+                if err.rolled_back() {
+                    let held: Vec<_> = manager.devices().iter().flat_map(pci_functions).collect();
+                    let unheld: Vec<_> = passthrough
+                        .iter()
+                        .filter(|a| !held.contains(a))
+                        .copied()
+                        .collect();
+                    self.release_passthrough(name, &unheld);
                 }
                 return Err(match err {
                     AttachError::Device(e) => dev(e),

@@ -111,7 +111,17 @@ pub fn backend(dev_root: &Path, path: &Path) -> Result<VfioBackend, VfioHostErro
 ///
 /// # Errors
 /// Any [`VfioHostError`].
+#[cfg(test)]
 pub fn spec(sysfs: &Sysfs, path: &Path) -> Result<VfioSpec, VfioHostError> {
+    grouped_spec(sysfs, path).map(|(_, spec)| spec)
+}
+
+/// The IOMMU group behind `path` (a group node or a function's cdev) and the VFIO device
+/// of that group.
+///
+/// # Errors
+/// Any [`VfioHostError`].
+pub fn grouped_spec(sysfs: &Sysfs, path: &Path) -> Result<(u32, VfioSpec), VfioHostError> {
     let backend = backend(sysfs.dev_root(), path)?;
     let group = match backend {
         VfioBackend::Group { group } => group,
@@ -152,7 +162,7 @@ pub fn spec(sysfs: &Sysfs, path: &Path) -> Result<VfioSpec, VfioHostError> {
     if functions.is_empty() {
         return Err(VfioHostError::NoEndpoints { group });
     }
-    Ok(VfioSpec { backend, functions })
+    Ok((group, VfioSpec { backend, functions }))
 }
 
 /// The IOMMU group of the PCI device whose cdev is `vfio<index>`.

@@ -88,6 +88,12 @@ pub enum DeviceIdentity {
     /// A device without a node (an image file, a vhost-user socket): the same host path is
     /// the same device.
     Path(PathBuf),
+    /// A VFIO device: its IOMMU group, whichever node named it (`/dev/vfio/<group>` or the
+    /// cdev `/dev/vfio/devices/vfioN` of any of its functions) and whichever function was
+    /// asked for. The kernel isolates a group as a unit, so one group is one device. JSON
+    /// `{"iommu_group": 8}`.
+    #[serde(rename = "iommu_group")]
+    IommuGroup(u32),
 }
 
 impl fmt::Display for DeviceIdentity {
@@ -95,6 +101,7 @@ impl fmt::Display for DeviceIdentity {
         match self {
             Self::Node(node) => write!(f, "node {node}"),
             Self::Path(path) => write!(f, "path {}", path.display()),
+            Self::IommuGroup(group) => write!(f, "IOMMU group {group}"),
         }
     }
 }
@@ -154,13 +161,14 @@ pub struct DeviceSpec {
 impl DeviceSpec {
     /// Whether `self` and `other` are the same device for deduplication: equal, except
     /// that a block device's [`BlockSpec::passed_fd`] does not count (see
-    /// [`BlockSpec::same_device`]).
+    /// [`BlockSpec::same_device`]), nor which node named a VFIO device (its group node or
+    /// any function's cdev): the same functions of one group are one device.
     #[must_use]
     pub fn same_device(&self, other: &Self) -> bool {
+        let same_plug = self.identity == other.identity && self.mode == other.mode;
         match (&self.kind, &other.kind) {
-            (DeviceKind::Block(a), DeviceKind::Block(b)) => {
-                self.identity == other.identity && self.mode == other.mode && a.same_device(b)
-            }
+            (DeviceKind::Block(a), DeviceKind::Block(b)) => same_plug && a.same_device(b),
+            (DeviceKind::Vfio(a), DeviceKind::Vfio(b)) => same_plug && a.functions == b.functions,
             _ => self == other,
         }
     }
@@ -201,6 +209,28 @@ mod tests {
             identity
         );
         assert_eq!(node.to_string(), "b 8:1");
+    }
+
+    #[test]
+    fn a_vfio_group_is_the_same_device_whichever_node_named_it() {
+        let by_cdev = |index| {
+            let mut spec = crate::test_util::vfio_spec(3, &[true, false]);
+            if let DeviceKind::Vfio(v) = &mut spec.kind {
+                v.backend = VfioBackend::Cdev { index };
+            }
+            spec
+        };
+        let group = crate::test_util::vfio_spec(3, &[true, false]);
+        assert!(by_cdev(4).same_device(&by_cdev(5)));
+        assert!(by_cdev(4).same_device(&group));
+        // Other functions of the group are not the same device.
+        let one = crate::test_util::vfio_spec(3, &[true]);
+        assert!(!one.same_device(&group));
+        assert_eq!(group.identity.to_string(), "IOMMU group 3");
+        assert_eq!(
+            serde_json::to_string(&group.identity).unwrap(),
+            r#"{"iommu_group":3}"#
+        );
     }
 
     #[test]
