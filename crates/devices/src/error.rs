@@ -57,6 +57,15 @@ pub enum DeviceError {
         /// The shared identity.
         identity: DeviceIdentity,
     },
+    /// A read-write request for a block device plugged read-only (read-only and read-write
+    /// users share a device otherwise: see [`crate::Sharing`]).
+    #[error(
+        "device {id} is plugged read-only; a read-write request cannot share it (ask for it read-only, or detach it first)"
+    )]
+    ReadOnly {
+        /// The existing device.
+        id: DeviceId,
+    },
     /// A spec with an empty host path (identity, block path or socket).
     #[error("device {identity} has an empty host path")]
     EmptyPath {

@@ -86,8 +86,8 @@ pub use index::{BLOCK_INDEX_LIMIT, BlockIndex, BlockIndexError, IndexError, Inde
 pub use kind::{
     BlockDriver, BlockDriverError, BlockSpec, DeviceIdentity, DeviceKind, DeviceNode, DeviceSpec,
     FsCache, GenericSpec, HostFunction, ImageFormat, MacAddress, MdevUuid, PassedFd,
-    PassedFileType, PciAddress, PlugMode, VfioBackend, VfioFunction, VfioSpec, VfioSpecError,
-    VhostUserDevice, VhostUserSpec, VhostUserSpecError,
+    PassedFileType, PciAddress, PlugMode, Sharing, VfioBackend, VfioFunction, VfioSpec,
+    VfioSpecError, VhostUserDevice, VhostUserSpec, VhostUserSpecError,
 };
 pub use manager::{DeviceManager, NewDevice, Removed};
 pub use pci_path::{MAX_PCI_SLOT, PciPath, PciPathError, PciSlot};

@@ -15,7 +15,7 @@ use crate::config::ManagerConfig;
 use crate::error::DeviceError;
 use crate::hypervisor::Hypervisor;
 use crate::id::DeviceId;
-use crate::kind::{DeviceIdentity, DeviceKind, DeviceSpec};
+use crate::kind::{DeviceIdentity, DeviceKind, DeviceSpec, Sharing};
 use crate::plan::Allocations;
 use crate::state::{Books, DeviceState, Entry};
 
@@ -173,11 +173,28 @@ pub(crate) fn take_reference(
 ) -> Result<NewDevice, DeviceError> {
     if let Some(&id) = books.by_identity.get(&spec.identity) {
         let entry = books.entry_mut(id)?;
-        if !entry.state.spec.same_device(&spec) {
-            return Err(DeviceError::Conflict {
-                id,
-                identity: spec.identity,
-            });
+        match entry.state.spec.sharing(&spec) {
+            Sharing::Same | Sharing::Reader => {}
+            // A writer joins a read-only device only before it is plugged (it then plugs
+            // read-write), and only when no descriptor was opened for reading only.
+            Sharing::Writer
+                if entry.state.plugged.is_none()
+                    && entry.state.needs_cleanup.is_none()
+                    && !entry.busy
+                    && matches!(&entry.state.spec.kind, DeviceKind::Block(b) if b.passed_fd.is_none()) =>
+            {
+                if let DeviceKind::Block(b) = &mut entry.state.spec.kind {
+                    b.read_only = false;
+                }
+                tracing::info!(device = %id, "a read-write user joins a read-only device not plugged yet; it will plug read-write");
+            }
+            Sharing::Writer => return Err(DeviceError::ReadOnly { id }),
+            Sharing::Different => {
+                return Err(DeviceError::Conflict {
+                    id,
+                    identity: spec.identity,
+                });
+            }
         }
         entry
             .state
@@ -358,6 +375,54 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, DeviceError::Conflict { id, .. } if id == a.id()));
         assert_eq!(m.device(a.id()).unwrap().references.get(), 1);
+    }
+
+    /// Issue 17, item 5 (Kata's case): two containers share a volume, one mounts it
+    /// read-only. Read-only and read-write requests of one node are one device; every other
+    /// difference is a conflict.
+    #[test]
+    fn read_only_and_read_write_users_of_one_node_share_it() {
+        let m = manager();
+        let ro = |minor| {
+            let mut spec = block_spec(minor, BlockDriver::VirtioBlk);
+            if let DeviceKind::Block(b) = &mut spec.kind {
+                b.read_only = true;
+            }
+            spec
+        };
+        // Read-write first: the reader shares it, and it stays read-write.
+        let rw = m.new_device(block_spec(0, BlockDriver::VirtioBlk)).unwrap();
+        m.attach(rw.id()).unwrap();
+        assert_eq!(m.new_device(ro(0)).unwrap(), NewDevice::Existing(rw.id()));
+        assert_eq!(m.attach(rw.id()).unwrap(), Acquired::Again);
+        let DeviceKind::Block(b) = m.device(rw.id()).unwrap().spec.kind else {
+            panic!("not a block device")
+        };
+        assert!(!b.read_only);
+        // Read-only and plugged: a writer cannot share it, a clear answer.
+        let first = m.new_device(ro(1)).unwrap();
+        m.attach(first.id()).unwrap();
+        let err = m
+            .new_device(block_spec(1, BlockDriver::VirtioBlk))
+            .unwrap_err();
+        assert!(
+            matches!(err, DeviceError::ReadOnly { id } if id == first.id()),
+            "{err}"
+        );
+        assert_eq!(m.device(first.id()).unwrap().references.get(), 1);
+        // Read-only and not plugged yet: a writer joins, and it plugs read-write.
+        let later = m.new_device(ro(2)).unwrap();
+        assert_eq!(
+            m.new_device(block_spec(2, BlockDriver::VirtioBlk)).unwrap(),
+            NewDevice::Existing(later.id())
+        );
+        m.attach(later.id()).unwrap();
+        let Some(crate::hypervisor::Plug::Block(plug)) =
+            m.device(later.id()).unwrap().plugged.map(|p| p.plug)
+        else {
+            panic!("not a block plug")
+        };
+        assert!(!plug.spec.read_only);
     }
 
     #[test]

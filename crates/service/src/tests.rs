@@ -361,6 +361,50 @@ fn a_second_function_of_an_attached_group_is_a_clear_answer_and_nothing_is_left_
     assert_eq!(svc.devices("a").unwrap().devices.len(), 1);
 }
 
+/// Issue 17, item 5 (Kata's case): a disk attached read-write and asked for again
+/// read-only (a second container mounting the shared volume read-only) is the same device,
+/// counted; the reverse, a writer for a disk plugged read-only, is a clear refusal.
+#[test]
+fn a_disk_shared_read_write_and_read_only_is_one_device() {
+    let f = fixture();
+    let (svc, _) = f.open();
+    svc.register_vm(Caller::ROOT, memory_vm("a")).unwrap();
+    let path = f.state.path().join("shared.img");
+    std::fs::write(&path, vec![0u8; 4096]).unwrap();
+    let disk = |read_only| AttachRequest::Disk {
+        path: path.clone(),
+        driver: None,
+        format: plugboard_devices::ImageFormat::Raw,
+        read_only,
+    };
+    let writer = svc.attach(Caller::ROOT, "a", &disk(false)).unwrap();
+    let reader = svc.attach(Caller::ROOT, "a", &disk(true)).unwrap();
+    assert!(!reader.plugged, "counted, not plugged again");
+    assert_eq!(reader.device.id, writer.device.id);
+    assert_eq!(reader.device.attachments.get(), 2);
+    // Only the writer's file stays with QEMU; the reader's descriptor was closed.
+    assert_eq!(memory_hypervisor(&svc, "a").fd_set_ids().len(), 1);
+
+    let other = f.state.path().join("ro.img");
+    std::fs::write(&other, vec![0u8; 4096]).unwrap();
+    let ro = AttachRequest::Disk {
+        path: other.clone(),
+        driver: None,
+        format: plugboard_devices::ImageFormat::Raw,
+        read_only: true,
+    };
+    svc.attach(Caller::ROOT, "a", &ro).unwrap();
+    let rw = AttachRequest::Disk {
+        path: other,
+        driver: None,
+        format: plugboard_devices::ImageFormat::Raw,
+        read_only: false,
+    };
+    let err = svc.attach(Caller::ROOT, "a", &rw).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Conflict, "{}", err.chain());
+    assert!(err.chain().contains("plugged read-only"), "{}", err.chain());
+}
+
 /// Issue 17, item 1: an attach whose plug failed and could not be undone is not "as
 /// before": the device is in the books (and the saved state) as needing cleanup, and the
 /// reconciliation at the next start cleans it up and drops it.

@@ -117,6 +117,24 @@ pub enum PlugMode {
     Cold,
 }
 
+/// How a request relates to the device of the same identity the manager holds
+/// ([`DeviceSpec::sharing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// The same device ([`DeviceSpec::same_device`]).
+    Same,
+    /// The same block device, asked for read-only where it is read-write: compatible. The
+    /// device stays read-write; the reader mounts it read-only in the guest (Kata's case of
+    /// two containers sharing a volume, one mounting it read-only).
+    Reader,
+    /// The same block device, asked for read-write where it is read-only: compatible only
+    /// while it is not plugged (it then becomes read-write); a device plugged read-only
+    /// cannot take a writer.
+    Writer,
+    /// Another device under the same identity (another driver, format, path, functions…).
+    Different,
+}
+
 /// Everything about one device except its identity and plug mode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -159,6 +177,31 @@ pub struct DeviceSpec {
 }
 
 impl DeviceSpec {
+    /// How `request` relates to `self`, a device of the same identity: the same device, the
+    /// same block device with other access ([`Sharing::Reader`], [`Sharing::Writer`]: the
+    /// only compatible difference), or another device.
+    #[must_use]
+    pub fn sharing(&self, request: &Self) -> Sharing {
+        if self.same_device(request) {
+            return Sharing::Same;
+        }
+        if let (DeviceKind::Block(mine), DeviceKind::Block(theirs)) = (&self.kind, &request.kind)
+            && self.identity == request.identity
+            && self.mode == request.mode
+            && mine.same_device(&BlockSpec {
+                read_only: mine.read_only,
+                ..theirs.clone()
+            })
+        {
+            return if theirs.read_only {
+                Sharing::Reader
+            } else {
+                Sharing::Writer
+            };
+        }
+        Sharing::Different
+    }
+
     /// Whether `self` and `other` are the same device for deduplication: equal, except
     /// that a block device's [`BlockSpec::passed_fd`] does not count (see
     /// [`BlockSpec::same_device`]), nor which node named a VFIO device (its group node or
