@@ -75,7 +75,7 @@ pub use drive_name::{DriveName, DriveNameError, MAX_DRIVE_NAME_LEN, VIRTIO_PREFI
 pub use error::DeviceError;
 pub use host::{
     DeviceRequest, HostDevices, HostError, HostPathError, VHOST_USER_BLK_MAJOR,
-    VHOST_USER_SCSI_MAJOR, VfioHostError, VhostUserStore, VhostUserStoreError,
+    VHOST_USER_SCSI_MAJOR, VfioHostError, VhostUserStore, VhostUserStoreError, vfio_iommu_group,
 };
 pub use hypervisor::{
     BlockPlug, GuestView, Hypervisor, HypervisorError, HypervisorKind, Plug, PlugRequest,

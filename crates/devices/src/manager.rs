@@ -106,6 +106,7 @@ impl<H: Hypervisor> DeviceManager<H> {
     /// spec; [`DeviceError::TooManyReferences`]; [`DeviceError::InvalidVfio`] or
     /// [`DeviceError::InvalidVhostUser`] for a spec that cannot be plugged.
     pub fn new_device(&self, spec: DeviceSpec) -> Result<NewDevice, DeviceError> {
+        let spec = normalize(spec);
         validate(&spec)?;
         let mut books = self.lock();
         take_reference(&mut books, spec)
@@ -262,6 +263,23 @@ pub(crate) fn drop_reference(books: &mut Books, id: DeviceId) -> Result<Removed,
     }
     tracing::debug!(device = %id, "device removed");
     Ok(Removed::Gone)
+}
+
+/// The spec with its host paths (a nodeless identity, a block device's path, a socket, a
+/// generic node's path) in one spelling: `a//b`, `a/./b` and `a/b/` are `a/b`. Lexical
+/// only (the manager reads no files); `HostDevices` and the service resolve symlinks.
+pub(crate) fn normalize(mut spec: DeviceSpec) -> DeviceSpec {
+    let clean = |p: &mut std::path::PathBuf| *p = p.components().collect();
+    if let DeviceIdentity::Path(p) = &mut spec.identity {
+        clean(p);
+    }
+    match &mut spec.kind {
+        DeviceKind::Block(b) => clean(&mut b.path),
+        DeviceKind::VhostUser(v) => clean(&mut v.socket),
+        DeviceKind::Generic(g) => clean(&mut g.path),
+        DeviceKind::Vfio(_) => {}
+    }
+    spec
 }
 
 /// Refuses a spec that can never be plugged (empty paths, VFIO without functions, an invalid
@@ -423,6 +441,24 @@ mod tests {
             panic!("not a block plug")
         };
         assert!(!plug.spec.read_only);
+    }
+
+    /// Issue 17, item 9: two spellings of one nodeless path used to be two devices.
+    #[test]
+    fn spellings_of_one_nodeless_path_are_one_device() {
+        let m = manager();
+        let a = m
+            .new_device(image_spec("/img/a.raw", BlockDriver::VirtioBlk))
+            .unwrap();
+        for spelling in ["/img//a.raw", "/img/./a.raw", "/img/a.raw/"] {
+            assert_eq!(
+                m.new_device(image_spec(spelling, BlockDriver::VirtioBlk))
+                    .unwrap(),
+                NewDevice::Existing(a.id()),
+                "{spelling}"
+            );
+        }
+        assert_eq!(m.len(), 1);
     }
 
     #[test]

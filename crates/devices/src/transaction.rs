@@ -29,7 +29,7 @@ use crate::error::DeviceError;
 use crate::hypervisor::Hypervisor;
 use crate::id::DeviceId;
 use crate::kind::DeviceSpec;
-use crate::manager::{DeviceManager, NewDevice, take_reference, validate};
+use crate::manager::{DeviceManager, NewDevice, normalize, take_reference, validate};
 use crate::persist::SavedState;
 use crate::state::DeviceState;
 
@@ -126,6 +126,7 @@ impl<H: Hypervisor> DeviceManager<H> {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
+        let spec = normalize(spec);
         validate(&spec)?;
         let mut books = self.lock();
         // A device with this identity that is being plugged or unplugged is counted after

@@ -405,6 +405,73 @@ fn a_disk_shared_read_write_and_read_only_is_one_device() {
     assert!(err.chain().contains("plugged read-only"), "{}", err.chain());
 }
 
+/// Issue 17, item 9: identities are derived, never taken from a client: two spellings of
+/// one file are one device, and a `Spec` request's own identity is replaced by what its
+/// device names (a socket's canonical path, a VFIO device's IOMMU group).
+#[test]
+fn identities_are_derived_whatever_the_client_says() {
+    let f = fixture();
+    let (svc, _) = f.open();
+    svc.register_vm(Caller::ROOT, memory_vm("a")).unwrap();
+    let image = f.state.path().join("one.img");
+    std::fs::write(&image, vec![0u8; 4096]).unwrap();
+    let link = f.state.path().join("link.img");
+    std::os::unix::fs::symlink(&image, &link).unwrap();
+    let disk = |path: std::path::PathBuf| AttachRequest::Disk {
+        path,
+        driver: None,
+        format: plugboard_devices::ImageFormat::Raw,
+        read_only: false,
+    };
+    let first = svc.attach(Caller::ROOT, "a", &disk(image.clone())).unwrap();
+    for spelling in [f.state.path().join(".").join("one.img"), link] {
+        let again = svc.attach(Caller::ROOT, "a", &disk(spelling)).unwrap();
+        assert_eq!(again.device.id, first.device.id);
+        assert!(!again.plugged);
+    }
+
+    let made_up = plugboard_devices::DeviceIdentity::Path("/made/up".into());
+    let socket = f.state.path().join("net.sock");
+    std::fs::write(&socket, b"").unwrap();
+    let mut vhost = plugboard_devices::test_util::vhost_user_spec(
+        socket.join("..").join("net.sock").to_str().unwrap(),
+        plugboard_devices::VhostUserDevice::Net {
+            mac: plugboard_devices::MacAddress::from([2, 0, 0, 0, 0, 7]),
+        },
+    );
+    vhost.identity = made_up.clone();
+    // `socket/..` does not resolve (a file is no directory): refused, not taken as given.
+    let err = svc
+        .attach(
+            Caller::ROOT,
+            "a",
+            &AttachRequest::Spec {
+                spec: vhost.clone(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::BadRequest, "{}", err.chain());
+    if let plugboard_devices::DeviceKind::VhostUser(v) = &mut vhost.kind {
+        v.socket = f.state.path().join(".").join("net.sock");
+    }
+    let net = svc
+        .attach(Caller::ROOT, "a", &AttachRequest::Spec { spec: vhost })
+        .unwrap();
+    assert_eq!(
+        net.device.spec.identity,
+        plugboard_devices::DeviceIdentity::Path(socket.canonicalize().unwrap())
+    );
+    let mut vfio = plugboard_devices::test_util::vfio_spec(7, &[true]);
+    vfio.identity = made_up;
+    let group = svc
+        .attach(Caller::ROOT, "a", &AttachRequest::Spec { spec: vfio })
+        .unwrap();
+    assert_eq!(
+        group.device.spec.identity,
+        plugboard_devices::DeviceIdentity::IommuGroup(7)
+    );
+}
+
 /// Issue 17, item 1: an attach whose plug failed and could not be undone is not "as
 /// before": the device is in the books (and the saved state) as needing cleanup, and the
 /// reconciliation at the next start cleans it up and drops it.

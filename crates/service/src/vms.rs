@@ -287,7 +287,7 @@ impl Service {
                 (spec, functions)
             }
             other => {
-                let checked = other.to_spec(caller, name)?;
+                let checked = other.to_spec(caller, name, self.host.sysfs())?;
                 (pass_file(manager.hypervisor(), name, checked)?, Vec::new())
             }
         };

@@ -21,7 +21,7 @@ use crate::kind::{
 };
 
 pub use host_path::HostPathError;
-pub use vfio::VfioHostError;
+pub use vfio::{VfioHostError, iommu_group as vfio_iommu_group};
 pub use vhost_user_store::{
     VHOST_USER_BLK_MAJOR, VHOST_USER_SCSI_MAJOR, VhostUserStore, VhostUserStoreError,
 };
@@ -168,8 +168,14 @@ impl HostDevices {
     /// # Errors
     /// As [`Self::host_path`], and [`HostError::Vfio`].
     pub fn spec(&self, request: &DeviceRequest) -> Result<DeviceSpec, HostError> {
-        let host_path = self.host_path(request)?;
+        let mut host_path = self.host_path(request)?;
         let node = request.node();
+        // A nodeless device is its file: one file, one identity, however it was spelled
+        // (symlinks, `.`, `//`). A file that does not resolve keeps its lexical form.
+        if node.is_none() && !vfio::is_vfio_path(self.sysfs.dev_root(), &host_path) {
+            host_path = std::fs::canonicalize(&host_path)
+                .unwrap_or_else(|_| host_path.components().collect());
+        }
         let mut identity = node.map_or_else(
             || DeviceIdentity::Path(host_path.clone()),
             DeviceIdentity::Node,
@@ -316,6 +322,31 @@ mod tests {
         assert_eq!(m.len(), 1);
         assert_eq!(m.hypervisor().calls().len(), 1, "the group is plugged once");
         assert_eq!(m.allocations().root_ports.len(), 2);
+    }
+
+    /// Issue 17, item 9: a nodeless device's identity is its file's canonical path.
+    #[test]
+    fn a_nodeless_path_is_identified_by_its_canonical_path() {
+        let k = kernel();
+        let h = HostDevices::new(k.sysfs(), BlockDriver::VirtioBlk);
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.raw");
+        std::fs::write(&image, [0u8; 512]).unwrap();
+        let link = dir.path().join("link.raw");
+        std::os::unix::fs::symlink(&image, &link).unwrap();
+        let canonical = image.canonicalize().unwrap();
+        for spelling in [image.clone(), dir.path().join(".").join("disk.raw"), link] {
+            let mut r = request(DevKind::Block, None, "/dev/vdc");
+            r.host_path = Some(spelling.clone());
+            let s = h.spec(&r).unwrap();
+            assert_eq!(
+                s.identity,
+                DeviceIdentity::Path(canonical.clone()),
+                "{}",
+                spelling.display()
+            );
+            assert!(matches!(&s.kind, DeviceKind::Block(b) if b.path == canonical));
+        }
     }
 
     #[test]
