@@ -609,7 +609,7 @@ mod tests {
         assert_eq!(vhost_plug(&m, net).name_id, format!("net-{net}"));
         assert_eq!(m.allocations().block_indexes.len(), 1);
         // Freeing only what was taken: detaching net must not free a block index (the
-        // runtime-rs bug of §3.5).
+        // runtime-rs bug of returning a vhost-user-net index to the block pool).
         m.detach(net).unwrap();
         m.detach(scsi_driven).unwrap();
         assert_eq!(m.allocations().block_indexes.len(), 1);

@@ -6,7 +6,8 @@
 //! (its [`DeviceIdentity`]: a node's type and `major:minor`, or a host path for devices
 //! without a node), hot or cold plug, and the [`DeviceKind`]: block, VFIO, vhost-user
 //! (blk, scsi, net, fs) or generic. This is Kata Containers' virtcontainers device model,
-//! with the bugs noted in `shared/reference/kata-device-manager.md` left behind.
+//! with Kata's known bugs left behind (the crate's README lists them, with the upstream
+//! issues).
 //!
 //! # The hypervisor
 //! The manager talks to a VMM through the small [`Hypervisor`] trait: hotplug add, hotplug
@@ -23,8 +24,11 @@
 //! hypervisor only on the first attach ([`Acquired::First`]) and the last detach
 //! ([`Released::Last`]); [`DeviceManager::remove_device`] drops a reference and refuses to
 //! drop the last one of an attached device. Any failure leaves counts, allocators and the
-//! hypervisor's view as they were. The manager is `Send + Sync`; its lock is never held
-//! across a hypervisor call. [`DeviceManager::save`] and [`DeviceManager::load`] round-trip
+//! hypervisor's view as they were, except a plug the hypervisor could not undo
+//! ([`DeviceError::PlugIncomplete`]), which stays in the books as needing cleanup
+//! ([`DeviceManager::clean_up`]). The manager is `Send + Sync`; its lock is never held
+//! across a hypervisor call (a hypervisor may still serialize its own calls: QEMU's QMP
+//! session does). [`DeviceManager::save`] and [`DeviceManager::load`] round-trip
 //! the whole state through the versioned [`SavedState`].
 //!
 //! [`DeviceManager::attach_new`] is the attach a caller that keeps the state on disk uses:
