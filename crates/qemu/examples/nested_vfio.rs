@@ -8,9 +8,10 @@
 //!
 //! `nested_vfio --group <DDDD:BB:SS.F>` hot-plugs the whole IOMMU group of the function
 //! instead (every endpoint already on vfio-pci), described from sysfs by `HostDevices` as
-//! a container runtime would (`/dev/vfio/<group>`), and checks that each function went on a
-//! root port of its own, conventional PCI functions too (issue 17, item 2); prints
-//! `NESTED-VFIO-GROUP-OK`.
+//! a container runtime would (`/dev/vfio/<group>`, and each function's cdev
+//! `/dev/vfio/devices/vfioN`): the group node and every cdev are one device, plugged once
+//! (issue 17, item 4), and each function goes on a root port of its own, conventional PCI
+//! functions too (issue 17, item 2); prints `NESTED-VFIO-GROUP-OK`.
 
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -154,14 +155,30 @@ fn group(bdf: &str) -> Result<()> {
         plugboard_sysfs::Sysfs::new("/sys"),
         plugboard_devices::BlockDriver::VirtioBlk,
     );
-    let spec = host.spec(&plugboard_devices::DeviceRequest {
-        container_path: PathBuf::from(format!("/dev/vfio/{group}")),
+    let request = |node: String| plugboard_devices::DeviceRequest {
+        container_path: PathBuf::from(&node),
         node_type: plugboard_devices::DevKind::Char,
         number: None,
-        host_path: Some(PathBuf::from(format!("/dev/vfio/{group}"))),
+        host_path: Some(PathBuf::from(node)),
         read_only: false,
         mode: PlugMode::Hot,
-    })?;
+    };
+    let spec = host.spec(&request(format!("/dev/vfio/{group}")))?;
+    // Every function's cdev names the same group (issue 17, item 4).
+    let mut cdevs = Vec::new();
+    for member in std::fs::read_dir(sysfs.join("iommu_group/devices"))? {
+        let vfio_dev = member?.path().join("vfio-dev");
+        if let Ok(mut names) = std::fs::read_dir(&vfio_dev)
+            && let Some(name) = names.next()
+        {
+            let name = name?.file_name();
+            let name = name.to_str().ok_or("odd vfio-dev name")?;
+            cdevs.push(host.spec(&request(format!("/dev/vfio/devices/{name}")))?);
+        }
+    }
+    if cdevs.len() < 2 {
+        return Err(format!("{} cdevs in group {group}; two are the point", cdevs.len()).into());
+    }
     let DeviceKind::Vfio(vfio) = &spec.kind else {
         return Err("not a VFIO device".into());
     };
@@ -181,8 +198,22 @@ fn group(bdf: &str) -> Result<()> {
             name_offset: 0,
         },
     );
-    let id = m.new_device(spec)?.id();
-    m.attach(id)?;
+    // The first cdev creates the device (iommufd mode); the other cdevs and the group node
+    // are the same device, and attaching through them only counts.
+    let mut cdevs = cdevs.into_iter();
+    let first = cdevs.next().ok_or("no cdev")?;
+    let id = m.new_device(first)?.id();
+    for other in cdevs.chain([spec]) {
+        let named = other.identity.clone();
+        if m.new_device(other)? != plugboard_devices::NewDevice::Existing(id) {
+            return Err(format!("{named} became a second device").into());
+        }
+    }
+    let users = m.device(id).ok_or("device gone")?.references.get();
+    for _ in 0..users {
+        m.attach(id)?;
+    }
+    println!("one device for the group node and every cdev, attached {users} times, plugged once");
     for (n, port) in (0u8..).zip(ports.iter().take(functions)) {
         let name = QemuId::for_device(id, DeviceRole::VfioFunction(n)).to_string();
         let bus = m.hypervisor().with_client(|c| {
@@ -195,6 +226,16 @@ fn group(bdf: &str) -> Result<()> {
             return Err(format!("{name} is on {bus}, not on root port {port}").into());
         }
         println!("{name} on {port}");
+    }
+    let plugged = m
+        .hypervisor()
+        .with_client(|c| c.execute("qom-list", Some(&json!({"path": "/machine/peripheral"}))))??;
+    let vfio_devices = plugged.to_string().matches("child<vfio-pci>").count();
+    if vfio_devices != functions {
+        return Err(format!("{vfio_devices} vfio-pci devices for {functions} functions").into());
+    }
+    for _ in 1..users {
+        m.detach(id)?;
     }
     if m.detach(id).is_ok() {
         return Err("detach without a guest should time out".into());

@@ -420,10 +420,12 @@ fn vfio_pci_into_a_nested_qemu_in_the_lab_guest() {
     guest.shutdown().unwrap();
 }
 
-/// Issue 17, item 2, with real VFIO: the lab's NICs behind its pcie-pci-bridge show a
-/// 256-byte config space (conventional PCI) and share one IOMMU group. The whole group goes
-/// into a nested QEMU, each function on a root port of its own; before, the conventional
-/// functions got no port and QEMU's backend refused the plug (`NoPort`).
+/// Issue 17, items 2 and 4, with real VFIO: the lab's NICs behind its pcie-pci-bridge show
+/// a 256-byte config space (conventional PCI) and share one IOMMU group. Named by each
+/// function's cdev and by the group node, the group is one device, plugged once (before,
+/// each cdev was a device of its own holding every function); it goes into a nested QEMU,
+/// each function on a root port of its own (before, the conventional functions got no port
+/// and QEMU's backend refused the plug, `NoPort`).
 #[test]
 #[ignore = "boots the lab guest (lab/run-tests.sh)"]
 fn a_group_of_conventional_pci_functions_into_a_nested_qemu_in_the_lab_guest() {
@@ -454,7 +456,11 @@ fn a_group_of_conventional_pci_functions_into_a_nested_qemu_in_the_lab_guest() {
         })
         .unwrap();
     assert!(
-        out.success() && out.output.contains("NESTED-VFIO-GROUP-OK"),
+        out.success()
+            && out
+                .output
+                .contains("one device for the group node and every cdev")
+            && out.output.contains("NESTED-VFIO-GROUP-OK"),
         "{}",
         out.output
     );
