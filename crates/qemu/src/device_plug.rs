@@ -365,6 +365,51 @@ mod tests {
         );
     }
 
+    /// Issue 17, item 1: a failed plug whose own rollback leaves a backend in QEMU (a
+    /// `blockdev-del` refused) is `Incomplete`, naming what was left, not a plain failure.
+    #[test]
+    fn a_backend_the_rollback_cannot_delete_makes_the_plug_incomplete() {
+        let fake = fake_vm(|cmd, _| match cmd {
+            "device_add" => Some(vec![Action::Error("Bus 'hp1' not found".into())]),
+            "blockdev-del" => Some(vec![Action::Error("Node is in use".into())]),
+            _ => None,
+        });
+        let hv = hv(&fake);
+        let err = hv
+            .hotplug_add(&disk(&fake, BlockDriver::VirtioBlk, PlugMode::Hot))
+            .unwrap_err();
+        let HypervisorError::Incomplete { source, .. } = &err else {
+            panic!("{err:?}")
+        };
+        let text = source.to_string();
+        assert!(text.contains("left") && text.contains("-fmt"), "{text}");
+    }
+
+    /// A VFIO group whose first function the guest does not let go of when the second
+    /// fails is `Incomplete` too.
+    #[test]
+    fn a_function_not_let_go_of_makes_the_group_plug_incomplete() {
+        let fake = fake_vm(|cmd, args| {
+            match (cmd, args["host"].as_str(), args["path"].as_str()) {
+                ("device_add", Some("0000:65:00.1"), _) => {
+                    Some(vec![Action::Error("group 3 is not viable".into())])
+                }
+                // Accepted, but no DEVICE_DELETED ever comes and the device stays listed:
+                // the guest keeps it.
+                ("device_del", _, _) => Some(vec![Action::Return(json!({}))]),
+                ("qom-list", _, Some("/machine/peripheral")) => Some(vec![Action::Return(json!([
+                    {"name": "hp1", "type": "child<pcie-root-port>"},
+                    {"name": "hp2", "type": "child<pcie-root-port>"},
+                    {"name": "vfio-0-0000000000000005", "type": "child<vfio-pci>"},
+                ]))]),
+                _ => None,
+            }
+        });
+        let hv = hv(&fake);
+        let err = hv.hotplug_add(&vfio_pair()).unwrap_err();
+        assert!(matches!(err, HypervisorError::Incomplete { .. }), "{err:?}");
+    }
+
     #[test]
     fn a_duplicate_is_already_plugged_and_a_good_plug_reports_the_pci_path() {
         // Like QEMU, the fake refuses a node name it already holds.
