@@ -53,6 +53,7 @@
 //! `plugboard-vfio`'s [`RefCount`] (both re-exported here).
 
 mod attach;
+mod cleanup;
 mod config;
 mod drive_name;
 mod error;
