@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | attached | holds every object of the plug | none |
 //! | attached | misses an object (removed behind our back, VM restarted) | the device is dropped from the books, its block index and ports freed |
-//! | a failed plug, needing cleanup | may hold part of it | removed from the VM (`DeviceManager::clean_up`), its allocations freed, the device dropped if only the failed attach held it; a cleanup that fails again is reported and retried next time |
+//! | a failed plug, needing cleanup | may hold part of it | removed from the VM (`DeviceManager::clean_up`), its allocations freed, the device dropped if only the failed attach held it; a cleanup that fails again is reported and retried next time (also before the VM's next attach or detach while the service runs) |
 //! | — | holds an object with one of our names that no device accounts for (a plug whose result was never saved) | reported as a stray and left alone: removing a guest's device is not a repair to make unasked |
 //!
 //! The repaired state is loaded into a fresh manager, which then agrees with the VM.

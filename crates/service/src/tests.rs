@@ -515,6 +515,29 @@ fn a_plug_that_could_not_be_undone_is_saved_as_needing_cleanup_and_reconciled() 
     );
 }
 
+/// Issue 17, item 1: what a failed plug left is also cleaned up while the service runs,
+/// before the VM's next attach or detach, and the same disk then attaches.
+#[test]
+fn a_plug_that_could_not_be_undone_is_cleaned_up_before_the_next_change() {
+    let f = fixture();
+    let (svc, _) = f.open();
+    svc.register_vm(Caller::ROOT, memory_vm("a")).unwrap();
+    let hv = memory_hypervisor(&svc, "a");
+    hv.fail_next_incomplete();
+    svc.attach(Caller::ROOT, "a", &disk(&f, "again.img"))
+        .unwrap_err();
+    assert_eq!(hv.plugged().len(), 1, "the VM still holds it");
+    let attached = svc
+        .attach(Caller::ROOT, "a", &disk(&f, "again.img"))
+        .unwrap();
+    assert!(attached.plugged);
+    assert!(attached.device.needs_cleanup.is_none());
+    assert_eq!(attached.device.references.get(), 1);
+    assert_eq!(hv.plugged().len(), 1);
+    let saved = svc.store().devices("a").unwrap().unwrap();
+    assert!(!saved.contains("needs_cleanup"), "{saved}");
+}
+
 #[test]
 fn metrics_count_vms_and_devices() {
     let f = fixture();

@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::backend::{Backend, Endpoint};
 use crate::error::ServiceError;
 use crate::held::{pci_functions, spec_pci_functions};
-use crate::reconcile::Repair;
+use crate::reconcile::{Repair, clean_up_failed_plugs};
 use crate::restore::{release_forgotten, restore};
 use crate::service::Service;
 use crate::store::StoredVm;
@@ -239,6 +239,7 @@ impl Service {
         caller.may_change_vm(name, vm.record.owner_uid, "attach a device to")?;
         let _ops = vm.lock_ops();
         let manager = vm.manager()?;
+        self.retry_failed_plugs(&vm);
         let dev = |source| ServiceError::Device {
             vm: name.to_owned(),
             source: Box::new(source),
@@ -384,6 +385,7 @@ impl Service {
         caller.may_change_vm(name, vm.record.owner_uid, "detach a device from")?;
         let _ops = vm.lock_ops();
         let manager = vm.manager()?;
+        self.retry_failed_plugs(&vm);
         let dev = |source| ServiceError::Device {
             vm: name.to_owned(),
             source: Box::new(source),
@@ -408,6 +410,28 @@ impl Service {
             id,
             unplugged: released == Released::Last,
         })
+    }
+
+    /// Cleans up what failed plugs left in a connected VM (as reconciliation does at start),
+    /// before a change to its devices: the books and the saved state follow, and the host
+    /// devices of a device that went with its cleanup are released. Failures are logged and
+    /// retried next time.
+    fn retry_failed_plugs(&self, vm: &Vm) {
+        let Ok(manager) = vm.manager() else { return };
+        if manager.needing_cleanup().is_empty() {
+            return;
+        }
+        let name = &vm.record.name;
+        let repairs = clean_up_failed_plugs(name, manager);
+        if let Err(e) = self.save(vm) {
+            tracing::error!(vm = name, error = %e.chain(), "cannot save the state after cleaning up failed plugs");
+        }
+        match self.hostdev() {
+            Ok(mut hostdev) => release_forgotten(&mut hostdev, &repairs),
+            Err(e) => {
+                tracing::error!(vm = name, error = %e.chain(), "cannot release the host devices of cleaned-up plugs");
+            }
+        }
     }
 
     /// Writes a VM's whole device state to the database.
