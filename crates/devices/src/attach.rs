@@ -9,17 +9,23 @@
 //! finished) even if the hypervisor call panics, so waiters are never stranded.
 //! [`DeviceManager::attach_new`] (in `transaction.rs`) attaches through the same path and
 //! has the guard give back the reference it took as well, under the same lock.
+//!
+//! Two answers of the hypervisor change the books on purpose, and say so: a plug it could
+//! not undo ([`HypervisorError::Incomplete`]) keeps its allocations and marks the device as
+//! needing cleanup (`cleanup.rs`; the next attach cleans up first), and a cold-plugged
+//! device the running VM cannot remove ([`HypervisorError::NotRemovable`]) is detached by
+//! count only and stays in the VM until it stops ([`crate::DeviceState::resident`]).
 
 use std::sync::MutexGuard;
 
 use plugboard_vfio::{Acquired, Released};
 
 use crate::error::DeviceError;
-use crate::hypervisor::{Hypervisor, PlugRequest};
+use crate::hypervisor::{Hypervisor, HypervisorError, PlugRequest};
 use crate::id::DeviceId;
 use crate::kind::PlugMode;
 use crate::manager::{DeviceManager, drop_reference};
-use crate::state::Books;
+use crate::state::{Books, Leftover};
 
 impl<H: Hypervisor> DeviceManager<H> {
     /// Attaches a device: the first attach plugs it (hot or cold, per its spec), later ones
@@ -39,10 +45,18 @@ impl<H: Hypervisor> DeviceManager<H> {
     /// device that is half rolled back.
     pub(crate) fn attach_locked(
         &self,
-        mut books: MutexGuard<'_, Books>,
+        books: MutexGuard<'_, Books>,
         id: DeviceId,
         on_failure: OnFailure,
     ) -> Result<Acquired, DeviceError> {
+        // What an earlier failed plug left in the VM goes first: its allocations are still
+        // taken, and the VM may hold objects of the device's names.
+        let (mut books, cleaned) = self.clean_up_locked(books, id);
+        self.idle.notify_all();
+        if let Err(e) = cleaned {
+            on_failure.undo(&mut books, id);
+            return Err(e);
+        }
         let books_ref = &mut *books;
         let request = match count_or_plan(books_ref, id) {
             Ok(Planned::Counted(step)) => return Ok(step),
@@ -67,6 +81,21 @@ impl<H: Hypervisor> DeviceManager<H> {
         };
         let guest = match result {
             Ok(guest) => guest,
+            Err(source @ HypervisorError::Incomplete { .. }) => {
+                // The VM may still hold part of the device: keep its allocations (a port
+                // the VM still uses is not free) and the device itself, and say so.
+                let mut books = busy.finish();
+                if let Some(entry) = books.devices.get_mut(&id) {
+                    entry.state.needs_cleanup = Some(Leftover {
+                        request: request.clone(),
+                        holds_reference: on_failure == OnFailure::DropReference,
+                    });
+                }
+                drop(books);
+                self.idle.notify_all();
+                tracing::error!(device = %id, error = %source, "plug failed and its undo did not finish; the device is recorded as needing cleanup, its allocations stay taken");
+                return Err(DeviceError::PlugIncomplete { id, source });
+            }
             Err(source) => {
                 tracing::warn!(device = %id, error = %source, "plug failed; allocations given back");
                 drop(busy);
@@ -116,10 +145,27 @@ impl<H: Hypervisor> DeviceManager<H> {
             planned: None,
             on_failure: OnFailure::Keep,
         };
-        if let Err(source) = self.hypervisor.hotplug_remove(&request) {
-            tracing::warn!(device = %id, error = %source, "unplug failed; device stays attached");
-            drop(busy);
-            return Err(DeviceError::Unplug { id, source });
+        match self.hypervisor.hotplug_remove(&request) {
+            Ok(()) => {}
+            // A cold device the running VM cannot take out: Kata's rule, the detach only
+            // counts down, and the device stays in the VM (allocations and all) until it
+            // stops.
+            Err(HypervisorError::NotRemovable { .. }) if request.mode == PlugMode::Cold => {
+                let mut books = busy.finish();
+                if let Some(entry) = books.devices.get_mut(&id) {
+                    let _: Result<Released, _> = entry.state.attachments.release();
+                    entry.state.resident = true;
+                }
+                drop(books);
+                self.idle.notify_all();
+                tracing::info!(device = %id, "cold-plugged device detached; the running VM cannot remove it, so it stays there until the VM stops");
+                return Ok(Released::Last);
+            }
+            Err(source) => {
+                tracing::warn!(device = %id, error = %source, "unplug failed; device stays attached");
+                drop(busy);
+                return Err(DeviceError::Unplug { id, source });
+            }
         }
         let mut books = busy.finish();
         if let Some(entry) = books.devices.get_mut(&id) {
@@ -161,6 +207,13 @@ fn count_or_plan(books: &mut Books, id: DeviceId) -> Result<Planned, DeviceError
         let _: Result<Acquired, _> = state.attachments.acquire();
         return Ok(Planned::Counted(Acquired::Again));
     }
+    if state.resident {
+        // Still in the VM since its last detach: counting is all there is, and no plug
+        // happens now.
+        let _: Result<Acquired, _> = state.attachments.acquire();
+        state.resident = false;
+        return Ok(Planned::Counted(Acquired::Again));
+    }
     let Some(request) = books.alloc.plan(id, &state.spec)? else {
         // A generic device: counting is all there is.
         let _: Result<Acquired, _> = state.attachments.acquire();
@@ -194,17 +247,17 @@ impl OnFailure {
 /// A device marked busy while the hypervisor works on it. Dropping it (error or panic)
 /// clears the mark and gives back `planned` allocations; [`Busy::finish`] clears the mark and
 /// hands over the locked books for booking a success.
-struct Busy<'m, 'r, H: Hypervisor> {
-    manager: &'m DeviceManager<H>,
-    id: DeviceId,
+pub(crate) struct Busy<'m, 'r, H: Hypervisor> {
+    pub(crate) manager: &'m DeviceManager<H>,
+    pub(crate) id: DeviceId,
     /// The allocations of a plug, to give back if it does not finish.
-    planned: Option<&'r PlugRequest>,
+    pub(crate) planned: Option<&'r PlugRequest>,
     /// What else a plug that does not finish gives back.
-    on_failure: OnFailure,
+    pub(crate) on_failure: OnFailure,
 }
 
 impl<'m, H: Hypervisor> Busy<'m, '_, H> {
-    fn finish(mut self) -> MutexGuard<'m, Books> {
+    pub(crate) fn finish(mut self) -> MutexGuard<'m, Books> {
         self.planned = None;
         let mut books = self.manager.lock();
         books.set_busy(self.id, false);
@@ -239,6 +292,7 @@ mod tests {
     use crate::kind::{BlockDriver, MacAddress, VhostUserDevice};
     use crate::manager::NewDevice;
     use crate::plan::Allocations;
+    use crate::ports::RootPort;
     use crate::state::DeviceState;
     use crate::test_util::{
         HypervisorOp, InMemoryHypervisor, block_spec, generic_spec, image_spec, vfio_spec,
@@ -271,7 +325,7 @@ mod tests {
 
     #[test]
     fn only_first_attach_and_last_detach_reach_the_hypervisor() {
-        let m = manager(ManagerConfig::default());
+        let m = manager(crate::test_util::EIGHT_PORTS);
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         assert_eq!(m.attach(id).unwrap(), Acquired::First);
         assert_eq!(m.attach(id).unwrap(), Acquired::Again);
@@ -292,7 +346,7 @@ mod tests {
 
     #[test]
     fn detach_of_an_unattached_device_changes_nothing() {
-        let m = manager(ManagerConfig::default());
+        let m = manager(crate::test_util::EIGHT_PORTS);
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         let before = snapshot(&m);
         assert!(matches!(m.detach(id), Err(DeviceError::NotAttached { .. })));
@@ -311,7 +365,7 @@ mod tests {
 
     #[test]
     fn attach_overflow_changes_nothing() {
-        let m = manager(ManagerConfig::default());
+        let m = manager(crate::test_util::EIGHT_PORTS);
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         m.attach(id).unwrap();
         if let Some(e) = m.lock().devices.get_mut(&id) {
@@ -327,7 +381,7 @@ mod tests {
 
     #[test]
     fn generic_devices_only_count() {
-        let m = manager(ManagerConfig::default());
+        let m = manager(crate::test_util::EIGHT_PORTS);
         let id = new(&m, generic_spec("/dev/fuse", 10, 229));
         assert_eq!(m.attach(id).unwrap(), Acquired::First);
         assert!(m.is_attached(id));
@@ -344,7 +398,7 @@ mod tests {
 
     #[test]
     fn block_indexes_names_and_scsi_addresses() {
-        let m = manager(ManagerConfig::default());
+        let m = manager(crate::test_util::EIGHT_PORTS);
         let a = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         let b = new(&m, block_spec(1, BlockDriver::VirtioBlk));
         let c = new(&m, block_spec(2, BlockDriver::VirtioScsi));
@@ -391,7 +445,7 @@ mod tests {
     fn name_offset_changes_the_name_not_the_index() {
         let m = manager(ManagerConfig {
             name_offset: 1,
-            ..ManagerConfig::default()
+            ..crate::test_util::EIGHT_PORTS
         });
         let id = new(&m, image_spec("/img/a", BlockDriver::VirtioMmio));
         m.attach(id).unwrap();
@@ -409,7 +463,7 @@ mod tests {
 
     #[test]
     fn vhost_user_blk_takes_an_index_only_in_the_virtio_blk_family() {
-        let m = manager(ManagerConfig::default());
+        let m = manager(crate::test_util::EIGHT_PORTS);
         let blk = new(
             &m,
             vhost_user_spec(
@@ -454,7 +508,7 @@ mod tests {
         assert_eq!(vhost_plug(&m, net).name_id, format!("net-{net}"));
         assert_eq!(m.allocations().block_indexes.len(), 1);
         // Freeing only what was taken: detaching net must not free a block index (the
-        // runtime-rs bug of §3.5).
+        // runtime-rs bug of returning a vhost-user-net index to the block pool).
         m.detach(net).unwrap();
         m.detach(scsi_driven).unwrap();
         assert_eq!(m.allocations().block_indexes.len(), 1);
@@ -465,8 +519,8 @@ mod tests {
     #[test]
     fn root_ports_one_device_per_port_and_rollback_when_exhausted() {
         let m = manager(ManagerConfig {
-            root_ports: 3,
-            ..ManagerConfig::default()
+            root_ports: 4,
+            ..crate::test_util::EIGHT_PORTS
         });
         // A group with two PCIe functions and one conventional PCI function.
         let gpu = new(&m, vfio_spec(10, &[true, true, false]));
@@ -479,13 +533,16 @@ mod tests {
             .iter()
             .map(|f| f.port.map(|p| p.to_string()))
             .collect();
-        assert_eq!(ports, [Some("rp0".into()), Some("rp1".into()), None]);
-        // One guest PCI path per function, ported or not.
+        assert_eq!(
+            ports,
+            [Some("rp0".into()), Some("rp1".into()), Some("rp2".into())]
+        );
+        // One guest PCI path per function.
         assert_eq!(m.device(gpu).unwrap().guest.unwrap().pci_paths.len(), 3);
         // A virtio-blk disk takes the last port.
         let disk = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         m.attach(disk).unwrap();
-        assert_eq!(block_plug(&m, disk).port.unwrap().to_string(), "rp2");
+        assert_eq!(block_plug(&m, disk).port.unwrap().to_string(), "rp3");
         // No port left: the next PCI device fails and takes nothing, not even its index.
         let disk2 = new(&m, block_spec(1, BlockDriver::VirtioBlk));
         let before = snapshot(&m);
@@ -509,11 +566,47 @@ mod tests {
         assert_eq!(m.allocations().root_ports.len(), 2);
     }
 
+    /// Issue 17, item 2: a conventional PCI function (256-byte config space, a GPU's audio
+    /// function) used to get no root port, and QEMU (q35) hot-plugs nothing on its root bus,
+    /// so a group holding one could never be hot-plugged. Each function takes a port now.
+    #[test]
+    fn a_conventional_pci_function_takes_a_root_port_so_qemu_can_hot_plug_its_group() {
+        let m = manager(ManagerConfig {
+            root_ports: 2,
+            ..crate::test_util::EIGHT_PORTS
+        });
+        // A GPU and its conventional audio function.
+        let gpu = new(&m, vfio_spec(12, &[true, false]));
+        assert_eq!(m.attach(gpu).unwrap(), Acquired::First);
+        let Plug::Vfio(v) = m.device(gpu).unwrap().plugged.unwrap().plug else {
+            panic!("not vfio")
+        };
+        let ports: Vec<_> = v.functions.iter().map(|f| f.port).collect();
+        assert_eq!(ports, [Some(RootPort::new(0)), Some(RootPort::new(1))]);
+        let paths = m.device(gpu).unwrap().guest.unwrap().pci_paths;
+        assert_eq!(
+            paths.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["01/00", "02/00"],
+            "each function behind its own port"
+        );
+        m.detach(gpu).unwrap();
+        // With no ports, QEMU cannot hot-plug it: a clear refusal that leaves nothing taken.
+        let bare = manager(ManagerConfig {
+            root_ports: 0,
+            ..crate::test_util::EIGHT_PORTS
+        });
+        let gpu = new(&bare, vfio_spec(12, &[true, false]));
+        let err = bare.attach(gpu).unwrap_err();
+        assert!(matches!(err, DeviceError::Plug { .. }), "{err}");
+        assert!(!bare.is_attached(gpu));
+        assert_eq!(bare.allocations(), Allocations::default());
+    }
+
     #[test]
     fn a_failed_plug_leaves_everything_as_before() {
         let m = manager(ManagerConfig {
             root_ports: 4,
-            ..ManagerConfig::default()
+            ..crate::test_util::EIGHT_PORTS
         });
         let other = new(&m, block_spec(9, BlockDriver::VirtioBlk));
         m.attach(other).unwrap();
@@ -546,7 +639,7 @@ mod tests {
     fn a_failed_unplug_leaves_the_device_attached() {
         let m = manager(ManagerConfig {
             root_ports: 1,
-            ..ManagerConfig::default()
+            ..crate::test_util::EIGHT_PORTS
         });
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         m.attach(id).unwrap();
@@ -559,7 +652,7 @@ mod tests {
 
     #[test]
     fn cold_plug_uses_coldplug_and_is_removed_with_its_request() {
-        let m = manager(ManagerConfig::default());
+        let m = manager(crate::test_util::EIGHT_PORTS);
         let mut spec = vhost_user_spec(
             "/run/fs.sock",
             VhostUserDevice::Fs {
@@ -579,6 +672,50 @@ mod tests {
         assert_eq!(calls[1].request, request);
     }
 
+    /// Issue 17, item 3: the last detach of a cold device the running VM cannot remove used
+    /// to fail for good (the device attached forever). Kata's rule: it only counts down.
+    #[test]
+    fn a_cold_device_the_running_vm_cannot_remove_is_detached_by_count() {
+        let m = manager(crate::test_util::EIGHT_PORTS);
+        let mut spec = block_spec(0, BlockDriver::VirtioBlk);
+        spec.mode = PlugMode::Cold;
+        let id = new(&m, spec);
+        m.attach(id).unwrap();
+        m.hypervisor().keep_cold_devices();
+        let allocations = m.allocations();
+        assert_eq!(m.detach(id).unwrap(), Released::Last);
+        let state = m.device(id).unwrap();
+        assert!(state.resident && state.attachments.is_zero());
+        assert!(state.plugged.is_some() && state.guest.is_some());
+        assert_eq!(m.allocations(), allocations, "its allocations stay taken");
+        assert!(m.hypervisor().is_plugged(id));
+        assert!(matches!(
+            m.remove_device(id),
+            Err(DeviceError::StaysInVm { .. })
+        ));
+        // Saved and loaded as it is.
+        let saved = m.save();
+        let json = saved.to_json().unwrap();
+        assert!(json.contains("\"resident\": true"), "{json}");
+        let loaded = DeviceManager::load(
+            Arc::clone(m.hypervisor()),
+            crate::persist::SavedState::from_json(&json).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(loaded.save(), saved);
+        // Attaching again only counts.
+        let calls = m.hypervisor().calls().len();
+        assert_eq!(m.attach(id).unwrap(), Acquired::Again);
+        assert_eq!(m.hypervisor().calls().len(), calls);
+        assert!(!m.device(id).unwrap().resident);
+        // A hot device that cannot be removed still stays attached.
+        let hot = new(&m, block_spec(1, BlockDriver::VirtioBlk));
+        m.attach(hot).unwrap();
+        m.hypervisor().fail_next(HypervisorOp::HotplugRemove);
+        assert!(matches!(m.detach(hot), Err(DeviceError::Unplug { .. })));
+        assert!(m.is_attached(hot));
+    }
+
     /// `m.attach(id)` on a thread of its own.
     fn attach_on_a_thread(
         m: &Arc<Manager>,
@@ -590,7 +727,7 @@ mod tests {
 
     #[test]
     fn a_slow_plug_blocks_neither_reads_nor_other_devices() {
-        let m = Arc::new(manager(ManagerConfig::default()));
+        let m = Arc::new(manager(crate::test_util::EIGHT_PORTS));
         let slow = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         let fast = new(&m, generic_spec("/dev/fuse", 10, 229));
         let other = new(&m, block_spec(1, BlockDriver::VirtioBlk));
@@ -618,7 +755,7 @@ mod tests {
 
     #[test]
     fn concurrent_attaches_of_one_device_plug_it_once() {
-        let m = Arc::new(manager(ManagerConfig::default()));
+        let m = Arc::new(manager(crate::test_util::EIGHT_PORTS));
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         m.hypervisor().hold(HypervisorOp::HotplugAdd);
         let first = attach_on_a_thread(&m, id);
@@ -639,7 +776,7 @@ mod tests {
 
     #[test]
     fn a_waiter_plugs_itself_when_the_first_plug_fails() {
-        let m = Arc::new(manager(ManagerConfig::default()));
+        let m = Arc::new(manager(crate::test_util::EIGHT_PORTS));
         let id = new(&m, block_spec(0, BlockDriver::VirtioBlk));
         m.hypervisor().hold(HypervisorOp::HotplugAdd);
         m.hypervisor().fail_next(HypervisorOp::HotplugAdd);
@@ -691,6 +828,10 @@ mod panics {
 
         fn coldplug(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
             self.inner.coldplug(request)
+        }
+
+        fn guest_view(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+            self.inner.guest_view(request)
         }
     }
 

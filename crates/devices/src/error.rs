@@ -13,7 +13,8 @@ use crate::scsi::GuestScsiAddressError;
 /// Why a [`crate::DeviceManager`] operation did nothing.
 ///
 /// Whatever the variant, the manager (counts, allocators) and the hypervisor's view are as
-/// they were before the call.
+/// they were before the call, except [`DeviceError::PlugIncomplete`]: a plug the hypervisor
+/// could not undo, which the manager records as needing cleanup.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     /// No device has this id (Kata's `ErrDeviceNotExist`).
@@ -55,6 +56,15 @@ pub enum DeviceError {
         id: DeviceId,
         /// The shared identity.
         identity: DeviceIdentity,
+    },
+    /// A read-write request for a block device plugged read-only (read-only and read-write
+    /// users share a device otherwise: see [`crate::Sharing`]).
+    #[error(
+        "device {id} is plugged read-only; a read-write request cannot share it (ask for it read-only, or detach it first)"
+    )]
+    ReadOnly {
+        /// The existing device.
+        id: DeviceId,
     },
     /// A spec with an empty host path (identity, block path or socket).
     #[error("device {identity} has an empty host path")]
@@ -119,6 +129,56 @@ pub enum DeviceError {
     /// The hypervisor refused to plug the device.
     #[error("plugging device {id} failed")]
     Plug {
+        /// The device.
+        id: DeviceId,
+        /// The hypervisor's error.
+        #[source]
+        source: HypervisorError,
+    },
+    /// The hypervisor failed to plug the device and could not undo all of it: the VM may
+    /// still hold part of it. Not attached, but recorded as needing cleanup
+    /// ([`crate::DeviceState::needs_cleanup`]), its block index and root ports still taken;
+    /// [`crate::DeviceManager::clean_up`] or the next attach finishes the undo.
+    #[error(
+        "plugging device {id} failed and the VM may still hold part of it; it is recorded as needing cleanup"
+    )]
+    PlugIncomplete {
+        /// The device.
+        id: DeviceId,
+        /// The hypervisor's error ([`HypervisorError::Incomplete`]).
+        #[source]
+        source: HypervisorError,
+    },
+    /// Removing what a failed plug left in the VM failed; the device still needs cleanup.
+    #[error(
+        "cleaning up what a failed plug of device {id} left in the VM failed; it still needs cleanup"
+    )]
+    Cleanup {
+        /// The device.
+        id: DeviceId,
+        /// The hypervisor's error.
+        #[source]
+        source: HypervisorError,
+    },
+    /// Removing the last reference of a device whose failed plug is not cleaned up yet.
+    #[error("device {id} needs cleanup of a failed plug before it can be removed")]
+    NeedsCleanup {
+        /// The device.
+        id: DeviceId,
+    },
+    /// Removing the last reference of a cold-plugged device that the running VM could not
+    /// take out ([`crate::DeviceState::resident`]): it stays, with its allocations, until the
+    /// VM stops.
+    #[error(
+        "device {id} was cold-plugged and stays in the running VM until it stops; it cannot be removed before"
+    )]
+    StaysInVm {
+        /// The device.
+        id: DeviceId,
+    },
+    /// The hypervisor could not say what the guest sees of the device.
+    #[error("cannot read what the guest sees of device {id}")]
+    GuestView {
         /// The device.
         id: DeviceId,
         /// The hypervisor's error.

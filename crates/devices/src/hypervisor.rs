@@ -8,21 +8,34 @@
 //! ([`GuestView`]).
 //!
 //! The calls are synchronous: an implementation that talks to an async VMM API blocks on it.
-//! The manager never holds its lock across a call, so a slow hotplug delays only the device
-//! being plugged.
+//! The manager never holds its lock across a call, so a slow hotplug delays neither reads
+//! nor the manager's bookkeeping of other devices. An implementation may serialize its own
+//! calls (`plugboard-qemu` does: one QMP conversation per VM), and then a slow call delays
+//! the next call of that VM whichever device it is for.
 //!
 //! # Contract
-//! - **Atomic.** A call either does everything or leaves the VM as it was. A QEMU block plug
-//!   is `blockdev-add` then `device_add`; when `device_add` fails, the implementation deletes
-//!   the blockdev before it returns the error (Kata runtime #1941). A VFIO request holds every
-//!   function of an IOMMU group: plug all or none.
+//! - **Atomic, or says it is not.** A call either does everything or leaves the VM as it
+//!   was. A QEMU block plug is `blockdev-add` then `device_add`; when `device_add` fails, the
+//!   implementation deletes the blockdev before it returns the error (Kata runtime #1941). A
+//!   VFIO request holds every function of an IOMMU group: plug all or none. When undoing a
+//!   failed plug does not finish (the guest never lets go of a function already plugged, a
+//!   backend cannot be deleted), the answer is [`HypervisorError::Incomplete`], never a plain
+//!   failure: the manager then keeps the device's allocations and records it as needing
+//!   cleanup, which `hotplug_remove` of the same request finishes later.
 //! - **One request, one device.** `hotplug_remove` gets the same request `hotplug_add` or
 //!   `coldplug` got, so an implementation can find its objects from it alone (ids are in
 //!   the request, not in the implementation's memory).
 //! - **Cold-plugged devices** are removed through `hotplug_remove` too, with
-//!   [`PlugRequest::mode`] telling which; an implementation that cannot remove one (a running
-//!   VM, a slot without hotplug) returns [`HypervisorError::NotRemovable`], and the manager
-//!   keeps the device attached.
+//!   [`PlugRequest::mode`] telling which: before the VM starts that takes them out of its
+//!   configuration, and once it runs a cold device in a hot-pluggable slot (a root port)
+//!   leaves like a hot one. An implementation that cannot remove one from the running VM
+//!   (QEMU's q35 root bus has no hotplug) returns [`HypervisorError::NotRemovable`]; the
+//!   manager then does what Kata does, and only counts the detach down: the device stays in
+//!   the VM until it stops ([`crate::DeviceState::resident`]). A hot device that cannot be
+//!   removed (an nvdimm) stays attached.
+//! - **What the guest sees** of a plugged device can be asked again
+//!   ([`Hypervisor::guest_view`]): a device cold-plugged before the VM started gets its PCI
+//!   path only once the VMM has placed it.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -88,6 +101,20 @@ pub enum HypervisorError {
     NotPlugged {
         /// The device.
         device: DeviceId,
+    },
+    /// A plug failed and undoing what it had done did not finish: the VM may still hold part
+    /// of the device (a function, a backend). The manager keeps the device's allocations
+    /// and records it as needing cleanup ([`crate::DeviceState::needs_cleanup`]); a
+    /// [`Hypervisor::hotplug_remove`] of the same request finishes the job.
+    #[error(
+        "plugging device {device} failed and undoing it did not finish; the VM may still hold part of it"
+    )]
+    Incomplete {
+        /// The device.
+        device: DeviceId,
+        /// Why the plug failed and what was left (the implementation's own error).
+        #[source]
+        source: Box<dyn StdError + Send + Sync + 'static>,
     },
     /// The VMM failed (a QMP error, a lost connection, a deadline); the source says how.
     #[error("hypervisor failed on device {device}")]
@@ -218,6 +245,14 @@ pub trait Hypervisor: Send + Sync {
     /// # Errors
     /// Any [`HypervisorError`]; the configuration is left as it was.
     fn coldplug(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError>;
+
+    /// What the guest sees of a device `hotplug_add` or `coldplug` added, as the VMM tells it
+    /// now (a cold-plugged device's PCI path is known only once the VM runs).
+    ///
+    /// # Errors
+    /// [`HypervisorError::NotPlugged`] when the VM does not hold it; any other
+    /// [`HypervisorError`] when the VMM cannot be asked.
+    fn guest_view(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError>;
 }
 
 impl<H: Hypervisor + ?Sized> Hypervisor for Arc<H> {
@@ -236,6 +271,10 @@ impl<H: Hypervisor + ?Sized> Hypervisor for Arc<H> {
     fn coldplug(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
         (**self).coldplug(request)
     }
+
+    fn guest_view(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+        (**self).guest_view(request)
+    }
 }
 
 impl<H: Hypervisor + ?Sized> Hypervisor for &H {
@@ -253,6 +292,10 @@ impl<H: Hypervisor + ?Sized> Hypervisor for &H {
 
     fn coldplug(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
         (**self).coldplug(request)
+    }
+
+    fn guest_view(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+        (**self).guest_view(request)
     }
 }
 

@@ -6,7 +6,8 @@
 //! (its [`DeviceIdentity`]: a node's type and `major:minor`, or a host path for devices
 //! without a node), hot or cold plug, and the [`DeviceKind`]: block, VFIO, vhost-user
 //! (blk, scsi, net, fs) or generic. This is Kata Containers' virtcontainers device model,
-//! with the bugs noted in `shared/reference/kata-device-manager.md` left behind.
+//! with Kata's known bugs left behind (the crate's README lists them, with the upstream
+//! issues).
 //!
 //! # The hypervisor
 //! The manager talks to a VMM through the small [`Hypervisor`] trait: hotplug add, hotplug
@@ -23,8 +24,11 @@
 //! hypervisor only on the first attach ([`Acquired::First`]) and the last detach
 //! ([`Released::Last`]); [`DeviceManager::remove_device`] drops a reference and refuses to
 //! drop the last one of an attached device. Any failure leaves counts, allocators and the
-//! hypervisor's view as they were. The manager is `Send + Sync`; its lock is never held
-//! across a hypervisor call. [`DeviceManager::save`] and [`DeviceManager::load`] round-trip
+//! hypervisor's view as they were, except a plug the hypervisor could not undo
+//! ([`DeviceError::PlugIncomplete`]), which stays in the books as needing cleanup
+//! ([`DeviceManager::clean_up`]). The manager is `Send + Sync`; its lock is never held
+//! across a hypervisor call (a hypervisor may still serialize its own calls: QEMU's QMP
+//! session does). [`DeviceManager::save`] and [`DeviceManager::load`] round-trip
 //! the whole state through the versioned [`SavedState`].
 //!
 //! [`DeviceManager::attach_new`] is the attach a caller that keeps the state on disk uses:
@@ -40,8 +44,8 @@
 //! # Allocators
 //! Block indexes are taken lowest-free from `[0, 65535)` and reused ([`IndexPool`]); a
 //! block index gives the `vdX` [`DriveName`] (plus a name offset) and the virtio-scsi
-//! [`GuestScsiAddress`]; PCIe root ports come from a [`RootPortPool`], one device function
-//! per port.
+//! [`GuestScsiAddress`]; PCIe root ports come from a [`RootPortPool`], one PCI function
+//! (PCIe or conventional) per port.
 //!
 //! # Shared types
 //! A [`DeviceId`] has one text form, 16 hex digits, in JSON as everywhere else. Device nodes
@@ -49,6 +53,7 @@
 //! `plugboard-vfio`'s [`RefCount`] (both re-exported here).
 
 mod attach;
+mod cleanup;
 mod config;
 mod drive_name;
 mod error;
@@ -75,7 +80,7 @@ pub use drive_name::{DriveName, DriveNameError, MAX_DRIVE_NAME_LEN, VIRTIO_PREFI
 pub use error::DeviceError;
 pub use host::{
     DeviceRequest, HostDevices, HostError, HostPathError, VHOST_USER_BLK_MAJOR,
-    VHOST_USER_SCSI_MAJOR, VfioHostError, VhostUserStore, VhostUserStoreError,
+    VHOST_USER_SCSI_MAJOR, VfioHostError, VhostUserStore, VhostUserStoreError, vfio_iommu_group,
 };
 pub use hypervisor::{
     BlockPlug, GuestView, Hypervisor, HypervisorError, HypervisorKind, Plug, PlugRequest,
@@ -86,8 +91,8 @@ pub use index::{BLOCK_INDEX_LIMIT, BlockIndex, BlockIndexError, IndexError, Inde
 pub use kind::{
     BlockDriver, BlockDriverError, BlockSpec, DeviceIdentity, DeviceKind, DeviceNode, DeviceSpec,
     FsCache, GenericSpec, HostFunction, ImageFormat, MacAddress, MdevUuid, PassedFd,
-    PassedFileType, PciAddress, PlugMode, VfioBackend, VfioFunction, VfioSpec, VfioSpecError,
-    VhostUserDevice, VhostUserSpec, VhostUserSpecError,
+    PassedFileType, PciAddress, PlugMode, Sharing, VfioBackend, VfioFunction, VfioSpec,
+    VfioSpecError, VhostUserDevice, VhostUserSpec, VhostUserSpecError,
 };
 pub use manager::{DeviceManager, NewDevice, Removed};
 pub use pci_path::{MAX_PCI_SLOT, PciPath, PciPathError, PciSlot};
@@ -97,6 +102,6 @@ pub use plugboard_sysfs::{DevKind, DevNumber};
 pub use plugboard_vfio::{Acquired, RefCount, RefCountError, Released};
 pub use ports::{RootPort, RootPortPool};
 pub use scsi::{GuestScsiAddress, GuestScsiAddressError, MAX_SCSI_INDEX};
-pub use state::DeviceState;
+pub use state::{DeviceState, Leftover};
 pub use teardown::TeardownError;
 pub use transaction::{AttachError, AttachedDevice};

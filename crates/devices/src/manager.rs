@@ -15,7 +15,7 @@ use crate::config::ManagerConfig;
 use crate::error::DeviceError;
 use crate::hypervisor::Hypervisor;
 use crate::id::DeviceId;
-use crate::kind::{DeviceIdentity, DeviceKind, DeviceSpec};
+use crate::kind::{DeviceIdentity, DeviceKind, DeviceSpec, Sharing};
 use crate::plan::Allocations;
 use crate::state::{Books, DeviceState, Entry};
 
@@ -106,6 +106,7 @@ impl<H: Hypervisor> DeviceManager<H> {
     /// spec; [`DeviceError::TooManyReferences`]; [`DeviceError::InvalidVfio`] or
     /// [`DeviceError::InvalidVhostUser`] for a spec that cannot be plugged.
     pub fn new_device(&self, spec: DeviceSpec) -> Result<NewDevice, DeviceError> {
+        let spec = normalize(spec);
         validate(&spec)?;
         let mut books = self.lock();
         take_reference(&mut books, spec)
@@ -173,11 +174,28 @@ pub(crate) fn take_reference(
 ) -> Result<NewDevice, DeviceError> {
     if let Some(&id) = books.by_identity.get(&spec.identity) {
         let entry = books.entry_mut(id)?;
-        if !entry.state.spec.same_device(&spec) {
-            return Err(DeviceError::Conflict {
-                id,
-                identity: spec.identity,
-            });
+        match entry.state.spec.sharing(&spec) {
+            Sharing::Same | Sharing::Reader => {}
+            // A writer joins a read-only device only before it is plugged (it then plugs
+            // read-write), and only when no descriptor was opened for reading only.
+            Sharing::Writer
+                if entry.state.plugged.is_none()
+                    && entry.state.needs_cleanup.is_none()
+                    && !entry.busy
+                    && matches!(&entry.state.spec.kind, DeviceKind::Block(b) if b.passed_fd.is_none()) =>
+            {
+                if let DeviceKind::Block(b) = &mut entry.state.spec.kind {
+                    b.read_only = false;
+                }
+                tracing::info!(device = %id, "a read-write user joins a read-only device not plugged yet; it will plug read-write");
+            }
+            Sharing::Writer => return Err(DeviceError::ReadOnly { id }),
+            Sharing::Different => {
+                return Err(DeviceError::Conflict {
+                    id,
+                    identity: spec.identity,
+                });
+            }
         }
         entry
             .state
@@ -204,6 +222,8 @@ pub(crate) fn take_reference(
                 attachments: RefCount::new(),
                 plugged: None,
                 guest: None,
+                needs_cleanup: None,
+                resident: false,
             },
             busy: false,
         },
@@ -221,6 +241,12 @@ pub(crate) fn drop_reference(books: &mut Books, id: DeviceId) -> Result<Removed,
         .references
         .peek_release()
         .map_err(|_| DeviceError::NotFound { id })?;
+    if step == Released::Last && state.needs_cleanup.is_some() {
+        return Err(DeviceError::NeedsCleanup { id });
+    }
+    if step == Released::Last && state.resident {
+        return Err(DeviceError::StaysInVm { id });
+    }
     if step == Released::Last && !state.attachments.is_zero() {
         return Err(DeviceError::StillAttached {
             id,
@@ -237,6 +263,23 @@ pub(crate) fn drop_reference(books: &mut Books, id: DeviceId) -> Result<Removed,
     }
     tracing::debug!(device = %id, "device removed");
     Ok(Removed::Gone)
+}
+
+/// The spec with its host paths (a nodeless identity, a block device's path, a socket, a
+/// generic node's path) in one spelling: `a//b`, `a/./b` and `a/b/` are `a/b`. Lexical
+/// only (the manager reads no files); `HostDevices` and the service resolve symlinks.
+pub(crate) fn normalize(mut spec: DeviceSpec) -> DeviceSpec {
+    let clean = |p: &mut std::path::PathBuf| *p = p.components().collect();
+    if let DeviceIdentity::Path(p) = &mut spec.identity {
+        clean(p);
+    }
+    match &mut spec.kind {
+        DeviceKind::Block(b) => clean(&mut b.path),
+        DeviceKind::VhostUser(v) => clean(&mut v.socket),
+        DeviceKind::Generic(g) => clean(&mut g.path),
+        DeviceKind::Vfio(_) => {}
+    }
+    spec
 }
 
 /// Refuses a spec that can never be plugged (empty paths, VFIO without functions, an invalid
@@ -291,7 +334,7 @@ mod tests {
     use crate::test_util::{InMemoryHypervisor, block_spec, generic_spec, image_spec};
 
     fn manager() -> DeviceManager<InMemoryHypervisor> {
-        DeviceManager::new(InMemoryHypervisor::new(), ManagerConfig::default())
+        DeviceManager::new(InMemoryHypervisor::new(), crate::test_util::EIGHT_PORTS)
     }
 
     #[test]
@@ -350,6 +393,72 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, DeviceError::Conflict { id, .. } if id == a.id()));
         assert_eq!(m.device(a.id()).unwrap().references.get(), 1);
+    }
+
+    /// Issue 17, item 5 (Kata's case): two containers share a volume, one mounts it
+    /// read-only. Read-only and read-write requests of one node are one device; every other
+    /// difference is a conflict.
+    #[test]
+    fn read_only_and_read_write_users_of_one_node_share_it() {
+        let m = manager();
+        let ro = |minor| {
+            let mut spec = block_spec(minor, BlockDriver::VirtioBlk);
+            if let DeviceKind::Block(b) = &mut spec.kind {
+                b.read_only = true;
+            }
+            spec
+        };
+        // Read-write first: the reader shares it, and it stays read-write.
+        let rw = m.new_device(block_spec(0, BlockDriver::VirtioBlk)).unwrap();
+        m.attach(rw.id()).unwrap();
+        assert_eq!(m.new_device(ro(0)).unwrap(), NewDevice::Existing(rw.id()));
+        assert_eq!(m.attach(rw.id()).unwrap(), Acquired::Again);
+        let DeviceKind::Block(b) = m.device(rw.id()).unwrap().spec.kind else {
+            panic!("not a block device")
+        };
+        assert!(!b.read_only);
+        // Read-only and plugged: a writer cannot share it, a clear answer.
+        let first = m.new_device(ro(1)).unwrap();
+        m.attach(first.id()).unwrap();
+        let err = m
+            .new_device(block_spec(1, BlockDriver::VirtioBlk))
+            .unwrap_err();
+        assert!(
+            matches!(err, DeviceError::ReadOnly { id } if id == first.id()),
+            "{err}"
+        );
+        assert_eq!(m.device(first.id()).unwrap().references.get(), 1);
+        // Read-only and not plugged yet: a writer joins, and it plugs read-write.
+        let later = m.new_device(ro(2)).unwrap();
+        assert_eq!(
+            m.new_device(block_spec(2, BlockDriver::VirtioBlk)).unwrap(),
+            NewDevice::Existing(later.id())
+        );
+        m.attach(later.id()).unwrap();
+        let Some(crate::hypervisor::Plug::Block(plug)) =
+            m.device(later.id()).unwrap().plugged.map(|p| p.plug)
+        else {
+            panic!("not a block plug")
+        };
+        assert!(!plug.spec.read_only);
+    }
+
+    /// Issue 17, item 9: two spellings of one nodeless path used to be two devices.
+    #[test]
+    fn spellings_of_one_nodeless_path_are_one_device() {
+        let m = manager();
+        let a = m
+            .new_device(image_spec("/img/a.raw", BlockDriver::VirtioBlk))
+            .unwrap();
+        for spelling in ["/img//a.raw", "/img/./a.raw", "/img/a.raw/"] {
+            assert_eq!(
+                m.new_device(image_spec(spelling, BlockDriver::VirtioBlk))
+                    .unwrap(),
+                NewDevice::Existing(a.id()),
+                "{spelling}"
+            );
+        }
+        assert_eq!(m.len(), 1);
     }
 
     #[test]

@@ -185,7 +185,8 @@ impl<H: Hypervisor> DeviceManager<H> {
             {
                 return Err(PersistError::Duplicate { id });
             }
-            if let Some(request) = &state.plugged {
+            let leftover = state.needs_cleanup.as_ref().map(|l| &l.request);
+            for request in state.plugged.iter().chain(leftover) {
                 books
                     .alloc
                     .take_exact(request)
@@ -215,9 +216,12 @@ fn check_device(state: &DeviceState) -> Result<(), PersistError> {
     }
     let attached = !state.attachments.is_zero();
     let generic = matches!(state.spec.kind, DeviceKind::Generic(_));
+    if state.resident && (attached || state.plugged.is_none()) {
+        return bad("a device staying in the VM that is attached or not plugged");
+    }
     match (&state.plugged, &state.guest) {
         (Some(request), Some(_)) => {
-            if generic || !attached {
+            if generic || (!attached && !state.resident) {
                 return bad("a plug without an attachment");
             }
             if request.device != id || request.mode != state.spec.mode {
@@ -230,6 +234,14 @@ fn check_device(state: &DeviceState) -> Result<(), PersistError> {
             }
         }
         _ => return bad("a plug request without a guest view, or the reverse"),
+    }
+    if let Some(leftover) = &state.needs_cleanup {
+        if attached || state.plugged.is_some() {
+            return bad("a device needing cleanup of a failed plug that is attached");
+        }
+        if leftover.request.device != id {
+            return bad("a failed plug's request for another device");
+        }
     }
     if let Some(request) = &state.plugged {
         let matches_spec = match (&state.spec.kind, &request.plug) {

@@ -109,7 +109,10 @@ impl Allocators {
                     functions.push(VfioFunctionPlug {
                         name_id: id.name_id(&format!("vfio-{n}")),
                         function: function.clone(),
-                        port: taken.port_if(function.is_pcie)?,
+                        // Conventional PCI functions (256-byte config space: a GPU's audio
+                        // function, older NICs) and mdevs too: QEMU's q35 hot-plugs nothing
+                        // on its root bus, and takes a conventional endpoint on a root port.
+                        port: taken.port_if(true)?,
                     });
                 }
                 Plug::Vfio(VfioPlug {

@@ -32,6 +32,28 @@ pub struct DeviceState {
     pub plugged: Option<PlugRequest>,
     /// While attached (and not generic): what the guest sees.
     pub guest: Option<GuestView>,
+    /// A plug of this device failed and undoing it did not finish: what the VM may still
+    /// hold, whose allocations stay taken until [`crate::DeviceManager::clean_up`] (or the
+    /// next attach, which cleans up first) removes it. Absent from JSON when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needs_cleanup: Option<Leftover>,
+    /// A cold-plugged device whose last detach the running VM could not carry out (QEMU's
+    /// root bus has no hotplug): not attached, but still in the VM until it stops, so
+    /// `plugged`, `guest` and its allocations stay; attaching it again only counts, and its
+    /// last reference cannot be removed. Absent from JSON when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub resident: bool,
+}
+
+/// What a plug whose undo did not finish may have left in the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leftover {
+    /// The request that was being plugged: removing it (every part that is still there)
+    /// is the cleanup; its block index and root ports stay taken until then.
+    pub request: PlugRequest,
+    /// Whether the failed attach's reference stayed with the device so that it is not
+    /// forgotten ([`crate::DeviceManager::attach_new`]); the cleanup drops it.
+    pub holds_reference: bool,
 }
 
 /// One device in the books.

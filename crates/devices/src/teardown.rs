@@ -49,6 +49,13 @@ impl<H: Hypervisor> DeviceManager<H> {
                 }
             }
         }
+        // What failed plugs left in the VM goes too.
+        for id in self.needing_cleanup() {
+            if let Err(e) = self.clean_up(id) {
+                tracing::error!(device = %id, error = %e, "teardown: a failed plug's leftovers stay");
+                failures.push((id, e));
+            }
+        }
         if failures.is_empty() {
             Ok(())
         } else {
@@ -60,13 +67,12 @@ impl<H: Hypervisor> DeviceManager<H> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ManagerConfig;
     use crate::kind::BlockDriver;
     use crate::test_util::{HypervisorOp, InMemoryHypervisor, block_spec, generic_spec};
 
     #[test]
     fn goes_on_past_failures_and_reports_them_all() {
-        let m = DeviceManager::new(InMemoryHypervisor::new(), ManagerConfig::default());
+        let m = DeviceManager::new(InMemoryHypervisor::new(), crate::test_util::EIGHT_PORTS);
         let ids: Vec<DeviceId> = (0..4)
             .map(|n| {
                 m.new_device(block_spec(n, BlockDriver::VirtioBlk))

@@ -1,6 +1,11 @@
 //! An in-memory [`Hypervisor`] for tests: it records every call, keeps the VM's view of what
 //! is plugged, fails on command, and can hold calls to imitate a slow hotplug.
 //!
+//! Like QEMU on q35 (its default kind) it refuses to hot-plug a PCI function (virtio-blk,
+//! a vhost-user PCI device, every VFIO function) without a root port of its own
+//! ([`PortRefusal`]); other kinds place PCI devices themselves. Cold plugs may go on the
+//! root bus.
+//!
 //! Like QEMU it keeps fd sets: files handed over with [`InMemoryHypervisor::add_fd`] stay
 //! open in it, a block device passed by descriptor ([`crate::PassedFd`]) plugs only when
 //! its set is there, and its removal closes the set. A test can look at the file a set
@@ -47,7 +52,7 @@ pub fn image_spec(path: &str, driver: BlockDriver) -> DeviceSpec {
     }
 }
 
-/// A VFIO group `group` (`/dev/vfio/<group>`, char node `511:group`) whose functions are
+/// A VFIO group `group` (`/dev/vfio/<group>`, identity [`DeviceIdentity::IommuGroup`]) whose functions are
 /// `0000:<group % 256>:00.<n>`, PCIe or not as given (at most 8), hot-plugged.
 #[must_use]
 pub fn vfio_spec(group: u32, pcie: &[bool]) -> DeviceSpec {
@@ -67,7 +72,7 @@ pub fn vfio_spec(group: u32, pcie: &[bool]) -> DeviceSpec {
         })
         .collect();
     DeviceSpec {
-        identity: DeviceIdentity::Node(DeviceNode::new(DevKind::Char, 511, group)),
+        identity: DeviceIdentity::IommuGroup(group),
         mode: PlugMode::Hot,
         kind: DeviceKind::Vfio(VfioSpec {
             backend: VfioBackend::Group { group },
@@ -101,6 +106,13 @@ pub fn generic_spec(path: &str, major: u32, minor: u32) -> DeviceSpec {
     }
 }
 
+/// The settings of a VM with eight root ports: what [`InMemoryHypervisor`] (QEMU's rules)
+/// needs to hot-plug PCI devices.
+pub const EIGHT_PORTS: crate::config::ManagerConfig = crate::config::ManagerConfig {
+    root_ports: 8,
+    name_offset: 0,
+};
+
 /// Which trait method a call was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum HypervisorOp {
@@ -128,6 +140,24 @@ pub struct Call {
 #[error("injected {0:?} failure")]
 pub struct InjectedFailure(pub HypervisorOp);
 
+/// The error of a hot plug that QEMU on q35 refuses: a PCI device without a root port (the
+/// root bus `pcie.0` has no hotplug, QEMU's "Bus 'pcie.0' does not support hotplugging"),
+/// or onto a root port that already holds a device (one function per port).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortRefusal {
+    /// A PCI function without a root port.
+    #[error("{0} needs a root port for hotplug and the request has none")]
+    NoPort(String),
+    /// A root port that holds another device's function already.
+    #[error("root port {port} already holds a function of device {holder}")]
+    Taken {
+        /// The port.
+        port: crate::ports::RootPort,
+        /// The device on it.
+        holder: DeviceId,
+    },
+}
+
 /// The error of a plug whose block device was passed by descriptor in an fd set the VM
 /// does not hold (QEMU cannot open `/dev/fdset/<n>` then).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -140,6 +170,10 @@ struct State {
     plugged: BTreeMap<DeviceId, PlugRequest>,
     /// Fail this many upcoming calls of each op.
     fail_next: BTreeMap<HypervisorOp, usize>,
+    /// Fail this many upcoming hot plugs without undoing them (the device stays plugged).
+    incomplete_next: usize,
+    /// The VM runs and cannot remove cold-plugged devices (QEMU's root bus).
+    cold_stays: bool,
     /// Ops whose calls wait until released.
     held: Vec<HypervisorOp>,
     /// Calls waiting in a hold.
@@ -250,9 +284,24 @@ impl InMemoryHypervisor {
         *self.lock().fail_next.entry(op).or_default() += 1;
     }
 
+    /// Makes the next hot plug fail with [`HypervisorError::Incomplete`] and leave the device
+    /// in the VM, as a QEMU whose guest never lets go of a function already plugged when a
+    /// later one fails. A `hotplug_remove` of the request takes it out.
+    pub fn fail_next_incomplete(&self) {
+        self.lock().incomplete_next += 1;
+    }
+
+    /// From now on the VM runs and cannot remove a cold-plugged device, as QEMU's q35 root
+    /// bus cannot: its removal is [`HypervisorError::NotRemovable`] and it stays plugged.
+    pub fn keep_cold_devices(&self) {
+        self.lock().cold_stays = true;
+    }
+
     /// Disarms every armed failure.
     pub fn clear_failures(&self) {
-        self.lock().fail_next.clear();
+        let mut state = self.lock();
+        state.fail_next.clear();
+        state.incomplete_next = 0;
     }
 
     /// Makes every later call of `op` wait in the hypervisor until [`Self::release`].
@@ -290,7 +339,7 @@ impl InMemoryHypervisor {
             }
             state.waiting -= 1;
         }
-        let result = Self::apply(&mut state, op, request);
+        let result = Self::apply(&mut state, self.kind, op, request);
         if self.log_calls {
             state.calls.push(Call {
                 op,
@@ -303,6 +352,7 @@ impl InMemoryHypervisor {
 
     fn apply(
         state: &mut State,
+        kind: HypervisorKind,
         op: HypervisorOp,
         request: &PlugRequest,
     ) -> Result<GuestView, HypervisorError> {
@@ -325,6 +375,23 @@ impl InMemoryHypervisor {
                 if state.plugged.contains_key(&device) {
                     return Err(HypervisorError::AlreadyPlugged { device });
                 }
+                if op == HypervisorOp::HotplugAdd
+                    && kind == HypervisorKind::Qemu
+                    && let Err(refusal) = qemu_port_rule(&state.plugged, request)
+                {
+                    return Err(HypervisorError::Backend {
+                        device,
+                        source: Box::new(refusal),
+                    });
+                }
+                if op == HypervisorOp::HotplugAdd && state.incomplete_next > 0 {
+                    state.incomplete_next -= 1;
+                    state.plugged.insert(device, request.clone());
+                    return Err(HypervisorError::Incomplete {
+                        device,
+                        source: Box::new(InjectedFailure(op)),
+                    });
+                }
                 if let Some(fdset) = passed.filter(|n| !state.fd_sets.contains_key(n)) {
                     return Err(HypervisorError::Backend {
                         device,
@@ -335,6 +402,11 @@ impl InMemoryHypervisor {
                 Ok(guest_view(request))
             }
             HypervisorOp::HotplugRemove => match state.plugged.get(&device) {
+                Some(held)
+                    if held == request && state.cold_stays && held.mode == PlugMode::Cold =>
+                {
+                    Err(HypervisorError::NotRemovable { device })
+                }
                 Some(held) if held == request => {
                     state.plugged.remove(&device);
                     // The removal closes the device's fd set, as QEMU's backend does.
@@ -348,6 +420,37 @@ impl InMemoryHypervisor {
             },
         }
     }
+}
+
+/// QEMU's rule for a hot plug on q35: every PCI function of the request sits on a root
+/// port of its own, one no plugged device holds.
+fn qemu_port_rule(
+    plugged: &BTreeMap<DeviceId, PlugRequest>,
+    request: &PlugRequest,
+) -> Result<(), PortRefusal> {
+    let functions: Vec<(String, Option<crate::ports::RootPort>)> = match &request.plug {
+        Plug::Block(b) if b.spec.driver.is_pci() => vec![(b.name_id.clone(), b.port)],
+        Plug::VhostUser(v) if v.spec.device.is_pci() => vec![(v.name_id.clone(), v.port)],
+        Plug::Block(_) | Plug::VhostUser(_) => Vec::new(),
+        Plug::Vfio(v) => v
+            .functions
+            .iter()
+            .map(|f| (f.name_id.clone(), f.port))
+            .collect(),
+    };
+    for (name, port) in functions {
+        let port = port.ok_or(PortRefusal::NoPort(name))?;
+        if let Some((holder, _)) = plugged
+            .iter()
+            .find(|(_, held)| held.ports().contains(&port))
+        {
+            return Err(PortRefusal::Taken {
+                port,
+                holder: *holder,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Invents guest PCI paths: a function on root port N sits at `(N+1 mod 32)/00`, others at
@@ -404,6 +507,15 @@ impl Hypervisor for InMemoryHypervisor {
     fn coldplug(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
         self.call(HypervisorOp::Coldplug, request)
     }
+
+    fn guest_view(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+        match self.lock().plugged.get(&request.device) {
+            Some(held) if held == request => Ok(guest_view(request)),
+            Some(_) | None => Err(HypervisorError::NotPlugged {
+                device: request.device,
+            }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -426,7 +538,7 @@ mod tests {
                 index: BlockIndex::try_from(0).unwrap(),
                 drive_name: None,
                 scsi_address: None,
-                port: None,
+                port: Some(crate::ports::RootPort::new(0)),
             }),
         }
     }
@@ -457,6 +569,36 @@ mod tests {
                 (HypervisorOp::HotplugRemove, true),
             ]
         );
+    }
+
+    #[test]
+    fn like_qemu_a_pci_hotplug_needs_a_root_port_of_its_own() {
+        let h = InMemoryHypervisor::new();
+        let mut portless = request(1);
+        let Plug::Block(b) = &mut portless.plug else {
+            unreachable!()
+        };
+        b.port = None;
+        let name = b.name_id.clone();
+        let err = h.hotplug_add(&portless).unwrap_err();
+        assert_eq!(
+            err.source().unwrap().to_string(),
+            format!("{name} needs a root port for hotplug and the request has none")
+        );
+        h.hotplug_add(&request(1)).unwrap();
+        // Port 0 is taken by device 1.
+        let err = h.hotplug_add(&request(2)).unwrap_err();
+        assert!(
+            err.source().unwrap().to_string().contains("already holds"),
+            "{err}"
+        );
+        // Cold plugs may go on the root bus; a VMM of another kind places devices itself.
+        let mut cold = portless.clone();
+        cold.device = DeviceId::from_raw(3);
+        cold.mode = PlugMode::Cold;
+        h.coldplug(&cold).unwrap();
+        let ch = InMemoryHypervisor::with_kind(HypervisorKind::CloudHypervisor);
+        ch.hotplug_add(&portless).unwrap();
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::error::DeviceError;
 use crate::hypervisor::Hypervisor;
 use crate::id::DeviceId;
 use crate::kind::DeviceSpec;
-use crate::manager::{DeviceManager, NewDevice, take_reference, validate};
+use crate::manager::{DeviceManager, NewDevice, normalize, take_reference, validate};
 use crate::persist::SavedState;
 use crate::state::DeviceState;
 
@@ -93,10 +93,14 @@ pub enum AttachError<E: std::error::Error + 'static> {
 
 impl<E: std::error::Error + 'static> AttachError<E> {
     /// Whether the manager and the VM are as before the call ([`Self::Device`] and
-    /// [`Self::PersistFailed`]); false when the device stayed attached.
+    /// [`Self::PersistFailed`]); false when the device stayed attached, or when its plug
+    /// failed and the VM may still hold part of it ([`DeviceError::PlugIncomplete`]).
     #[must_use]
     pub const fn rolled_back(&self) -> bool {
-        !matches!(self, Self::PersistFailedUndoFailed { .. })
+        !matches!(
+            self,
+            Self::PersistFailedUndoFailed { .. } | Self::Device(DeviceError::PlugIncomplete { .. })
+        )
     }
 }
 
@@ -122,6 +126,7 @@ impl<H: Hypervisor> DeviceManager<H> {
     where
         E: std::error::Error + Send + Sync + 'static,
     {
+        let spec = normalize(spec);
         validate(&spec)?;
         let mut books = self.lock();
         // A device with this identity that is being plugged or unplugged is counted after
@@ -226,6 +231,96 @@ mod tests {
 
     fn never_called(_: &SavedState) -> Result<(), DiskFull> {
         panic!("persist must not be called when the attach fails")
+    }
+
+    /// Issue 17, item 1: a plug whose undo did not finish (the guest never let go of the
+    /// first function of a group when the second failed) used to be booked as a clean
+    /// rollback: ports freed, device gone, while the VM still held a function on a port.
+    /// Now the device stays, recorded as needing cleanup, its ports taken, saved and loaded
+    /// as such, and not removable until the cleanup has run.
+    #[test]
+    fn a_plug_whose_undo_did_not_finish_is_recorded_and_cleaned_up_later() {
+        let m = manager();
+        let spec = vfio_spec(7, &[true, true]);
+        m.hypervisor().fail_next_incomplete();
+        let err = m.attach_new(spec.clone(), never_called).unwrap_err();
+        assert!(
+            matches!(err, AttachError::Device(DeviceError::PlugIncomplete { .. })),
+            "{err}"
+        );
+        assert!(!err.rolled_back());
+        let id = m
+            .find(&spec.identity)
+            .expect("the device stays in the books");
+        let state = m.device(id).unwrap();
+        assert!(state.attachments.is_zero());
+        let leftover = state.needs_cleanup.expect("recorded as needing cleanup");
+        assert!(leftover.holds_reference);
+        assert_eq!(leftover.request.ports().len(), 2);
+        assert_eq!(
+            m.allocations().root_ports,
+            leftover.request.ports(),
+            "ports stay taken"
+        );
+        assert!(m.hypervisor().is_plugged(id), "the VM still holds it");
+        assert_eq!(m.needing_cleanup(), [id]);
+        assert!(matches!(
+            m.remove_device(id),
+            Err(DeviceError::NeedsCleanup { .. })
+        ));
+        // Saved and loaded as it is.
+        let saved = m.save();
+        let json = saved.to_json().unwrap();
+        assert!(json.contains("needs_cleanup"), "{json}");
+        let loaded = DeviceManager::load(
+            Arc::clone(m.hypervisor()),
+            SavedState::from_json(&json).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(loaded.save(), saved);
+        // A cleanup that fails leaves it as it is.
+        m.hypervisor().fail_next(HypervisorOp::HotplugRemove);
+        assert!(matches!(m.clean_up(id), Err(DeviceError::Cleanup { .. })));
+        assert_eq!(m.needing_cleanup(), [id]);
+        // The cleanup removes it from the VM, frees the ports and drops the reference the
+        // failed attach kept: the device it created is gone.
+        assert!(m.clean_up(id).unwrap());
+        assert!(m.device(id).is_none());
+        assert!(m.hypervisor().plugged().is_empty());
+        assert_eq!(m.allocations(), Allocations::default());
+        assert!(!m.clean_up(DeviceId::from_raw(99)).unwrap_or(false));
+    }
+
+    #[test]
+    fn attaching_a_device_that_needs_cleanup_cleans_up_first() {
+        let m = manager();
+        let spec = vfio_spec(8, &[true, false]);
+        m.hypervisor().fail_next_incomplete();
+        m.attach_new(spec.clone(), never_called).unwrap_err();
+        let attached = m.attach_new(spec, saved_ok).unwrap();
+        assert_eq!(attached.attached, Acquired::First);
+        assert_eq!(
+            ops(&m),
+            [
+                HypervisorOp::HotplugAdd,
+                HypervisorOp::HotplugRemove,
+                HypervisorOp::HotplugAdd
+            ]
+        );
+        let state = m.device(attached.id()).unwrap();
+        assert_eq!(
+            state.references.get(),
+            1,
+            "the failed attach's reference is gone"
+        );
+        assert!(state.needs_cleanup.is_none());
+        assert_eq!(m.allocations().root_ports.len(), 2);
+        m.detach(attached.id()).unwrap();
+        assert_eq!(
+            m.remove_device(attached.id()).unwrap(),
+            crate::manager::Removed::Gone
+        );
+        assert_eq!(m.allocations(), Allocations::default());
     }
 
     #[test]

@@ -68,7 +68,8 @@ fn specs() -> Vec<DeviceSpec> {
 fn needs(spec: &DeviceSpec) -> (usize, usize) {
     match &spec.kind {
         DeviceKind::Block(b) => (1, usize::from(b.driver.is_pci())),
-        DeviceKind::Vfio(v) => (0, v.functions.iter().filter(|f| f.is_pcie).count()),
+        // Every function takes a port, conventional PCI too (issue 17, item 2).
+        DeviceKind::Vfio(v) => (0, v.functions.len()),
         DeviceKind::VhostUser(v) => (
             usize::from(v.device.takes_block_index()),
             usize::from(v.device.is_pci()),

@@ -40,12 +40,25 @@ impl Hypervisor for QemuHypervisor {
             vfio_fds: self.config.vfio_fds.as_deref(),
         };
         let plans = requests::plans(request, layout).map_err(|e| request_error(device, e))?;
+        #[cfg(any(test, feature = "test-util"))]
+        let plans = self.stand_in(plans);
         for (n, plan) in plans.iter().enumerate() {
             if let Err(e) = session.plug(plan) {
+                let mut left = left_by_plug(&e);
                 for done in plans[..n].iter().rev() {
                     if let Err(undo) = session.unplug(done, timeout) {
-                        tracing::error!(device = %done.id, error = %undo, "could not take a plugged VFIO function back out");
+                        tracing::error!(device = %done.id, error = %undo, "could not take a plugged function back out; the VM may still hold it");
+                        left.push(done.id.to_string());
                     }
+                }
+                if !left.is_empty() {
+                    return Err(HypervisorError::Incomplete {
+                        device,
+                        source: Box::new(QemuError::RollbackIncomplete {
+                            left,
+                            cause: Box::new(e),
+                        }),
+                    });
                 }
                 return Err(plug_error(device, e));
             }
@@ -80,6 +93,14 @@ impl Hypervisor for QemuHypervisor {
             vfio_fds: None,
         };
         let plans = requests::plans(request, layout).map_err(|e| request_error(device, e))?;
+        // A device cold-plugged on the root bus cannot leave a running q35 VM (no hotplug
+        // there): QEMU is not asked.
+        if request.mode == PlugMode::Cold
+            && let Some(plan) = plans.iter().find(|p| p.bus().is_none() && p.removable)
+        {
+            tracing::info!(device = %plan.id, "a cold-plugged device on the root bus stays in the running VM");
+            return Err(HypervisorError::NotRemovable { device });
+        }
         for plan in plans.iter().rev() {
             session.unplug(plan, timeout).map_err(|e| match e {
                 QemuError::Removal(RemovalError::NotRemovable { .. }) => {
@@ -127,9 +148,67 @@ impl Hypervisor for QemuHypervisor {
         state.boot.extend(plans);
         Ok(view)
     }
+
+    fn guest_view(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+        self.view_now(request)
+    }
 }
 
 impl QemuHypervisor {
+    /// [`Hypervisor::guest_view`]: before the VM runs, what coldplug answered; once it runs,
+    /// each PCI device's path as QEMU placed it.
+    fn view_now(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+        let device = request.device;
+        let mut state = self.lock();
+        let Some(session) = state.session.as_mut() else {
+            let plans = self.cold_plans(request)?;
+            if !plans
+                .iter()
+                .all(|p| state.boot.iter().any(|q| q.id == p.id))
+            {
+                return Err(HypervisorError::NotPlugged { device });
+            }
+            return Ok(guest_view(request, &plans, None));
+        };
+        let layout = VmLayout {
+            ports: &session.pool,
+            scsi_controller: session.scsi_controller.as_deref(),
+            portless_ok: true,
+            for_removal: true,
+            // Only names and places matter here.
+            vfio_fds: None,
+        };
+        let plans = requests::plans(request, layout).map_err(|e| request_error(device, e))?;
+        let mut view = guest_view(request, &plans, None);
+        for plan in &plans {
+            let slots = match session.port_slot(plan) {
+                Some(port) => Some(vec![port, 0]),
+                // On the root bus (cold-plugged): the device's own slot, if it is on PCI.
+                None if plan.bus().is_none() => session
+                    .root_bus_slot(plan)
+                    .map_err(|e| backend(device, e))?
+                    .map(|slot| vec![slot]),
+                None => None,
+            };
+            let path = slots.and_then(|s| {
+                let slots: Option<Vec<PciSlot>> =
+                    s.into_iter().map(|n| PciSlot::new(n).ok()).collect();
+                PciPath::new(slots?).ok()
+            });
+            view.pci_paths.extend(path);
+        }
+        Ok(view)
+    }
+
+    /// The plans with the test's stand-in applied (see [`QemuHypervisor::with_stand_in`]).
+    #[cfg(any(test, feature = "test-util"))]
+    fn stand_in(&self, mut plans: Vec<Plan>) -> Vec<Plan> {
+        if let Some(stand_in) = &self.stand_in {
+            plans.iter_mut().for_each(|p| (stand_in.0)(p));
+        }
+        plans
+    }
+
     fn cold_plans(&self, request: &PlugRequest) -> Result<Vec<Plan>, HypervisorError> {
         let layout = VmLayout {
             ports: &self.config.root_ports,
@@ -179,6 +258,14 @@ fn request_error(device: DeviceId, error: RequestError) -> HypervisorError {
             device,
             source: Box::new(other),
         },
+    }
+}
+
+/// The backends a failed plan's own rollback could not delete.
+fn left_by_plug(error: &QemuError) -> Vec<String> {
+    match error {
+        QemuError::Hotplug(HotplugError::Step { rollback, .. }) => rollback.left_behind.clone(),
+        _ => Vec::new(),
     }
 }
 
@@ -284,6 +371,51 @@ mod tests {
             ["device_add", "device_add", "device_del"],
             "the first function is taken back out"
         );
+    }
+
+    /// Issue 17, item 1: a failed plug whose own rollback leaves a backend in QEMU (a
+    /// `blockdev-del` refused) is `Incomplete`, naming what was left, not a plain failure.
+    #[test]
+    fn a_backend_the_rollback_cannot_delete_makes_the_plug_incomplete() {
+        let fake = fake_vm(|cmd, _| match cmd {
+            "device_add" => Some(vec![Action::Error("Bus 'hp1' not found".into())]),
+            "blockdev-del" => Some(vec![Action::Error("Node is in use".into())]),
+            _ => None,
+        });
+        let hv = hv(&fake);
+        let err = hv
+            .hotplug_add(&disk(&fake, BlockDriver::VirtioBlk, PlugMode::Hot))
+            .unwrap_err();
+        let HypervisorError::Incomplete { source, .. } = &err else {
+            panic!("{err:?}")
+        };
+        let text = source.to_string();
+        assert!(text.contains("left") && text.contains("-fmt"), "{text}");
+    }
+
+    /// A VFIO group whose first function the guest does not let go of when the second
+    /// fails is `Incomplete` too.
+    #[test]
+    fn a_function_not_let_go_of_makes_the_group_plug_incomplete() {
+        let fake = fake_vm(|cmd, args| {
+            match (cmd, args["host"].as_str(), args["path"].as_str()) {
+                ("device_add", Some("0000:65:00.1"), _) => {
+                    Some(vec![Action::Error("group 3 is not viable".into())])
+                }
+                // Accepted, but no DEVICE_DELETED ever comes and the device stays listed:
+                // the guest keeps it.
+                ("device_del", _, _) => Some(vec![Action::Return(json!({}))]),
+                ("qom-list", _, Some("/machine/peripheral")) => Some(vec![Action::Return(json!([
+                    {"name": "hp1", "type": "child<pcie-root-port>"},
+                    {"name": "hp2", "type": "child<pcie-root-port>"},
+                    {"name": "vfio-0-0000000000000005", "type": "child<vfio-pci>"},
+                ]))]),
+                _ => None,
+            }
+        });
+        let hv = hv(&fake);
+        let err = hv.hotplug_add(&vfio_pair()).unwrap_err();
+        assert!(matches!(err, HypervisorError::Incomplete { .. }), "{err:?}");
     }
 
     #[test]

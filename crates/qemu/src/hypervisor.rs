@@ -93,6 +93,17 @@ pub enum QemuError {
         #[source]
         source: crate::requests::RequestError,
     },
+    /// A plug failed (the source), and undoing what it had done did not finish: the VM may
+    /// still hold the objects named (devices whose removal the guest has not acknowledged,
+    /// backends that could not be deleted). Removing the same request later finishes it.
+    #[error("a plug failed and undoing it left {} in the VM", left.join(", "))]
+    RollbackIncomplete {
+        /// The devices and backends that may still be in the VM.
+        left: Vec<String>,
+        /// Why the plug failed.
+        #[source]
+        cause: Box<QemuError>,
+    },
 }
 
 /// How to drive a QEMU.
@@ -156,6 +167,22 @@ pub(crate) struct State {
 pub struct QemuHypervisor {
     pub(crate) config: QemuConfig,
     state: Mutex<State>,
+    /// Rewrites each plan of a manager's request before it is plugged (feature `test-util`).
+    #[cfg(any(test, feature = "test-util"))]
+    pub(crate) stand_in: Option<StandIn>,
+}
+
+/// A rewrite of the plans of a manager's request before they are plugged: a test on a host
+/// where nothing may be opened for VFIO swaps `vfio-pci` for an emulated device on the same
+/// bus and slot (see [`QemuHypervisor::with_stand_in`]).
+#[cfg(any(test, feature = "test-util"))]
+pub struct StandIn(pub Box<dyn Fn(&mut Plan) + Send + Sync>);
+
+#[cfg(any(test, feature = "test-util"))]
+impl std::fmt::Debug for StandIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StandIn")
+    }
 }
 
 impl QemuHypervisor {
@@ -164,7 +191,20 @@ impl QemuHypervisor {
         Self {
             config,
             state: Mutex::new(State::default()),
+            #[cfg(any(test, feature = "test-util"))]
+            stand_in: None,
         }
+    }
+
+    /// The same hypervisor, with every plan of a manager's hot plug passed through `rewrite`
+    /// first (feature `test-util`): the manager's placement and this crate's plug, rollback
+    /// and error mapping run as they are, with another device in place of one the host
+    /// cannot give (`vfio-pci` on a host where nothing may be opened for VFIO).
+    #[cfg(any(test, feature = "test-util"))]
+    #[must_use]
+    pub fn with_stand_in(mut self, rewrite: impl Fn(&mut Plan) + Send + Sync + 'static) -> Self {
+        self.stand_in = Some(StandIn(Box::new(rewrite)));
+        self
     }
 
     /// Takes over a running QEMU through its QMP socket.
@@ -392,6 +432,24 @@ impl Session {
             removal::close_fd_set(&mut self.client, fdset).map_err(error)?;
         }
         Ok(ours)
+    }
+
+    /// The slot on the root bus of a plan's device placed there (cold-plugged, no bus named):
+    /// its `addr` property (the devfn) read from QOM; `None` when it has none (not PCI).
+    pub(crate) fn root_bus_slot(&mut self, plan: &Plan) -> Result<Option<u8>, QemuError> {
+        let path = plan.id.qom_path();
+        match self.client.execute(
+            "qom-get",
+            Some(&serde_json::json!({"path": path, "property": "addr"})),
+        ) {
+            // `addr` is the devfn: slot << 3 | function.
+            Ok(devfn) => Ok(devfn.as_u64().and_then(|d| u8::try_from(d >> 3).ok())),
+            Err(e) if e.failure().is_some() => Ok(None),
+            Err(source) => Err(QemuError::Query {
+                what: "qom-get addr",
+                source,
+            }),
+        }
     }
 
     /// The root bus slot of the port a plan sits on.

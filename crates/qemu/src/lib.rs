@@ -51,6 +51,8 @@ pub mod vhost_user;
 
 pub use backend_socket::{BackendSocketError, check_listening};
 pub use hotplug::{HotplugError, Rollback, VmFacts};
+#[cfg(any(test, feature = "test-util"))]
+pub use hypervisor::StandIn;
 pub use hypervisor::{DEFAULT_UNPLUG_TIMEOUT, QemuConfig, QemuError, QemuHypervisor};
 pub use id::{BackendRole, DeviceRole, OurName, QemuId, QemuIdError, VM_IOMMUFD, VM_IOMMUFD_FD};
 pub use inspect::Inspection;

@@ -792,3 +792,195 @@ fn removal_of_something_already_gone_finishes_cleanly() {
         plugboard_qemu::Departure::AlreadyGone
     );
 }
+
+/// A stand-in for `vfio-pci` on a host where nothing may be opened for VFIO: each
+/// function of the manager's VFIO request keeps the bus and slot plugboard-qemu gave it,
+/// with an emulated NIC of the same kind in its place: function 0 `e1000e` (PCI Express),
+/// function 1 `e1000` (conventional PCI), or for `broken_function_1`, something QEMU refuses
+/// (a bus that does not exist).
+fn emulated_functions(hv: QemuHypervisor, broken_function_1: bool) -> QemuHypervisor {
+    hv.with_stand_in(move |plan| {
+        let device = plan.device.as_object_mut().unwrap();
+        if device.get("driver") != Some(&json!("vfio-pci")) {
+            return;
+        }
+        let host = device.remove("host").unwrap();
+        let function_1 = host.as_str().unwrap().ends_with(".1");
+        let nic = if function_1 { "e1000" } else { "e1000e" };
+        device.insert("driver".into(), json!(nic));
+        if function_1 && broken_function_1 {
+            device.insert("bus".into(), json!("no-such-port"));
+        }
+    })
+}
+
+/// Issue 17, item 2, against a real QEMU: a group with a conventional PCI function (a
+/// GPU's audio function: 256-byte config space) used to get no root port for it, and
+/// QEMU refuses a PCI hotplug without one (q35's root bus has no hotplug). Each function now
+/// takes a port, and QEMU takes a conventional PCI endpoint on a root port.
+#[test]
+fn a_group_with_a_conventional_pci_function_is_hot_plugged_one_root_port_each() {
+    let qemu = BareQemu::builder().start();
+    // Through the real backend, the plan gets past the ports: what stops it is QEMU's
+    // vfio-pci finding no such host function here (bus 0xfc), not a missing port.
+    let m = manager(&qemu);
+    let id = m
+        .new_device(plugboard_devices::test_util::vfio_spec(
+            0xfc,
+            &[true, false],
+        ))
+        .unwrap()
+        .id();
+    let chain = format!("{:?}", m.attach(id).unwrap_err());
+    assert!(!chain.contains("NoPort"), "{chain}");
+    assert!(chain.contains("no such host device"), "{chain}");
+    assert_eq!(m.allocations().root_ports, []);
+    drop(m);
+
+    // The same placement with emulated functions in place of vfio-pci.
+    let hv = QemuHypervisor::connect(qemu.qmp_socket(), config()).unwrap();
+    let m = manager_over(emulated_functions(hv, false));
+    let id = m
+        .new_device(plugboard_devices::test_util::vfio_spec(
+            0xfb,
+            &[true, false],
+        ))
+        .unwrap()
+        .id();
+    m.attach(id).unwrap();
+    let hv = m.hypervisor();
+    for (n, (port, nic)) in [("hp1", "e1000e"), ("hp2", "e1000")]
+        .into_iter()
+        .enumerate()
+    {
+        let name = qemu_name(id, DeviceRole::VfioFunction(u8::try_from(n).unwrap()));
+        let path = format!("/machine/peripheral/{name}");
+        let kind = query(
+            hv,
+            "qom-get",
+            Some(&json!({"path": path, "property": "type"})),
+        );
+        assert_eq!(kind, json!(nic));
+        let bus = query(
+            hv,
+            "qom-get",
+            Some(&json!({"path": path, "property": "parent_bus"})),
+        );
+        assert_eq!(bus, json!(format!("/machine/peripheral/{port}/{port}")));
+    }
+    assert_eq!(m.allocations().root_ports.len(), 2);
+    let paths = m.device(id).unwrap().guest.unwrap().pci_paths;
+    assert_eq!(paths.len(), 2, "a guest PCI path for each function");
+}
+
+/// Issue 17, item 1, against a real QEMU: the second function of a group fails, and the
+/// guest (none here) never acknowledges the `device_del` of the first. That used to be
+/// booked as a clean rollback (ports free, "not attached") while QEMU still held function 0
+/// on its port. Now the device is recorded as needing cleanup with its ports taken, and
+/// the cleanup finishes once the VM lets go.
+#[test]
+fn a_rollback_the_guest_does_not_acknowledge_leaves_the_device_needing_cleanup() {
+    let qemu = BareQemu::builder().start();
+    let hv = QemuHypervisor::connect(qemu.qmp_socket(), config()).unwrap();
+    let m = manager_over(emulated_functions(hv, true));
+    let id = m
+        .new_device(plugboard_devices::test_util::vfio_spec(
+            0xfa,
+            &[true, false],
+        ))
+        .unwrap()
+        .id();
+    let err = m.attach(id).unwrap_err();
+    assert!(matches!(err, DeviceError::PlugIncomplete { .. }), "{err:?}");
+    let chain = format!("{err:?}");
+    assert!(chain.contains("RollbackIncomplete"), "{chain}");
+    let function_0 = qemu_name(id, DeviceRole::VfioFunction(0));
+    let hv = m.hypervisor();
+    assert!(
+        peripherals(hv).contains(&function_0),
+        "QEMU still holds function 0"
+    );
+    assert!(!m.is_attached(id));
+    let leftover = m.device(id).unwrap().needs_cleanup.unwrap();
+    assert_eq!(
+        m.allocations().root_ports,
+        leftover.request.ports(),
+        "the ports stay taken"
+    );
+    assert_eq!(m.allocations().root_ports.len(), 2);
+    // While the guest still holds it, the cleanup fails and changes nothing.
+    assert!(matches!(m.clean_up(id), Err(DeviceError::Cleanup { .. })));
+    assert_eq!(m.needing_cleanup(), [id]);
+    // A reset completes the pending unplug; the cleanup then finishes the job.
+    query(hv, "system_reset", None);
+    assert!(m.clean_up(id).unwrap());
+    assert!(!peripherals(hv).contains(&function_0));
+    assert_eq!(m.allocations().root_ports, []);
+    assert_eq!(m.needing_cleanup(), []);
+}
+
+/// Issue 17, item 3, against a real QEMU: a device cold-plugged on the root bus (no root
+/// port) cannot leave a running q35 VM, whose root bus has no hotplug. Its last detach used
+/// to `device_del` it, fail, and leave it attached for good. Now (Kata's rule) the detach
+/// only counts down: the device stays in the VM until it stops, its allocations taken, and
+/// attaching it again only counts. Once the VM runs, its guest PCI path is read from QEMU.
+#[test]
+fn a_cold_plugged_device_on_the_root_bus_is_detached_by_count_and_gets_its_pci_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("cold.raw");
+    create_image(&raw, "raw", "4M").unwrap();
+    // No root ports configured: cold devices go on the root bus.
+    let m = DeviceManager::new(
+        QemuHypervisor::new(config()),
+        ManagerConfig {
+            root_ports: 0,
+            name_offset: 0,
+        },
+    );
+    let mut spec = disk_spec(&raw, BlockDriver::VirtioBlk, ImageFormat::Raw, false);
+    spec.mode = PlugMode::Cold;
+    let id = m.new_device(spec).unwrap().id();
+    m.attach(id).unwrap();
+    assert_eq!(m.device(id).unwrap().guest.unwrap().pci_paths, []);
+    let qemu = BareQemu::builder().args(m.hypervisor().boot_args()).start();
+    m.hypervisor().attach(qemu.qmp_socket()).unwrap();
+    let hv = m.hypervisor();
+    let name = qemu_name(id, DeviceRole::Disk);
+    // The guest path is the device's own slot on the root bus, as QEMU placed it.
+    m.refresh_guest_views().unwrap();
+    let devfn = query(
+        hv,
+        "qom-get",
+        Some(&json!({"path": format!("/machine/peripheral/{name}"), "property": "addr"})),
+    );
+    let slot = devfn.as_u64().unwrap() >> 3;
+    let paths: Vec<String> = m
+        .device(id)
+        .unwrap()
+        .guest
+        .unwrap()
+        .pci_paths
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(paths, [format!("{slot:02x}")]);
+
+    assert_eq!(m.detach(id).unwrap(), plugboard_devices::Released::Last);
+    assert!(peripherals(hv).contains(&name), "it stays in the VM");
+    let state = m.device(id).unwrap();
+    assert!(state.attachments.is_zero());
+    assert!(state.resident, "booked as staying until the VM stops");
+    assert_eq!(
+        m.allocations().block_indexes.len(),
+        1,
+        "its index stays taken"
+    );
+    assert!(matches!(
+        m.remove_device(id),
+        Err(DeviceError::StaysInVm { .. })
+    ));
+    // Attaching it again only counts; QEMU is not asked.
+    assert_eq!(m.attach(id).unwrap(), plugboard_devices::Acquired::Again);
+    assert!(m.is_attached(id));
+    assert!(!m.device(id).unwrap().resident);
+}

@@ -21,6 +21,8 @@ use plugboard_devices::{
 };
 use serde::{Deserialize, Serialize};
 
+use plugboard_sysfs::Sysfs;
+
 use crate::auth::Caller;
 use crate::error::ServiceError;
 use crate::open::OpenedFile;
@@ -81,7 +83,12 @@ impl AttachRequest {
     /// device nor a regular file, or a spec that names a descriptor of its own
     /// (`passed_fd`); [`ServiceError::Forbidden`] for someone else's file, an nvdimm asked
     /// for by someone other than root, or a kind only root may attach.
-    pub fn to_spec(&self, caller: Caller, vm: &str) -> Result<CheckedSpec, ServiceError> {
+    pub fn to_spec(
+        &self,
+        caller: Caller,
+        vm: &str,
+        sysfs: &Sysfs,
+    ) -> Result<CheckedSpec, ServiceError> {
         let action = format!("attach to VM {vm:?}");
         match self {
             Self::Disk {
@@ -94,7 +101,7 @@ impl AttachRequest {
                     BlockSpec::new(path.clone(), driver.unwrap_or(BlockDriver::VirtioBlk));
                 block.format = *format;
                 block.read_only = *read_only;
-                let (identity, file) = open_block(caller, &block, &action)?;
+                let (identity, file) = open_block(caller, &mut block, &action)?;
                 Ok(CheckedSpec {
                     spec: DeviceSpec {
                         identity,
@@ -109,7 +116,7 @@ impl AttachRequest {
             ))),
             Self::Spec { spec } => {
                 let mut spec = spec.clone();
-                let file = if let DeviceKind::Block(block) = &spec.kind {
+                let file = if let DeviceKind::Block(block) = &mut spec.kind {
                     let (identity, file) = open_block(caller, block, &action)?;
                     // Derived from the file, as for a disk: not taken from the client.
                     spec.identity = identity;
@@ -124,6 +131,8 @@ impl AttachRequest {
                         ),
                     ));
                 } else {
+                    // Derived here too, never taken from the client.
+                    spec.identity = derived_identity(&spec.kind, sysfs)?;
                     None
                 };
                 Ok(CheckedSpec { spec, file })
@@ -133,10 +142,11 @@ impl AttachRequest {
 }
 
 /// Opens and checks a block device's file for `caller`: its identity and the open file,
-/// or, for an nvdimm (root only), its identity by path and no file.
+/// or, for an nvdimm (root only), its identity by path and no file. The spec's path becomes
+/// the file's canonical path, so two spellings of one file are one device.
 fn open_block(
     caller: Caller,
-    block: &BlockSpec,
+    block: &mut BlockSpec,
     action: &str,
 ) -> Result<(DeviceIdentity, Option<OpenedFile>), ServiceError> {
     if let Some(fd) = block.passed_fd {
@@ -156,10 +166,48 @@ fn open_block(
                  it is the file checked; only root may attach one",
             ));
         }
-        return Ok((identity_of(&block.path)?, None));
+        let identity = identity_of(&block.path)?;
+        block.path = canonical(&block.path)?;
+        return Ok((identity, None));
     }
     let opened = OpenedFile::open(caller, &block.path, block.read_only, action)?;
+    block.path = opened.canonical_path().to_owned();
     Ok((opened.identity().clone(), Some(opened)))
+}
+
+/// The identity of a device that is not a block device, derived from what it names: a
+/// generic node's `major:minor` (or its canonical path), a vhost-user socket's canonical
+/// path, a VFIO device's IOMMU group.
+fn derived_identity(kind: &DeviceKind, sysfs: &Sysfs) -> Result<DeviceIdentity, ServiceError> {
+    match kind {
+        DeviceKind::Block(block) => identity_of(&block.path),
+        DeviceKind::VhostUser(v) => Ok(DeviceIdentity::Path(canonical(&v.socket)?)),
+        DeviceKind::Generic(g) => {
+            let meta = std::fs::metadata(&g.path).map_err(|e| {
+                ServiceError::BadRequest(format!("cannot use {}: {e}", g.path.display()))
+            })?;
+            let ft = meta.file_type();
+            Ok(if ft.is_char_device() || ft.is_block_device() {
+                let kind = if ft.is_char_device() {
+                    DevKind::Char
+                } else {
+                    DevKind::Block
+                };
+                DeviceIdentity::Node(DeviceNode::from_rdev(kind, meta.rdev()))
+            } else {
+                DeviceIdentity::Path(canonical(&g.path)?)
+            })
+        }
+        DeviceKind::Vfio(v) => plugboard_devices::vfio_iommu_group(sysfs, v.backend)
+            .map(DeviceIdentity::IommuGroup)
+            .map_err(|e| ServiceError::BadRequest(format!("VFIO device {}: {e}", v.backend))),
+    }
+}
+
+/// `path` with every symlink resolved.
+fn canonical(path: &std::path::Path) -> Result<PathBuf, ServiceError> {
+    path.canonicalize()
+        .map_err(|e| ServiceError::BadRequest(format!("cannot use {}: {e}", path.display())))
 }
 
 /// A block device node's `major:minor`, or the canonical path of any other file, by path
@@ -197,7 +245,9 @@ mod tests {
             "kind": "disk", "path": dir.path().join(".").join("d.img"), "read_only": true
         }))
         .unwrap();
-        let checked = req.to_spec(Caller::ROOT, "vm").unwrap();
+        let checked = req
+            .to_spec(Caller::ROOT, "vm", &Sysfs::new("/nonexistent-sysfs"))
+            .unwrap();
         let opened = checked.file.as_ref().unwrap();
         assert_eq!(opened.identity(), &checked.spec.identity);
         let spec = checked.spec;
@@ -220,7 +270,9 @@ mod tests {
             format: ImageFormat::Raw,
             read_only: false,
         };
-        let err = missing.to_spec(Caller::ROOT, "vm").unwrap_err();
+        let err = missing
+            .to_spec(Caller::ROOT, "vm", &Sysfs::new("/nonexistent-sysfs"))
+            .unwrap_err();
         assert_eq!(err.class(), ErrorClass::BadRequest);
         assert!(err.to_string().contains("/nonexistent/disk.img"), "{err}");
         let err = AttachRequest::Disk {
@@ -229,7 +281,7 @@ mod tests {
             format: ImageFormat::Raw,
             read_only: false,
         }
-        .to_spec(Caller::ROOT, "vm")
+        .to_spec(Caller::ROOT, "vm", &Sysfs::new("/nonexistent-sysfs"))
         .unwrap_err();
         assert!(err.to_string().contains("neither"), "{err}");
         let unknown = serde_json::from_value::<AttachRequest>(

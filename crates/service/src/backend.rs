@@ -182,6 +182,14 @@ impl Hypervisor for Backend {
             Self::Memory(m) => m.coldplug(request),
         }
     }
+
+    fn guest_view(&self, request: &PlugRequest) -> Result<GuestView, HypervisorError> {
+        match self {
+            Self::Qemu(q) => q.guest_view(request),
+            #[cfg(any(test, feature = "test-util"))]
+            Self::Memory(m) => m.guest_view(request),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -286,8 +286,11 @@ fn device_class(err: &DeviceError) -> ErrorClass {
             HypervisorError::NotRemovable { .. }
             | HypervisorError::AlreadyPlugged { .. }
             | HypervisorError::NotPlugged { .. } => ErrorClass::Conflict,
-            HypervisorError::Backend { .. } => ErrorClass::Backend,
+            HypervisorError::Backend { .. } | HypervisorError::Incomplete { .. } => {
+                ErrorClass::Backend
+            }
         },
+        DeviceError::PlugIncomplete { .. } | DeviceError::Cleanup { .. } => ErrorClass::Backend,
         // Counts, allocators (an exhausted pool), conflicting specs: the VM's state.
         _ => ErrorClass::Conflict,
     }

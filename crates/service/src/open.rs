@@ -36,6 +36,7 @@ use crate::error::ServiceError;
 pub struct OpenedFile {
     file: File,
     path: PathBuf,
+    canonical: PathBuf,
     identity: DeviceIdentity,
     file_type: PassedFileType,
 }
@@ -91,17 +92,17 @@ impl OpenedFile {
                 path.display()
             )));
         }
+        let canonical = std::fs::read_link(proc_fd(&file)).map_err(bad)?;
         let identity = match file_type {
             PassedFileType::BlockDevice => {
                 DeviceIdentity::Node(DeviceNode::from_rdev(DevKind::Block, opened.rdev()))
             }
-            PassedFileType::File => {
-                DeviceIdentity::Path(std::fs::read_link(proc_fd(&file)).map_err(bad)?)
-            }
+            PassedFileType::File => DeviceIdentity::Path(canonical.clone()),
         };
         Ok(Self {
             file,
             path: path.to_owned(),
+            canonical,
             identity,
             file_type,
         })
@@ -117,6 +118,13 @@ impl OpenedFile {
     #[must_use]
     pub const fn file_type(&self) -> PassedFileType {
         self.file_type
+    }
+
+    /// The canonical path of the file opened, as `/proc/self/fd/N` reads back: one spelling
+    /// of it, whichever the caller used.
+    #[must_use]
+    pub fn canonical_path(&self) -> &Path {
+        &self.canonical
     }
 
     /// The path the caller named (for messages; the file is what counts).

@@ -80,6 +80,18 @@ impl Service {
         Ok(())
     }
 
+    /// The IOMMU group of `address` as sysfs shows it; `None` when it cannot be read (the
+    /// prepare that follows names what is wrong).
+    pub(crate) fn iommu_group_of(&self, address: PciAddress) -> Option<u32> {
+        self.host
+            .sysfs()
+            .pci_device(address)
+            .ok()?
+            .iommu_group()
+            .ok()
+            .flatten()
+    }
+
     /// Releases host PCI functions of `vm`, logging what could not be given back.
     pub(crate) fn release_passthrough(&self, vm: &str, functions: &[PciAddress]) {
         if functions.is_empty() {
@@ -155,7 +167,7 @@ fn vfio_spec(
     };
     tracing::debug!(device = %address, %mode, %backend, "VFIO interface chosen");
     Ok(DeviceSpec {
-        identity: DeviceIdentity::Path(sysfs.vfio_group_node(group)),
+        identity: DeviceIdentity::IommuGroup(group),
         mode: PlugMode::Hot,
         kind: DeviceKind::Vfio(VfioSpec { backend, functions }),
     })

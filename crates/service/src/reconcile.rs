@@ -5,15 +5,15 @@
 //! |---|---|---|
 //! | attached | holds every object of the plug | none |
 //! | attached | misses a device (removed behind our back, VM restarted) | the device is dropped from the books, its block index and ports freed; what QEMU still holds of it is deleted: its backends (named from its id) and the fd set its file was handed over in, if QEMU still holds that as ours; a device of it still present is left alone |
+//! | a failed plug, needing cleanup | may hold part of it | removed from the VM (`DeviceManager::clean_up`), its allocations freed, the device dropped if only the failed attach held it; a cleanup that fails again is reported and retried next time (also before the VM's next attach or detach while the service runs) |
 //! | — | holds an object with one of our names that no device accounts for (a plug whose result was never saved) | reported as a stray and left alone: removing a guest's device is not a repair to make unasked |
 //!
 //! The repaired state is loaded into a fresh manager, which then agrees with the VM.
 
 use std::collections::BTreeSet;
-
 use std::path::PathBuf;
 
-use plugboard_devices::{DeviceId, Plug, PlugRequest, SavedState};
+use plugboard_devices::{DeviceId, DeviceManager, Plug, PlugRequest, SavedState};
 use plugboard_qemu::QemuError;
 use plugboard_sysfs::PciAddress;
 use serde::{Deserialize, Serialize};
@@ -35,6 +35,27 @@ pub enum Repair {
         what: String,
         /// The host PCI functions it held (VFIO), released in the hostdev registry.
         host_pci: Vec<PciAddress>,
+    },
+    /// A failed plug the VM still held part of ([`plugboard_devices::Leftover`]): removed
+    /// from the VM now, its allocations freed.
+    CleanedUp {
+        /// The VM.
+        vm: String,
+        /// The device.
+        device: DeviceId,
+        /// The host PCI functions it held (VFIO), released in the hostdev registry when the
+        /// device went with the cleanup.
+        host_pci: Vec<PciAddress>,
+    },
+    /// A failed plug the VM may still hold part of, whose cleanup failed again: kept as
+    /// needing cleanup, retried at the next reconciliation (or the device's next attach).
+    StillNeedsCleanup {
+        /// The VM.
+        vm: String,
+        /// The device.
+        device: DeviceId,
+        /// Why the cleanup failed.
+        reason: String,
     },
     /// In the VM with one of our names, in no saved device: left alone.
     Stray {
@@ -64,6 +85,14 @@ impl std::fmt::Display for Repair {
                 }
                 Ok(())
             }
+            Self::CleanedUp { device, .. } => write!(
+                f,
+                "what a failed plug of device {device} left in the VM is removed"
+            ),
+            Self::StillNeedsCleanup { device, reason, .. } => write!(
+                f,
+                "a failed plug of device {device} still needs cleanup: {reason}"
+            ),
             Self::Stray { id, .. } => write!(
                 f,
                 "the VM holds {id}, named like ours, that no device accounts for; left alone"
@@ -78,6 +107,39 @@ fn passed_file(request: &PlugRequest) -> Option<PathBuf> {
         Plug::Block(b) => b.spec.passed_fd.map(|_| b.spec.path.clone()),
         Plug::VhostUser(_) | Plug::Vfio(_) => None,
     }
+}
+
+/// Cleans up what failed plugs left in the VM of a loaded `manager` (see the table above).
+/// Returns what was done, each already logged.
+pub(crate) fn clean_up_failed_plugs(vm: &str, manager: &DeviceManager<Backend>) -> Vec<Repair> {
+    let mut repairs = Vec::new();
+    for id in manager.needing_cleanup() {
+        let host = manager
+            .device(id)
+            .map(|d| pci_functions(&d))
+            .unwrap_or_default();
+        match manager.clean_up(id) {
+            Ok(_) => {
+                let gone = manager.device(id).is_none();
+                tracing::warn!(vm, device = %id, gone, "what a failed plug left in the VM is removed");
+                repairs.push(Repair::CleanedUp {
+                    vm: vm.to_owned(),
+                    device: id,
+                    host_pci: if gone { host } else { Vec::new() },
+                });
+            }
+            Err(e) => {
+                let reason = chain(&e);
+                tracing::warn!(vm, device = %id, reason, "a failed plug still needs cleanup; retried at the next reconciliation");
+                repairs.push(Repair::StillNeedsCleanup {
+                    vm: vm.to_owned(),
+                    device: id,
+                    reason,
+                });
+            }
+        }
+    }
+    repairs
 }
 
 /// Repairs `saved` against what `backend` holds. Returns the repaired state and what was
@@ -95,7 +157,14 @@ pub(crate) fn reconcile(
         .iter()
         .filter_map(|d| d.plugged.as_ref())
         .collect();
-    let inspection = backend.inspect(&plugged)?;
+    // What failed plugs left accounts for what the VM holds too: not strays (they are
+    // cleaned up once the state is loaded), and never "missing".
+    let leftovers = saved
+        .devices
+        .iter()
+        .filter_map(|d| d.needs_cleanup.as_ref().map(|l| &l.request));
+    let asked: Vec<_> = plugged.iter().copied().chain(leftovers).collect();
+    let inspection = backend.inspect(&asked)?;
     let missing: BTreeSet<DeviceId> = plugged
         .iter()
         .zip(&inspection.held)
@@ -151,4 +220,16 @@ pub(crate) fn reconcile(
         });
     }
     Ok((saved, repairs))
+}
+
+/// An error and its causes, `: `-separated.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

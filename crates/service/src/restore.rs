@@ -9,7 +9,7 @@ use plugboard_hostdev::HostdevManager;
 use crate::backend::Backend;
 use crate::error::ServiceError;
 use crate::held::owner_of;
-use crate::reconcile::{Repair, reconcile};
+use crate::reconcile::{Repair, clean_up_failed_plugs, reconcile};
 use crate::service::ServiceConfig;
 use crate::store::{Store, StoredVm};
 use crate::vm::{Link, Vm, VmRecord};
@@ -64,6 +64,8 @@ pub(crate) fn restore(
     };
     match DeviceManager::load(backend, repaired) {
         Ok(manager) => {
+            let mut repairs = repairs;
+            repairs.extend(clean_up_failed_plugs(&name, &manager));
             if !repairs.is_empty() {
                 let json = manager.save().to_json();
                 match json.map(|j| store.save_devices(&name, &j)) {
@@ -95,7 +97,9 @@ fn disconnected(record: VmRecord, saved: Option<SavedState>, reason: String) -> 
 /// Gives back the host PCI functions of devices that reconciliation dropped.
 pub(crate) fn release_forgotten(hostdev: &mut HostdevManager, repairs: &[Repair]) {
     for repair in repairs {
-        let Repair::Forgotten { vm, host_pci, .. } = repair else {
+        let (Repair::Forgotten { vm, host_pci, .. } | Repair::CleanedUp { vm, host_pci, .. }) =
+            repair
+        else {
             continue;
         };
         if host_pci.is_empty() {

@@ -18,15 +18,21 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let kernel = FakeKernel::builder()
-        .pci(
-            PciSpec::new("0000:02:00.0", 0x8086, 0x10d3)
-                .class(0x02_0000)
-                .iommu_group(7)
-                .driver("e1000e"),
-        )
-        .build()
-        .unwrap();
+    fixture_over(
+        FakeKernel::builder()
+            .pci(
+                PciSpec::new("0000:02:00.0", 0x8086, 0x10d3)
+                    .class(0x02_0000)
+                    .iommu_group(7)
+                    .driver("e1000e"),
+            )
+            .build()
+            .unwrap(),
+    )
+}
+
+/// A fixture over `kernel`.
+fn fixture_over(kernel: FakeKernel) -> Fixture {
     let state = tempfile::tempdir().unwrap();
     let config = ServiceConfig {
         host: HostConfig {
@@ -293,6 +299,244 @@ fn state_survives_a_restart_and_is_reconciled() {
         a0.device.plugged.as_ref().unwrap().block_index()
     );
     assert_ne!(again.device.id, DeviceId::from_raw(u64::MAX));
+}
+
+/// Issue 17, item 4: two functions of one IOMMU group attached one by one used to collide
+/// after the second was prepared (taken onto vfio-pci and registered), and the failed
+/// attach left it there. One group is one device: the second function is a clear answer
+/// before anything is touched, and nothing is left bound.
+#[test]
+fn a_second_function_of_an_attached_group_is_a_clear_answer_and_nothing_is_left_bound() {
+    let f = fixture_over(
+        FakeKernel::builder()
+            .pci(
+                PciSpec::new("0000:03:00.0", 0x10de, 0x2330)
+                    .class(0x03_0000)
+                    .iommu_group(8)
+                    .unbound(),
+            )
+            .pci(
+                PciSpec::new("0000:03:00.1", 0x10de, 0x22a3)
+                    .class(0x04_0300)
+                    .iommu_group(8)
+                    .unbound(),
+            )
+            .build()
+            .unwrap(),
+    );
+    let svc = service_with_vm_a(&f);
+    let function = |a: &str| AttachRequest::Pci {
+        address: a.parse().unwrap(),
+        whole_group: false,
+    };
+    let driver = |a: &str| {
+        f.kernel
+            .sysfs()
+            .pci_device(a.parse::<plugboard_sysfs::PciAddress>().unwrap())
+            .unwrap()
+            .driver()
+            .unwrap()
+    };
+    let first = svc
+        .attach(Caller::ROOT, "a", &function("0000:03:00.0"))
+        .unwrap();
+    assert_eq!(
+        first.device.spec.identity,
+        plugboard_devices::DeviceIdentity::IommuGroup(8)
+    );
+    let err = svc
+        .attach(Caller::ROOT, "a", &function("0000:03:00.1"))
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Conflict, "{}", err.chain());
+    assert!(err.to_string().contains("IOMMU group 8"), "{err}");
+    assert_eq!(driver("0000:03:00.1"), None, "nothing left bound");
+    let held: Vec<String> = svc
+        .host()
+        .hostdevs()
+        .unwrap()
+        .pci
+        .iter()
+        .map(|d| d.address.to_string())
+        .collect();
+    assert_eq!(held, ["0000:03:00.0"], "nothing left registered");
+    assert_eq!(svc.devices("a").unwrap().devices.len(), 1);
+}
+
+/// Issue 17, item 5 (Kata's case): a disk attached read-write and asked for again
+/// read-only (a second container mounting the shared volume read-only) is the same device,
+/// counted; the reverse, a writer for a disk plugged read-only, is a clear refusal.
+#[test]
+fn a_disk_shared_read_write_and_read_only_is_one_device() {
+    let f = fixture();
+    let (svc, _) = f.open();
+    svc.register_vm(Caller::ROOT, memory_vm("a")).unwrap();
+    let path = f.state.path().join("shared.img");
+    std::fs::write(&path, vec![0u8; 4096]).unwrap();
+    let disk = |read_only| AttachRequest::Disk {
+        path: path.clone(),
+        driver: None,
+        format: plugboard_devices::ImageFormat::Raw,
+        read_only,
+    };
+    let writer = svc.attach(Caller::ROOT, "a", &disk(false)).unwrap();
+    let reader = svc.attach(Caller::ROOT, "a", &disk(true)).unwrap();
+    assert!(!reader.plugged, "counted, not plugged again");
+    assert_eq!(reader.device.id, writer.device.id);
+    assert_eq!(reader.device.attachments.get(), 2);
+    // Only the writer's file stays with QEMU; the reader's descriptor was closed.
+    assert_eq!(memory_hypervisor(&svc, "a").fd_set_ids().len(), 1);
+
+    let other = f.state.path().join("ro.img");
+    std::fs::write(&other, vec![0u8; 4096]).unwrap();
+    let ro = AttachRequest::Disk {
+        path: other.clone(),
+        driver: None,
+        format: plugboard_devices::ImageFormat::Raw,
+        read_only: true,
+    };
+    svc.attach(Caller::ROOT, "a", &ro).unwrap();
+    let rw = AttachRequest::Disk {
+        path: other,
+        driver: None,
+        format: plugboard_devices::ImageFormat::Raw,
+        read_only: false,
+    };
+    let err = svc.attach(Caller::ROOT, "a", &rw).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Conflict, "{}", err.chain());
+    assert!(err.chain().contains("plugged read-only"), "{}", err.chain());
+}
+
+/// Issue 17, item 9: identities are derived, never taken from a client: two spellings of
+/// one file are one device, and a `Spec` request's own identity is replaced by what its
+/// device names (a socket's canonical path, a VFIO device's IOMMU group).
+#[test]
+fn identities_are_derived_whatever_the_client_says() {
+    let f = fixture();
+    let (svc, _) = f.open();
+    svc.register_vm(Caller::ROOT, memory_vm("a")).unwrap();
+    let image = f.state.path().join("one.img");
+    std::fs::write(&image, vec![0u8; 4096]).unwrap();
+    let link = f.state.path().join("link.img");
+    std::os::unix::fs::symlink(&image, &link).unwrap();
+    let disk = |path: std::path::PathBuf| AttachRequest::Disk {
+        path,
+        driver: None,
+        format: plugboard_devices::ImageFormat::Raw,
+        read_only: false,
+    };
+    let first = svc.attach(Caller::ROOT, "a", &disk(image.clone())).unwrap();
+    for spelling in [f.state.path().join(".").join("one.img"), link] {
+        let again = svc.attach(Caller::ROOT, "a", &disk(spelling)).unwrap();
+        assert_eq!(again.device.id, first.device.id);
+        assert!(!again.plugged);
+    }
+
+    let made_up = plugboard_devices::DeviceIdentity::Path("/made/up".into());
+    let socket = f.state.path().join("net.sock");
+    std::fs::write(&socket, b"").unwrap();
+    let mut vhost = plugboard_devices::test_util::vhost_user_spec(
+        socket.join("..").join("net.sock").to_str().unwrap(),
+        plugboard_devices::VhostUserDevice::Net {
+            mac: plugboard_devices::MacAddress::from([2, 0, 0, 0, 0, 7]),
+        },
+    );
+    vhost.identity = made_up.clone();
+    // `socket/..` does not resolve (a file is no directory): refused, not taken as given.
+    let err = svc
+        .attach(
+            Caller::ROOT,
+            "a",
+            &AttachRequest::Spec {
+                spec: vhost.clone(),
+            },
+        )
+        .unwrap_err();
+    assert_eq!(err.class(), ErrorClass::BadRequest, "{}", err.chain());
+    if let plugboard_devices::DeviceKind::VhostUser(v) = &mut vhost.kind {
+        v.socket = f.state.path().join(".").join("net.sock");
+    }
+    let net = svc
+        .attach(Caller::ROOT, "a", &AttachRequest::Spec { spec: vhost })
+        .unwrap();
+    assert_eq!(
+        net.device.spec.identity,
+        plugboard_devices::DeviceIdentity::Path(socket.canonicalize().unwrap())
+    );
+    let mut vfio = plugboard_devices::test_util::vfio_spec(7, &[true]);
+    vfio.identity = made_up;
+    let group = svc
+        .attach(Caller::ROOT, "a", &AttachRequest::Spec { spec: vfio })
+        .unwrap();
+    assert_eq!(
+        group.device.spec.identity,
+        plugboard_devices::DeviceIdentity::IommuGroup(7)
+    );
+}
+
+/// Issue 17, item 1: an attach whose plug failed and could not be undone is not "as
+/// before": the device is in the books (and the saved state) as needing cleanup, and the
+/// reconciliation at the next start cleans it up and drops it.
+#[test]
+fn a_plug_that_could_not_be_undone_is_saved_as_needing_cleanup_and_reconciled() {
+    let f = fixture();
+    let (svc, _) = f.open();
+    svc.register_vm(Caller::ROOT, memory_vm("a")).unwrap();
+    memory_hypervisor(&svc, "a").fail_next_incomplete();
+    let err = svc
+        .attach(Caller::ROOT, "a", &disk(&f, "left.img"))
+        .unwrap_err();
+    assert!(
+        err.chain().contains("may still hold part of it"),
+        "{}",
+        err.chain()
+    );
+    let devices = svc.devices("a").unwrap().devices;
+    assert_eq!(devices.len(), 1);
+    let id = devices[0].id;
+    assert!(devices[0].needs_cleanup.is_some());
+    assert!(devices[0].attachments.is_zero());
+    let saved = svc.store().devices("a").unwrap().unwrap();
+    assert!(saved.contains("needs_cleanup"), "{saved}");
+    drop(svc);
+
+    let (svc, report) = f.open();
+    assert_eq!(
+        report.repairs,
+        vec![Repair::CleanedUp {
+            vm: "a".into(),
+            device: id,
+            host_pci: Vec::new(),
+        }]
+    );
+    assert!(svc.devices("a").unwrap().devices.is_empty());
+    let saved = svc.store().devices("a").unwrap().unwrap();
+    assert!(
+        !saved.contains("needs_cleanup"),
+        "the repair is saved: {saved}"
+    );
+}
+
+/// Issue 17, item 1: what a failed plug left is also cleaned up while the service runs,
+/// before the VM's next attach or detach, and the same disk then attaches.
+#[test]
+fn a_plug_that_could_not_be_undone_is_cleaned_up_before_the_next_change() {
+    let f = fixture();
+    let (svc, _) = f.open();
+    svc.register_vm(Caller::ROOT, memory_vm("a")).unwrap();
+    let hv = memory_hypervisor(&svc, "a");
+    hv.fail_next_incomplete();
+    svc.attach(Caller::ROOT, "a", &disk(&f, "again.img"))
+        .unwrap_err();
+    assert_eq!(hv.plugged().len(), 1, "the VM still holds it");
+    let attached = svc
+        .attach(Caller::ROOT, "a", &disk(&f, "again.img"))
+        .unwrap();
+    assert!(attached.plugged);
+    assert!(attached.device.needs_cleanup.is_none());
+    assert_eq!(attached.device.references.get(), 1);
+    assert_eq!(hv.plugged().len(), 1);
+    let saved = svc.store().devices("a").unwrap().unwrap();
+    assert!(!saved.contains("needs_cleanup"), "{saved}");
 }
 
 #[test]

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use plugboard_devices::{
-    AttachError, DeviceId, DeviceKind, DeviceSpec, DeviceState, PassedFd, Plug, PlugRequest,
-    Released, Removed, SavedState,
+    AttachError, DeviceError, DeviceId, DeviceIdentity, DeviceKind, DeviceSpec, DeviceState,
+    PassedFd, Plug, PlugRequest, Released, Removed, SavedState,
 };
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,7 @@ use crate::auth::Caller;
 use crate::backend::{Backend, Endpoint};
 use crate::error::ServiceError;
 use crate::held::{pci_functions, spec_pci_functions};
-use crate::reconcile::Repair;
+use crate::reconcile::{Repair, clean_up_failed_plugs};
 use crate::restore::{release_forgotten, restore};
 use crate::service::Service;
 use crate::store::StoredVm;
@@ -240,6 +240,7 @@ impl Service {
         caller.may_change_vm(name, vm.record.owner_uid, "attach a device to")?;
         let _ops = vm.lock_ops();
         let manager = vm.manager()?;
+        self.retry_failed_plugs(&vm);
         let dev = |source| ServiceError::Device {
             vm: name.to_owned(),
             source: Box::new(source),
@@ -258,6 +259,25 @@ impl Service {
                         "PCI device {address} is already passed through to VM {name:?}"
                     )));
                 }
+                // One IOMMU group is one device: another function of a group this VM
+                // holds is refused before anything is prepared (bound, registered).
+                if let Some(group) = self.iommu_group_of(*address)
+                    && let Some(held) = manager
+                        .find(&DeviceIdentity::IommuGroup(group))
+                        .and_then(|id| manager.device(id))
+                {
+                    let functions: Vec<String> = pci_functions(&held)
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    return Err(ServiceError::Conflict(format!(
+                        "PCI device {address} is in IOMMU group {group}, which VM {name:?} \
+                         holds already as device {} ({}); a group is one device: detach it \
+                         and attach the group again with whole_group",
+                        held.id,
+                        functions.join(" ")
+                    )));
+                }
                 // Only root takes a device from its host driver (see `auth`); others
                 // pass through what root has already detached.
                 if !caller.is_root() {
@@ -269,14 +289,13 @@ impl Service {
                 (spec, functions)
             }
             other => {
-                let checked = other.to_spec(caller, name)?;
+                let checked = other.to_spec(caller, name, self.host.sysfs())?;
                 (pass_file(manager.hypervisor(), name, checked)?, Vec::new())
             }
         };
         let passed = passed_fd_set(&spec);
         // One transaction: create or reference, count, plug and save; the manager undoes all
         // of it when a step fails, the save included.
-        let existed = manager.find(&spec.identity).is_some();
         let saved = manager.attach_new(spec, |state: &SavedState| {
             let json = state.to_json().map_err(|source| ServiceError::Persist {
                 vm: vm.record.name.clone(),
@@ -290,12 +309,20 @@ impl Service {
         if let Some(fdset) = passed {
             let plugged = match &saved {
                 Ok(attached) => Some(attached.state.clone()),
-                Err(AttachError::PersistFailedUndoFailed { id, .. }) => manager.device(*id),
+                Err(
+                    AttachError::PersistFailedUndoFailed { id, .. }
+                    | AttachError::Device(DeviceError::PlugIncomplete { id, .. }),
+                ) => manager.device(*id),
                 Err(_) => None,
             };
+            // A failed plug the VM may still hold part of keeps its set until its cleanup.
             let taken = plugged
                 .as_ref()
-                .and_then(|d| d.plugged.as_ref())
+                .and_then(|d| {
+                    d.plugged
+                        .as_ref()
+                        .or(d.needs_cleanup.as_ref().map(|l| &l.request))
+                })
                 .and_then(plugged_fd_set)
                 == Some(fdset);
             if !taken && let Err(e) = manager.hypervisor().remove_fd(fdset) {
@@ -305,9 +332,22 @@ impl Service {
         let attached = match saved {
             Ok(attached) => attached,
             Err(err) => {
-                // Host devices prepared for a device this call created go back with it.
-                if err.rolled_back() && !existed {
-                    self.release_passthrough(name, &passthrough);
+                // A plug the VM may still hold part of is in the books, needing cleanup:
+                // saved as such, its host devices kept (reconciliation cleans it up).
+                if matches!(err, AttachError::Device(DeviceError::PlugIncomplete { .. }))
+                    && let Err(e) = self.save(&vm)
+                {
+                    tracing::error!(vm = name, error = %e.chain(), "cannot save a device that needs cleanup");
+                }
+                // Host devices this call prepared that no device of the VM holds go back.
+                if err.rolled_back() {
+                    let held: Vec<_> = manager.devices().iter().flat_map(pci_functions).collect();
+                    let unheld: Vec<_> = passthrough
+                        .iter()
+                        .filter(|a| !held.contains(a))
+                        .copied()
+                        .collect();
+                    self.release_passthrough(name, &unheld);
                 }
                 return Err(match err {
                     AttachError::Device(e) => dev(e),
@@ -346,6 +386,7 @@ impl Service {
         caller.may_change_vm(name, vm.record.owner_uid, "detach a device from")?;
         let _ops = vm.lock_ops();
         let manager = vm.manager()?;
+        self.retry_failed_plugs(&vm);
         let dev = |source| ServiceError::Device {
             vm: name.to_owned(),
             source: Box::new(source),
@@ -370,6 +411,28 @@ impl Service {
             id,
             unplugged: released == Released::Last,
         })
+    }
+
+    /// Cleans up what failed plugs left in a connected VM (as reconciliation does at start),
+    /// before a change to its devices: the books and the saved state follow, and the host
+    /// devices of a device that went with its cleanup are released. Failures are logged and
+    /// retried next time.
+    fn retry_failed_plugs(&self, vm: &Vm) {
+        let Ok(manager) = vm.manager() else { return };
+        if manager.needing_cleanup().is_empty() {
+            return;
+        }
+        let name = &vm.record.name;
+        let repairs = clean_up_failed_plugs(name, manager);
+        if let Err(e) = self.save(vm) {
+            tracing::error!(vm = name, error = %e.chain(), "cannot save the state after cleaning up failed plugs");
+        }
+        match self.hostdev() {
+            Ok(mut hostdev) => release_forgotten(&mut hostdev, &repairs),
+            Err(e) => {
+                tracing::error!(vm = name, error = %e.chain(), "cannot release the host devices of cleaned-up plugs");
+            }
+        }
     }
 
     /// Writes a VM's whole device state to the database.

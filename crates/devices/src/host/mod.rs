@@ -21,7 +21,7 @@ use crate::kind::{
 };
 
 pub use host_path::HostPathError;
-pub use vfio::VfioHostError;
+pub use vfio::{VfioHostError, iommu_group as vfio_iommu_group};
 pub use vhost_user_store::{
     VHOST_USER_BLK_MAJOR, VHOST_USER_SCSI_MAJOR, VhostUserStore, VhostUserStoreError,
 };
@@ -168,17 +168,26 @@ impl HostDevices {
     /// # Errors
     /// As [`Self::host_path`], and [`HostError::Vfio`].
     pub fn spec(&self, request: &DeviceRequest) -> Result<DeviceSpec, HostError> {
-        let host_path = self.host_path(request)?;
+        let mut host_path = self.host_path(request)?;
         let node = request.node();
-        let identity = node.map_or_else(
+        // A nodeless device is its file: one file, one identity, however it was spelled
+        // (symlinks, `.`, `//`). A file that does not resolve keeps its lexical form.
+        if node.is_none() && !vfio::is_vfio_path(self.sysfs.dev_root(), &host_path) {
+            host_path = std::fs::canonicalize(&host_path)
+                .unwrap_or_else(|_| host_path.components().collect());
+        }
+        let mut identity = node.map_or_else(
             || DeviceIdentity::Path(host_path.clone()),
             DeviceIdentity::Node,
         );
         let kind = if vfio::is_vfio_path(self.sysfs.dev_root(), &host_path) {
-            let spec = vfio::spec(&self.sysfs, &host_path).map_err(|source| HostError::Vfio {
-                host_path: host_path.clone(),
-                source,
-            })?;
+            let (group, spec) =
+                vfio::grouped_spec(&self.sysfs, &host_path).map_err(|source| HostError::Vfio {
+                    host_path: host_path.clone(),
+                    source,
+                })?;
+            // One group, one device, whichever node named it.
+            identity = DeviceIdentity::IommuGroup(group);
             DeviceKind::Vfio(spec)
         } else if let Some(node) = node.filter(|n| self.store_for(*n).is_some()) {
             let device = if node.major() == VHOST_USER_BLK_MAJOR {
@@ -248,6 +257,96 @@ mod tests {
             )
             .build()
             .unwrap()
+    }
+
+    /// Issue 17, item 4: the cdevs of two functions of one IOMMU group (`vfio0`, `vfio1`)
+    /// and the group node used to be three devices, each holding every function, so each
+    /// attach plugged the group again. One group is one device, whichever node names it.
+    #[test]
+    fn one_iommu_group_is_one_device_whichever_node_names_it() {
+        let k = FakeKernel::builder()
+            .pci(
+                PciSpec::new("0000:05:00.0", 0x10de, 0x2330)
+                    .class(0x03_0000)
+                    .iommu_group(14)
+                    .unbound(),
+            )
+            .pci(
+                PciSpec::new("0000:05:00.1", 0x10de, 0x22a3)
+                    .class(0x04_0300)
+                    .iommu_group(14)
+                    .unbound(),
+            )
+            .build()
+            .unwrap();
+        let sysfs = k.sysfs();
+        let mut requests = Vec::new();
+        for f in ["0000:05:00.0", "0000:05:00.1"] {
+            let d = sysfs
+                .pci_device(f.parse::<plugboard_sysfs::PciAddress>().unwrap())
+                .unwrap();
+            d.bind("vfio-pci").unwrap();
+            let cdev = d.vfio_cdev_path().unwrap().unwrap();
+            let name = cdev.file_name().unwrap().to_str().unwrap().to_owned();
+            let dev =
+                std::fs::read_to_string(d.path().join("vfio-dev").join(&name).join("dev")).unwrap();
+            let (major, minor) = dev.trim().split_once(':').unwrap();
+            requests.push(request(
+                DevKind::Char,
+                Some((major.parse().unwrap(), minor.parse().unwrap())),
+                &format!("/dev/vfio/devices/{name}"),
+            ));
+        }
+        let mut group_node = request(DevKind::Char, None, "/dev/vfio/14");
+        group_node.host_path = Some(k.dev_root().join("vfio/14"));
+        requests.push(group_node);
+        let h = HostDevices::new(sysfs, BlockDriver::VirtioBlk);
+        let m = crate::DeviceManager::new(
+            crate::test_util::InMemoryHypervisor::new(),
+            crate::test_util::EIGHT_PORTS,
+        );
+        let mut ids = Vec::new();
+        for r in &requests {
+            let spec = h.spec(r).unwrap();
+            assert_eq!(spec.identity, DeviceIdentity::IommuGroup(14), "{r:?}");
+            let id = m.new_device(spec).unwrap();
+            m.attach(id.id()).unwrap();
+            ids.push(id);
+        }
+        assert!(matches!(ids[0], crate::NewDevice::Created(_)));
+        assert!(
+            ids[1..]
+                .iter()
+                .all(|n| *n == crate::NewDevice::Existing(ids[0].id()))
+        );
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.hypervisor().calls().len(), 1, "the group is plugged once");
+        assert_eq!(m.allocations().root_ports.len(), 2);
+    }
+
+    /// Issue 17, item 9: a nodeless device's identity is its file's canonical path.
+    #[test]
+    fn a_nodeless_path_is_identified_by_its_canonical_path() {
+        let k = kernel();
+        let h = HostDevices::new(k.sysfs(), BlockDriver::VirtioBlk);
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.raw");
+        std::fs::write(&image, [0u8; 512]).unwrap();
+        let link = dir.path().join("link.raw");
+        std::os::unix::fs::symlink(&image, &link).unwrap();
+        let canonical = image.canonicalize().unwrap();
+        for spelling in [image.clone(), dir.path().join(".").join("disk.raw"), link] {
+            let mut r = request(DevKind::Block, None, "/dev/vdc");
+            r.host_path = Some(spelling.clone());
+            let s = h.spec(&r).unwrap();
+            assert_eq!(
+                s.identity,
+                DeviceIdentity::Path(canonical.clone()),
+                "{}",
+                spelling.display()
+            );
+            assert!(matches!(&s.kind, DeviceKind::Block(b) if b.path == canonical));
+        }
     }
 
     #[test]

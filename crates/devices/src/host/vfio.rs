@@ -111,12 +111,19 @@ pub fn backend(dev_root: &Path, path: &Path) -> Result<VfioBackend, VfioHostErro
 ///
 /// # Errors
 /// Any [`VfioHostError`].
+#[cfg(test)]
 pub fn spec(sysfs: &Sysfs, path: &Path) -> Result<VfioSpec, VfioHostError> {
+    grouped_spec(sysfs, path).map(|(_, spec)| spec)
+}
+
+/// The IOMMU group behind `path` (a group node or a function's cdev) and the VFIO device
+/// of that group.
+///
+/// # Errors
+/// Any [`VfioHostError`].
+pub fn grouped_spec(sysfs: &Sysfs, path: &Path) -> Result<(u32, VfioSpec), VfioHostError> {
     let backend = backend(sysfs.dev_root(), path)?;
-    let group = match backend {
-        VfioBackend::Group { group } => group,
-        VfioBackend::Cdev { index } => cdev_group(sysfs, index)?,
-    };
+    let group = iommu_group(sysfs, backend)?;
     let read = |source| VfioHostError::Read { group, source };
     let members = sysfs.iommu_group(group).map_err(read)?;
     let mut functions = Vec::new();
@@ -152,7 +159,20 @@ pub fn spec(sysfs: &Sysfs, path: &Path) -> Result<VfioSpec, VfioHostError> {
     if functions.is_empty() {
         return Err(VfioHostError::NoEndpoints { group });
     }
-    Ok(VfioSpec { backend, functions })
+    Ok((group, VfioSpec { backend, functions }))
+}
+
+/// The IOMMU group a VFIO backend stands for: the group of `/dev/vfio/<group>`, or the
+/// group of the PCI function whose cdev is `vfio<index>`. What a VFIO device's identity is
+/// ([`crate::DeviceIdentity::IommuGroup`]), however it was named.
+///
+/// # Errors
+/// [`VfioHostError::NoCdevDevice`], [`VfioHostError::NoGroup`], [`VfioHostError::Read`].
+pub fn iommu_group(sysfs: &Sysfs, backend: VfioBackend) -> Result<u32, VfioHostError> {
+    match backend {
+        VfioBackend::Group { group } => Ok(group),
+        VfioBackend::Cdev { index } => cdev_group(sysfs, index),
+    }
 }
 
 /// The IOMMU group of the PCI device whose cdev is `vfio<index>`.

@@ -88,6 +88,12 @@ pub enum DeviceIdentity {
     /// A device without a node (an image file, a vhost-user socket): the same host path is
     /// the same device.
     Path(PathBuf),
+    /// A VFIO device: its IOMMU group, whichever node named it (`/dev/vfio/<group>` or the
+    /// cdev `/dev/vfio/devices/vfioN` of any of its functions) and whichever function was
+    /// asked for. The kernel isolates a group as a unit, so one group is one device. JSON
+    /// `{"iommu_group": 8}`.
+    #[serde(rename = "iommu_group")]
+    IommuGroup(u32),
 }
 
 impl fmt::Display for DeviceIdentity {
@@ -95,6 +101,7 @@ impl fmt::Display for DeviceIdentity {
         match self {
             Self::Node(node) => write!(f, "node {node}"),
             Self::Path(path) => write!(f, "path {}", path.display()),
+            Self::IommuGroup(group) => write!(f, "IOMMU group {group}"),
         }
     }
 }
@@ -108,6 +115,24 @@ pub enum PlugMode {
     Hot,
     /// Added to the VM's boot configuration (Kata's `AppendDevice`).
     Cold,
+}
+
+/// How a request relates to the device of the same identity the manager holds
+/// ([`DeviceSpec::sharing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sharing {
+    /// The same device ([`DeviceSpec::same_device`]).
+    Same,
+    /// The same block device, asked for read-only where it is read-write: compatible. The
+    /// device stays read-write; the reader mounts it read-only in the guest (Kata's case of
+    /// two containers sharing a volume, one mounting it read-only).
+    Reader,
+    /// The same block device, asked for read-write where it is read-only: compatible only
+    /// while it is not plugged (it then becomes read-write); a device plugged read-only
+    /// cannot take a writer.
+    Writer,
+    /// Another device under the same identity (another driver, format, path, functions…).
+    Different,
 }
 
 /// Everything about one device except its identity and plug mode.
@@ -152,15 +177,41 @@ pub struct DeviceSpec {
 }
 
 impl DeviceSpec {
+    /// How `request` relates to `self`, a device of the same identity: the same device, the
+    /// same block device with other access ([`Sharing::Reader`], [`Sharing::Writer`]: the
+    /// only compatible difference), or another device.
+    #[must_use]
+    pub fn sharing(&self, request: &Self) -> Sharing {
+        if self.same_device(request) {
+            return Sharing::Same;
+        }
+        if let (DeviceKind::Block(mine), DeviceKind::Block(theirs)) = (&self.kind, &request.kind)
+            && self.identity == request.identity
+            && self.mode == request.mode
+            && mine.same_device(&BlockSpec {
+                read_only: mine.read_only,
+                ..theirs.clone()
+            })
+        {
+            return if theirs.read_only {
+                Sharing::Reader
+            } else {
+                Sharing::Writer
+            };
+        }
+        Sharing::Different
+    }
+
     /// Whether `self` and `other` are the same device for deduplication: equal, except
     /// that a block device's [`BlockSpec::passed_fd`] does not count (see
-    /// [`BlockSpec::same_device`]).
+    /// [`BlockSpec::same_device`]), nor which node named a VFIO device (its group node or
+    /// any function's cdev): the same functions of one group are one device.
     #[must_use]
     pub fn same_device(&self, other: &Self) -> bool {
+        let same_plug = self.identity == other.identity && self.mode == other.mode;
         match (&self.kind, &other.kind) {
-            (DeviceKind::Block(a), DeviceKind::Block(b)) => {
-                self.identity == other.identity && self.mode == other.mode && a.same_device(b)
-            }
+            (DeviceKind::Block(a), DeviceKind::Block(b)) => same_plug && a.same_device(b),
+            (DeviceKind::Vfio(a), DeviceKind::Vfio(b)) => same_plug && a.functions == b.functions,
             _ => self == other,
         }
     }
@@ -201,6 +252,28 @@ mod tests {
             identity
         );
         assert_eq!(node.to_string(), "b 8:1");
+    }
+
+    #[test]
+    fn a_vfio_group_is_the_same_device_whichever_node_named_it() {
+        let by_cdev = |index| {
+            let mut spec = crate::test_util::vfio_spec(3, &[true, false]);
+            if let DeviceKind::Vfio(v) = &mut spec.kind {
+                v.backend = VfioBackend::Cdev { index };
+            }
+            spec
+        };
+        let group = crate::test_util::vfio_spec(3, &[true, false]);
+        assert!(by_cdev(4).same_device(&by_cdev(5)));
+        assert!(by_cdev(4).same_device(&group));
+        // Other functions of the group are not the same device.
+        let one = crate::test_util::vfio_spec(3, &[true]);
+        assert!(!one.same_device(&group));
+        assert_eq!(group.identity.to_string(), "IOMMU group 3");
+        assert_eq!(
+            serde_json::to_string(&group.identity).unwrap(),
+            r#"{"iommu_group":3}"#
+        );
     }
 
     #[test]

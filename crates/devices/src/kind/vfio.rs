@@ -123,7 +123,8 @@ pub struct VfioFunction {
     pub sysfs_path: PathBuf,
     /// The 24-bit PCI class code (`0x030000`), when known (mdevs have none).
     pub class: Option<u32>,
-    /// PCI Express: config space larger than 256 bytes. PCIe functions take a root port.
+    /// PCI Express: config space larger than 256 bytes. Every function takes a root port
+    /// of the VM's pool, PCIe or conventional.
     pub is_pcie: bool,
     /// A BAR larger than 4 GiB (the VMM must size its 64-bit MMIO window for it).
     pub large_bar: bool,

@@ -123,7 +123,11 @@ pub fn devices(list: &DeviceList, out: &mut dyn Write) -> std::io::Result<()> {
             d.spec.kind.type_name().to_owned(),
             device_text(d),
             d.attachments.get().to_string(),
-            guest_text(d.guest.as_ref()),
+            if d.needs_cleanup.is_some() {
+                "a failed plug left part of it in the VM; needs cleanup".to_owned()
+            } else {
+                guest_text(d.guest.as_ref())
+            },
         ]);
     }
     write_table(out, &rows)
