@@ -350,8 +350,12 @@ fn broken_device_is_reported_not_fatal() {
     let f = fixture();
     let dir =
         std::fs::canonicalize(f.kernel.sysfs_root().join("bus/pci/devices/0000:04:00.0")).unwrap();
-    std::fs::remove_file(dir.join("vendor")).unwrap();
-    std::os::unix::fs::symlink("vendor", dir.join("vendor")).unwrap();
+    // The IDs are read from `uevent` first and from the attributes when it cannot be
+    // read: break both, so the device's identity is unreadable.
+    for name in ["uevent", "vendor"] {
+        std::fs::remove_file(dir.join(name)).unwrap();
+        std::os::unix::fs::symlink(name, dir.join(name)).unwrap();
+    }
     let out = run(&f, &["host", "ls"]);
     assert!(out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();

@@ -577,6 +577,56 @@ fn host_reads_come_from_sysfs() {
     assert_eq!(groups[0].number, 7);
 }
 
+/// Every host query names devices from one read of pci.ids, shared by all of them, and
+/// the file is read again only once it has changed.
+#[test]
+fn pci_ids_is_read_once_and_again_only_when_it_changes() {
+    let mut f = fixture();
+    let ids = f.state.path().join("pci.ids");
+    std::fs::write(
+        &ids,
+        "8086  Intel Corporation\n\t10d3  82574L Gigabit Network Connection\nC 02  Network controller\n\t00  Ethernet controller\n",
+    )
+    .unwrap();
+    f.config.host.pci_ids = Some(ids.clone());
+    let (svc, _) = f.open();
+    assert_eq!(svc.host().names_loads(), 0);
+    for _ in 0..3 {
+        let inv = svc.host().devices(&DeviceQuery::default()).unwrap();
+        assert_eq!(
+            inv.devices[0].names.vendor.as_deref(),
+            Some("Intel Corporation")
+        );
+        let one = svc.host().device(nic(), NamesQuery::default()).unwrap();
+        assert_eq!(
+            one.device.names.device.as_deref(),
+            Some("82574L Gigabit Network Connection")
+        );
+        svc.host().groups(NamesQuery::default()).unwrap();
+    }
+    assert_eq!(svc.host().names_loads(), 1);
+    // Names off: not read at all.
+    let plain = DeviceQuery {
+        names: false,
+        ..DeviceQuery::default()
+    };
+    assert_eq!(
+        svc.host().devices(&plain).unwrap().devices[0].names.vendor,
+        None
+    );
+    assert_eq!(svc.host().names_loads(), 1);
+
+    std::fs::write(
+        &ids,
+        "8086  Intel Corp.\n\t10d3  82574L\nC 02  Network controller\n\t00  Ethernet controller\n",
+    )
+    .unwrap();
+    let inv = svc.host().devices(&DeviceQuery::default()).unwrap();
+    assert_eq!(inv.devices[0].names.vendor.as_deref(), Some("Intel Corp."));
+    svc.host().devices(&DeviceQuery::default()).unwrap();
+    assert_eq!(svc.host().names_loads(), 2);
+}
+
 #[test]
 fn root_pci_passthrough_prepares_attaches_detaches_and_releases() {
     let f = fixture();

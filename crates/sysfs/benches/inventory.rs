@@ -1,24 +1,29 @@
-//! Inventory of a generated fake kernel: 1,000 and 10,000 PCI functions in 250 and 2,500
-//! IOMMU groups (four functions per group, like multi-function cards), some on a host
-//! driver, some on vfio-pci, some unbound.
+//! Inventory of a generated fake kernel: 1,000, 10,000 and 50,000 PCI functions in 250,
+//! 2,500 and 12,500 IOMMU groups (four functions per group, like multi-function cards),
+//! some on a host driver, some on vfio-pci, some unbound
+//! ([`FakeKernelBuilder::synthetic_pci`](plugboard_sysfs::fake::FakeKernelBuilder::synthetic_pci)).
 //!
 //! Measured, each the median of several runs on a warm page cache:
-//! - `Sysfs::pci_inventory()` (every fact of every device) plus `Sysfs::iommu_groups()`
-//!   (members and viability of every group), in process;
+//! - "listing": `Sysfs::pci_inventory()` (every fact of every device) with names from
+//!   `pci.ids` (`PciNames::load_for_ids` and `Inventory::apply_names`), in process: the
+//!   library side of `plugboard host ls`;
+//! - "groups": `Sysfs::iommu_groups()` (members and viability of every group);
 //! - as a peer, `lspci -Dnnk` reading the same tree (`-O sysfs.path=…`), when installed.
 //!
-//! Printed: the times, the per-device cost at each size and their ratio (1.0 = linear), and
-//! plugboard / lspci. Goals: 10,000 devices under a second, and linear.
+//! Printed: the times, the per-device cost at each size relative to the smallest (1.0 =
+//! linear), and listing / lspci. The whole command against lspci, process start and table
+//! included, is `cargo bench -p plugboard --bench host_ls_scale`.
 //!
-//! Run: `cargo bench -p plugboard-sysfs --features test-util --bench inventory`.
+//! Run: `cargo bench -p plugboard-sysfs --features test-util --bench inventory`
+//! (`PLUGBOARD_BENCH_SIZES=1000,10000` to pick sizes).
 
 #![expect(clippy::unwrap_used, reason = "a benchmark: a failure is a failed run")]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use plugboard_sysfs::PciAddress;
-use plugboard_sysfs::fake::{FakeKernel, PciSpec};
+use plugboard_sysfs::fake::FakeKernel;
+use plugboard_sysfs::{DEFAULT_PCI_IDS, PciNames};
 
 /// Where the trees go: tmpfs when there is one (`/dev/shm`), because the real sysfs lives
 /// in memory too, and a disk-backed temp dir would measure the disk's directory code.
@@ -33,30 +38,12 @@ fn place() -> (tempfile::TempDir, &'static str) {
 }
 
 fn tree(devices: usize, dir: &std::path::Path) -> FakeKernel {
-    let mut builder = FakeKernel::builder().in_dir(dir);
-    for i in 0..devices {
-        let bus = u8::try_from(1 + i / 128).unwrap();
-        let slot = u8::try_from((i / 4) % 32).unwrap();
-        let function = u8::try_from(i % 4).unwrap();
-        let address = PciAddress::new(0, bus, slot, function).unwrap().to_string();
-        let group = u32::try_from(i / 4).unwrap();
-        let mut spec = PciSpec::new(&address, 0x8086, 0x10d3)
-            .class(0x020000)
-            .iommu_group(group)
-            .numa_node(i32::from(bus % 2))
-            .bar(
-                0,
-                0xe000_0000 + (u64::try_from(i).unwrap() << 17),
-                128 << 10,
-            );
-        spec = match i % 3 {
-            0 => spec.driver("e1000e"),
-            1 => spec.driver("vfio-pci"),
-            _ => spec.unbound(),
-        };
-        builder = builder.pci(spec);
-    }
-    builder.legacy_vfio_only().build().unwrap()
+    FakeKernel::builder()
+        .synthetic_pci(devices)
+        .legacy_vfio_only()
+        .in_dir(dir)
+        .build()
+        .unwrap()
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -64,20 +51,25 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples[samples.len() / 2]
 }
 
-fn plugboard_run(kernel: &FakeKernel, expect: usize) -> Duration {
+/// (listing with names, groups).
+fn plugboard_run(kernel: &FakeKernel, expect: usize) -> (Duration, Duration) {
     let sysfs = kernel.sysfs();
     let start = Instant::now();
-    let inventory = sysfs.pci_inventory().unwrap();
-    let mid = start.elapsed();
+    let mut inventory = sysfs.pci_inventory().unwrap();
+    let names = PciNames::load_for_ids(
+        std::path::Path::new(DEFAULT_PCI_IDS),
+        inventory.devices.iter().map(|d| d.ids),
+    )
+    .unwrap();
+    inventory.apply_names(&names);
+    let listing = start.elapsed();
+    let start = Instant::now();
     let groups = sysfs.iommu_groups().unwrap();
-    let took = start.elapsed();
-    if std::env::var_os("PLUGBOARD_BENCH_SPLIT").is_some() {
-        eprintln!("  inventory {mid:?}, groups {:?}", took - mid);
-    }
+    let grouping = start.elapsed();
     assert_eq!(inventory.devices.len(), expect);
     assert!(inventory.problems.is_empty());
     assert_eq!(groups.len(), expect / 4);
-    took
+    (listing, grouping)
 }
 
 fn lspci_run(kernel: &FakeKernel) -> Option<Duration> {
@@ -97,11 +89,14 @@ fn lspci_run(kernel: &FakeKernel) -> Option<Duration> {
 }
 
 fn main() {
-    let sizes = [1_000usize, 10_000];
+    let sizes: Vec<usize> = std::env::var("PLUGBOARD_BENCH_SIZES").ok().map_or_else(
+        || vec![1_000, 10_000, 50_000],
+        |v| v.split(',').map(|n| n.trim().parse().unwrap()).collect(),
+    );
     let rounds: usize = std::env::var("PLUGBOARD_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(9);
+        .unwrap_or(5);
     println!(
         "inventory: fake kernel trees; {rounds} rounds, each running every measurement once, alternating, so load from other processes hits all of them alike"
     );
@@ -118,7 +113,7 @@ fn main() {
         trees.push((devices, dir, kernel));
     }
     let have_lspci = trees.iter().all(|(_, _, k)| lspci_run(k).is_some());
-    let mut ours: Vec<Vec<Duration>> = vec![Vec::new(); trees.len()];
+    let mut ours: Vec<Vec<(Duration, Duration)>> = vec![Vec::new(); trees.len()];
     let mut theirs: Vec<Vec<Duration>> = vec![Vec::new(); trees.len()];
     for round in 0..rounds {
         for (i, (devices, _, kernel)) in trees.iter().enumerate() {
@@ -134,32 +129,40 @@ fn main() {
         }
     }
     println!(
-        "{:>8} {:>8} {:>14} {:>14} {:>16} {:>16}",
-        "devices", "groups", "plugboard", "per device", "lspci -Dnnk", "plugboard/lspci"
+        "{:>8} {:>8} {:>12} {:>12} {:>12} {:>14} {:>16} {:>10}",
+        "devices",
+        "groups",
+        "listing",
+        "groups",
+        "lspci -Dnnk",
+        "listing/lspci",
+        "per device",
+        "per-dev x"
     );
-    let mut per_device = Vec::new();
+    let mut base = None;
     for (i, (devices, _, _)) in trees.iter().enumerate() {
-        let ours = median(ours[i].clone());
+        let listing = median(ours[i].iter().map(|x| x.0).collect());
+        let grouping = median(ours[i].iter().map(|x| x.1).collect());
         let theirs = have_lspci.then(|| median(theirs[i].clone()));
-        let each = ours.as_secs_f64() / f64::from(u32::try_from(*devices).unwrap());
-        per_device.push(each);
+        let each = listing.as_secs_f64() / f64::from(u32::try_from(*devices).unwrap());
+        let base = *base.get_or_insert(each);
         println!(
-            "{devices:>8} {:>8} {:>12.1}ms {:>12.2}us {:>16} {:>16}",
+            "{devices:>8} {:>8} {:>10.1}ms {:>10.1}ms {:>12} {:>14} {:>14.2}us {:>10.2}",
             devices / 4,
-            ours.as_secs_f64() * 1e3,
-            each * 1e6,
+            listing.as_secs_f64() * 1e3,
+            grouping.as_secs_f64() * 1e3,
             theirs.map_or("n/a".to_owned(), |t| format!(
                 "{:.1}ms",
                 t.as_secs_f64() * 1e3
             )),
             theirs.map_or("n/a".to_owned(), |t| format!(
                 "{:.3}",
-                ours.as_secs_f64() / t.as_secs_f64()
+                listing.as_secs_f64() / t.as_secs_f64()
             )),
+            each * 1e6,
+            each / base,
         );
     }
-    let linearity = per_device[1] / per_device[0];
-    println!("RATIO per-device cost 10,000 / 1,000 = {linearity:.3} (1.0 = linear; goal: about 1)");
     if !have_lspci {
         println!("lspci is not installed: no peer figures");
     }

@@ -76,7 +76,10 @@ mod inventory;
 mod iommu;
 mod mdev;
 mod names;
+mod names_cache;
 mod pci;
+mod pci_ids_file;
+mod pci_uevent;
 mod resource;
 mod scsi;
 mod sysfs;
@@ -95,6 +98,7 @@ pub use inventory::{Inventory, InventoryProblem, PciDeviceInfo, PciDeviceNames, 
 pub use iommu::{GroupMember, IommuGroup};
 pub use mdev::Mdev;
 pub use names::{DEFAULT_PCI_IDS, PciNames};
+pub use names_cache::PciNamesCache;
 pub use pci::{DriverKind, HeaderType, PCI_STUB, PciClass, PciDevice, ResetMethods, VFIO_PCI};
 pub use resource::{
     Bar, IORESOURCE_IO, IORESOURCE_MEM, IORESOURCE_MEM_64, IORESOURCE_PREFETCH, LARGE_BAR,

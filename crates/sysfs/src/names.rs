@@ -2,10 +2,12 @@
 //!
 //! Names are a convenience: when the file is missing, every lookup is `None` and nothing
 //! fails. Parsing the whole 1.3 MB database costs tens of milliseconds, more than listing
-//! a host's devices, so [`PciNames::load_for_ids`] first cuts the file down to the entries
-//! the present devices need (plus the class table) with a cheap byte scan, and hands only
-//! that excerpt to the parser ([`PciNames::load_for`] keeps whole vendors). lspci reads the
-//! file lazily for the same reason.
+//! a host's devices, so [`PciNames::load_for_ids`] reads only the blocks of the vendors
+//! present, found by binary search in the sorted file (`pci_ids_file.rs`), keeps from them
+//! the entries the present devices need (plus the class table), and hands only that
+//! excerpt to the parser ([`PciNames::load_for`] keeps whole vendors). lspci reads the
+//! file lazily for the same reason. A long-running process keeps the names in a
+//! [`PciNamesCache`](crate::PciNamesCache), which reads the file again only when it changes.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -17,6 +19,7 @@ use pciid_parser::Database;
 use crate::error::SysfsError;
 use crate::ids::PciIds;
 use crate::pci::PciClass;
+use crate::pci_ids_file::IdsFile;
 
 /// Where Debian's `pci.ids` package puts the database.
 pub const DEFAULT_PCI_IDS: &str = "/usr/share/misc/pci.ids";
@@ -52,7 +55,7 @@ impl PciNames {
             devices: BTreeSet::new(),
             all_devices: true,
         };
-        Self::load_excerpt(path, &wanted)
+        Self::load_wanted(path, &wanted)
     }
 
     /// Loads only what naming these devices needs: their vendors' and subsystem vendors'
@@ -62,26 +65,37 @@ impl PciNames {
         path: &Path,
         ids: impl IntoIterator<Item = PciIds>,
     ) -> Result<Self, SysfsError> {
-        let mut wanted = Wanted {
-            vendors: BTreeSet::new(),
-            devices: BTreeSet::new(),
-            all_devices: false,
-        };
-        for id in ids {
-            wanted.vendors.insert(id.vendor);
-            wanted.vendors.insert(id.subsystem_vendor);
-            wanted.devices.insert((id.vendor, id.device));
-        }
-        Self::load_excerpt(path, &wanted)
+        Self::load_wanted(path, &Wanted::for_ids(ids))
     }
 
-    fn load_excerpt(path: &Path, wanted: &Wanted) -> Result<Self, SysfsError> {
-        let bytes = match fs::read(path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::empty()),
-            Err(e) => return Err(SysfsError::read(path, e)),
+    /// Loads what `wanted` asks for: the wanted vendors' blocks, found by seeking, cut
+    /// down to the wanted devices, and the class section.
+    pub(crate) fn load_wanted(path: &Path, wanted: &Wanted) -> Result<Self, SysfsError> {
+        let read = |e| SysfsError::read(path, e);
+        let Some(mut file) = IdsFile::open(path).map_err(read)? else {
+            return Ok(Self::empty());
         };
-        let excerpt = excerpt(&bytes, wanted);
+        let mut blocks = Vec::new();
+        for &vendor in &wanted.vendors {
+            match file.vendor_block(vendor).map_err(read)? {
+                Some(block) => {
+                    blocks.extend_from_slice(&block);
+                    if !blocks.ends_with(b"\n") {
+                        blocks.push(b'\n');
+                    }
+                }
+                // A device's own vendor missing is rare in a sorted file and what an
+                // unsorted (hand-edited) one looks like: scan the whole file instead, as
+                // before seeking existed. (Subsystem vendors are often absent: 0000.)
+                None if wanted.is_device_vendor(vendor) => {
+                    let whole = fs::read(path).map_err(read)?;
+                    return Self::parse(path, &String::from_utf8_lossy(&excerpt(&whole, wanted)));
+                }
+                None => {}
+            }
+        }
+        blocks.extend_from_slice(&file.classes().map_err(read)?);
+        let excerpt = excerpt(&blocks, wanted);
         Self::parse(path, &String::from_utf8_lossy(&excerpt))
     }
 
@@ -139,10 +153,49 @@ impl PciNames {
 }
 
 /// What to keep from the database.
-struct Wanted {
-    vendors: BTreeSet<u16>,
-    devices: BTreeSet<(u16, u16)>,
-    all_devices: bool,
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Wanted {
+    /// Vendors whose names (and, with `all_devices`, devices) are wanted.
+    pub(crate) vendors: BTreeSet<u16>,
+    /// `(vendor, device)` pairs whose names and subsystems are wanted.
+    pub(crate) devices: BTreeSet<(u16, u16)>,
+    /// Every device of the wanted vendors.
+    pub(crate) all_devices: bool,
+}
+
+impl Wanted {
+    /// What naming devices of these IDs needs.
+    pub(crate) fn for_ids(ids: impl IntoIterator<Item = PciIds>) -> Self {
+        let mut wanted = Self::default();
+        wanted.add(ids);
+        wanted
+    }
+
+    /// Adds what naming devices of these IDs needs.
+    pub(crate) fn add(&mut self, ids: impl IntoIterator<Item = PciIds>) {
+        for id in ids {
+            self.vendors.insert(id.vendor);
+            self.vendors.insert(id.subsystem_vendor);
+            self.devices.insert((id.vendor, id.device));
+        }
+    }
+
+    /// True when `vendor` is the vendor of a wanted device (not only a subsystem vendor).
+    pub(crate) fn is_device_vendor(&self, vendor: u16) -> bool {
+        self.all_devices
+            || self
+                .devices
+                .range((vendor, 0)..=(vendor, u16::MAX))
+                .next()
+                .is_some()
+    }
+
+    /// True when everything `other` wants is wanted here too.
+    pub(crate) fn covers(&self, other: &Self) -> bool {
+        (self.all_devices || !other.all_devices)
+            && other.vendors.is_subset(&self.vendors)
+            && other.devices.is_subset(&self.devices)
+    }
 }
 
 fn hex4(bytes: &[u8]) -> Option<u16> {
@@ -164,10 +217,7 @@ fn excerpt(db: &[u8], wanted: &Wanted) -> Vec<u8> {
     let mut keep_device = false;
     let mut rest = db;
     while !rest.is_empty() {
-        let end = rest
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(rest.len(), |i| i + 1);
+        let end = memchr::memchr(b'\n', rest).map_or(rest.len(), |i| i + 1);
         let (line, tail) = rest.split_at(end);
         rest = tail;
         match line.first() {
@@ -231,14 +281,15 @@ fn read_db(path: &Path) -> Result<Option<String>, SysfsError> {
 mod tests {
     use super::*;
 
+    /// Sorted by vendor, as the real database is (lookups seek by binary search).
     const SAMPLE: &str = "\
 # comment
 0d57  Not Intel
+1af4  Red Hat, Inc.
+\t1041  Virtio 1.0 network device
 8086  Intel Corporation
 \t10d3  82574L Gigabit Network Connection
 \t\t8086 a01f  Gigabit CT Desktop Adapter
-1af4  Red Hat, Inc.
-\t1041  Virtio 1.0 network device
 C 02  Network controller
 \t00  Ethernet controller
 C 06  Bridge
@@ -356,6 +407,113 @@ C ff  Unassigned class
                 full.class(PciClass::new(class))
             );
         }
+    }
+
+    /// Every vendor of the real database (and every device of a few) named by the seeking
+    /// lookup as by the full parse: the first vendor, the last, Intel's huge block, and
+    /// IDs the file does not have.
+    #[test]
+    fn real_database_seeking_agrees_for_every_vendor_and_misses_absent_ones() {
+        let path = Path::new(DEFAULT_PCI_IDS);
+        if !path.exists() {
+            return;
+        }
+        let full = PciNames::load(path).unwrap();
+        let db = full.db.as_ref().unwrap();
+        let mut vendors: Vec<u16> = db.vendors.keys().copied().collect();
+        vendors.sort_unstable();
+        let (first, last) = (vendors[0], vendors[vendors.len() - 1]);
+        // Every vendor's block is found by seeking.
+        let mut file = IdsFile::open(path).unwrap().unwrap();
+        for &vendor in &vendors {
+            let block = file.vendor_block(vendor).unwrap().unwrap_or_default();
+            assert!(
+                block.starts_with(format!("{vendor:04x}  ").as_bytes()),
+                "{vendor:04x}"
+            );
+        }
+        // And named as the full parse names it (every 40th, and both ends).
+        for (i, &vendor) in vendors.iter().enumerate() {
+            if i % 40 == 0 || vendor == last {
+                let one = PciNames::load_for(path, [vendor]).unwrap();
+                assert_eq!(one.vendor(vendor), full.vendor(vendor), "{vendor:04x}");
+            }
+        }
+        for vendor in [first, last, 0x8086, 0x1af4, 0x10de] {
+            let Some(entry) = db.vendors.get(&vendor) else {
+                continue;
+            };
+            let ids: Vec<PciIds> = entry
+                .devices
+                .keys()
+                .map(|&device| PciIds {
+                    vendor,
+                    device,
+                    subsystem_vendor: 0,
+                    subsystem_device: 0,
+                })
+                .collect();
+            let some = PciNames::load_for_ids(path, ids.iter().copied()).unwrap();
+            for id in &ids {
+                assert_eq!(
+                    some.device(vendor, id.device),
+                    full.device(vendor, id.device),
+                    "{vendor:04x}:{:04x}",
+                    id.device
+                );
+            }
+        }
+        // Absent: a vendor between two present ones, and a device the vendor lacks.
+        let absent = (1..=u16::MAX)
+            .find(|v| !db.vendors.contains_key(v) && *v > first && *v < last)
+            .unwrap();
+        let names = PciNames::load_for_ids(
+            path,
+            [PciIds {
+                vendor: absent,
+                device: 1,
+                subsystem_vendor: absent,
+                subsystem_device: 1,
+            }],
+        )
+        .unwrap();
+        assert_eq!(names.vendor(absent), None);
+        assert_eq!(names.device(absent, 1), None);
+        assert_eq!(names.device(0x8086, 0xfffe), full.device(0x8086, 0xfffe));
+    }
+
+    #[test]
+    fn an_unsorted_file_still_names_every_device() {
+        // 10de after 8086: seeking misses it, and the whole file is scanned instead.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pci.ids");
+        std::fs::write(
+            &path,
+            "8086  Intel Corporation\n\t10d3  82574L\n10de  NVIDIA Corporation\n\t2330  GH100\nC 03  Display controller\n\t02  3D controller\n",
+        )
+        .unwrap();
+        let ids = [(0x8086, 0x10d3), (0x10de, 0x2330)].map(|(vendor, device)| PciIds {
+            vendor,
+            device,
+            subsystem_vendor: 0,
+            subsystem_device: 0,
+        });
+        let names = PciNames::load_for_ids(&path, ids).unwrap();
+        assert_eq!(names.device(0x8086, 0x10d3), Some("82574L"));
+        assert_eq!(names.device(0x10de, 0x2330), Some("GH100"));
+        assert_eq!(names.class(PciClass::new(0x03_0200)), Some("3D controller"));
+        // A vendor that is nowhere: no name, no error.
+        let names = PciNames::load_for_ids(
+            &path,
+            [PciIds {
+                vendor: 0x1234,
+                device: 1,
+                subsystem_vendor: 0,
+                subsystem_device: 0,
+            }],
+        )
+        .unwrap();
+        assert_eq!(names.vendor(0x1234), None);
     }
 
     #[test]

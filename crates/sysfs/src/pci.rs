@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -315,6 +315,9 @@ impl PciDevice {
     /// inventory does). It holds one file descriptor; if the device goes away, reads fail
     /// with the kernel's error.
     pub fn opened(&self) -> Result<Self, SysfsError> {
+        if self.dir.is_some() {
+            return Ok(self.clone());
+        }
         let dir = Dir::open(&self.path).map_err(|e| SysfsError::read(&self.path, e))?;
         Ok(Self {
             dir: Some(Arc::new(dir)),
@@ -322,34 +325,48 @@ impl PciDevice {
         })
     }
 
-    fn read_raw(&self, name: &str) -> io::Result<String> {
-        match &self.dir {
-            Some(dir) => dir.read_small(name),
-            None => attr::read_small(&self.attr_path(name)),
+    /// A handle on the device at `path` (its real directory) held open as `dir`.
+    pub(crate) fn with_dir(sysfs: &Sysfs, address: PciAddress, path: PathBuf, dir: Dir) -> Self {
+        Self {
+            sysfs: sysfs.clone(),
+            address,
+            path,
+            dir: Some(Arc::new(dir)),
         }
     }
 
-    /// A trimmed attribute.
-    fn text(&self, name: &str) -> Result<String, SysfsError> {
-        self.read_raw(name)
-            .map(|t| t.trim().to_owned())
-            .map_err(|e| SysfsError::read(&self.attr_path(name), e))
+    /// Calls `f` with the attribute's bytes; through the open directory without
+    /// allocating when there is one.
+    pub(crate) fn with_raw<T>(&self, name: &str, f: impl FnOnce(&[u8]) -> T) -> io::Result<T> {
+        match &self.dir {
+            Some(dir) => dir.with_small(name, f),
+            None => attr::read_small(&self.attr_path(name)).map(|t| f(t.as_bytes())),
+        }
     }
 
     /// A trimmed attribute, `None` when the file does not exist.
-    fn text_opt(&self, name: &str) -> Result<Option<String>, SysfsError> {
-        match self.read_raw(name) {
-            Ok(t) => Ok(Some(t.trim().to_owned())),
+    pub(crate) fn text_opt(&self, name: &str) -> Result<Option<String>, SysfsError> {
+        match self
+            .with_raw(name, |b| trimmed(b).map(str::to_owned))
+            .and_then(|t| t.ok_or_else(not_utf8))
+        {
+            Ok(t) => Ok(Some(t)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(SysfsError::read(&self.attr_path(name), e)),
         }
     }
 
     fn hex(&self, name: &str, max: u32, expected: &'static str) -> Result<u32, SysfsError> {
-        let text = self.text(name)?;
-        attr::parse_hex_u32(&text)
-            .filter(|v| *v <= max)
-            .ok_or_else(|| SysfsError::parse(&self.attr_path(name), &text, expected))
+        // Parsed in place; the text is copied only for an error.
+        let parsed = self
+            .with_raw(name, |b| {
+                trimmed(b)
+                    .and_then(attr::parse_hex_u32)
+                    .filter(|v| *v <= max)
+                    .ok_or_else(|| String::from_utf8_lossy(b).trim().to_owned())
+            })
+            .map_err(|e| SysfsError::read(&self.attr_path(name), e))?;
+        parsed.map_err(|text| SysfsError::parse(&self.attr_path(name), &text, expected))
     }
 
     fn hex16(&self, name: &str) -> Result<u16, SysfsError> {
@@ -430,40 +447,57 @@ impl PciDevice {
 
     /// The header type from config byte 0x0e (bit 7, multi-function, masked off).
     pub fn header_type(&self) -> Result<HeaderType, SysfsError> {
+        Ok(self.config_head()?.header_type)
+    }
+
+    /// One open of `config`: its size, and config bytes 0x08 to 0x0f (revision, class,
+    /// header type), read as two dwords (config reads can trap to a hypervisor, so no
+    /// more than needed).
+    pub(crate) fn config_head(&self) -> Result<ConfigHead, SysfsError> {
         let path = self.attr_path("config");
-        let mut head = [0u8; 0x0f];
+        let mut head = [0u8; 8];
         let read = match &self.dir {
-            Some(dir) => dir.read_head("config", &mut head),
-            None => File::open(&path).and_then(|mut f| {
+            Some(dir) => dir.size_and_bytes_at("config", 8, &mut head),
+            None => File::open(&path).and_then(|f| {
+                let size = f.metadata()?.len();
                 let mut done = 0;
                 while let Some(rest) = head.get_mut(done..).filter(|r| !r.is_empty()) {
-                    let n = f.read(rest)?;
+                    let at = 8 + u64::try_from(done).unwrap_or(u64::MAX);
+                    let n = std::os::unix::fs::FileExt::read_at(&f, rest, at)?;
                     if n == 0 {
                         break;
                     }
                     done += n;
                 }
-                Ok(done)
+                Ok((size, done))
             }),
         };
-        let got = read.map_err(|e| SysfsError::read(&path, e))?;
-        if got < head.len() {
+        let (size, got) = read.map_err(|e| SysfsError::read(&path, e))?;
+        // Byte 0x0e is head[6]: 15 bytes of config space at least.
+        let Some(&header) = head.get(6).filter(|_| got > 6) else {
             return Err(SysfsError::parse(
                 &path,
-                &format!("{got} bytes"),
+                &format!("{} bytes", 8 + got.min(8)),
                 "at least 15 bytes of config space",
             ));
-        }
-        match head[0x0e] & 0x7f {
-            0 => Ok(HeaderType::Endpoint),
-            1 => Ok(HeaderType::PciBridge),
-            2 => Ok(HeaderType::CardBus),
-            other => Err(SysfsError::parse(
-                &path,
-                &format!("header type {other:#04x} at config offset 0x0e"),
-                "header type 0, 1 or 2",
-            )),
-        }
+        };
+        let header_type = match header & 0x7f {
+            0 => HeaderType::Endpoint,
+            1 => HeaderType::PciBridge,
+            2 => HeaderType::CardBus,
+            other => {
+                return Err(SysfsError::parse(
+                    &path,
+                    &format!("header type {other:#04x} at config offset 0x0e"),
+                    "header type 0, 1 or 2",
+                ));
+            }
+        };
+        Ok(ConfigHead {
+            size,
+            revision: head[0],
+            header_type,
+        })
     }
 
     /// The bound driver's name, or `None` when unbound.
@@ -474,9 +508,16 @@ impl PciDevice {
     /// The `vfioN` name under `vfio-dev/` (present while a VFIO driver that supports the
     /// device cdev is bound; `/dev/vfio/devices/vfioN` is its node).
     pub fn vfio_dev(&self) -> Result<Option<String>, SysfsError> {
-        Ok(attr::list_dir(&self.attr_path("vfio-dev"))?
-            .into_iter()
-            .find(|name| name.starts_with("vfio")))
+        let names = match &self.dir {
+            Some(dir) => match dir.list("vfio-dev") {
+                Ok(names) => names,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(SysfsError::read(&self.attr_path("vfio-dev"), e)),
+            },
+            None => attr::list_dir(&self.attr_path("vfio-dev"))?,
+        };
+        // The lowest name, as a sorted listing would give it.
+        Ok(names.into_iter().filter(|n| n.starts_with("vfio")).min())
     }
 
     /// The device cdev node, `<dev root>/vfio/devices/vfioN`, while one exists in sysfs.
@@ -542,12 +583,16 @@ impl PciDevice {
 
     /// The used BARs, ROM and windows, from `resource`.
     pub fn bars(&self) -> Result<Vec<Bar>, SysfsError> {
-        let path = self.attr_path("resource");
-        let text = self
-            .read_raw("resource")
-            .map_err(|e| SysfsError::read(&path, e))?;
-        parse_resource(&text).map_err(|err| SysfsError::Parse {
-            path,
+        let parsed = self
+            .with_raw("resource", |b| {
+                std::str::from_utf8(b)
+                    .map(parse_resource)
+                    .map_err(|_| not_utf8())
+            })
+            .and_then(|r| r)
+            .map_err(|e| SysfsError::read(&self.attr_path("resource"), e))?;
+        parsed.map_err(|err| SysfsError::Parse {
+            path: self.attr_path("resource"),
             value: err.to_string(),
             expected: "lines of '0x<start> 0x<end> 0x<flags>'",
         })
@@ -566,7 +611,11 @@ impl PciDevice {
     /// For an SR-IOV physical function, its virtual functions (`virtfnN` links), by N.
     pub fn virtfns(&self) -> Result<Vec<PciAddress>, SysfsError> {
         let mut found = Vec::new();
-        for name in attr::list_dir(&self.path)? {
+        let names = match &self.dir {
+            Some(dir) => dir.list(".").map_err(|e| SysfsError::read(&self.path, e))?,
+            None => attr::list_dir(&self.path)?,
+        };
+        for name in names {
             let Some(index) = name
                 .strip_prefix("virtfn")
                 .and_then(|n| n.parse::<u32>().ok())
@@ -593,16 +642,21 @@ impl PciDevice {
     }
 
     /// Which resets exist (`reset` and `reset_method`).
+    ///
+    /// Since 5.15 the kernel shows `reset_method` exactly when it shows `reset` (both are
+    /// visible when `pci_reset_supported()`), so a readable `reset_method` answers both and
+    /// `reset` is looked for only without one (older kernels, or no method listed).
     pub fn reset_methods(&self) -> Result<ResetMethods, SysfsError> {
-        let can_reset = self.exists("reset");
-        let methods = if can_reset {
-            self.text_opt("reset_method")?
-                .map(|text| text.split_whitespace().map(str::to_owned).collect())
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        Ok(ResetMethods { can_reset, methods })
+        if let Some(text) = self.text_opt("reset_method")? {
+            return Ok(ResetMethods {
+                can_reset: true,
+                methods: text.split_whitespace().map(str::to_owned).collect(),
+            });
+        }
+        Ok(ResetMethods {
+            can_reset: self.exists("reset"),
+            methods: Vec::new(),
+        })
     }
 
     /// The upstream PCI device (bridge or port) this function sits behind, if any: the
@@ -615,6 +669,26 @@ impl PciDevice {
             .and_then(|name| name.to_str())
             .and_then(|name| name.parse().ok()))
     }
+}
+
+/// What one read of `config` tells: its size and the header's revision and type.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConfigHead {
+    /// The size of `config` (256 for PCI, 4096 for PCIe).
+    pub(crate) size: u64,
+    /// Config byte 0x08.
+    pub(crate) revision: u8,
+    /// Config byte 0x0e, decoded.
+    pub(crate) header_type: HeaderType,
+}
+
+/// The attribute's text without surrounding whitespace; `None` when it is not UTF-8.
+fn trimmed(bytes: &[u8]) -> Option<&str> {
+    std::str::from_utf8(bytes).ok().map(str::trim)
+}
+
+fn not_utf8() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "not UTF-8")
 }
 
 /// The driver kind from a driver name and a lazy "has `vfio-dev/`" check.

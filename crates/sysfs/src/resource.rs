@@ -140,28 +140,45 @@ pub enum ResourceError {
     TooLong,
 }
 
-fn hex64(word: &str) -> Option<u64> {
-    let digits = word.strip_prefix("0x")?;
-    if digits.is_empty() || digits.len() > 16 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+/// `0x` and 1 to 16 hex digits, in one pass.
+fn hex64(word: &[u8]) -> Option<u64> {
+    let digits = word.strip_prefix(b"0x")?;
+    if digits.is_empty() || digits.len() > 16 {
         return None;
     }
-    u64::from_str_radix(digits, 16).ok()
+    let mut value = 0u64;
+    for &b in digits {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return None,
+        };
+        value = (value << 4) | u64::from(digit);
+    }
+    Some(value)
 }
 
 /// Parses the text of a `resource` attribute into its used lines (all-zero lines skipped).
+///
+/// Works on bytes (the kernel writes ASCII; any other byte fails the hex check), since an
+/// inventory parses some fifteen lines for every device.
 pub fn parse_resource(text: &str) -> Result<Vec<Bar>, ResourceError> {
     let mut bars = Vec::new();
     for (line, raw) in text.lines().enumerate() {
-        let raw = raw.trim();
-        if raw.is_empty() {
+        let bytes = raw.as_bytes().trim_ascii();
+        // Blank, counting Unicode spaces as `str::trim` does.
+        if bytes.is_empty() || (!bytes.is_ascii() && raw.trim().is_empty()) {
             continue;
         }
-        let index = u8::try_from(line).map_err(|_| ResourceError::TooLong)?;
         let format = || ResourceError::Format {
             line,
-            text: raw.to_owned(),
+            text: raw.trim().to_owned(),
         };
-        let mut words = raw.split_whitespace();
+        let index = u8::try_from(line).map_err(|_| ResourceError::TooLong)?;
+        let mut words = bytes
+            .split(u8::is_ascii_whitespace)
+            .filter(|w| !w.is_empty());
         let (Some(start), Some(end), Some(flags), None) =
             (words.next(), words.next(), words.next(), words.next())
         else {
@@ -178,7 +195,7 @@ pub fn parse_resource(text: &str) -> Result<Vec<Bar>, ResourceError> {
         if end < start {
             return Err(ResourceError::Inverted {
                 line,
-                text: raw.to_owned(),
+                text: raw.trim().to_owned(),
             });
         }
         bars.push(Bar {

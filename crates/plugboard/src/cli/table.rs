@@ -28,7 +28,7 @@ fn widths(rows: &[&Vec<String>]) -> Vec<usize> {
         .map(|c| {
             rows.iter()
                 .filter_map(|r| r.get(c))
-                .map(|cell| cell.chars().count())
+                .map(|cell| width(cell))
                 .max()
                 .unwrap_or(0)
         })
@@ -40,20 +40,34 @@ fn write_rows(
     rows: &[Vec<String>],
     widths: &[usize],
 ) -> std::io::Result<()> {
+    // One line buffer for all rows: a host listing can have tens of thousands.
+    let mut line = String::new();
     for row in rows {
-        let mut line = String::new();
+        line.clear();
         for (i, cell) in row.iter().enumerate() {
             line.push_str(cell);
             let pad = widths
                 .get(i)
                 .copied()
                 .unwrap_or(0)
-                .saturating_sub(cell.chars().count());
+                .saturating_sub(width(cell));
             line.extend(std::iter::repeat_n(' ', pad + 2));
         }
-        writeln!(out, "{}", line.trim_end())?;
+        let end = line.trim_end().len();
+        line.truncate(end);
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
     }
     Ok(())
+}
+
+/// A cell's width in characters (its length when it is ASCII, as most cells are).
+fn width(cell: &str) -> usize {
+    if cell.is_ascii() {
+        cell.len()
+    } else {
+        cell.chars().count()
+    }
 }
 
 /// A header row: the column names as cells.

@@ -32,7 +32,12 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, ServiceError> + Send + 'static,
 {
-    match tokio::task::spawn_blocking(f).await {
+    let job = move || {
+        let result = f();
+        super::memory::release();
+        result
+    };
+    match tokio::task::spawn_blocking(job).await {
         Ok(result) => result.map_err(ApiError::from),
         Err(e) => Err(ApiError::internal(format!(
             "the operation did not finish: {e}"

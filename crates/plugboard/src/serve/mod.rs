@@ -12,6 +12,7 @@
 
 mod error;
 mod handlers;
+mod memory;
 mod routes;
 mod socket;
 
@@ -36,8 +37,10 @@ pub struct ServeOptions {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(options: &ServeOptions) -> anyhow::Result<()> {
+    memory::tune();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(memory::BLOCKING_THREADS)
         .thread_name("plugboard-worker")
         .build()
         .context("cannot start the async runtime")?;

@@ -18,10 +18,10 @@ mod inventory;
 mod vfio;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use plugboard_hostdev::HostdevManager;
-use plugboard_sysfs::{PciNames, Sysfs};
+use plugboard_sysfs::{PciNames, PciNamesCache, Sysfs};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ErrorClass, ServiceError};
@@ -61,6 +61,8 @@ pub struct HostService {
     config: HostConfig,
     sysfs: Sysfs,
     hostdev: Mutex<Option<HostdevManager>>,
+    /// The configured pci.ids, read on first need and again only when it changes.
+    names: Option<PciNamesCache>,
 }
 
 impl HostService {
@@ -68,11 +70,7 @@ impl HostService {
     #[must_use]
     pub fn new(config: HostConfig) -> Self {
         let sysfs = config.sysfs();
-        Self {
-            config,
-            sysfs,
-            hostdev: Mutex::new(None),
-        }
+        Self::with_sysfs(config, sysfs)
     }
 
     /// A host service that sees the host through `sysfs` (which may carry its own writer:
@@ -80,6 +78,7 @@ impl HostService {
     #[must_use]
     pub fn with_sysfs(config: HostConfig, sysfs: Sysfs) -> Self {
         Self {
+            names: config.pci_ids.as_deref().map(PciNamesCache::new),
             config,
             sysfs,
             hostdev: Mutex::new(None),
@@ -126,19 +125,27 @@ impl HostService {
 
     /// Device names for `ids`, from the configured pci.ids (none when names are not
     /// wanted, the file is not configured, or it does not parse: names are a courtesy,
-    /// never a failure).
+    /// never a failure). The file is read once and again only when it changes (or
+    /// when devices with new IDs appear), whichever request asks, so a daemon answering
+    /// many listings neither re-reads nor re-parses it.
     fn names(
         &self,
         wanted: bool,
         ids: impl IntoIterator<Item = plugboard_sysfs::PciIds>,
-    ) -> PciNames {
-        let Some(path) = self.config.pci_ids.as_deref().filter(|_| wanted) else {
-            return PciNames::empty();
+    ) -> Arc<PciNames> {
+        let Some(cache) = self.names.as_ref().filter(|_| wanted) else {
+            return Arc::new(PciNames::empty());
         };
-        PciNames::load_for_ids(path, ids).unwrap_or_else(|err| {
-            tracing::warn!(path = %path.display(), error = %err, "no device names");
-            PciNames::empty()
+        cache.names_for(ids).unwrap_or_else(|err| {
+            tracing::warn!(path = %cache.path().display(), error = %err, "no device names");
+            Arc::new(PciNames::empty())
         })
+    }
+
+    /// How many times the names database has been read (0 when none is configured).
+    #[must_use]
+    pub fn names_loads(&self) -> u64 {
+        self.names.as_ref().map_or(0, PciNamesCache::loads)
     }
 }
 

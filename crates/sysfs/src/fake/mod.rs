@@ -89,6 +89,7 @@
 mod build;
 mod semantics;
 mod spec;
+mod synthetic;
 mod tree;
 
 use std::collections::BTreeMap;
