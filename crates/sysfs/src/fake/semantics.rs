@@ -213,7 +213,15 @@ impl State {
         if !self.is_vfio(driver) {
             return Ok(());
         }
-        if let Some(group) = Self::group_of(dir) {
+        self.vfio_nodes(dir, Self::group_of(dir))
+    }
+
+    /// What binding a VFIO driver creates: the group node `/dev/vfio/<group>` (if it is
+    /// not there yet) and, with cdev support, the device's `vfio-dev/vfioN` (lowest free N)
+    /// and `/dev/vfio/devices/vfioN`. An mdev gets the same from its vendor driver.
+    pub(crate) fn vfio_nodes(&mut self, dir: &Path, group: Option<u32>) -> io::Result<()> {
+        let io = |e: super::FakeError| io::Error::other(e.to_string());
+        if let Some(group) = group {
             let node = self.dev.join(format!("vfio/{group}"));
             if !node.exists() {
                 tree::file(&node, "").map_err(io)?;
