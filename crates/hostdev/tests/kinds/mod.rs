@@ -164,6 +164,13 @@ fn namespaces(controller: &Path) -> Vec<u32> {
         let ctrl = ctrl.unwrap().path();
         for ns in std::fs::read_dir(&ctrl).unwrap() {
             let ns = ns.unwrap().path();
+            // The block devices (`nvme0n1`), not the generic char ones (`ng0n1`).
+            let block = ns
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("nvme"));
+            if !block {
+                continue;
+            }
             if let Ok(id) = std::fs::read_to_string(ns.join("nsid")) {
                 ids.push(id.trim().parse().unwrap());
             }

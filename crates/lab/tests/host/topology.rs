@@ -181,6 +181,12 @@ fn kinds(guest: &mut Guest) {
     assert_eq!(ns, want, "NVMe namespaces");
 
     // USB: the device on bus 1 (xHCI's USB 2 root hub), its interface on ftdi_sio.
+    // The hub driver enumerates the USB device a few seconds after boot under TCG.
+    sh(
+        guest,
+        "for i in $(seq 600); do grep -qx 0403 /sys/bus/usb/devices/*/idVendor && exit 0; \
+         sleep 0.1; done; echo 'no USB device 0403:xxxx'; exit 1",
+    );
     let usb = sh(
         guest,
         "for d in /sys/bus/usb/devices/*; do [ -f $d/idVendor ] || continue; \
