@@ -208,9 +208,11 @@ fn device_kinds() -> Vec<String> {
         )));
     }
     a.extend(dev("qemu-xhci,id=xhci,bus=rp-usb,addr=0.0".to_owned()));
+    // A null chardev never reports itself open, and usb-serial plugs itself in only when
+    // its chardev opens: always-plugged=on makes it present from boot.
     a.extend(["-chardev".to_owned(), "null,id=lab-usb-serial".to_owned()]);
     a.extend(dev(
-        "usb-serial,id=usb1,bus=xhci.0,port=1,chardev=lab-usb-serial".to_owned(),
+        "usb-serial,id=usb1,bus=xhci.0,port=1,chardev=lab-usb-serial,always-plugged=on".to_owned(),
     ));
     a.extend(dev(
         "virtio-scsi-pci,id=scsi0,bus=rp-scsi,addr=0.0".to_owned()
@@ -297,7 +299,9 @@ mod tests {
             assert!(line.contains(&format!("null-co,node-name=lab-nvme-ns{ns},size=67108864,")));
         }
         assert!(line.contains("-device qemu-xhci,id=xhci,bus=rp-usb,"));
-        assert!(line.contains("usb-serial,id=usb1,bus=xhci.0,port=1,chardev=lab-usb-serial"));
+        assert!(line.contains(
+            "usb-serial,id=usb1,bus=xhci.0,port=1,chardev=lab-usb-serial,always-plugged=on"
+        ));
         assert!(line.contains("-chardev null,id=lab-usb-serial"));
         assert!(line.contains("-device virtio-scsi-pci,id=scsi0,bus=rp-scsi,"));
         assert!(line.contains(

@@ -267,7 +267,12 @@ fn nvme_namespaces_share_their_controller_which_goes_back_with_the_last() {
 
     // The last one gives the controller back to nvme, which finds both namespaces again.
     let answer = ok(s, &["hostdev", "release", "--owner", "qemu/lab1", &ns2]);
-    assert_eq!(results(&answer), ["released"], "{answer}");
+    assert_eq!(results(&answer), ["reattached"], "{answer}");
+    assert_eq!(
+        answer["released"][0]["detail"],
+        format!("controller {ctrl}: nvme"),
+        "{answer}"
+    );
     assert_eq!(driver(&sysfs, ctrl).as_deref(), Some("nvme"));
     assert_eq!(
         sysfs.pci_device(ctrl).unwrap().driver_override().unwrap(),
@@ -371,11 +376,14 @@ fn usb_is_claimed_keeps_its_driver_and_is_found_again_by_ids_after_a_replug() {
         address: xhci,
         driver: "xhci_hcd",
     };
-    let usb = usb_serial(&sysfs).expect("the lab's usb-serial (0403:6001)");
-    assert_eq!(
-        interface_driver(&sysfs, &usb.name).as_deref(),
-        Some("ftdi_sio")
-    );
+    // The hub driver enumerates it a few seconds after boot under TCG.
+    let mut found = None;
+    wait_for("the lab's usb-serial (0403:6001) on ftdi_sio", 60, || {
+        found = usb_serial(&sysfs)
+            .filter(|d| interface_driver(&sysfs, &d.name).as_deref() == Some("ftdi_sio"));
+        found.is_some()
+    });
+    let usb = found.unwrap();
     let state = tempfile::tempdir().unwrap();
     let s = state.path();
     let by_ids = "usb:0403:6001";
