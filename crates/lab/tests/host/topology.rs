@@ -166,7 +166,8 @@ fn kinds(guest: &mut Guest) {
         "for n in /sys/bus/pci/devices/0000:09:00.0/nvme/nvme*/nvme*n*; do \
          echo \"ns ${n##*/} $(cat $n/nsid) $(cat $n/size)\"; done",
     );
-    let ns: Vec<(String, String)> = ns
+    // Sorted by NSID: the kernel scans namespaces in parallel, so `nvme0n1` may be NSID 2.
+    let mut ns: Vec<(String, String)> = ns
         .lines()
         .filter_map(|l| l.strip_prefix("ns "))
         .map(|l| {
@@ -174,6 +175,7 @@ fn kinds(guest: &mut Guest) {
             (f[1].to_owned(), f[2].to_owned())
         })
         .collect();
+    ns.sort();
     let want: Vec<(String, String)> = NVME_NAMESPACES
         .iter()
         .map(|n| (n.to_string(), "131072".to_owned()))
