@@ -249,14 +249,24 @@ fn bind_and_reattach_round_trip_with_vfio_nodes() {
         .resolve_devnode(DevKind::Char, "242:0".parse().unwrap())
         .unwrap();
     assert_eq!(node, k.dev_root().join("vfio/devices/vfio0"));
+    // Group nodes' minors count from 0 in creation order, whatever the group number (as
+    // on the lab's real kernel, where /dev/vfio/18 is 247:0).
     let group_node = k
         .sysfs()
         .resolve_devnode(
             DevKind::Char,
-            format!("{VFIO_GROUP_MAJOR}:7").parse().unwrap(),
+            format!("{VFIO_GROUP_MAJOR}:0").parse().unwrap(),
         )
         .unwrap();
     assert_eq!(group_node, k.dev_root().join("vfio/7"));
+    assert!(
+        k.sysfs()
+            .resolve_devnode(
+                DevKind::Char,
+                format!("{VFIO_GROUP_MAJOR}:7").parse().unwrap()
+            )
+            .is_err()
+    );
 
     // Binding again is a no-op.
     assert!(!solo.bind("vfio-pci").unwrap().changed);
@@ -902,6 +912,14 @@ fn an_mdev_on_a_virtual_parent_has_its_group_node_and_cdev_at_once() {
             .join(uuid)
     );
     assert!(k.dev_root().join("vfio/14").exists());
+    assert_eq!(
+        s.resolve_devnode(
+            DevKind::Char,
+            format!("{VFIO_GROUP_MAJOR}:0").parse().unwrap()
+        )
+        .unwrap(),
+        k.dev_root().join("vfio/14")
+    );
     assert!(k.dev_root().join("vfio/devices/vfio0").exists());
     assert!(m.path.join("vfio-dev/vfio0/dev").exists());
     let group = s.iommu_group(14).unwrap();
