@@ -15,11 +15,11 @@
 //! | 04:02.0     | `gp4`         | e1000e behind the bridge                      | shared (multi) |
 //! | 00:05.0–00:08.0 | `hp1`–`hp4` | empty pcie-root-ports for hot-add (buses 05–08) | own each |
 //! | 00:09.0     | `rp-nvme`     | pcie-root-port                                | own         |
-//! | 09:00.0     | `nvme0`       | NVMe 1b36:0010, namespaces 1 and 2 (`nvme-ns`) | own (single)|
+//! | 09:00.0     | `lab-nvme0`   | NVMe 1b36:0010, namespaces 1 and 2 (`nvme-ns`) | own (single)|
 //! | 00:0a.0     | `rp-usb`      | pcie-root-port                                | own         |
-//! | 0a:00.0     | `xhci`        | qemu-xhci 1b36:000d, `usb-serial` 0403:6001 on port 1 | own |
+//! | 0a:00.0     | `lab-xhci`    | qemu-xhci 1b36:000d, `usb-serial` 0403:6001 on port 1 | own |
 //! | 00:0b.0     | `rp-scsi`     | pcie-root-port                                | own         |
-//! | 0b:00.0     | `scsi0`       | virtio-scsi 1af4:1048, two `scsi-hd` at targets 7 and 8 | own |
+//! | 0b:00.0     | `lab-scsi0`   | virtio-scsi 1af4:1048, two `scsi-hd` at targets 7 and 8 | own |
 //! | 00:1f.0/2/3 | —             | ICH9 LPC, SATA, SMBus (q35 built-ins)         | shared      |
 //!
 //! Every backend is a `null-co` block node (reads zeroes, keeps nothing), so the machine
@@ -188,7 +188,8 @@ impl MachineConfig {
 
 /// The devices of every other hostdev kind: an NVMe controller with two namespaces, an
 /// xHCI controller with a USB device, and a virtio-scsi controller with two disks. Each
-/// disk is a `null-co` node.
+/// disk is a `null-co` node. Their QEMU ids start with `lab-`, so that a test's own
+/// devices (plugboard-qemu's `scsi0`, say) never collide with them.
 fn device_kinds() -> Vec<String> {
     let null = |name: &str, size: u64| {
         [
@@ -199,28 +200,29 @@ fn device_kinds() -> Vec<String> {
     let dev = |d: String| ["-device".to_owned(), d];
     let mut a = Vec::new();
     a.extend(dev(
-        "nvme,id=nvme0,serial=plugboard-lab,bus=rp-nvme,addr=0.0".to_owned(),
+        "nvme,id=lab-nvme0,serial=plugboard-lab,bus=rp-nvme,addr=0.0".to_owned(),
     ));
     for ns in NVME_NAMESPACES {
         a.extend(null(&format!("lab-nvme-ns{ns}"), 64 << 20));
         a.extend(dev(format!(
-            "nvme-ns,id=nvme0-ns{ns},bus=nvme0,drive=lab-nvme-ns{ns},nsid={ns}"
+            "nvme-ns,id=lab-nvme0-ns{ns},bus=lab-nvme0,drive=lab-nvme-ns{ns},nsid={ns}"
         )));
     }
-    a.extend(dev("qemu-xhci,id=xhci,bus=rp-usb,addr=0.0".to_owned()));
+    a.extend(dev("qemu-xhci,id=lab-xhci,bus=rp-usb,addr=0.0".to_owned()));
     // A null chardev never reports itself open, and usb-serial plugs itself in only when
     // its chardev opens: always-plugged=on makes it present from boot.
     a.extend(["-chardev".to_owned(), "null,id=lab-usb-serial".to_owned()]);
     a.extend(dev(
-        "usb-serial,id=usb1,bus=xhci.0,port=1,chardev=lab-usb-serial,always-plugged=on".to_owned(),
+        "usb-serial,id=lab-usb1,bus=lab-xhci.0,port=1,chardev=lab-usb-serial,always-plugged=on"
+            .to_owned(),
     ));
     a.extend(dev(
-        "virtio-scsi-pci,id=scsi0,bus=rp-scsi,addr=0.0".to_owned()
+        "virtio-scsi-pci,id=lab-scsi0,bus=rp-scsi,addr=0.0".to_owned()
     ));
     for (i, target) in [(0, 7), (1, 8)] {
         a.extend(null(&format!("lab-scsi-disk{i}"), 16 << 20));
         a.extend(dev(format!(
-            "scsi-hd,id=sd{i},bus=scsi0.0,channel=0,scsi-id={target},lun=0,\
+            "scsi-hd,id=lab-sd{i},bus=lab-scsi0.0,channel=0,scsi-id={target},lun=0,\
              drive=lab-scsi-disk{i},vendor={SCSI_VENDOR},product=lab-disk-{i}"
         )));
     }
@@ -288,24 +290,24 @@ mod tests {
         let line = MachineConfig::default()
             .qemu_args(Accel::Tcg, &files())
             .join(" ");
-        assert!(line.contains("-device nvme,id=nvme0,serial=plugboard-lab,bus=rp-nvme,"));
+        assert!(line.contains("-device nvme,id=lab-nvme0,serial=plugboard-lab,bus=rp-nvme,"));
         for ns in NVME_NAMESPACES {
             assert!(
                 line.contains(&format!(
-                    "nvme-ns,id=nvme0-ns{ns},bus=nvme0,drive=lab-nvme-ns{ns},nsid={ns}"
+                    "nvme-ns,id=lab-nvme0-ns{ns},bus=lab-nvme0,drive=lab-nvme-ns{ns},nsid={ns}"
                 )),
                 "{line}"
             );
             assert!(line.contains(&format!("null-co,node-name=lab-nvme-ns{ns},size=67108864,")));
         }
-        assert!(line.contains("-device qemu-xhci,id=xhci,bus=rp-usb,"));
+        assert!(line.contains("-device qemu-xhci,id=lab-xhci,bus=rp-usb,"));
         assert!(line.contains(
-            "usb-serial,id=usb1,bus=xhci.0,port=1,chardev=lab-usb-serial,always-plugged=on"
+            "usb-serial,id=lab-usb1,bus=lab-xhci.0,port=1,chardev=lab-usb-serial,always-plugged=on"
         ));
         assert!(line.contains("-chardev null,id=lab-usb-serial"));
-        assert!(line.contains("-device virtio-scsi-pci,id=scsi0,bus=rp-scsi,"));
+        assert!(line.contains("-device virtio-scsi-pci,id=lab-scsi0,bus=rp-scsi,"));
         assert!(line.contains(
-            "scsi-hd,id=sd0,bus=scsi0.0,channel=0,scsi-id=7,lun=0,drive=lab-scsi-disk0,vendor=PLUGBRD,product=lab-disk-0"
+            "scsi-hd,id=lab-sd0,bus=lab-scsi0.0,channel=0,scsi-id=7,lun=0,drive=lab-scsi-disk0,vendor=PLUGBRD,product=lab-disk-0"
         ));
         assert!(line.contains("scsi-id=8,lun=0,drive=lab-scsi-disk1,"));
         // The guinea pigs and the hotplug ports are where they were.
