@@ -28,6 +28,9 @@ use plugboard_hostdev::{
 };
 use plugboard_sysfs::{PciAddress, Sysfs};
 
+/// NVMe namespaces, USB, SCSI and mdev on the lab's real drivers.
+mod kinds;
+
 const E1000E: (u16, u16) = (0x8086, 0x10d3);
 const MANAGED: PrepareOptions = PrepareOptions {
     managed: true,

@@ -39,7 +39,10 @@ pub use error::{LabError, Result};
 pub use guest::{BootOptions, ExecOutput, Guest};
 pub use initramfs::{Initramfs, shared_libraries};
 pub use kernel::kernel;
-pub use machine::{BootFiles, E1000E_ID, GUINEA_PIGS, HOTPLUG_PORTS, MachineConfig};
+pub use machine::{
+    BootFiles, E1000E_ID, GUINEA_PIGS, HOTPLUG_PORTS, MTTY_PARENT, MachineConfig, NVME_ID,
+    NVME_NAMESPACES, SCSI_VENDOR, USB_DEVICE_ID,
+};
 pub use paths::{cache_dir, lab_dir, workspace_root};
 pub use qmp::Qmp;
 

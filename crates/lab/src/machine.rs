@@ -14,7 +14,17 @@
 //! | 04:01.0     | `gp3`         | e1000e behind the bridge                      | shared (multi) |
 //! | 04:02.0     | `gp4`         | e1000e behind the bridge                      | shared (multi) |
 //! | 00:05.0–00:08.0 | `hp1`–`hp4` | empty pcie-root-ports for hot-add (buses 05–08) | own each |
+//! | 00:09.0     | `rp-nvme`     | pcie-root-port                                | own         |
+//! | 09:00.0     | `lab-nvme0`   | NVMe 1b36:0010, namespaces 1 and 2 (`nvme-ns`) | own (single)|
+//! | 00:0a.0     | `rp-usb`      | pcie-root-port                                | own         |
+//! | 0a:00.0     | `lab-xhci`    | qemu-xhci 1b36:000d, `usb-serial` 0403:6001 on port 1 | own |
+//! | 00:0b.0     | `rp-scsi`     | pcie-root-port                                | own         |
+//! | 0b:00.0     | `lab-scsi0`   | virtio-scsi 1af4:1048, two `scsi-hd` at targets 7 and 8 | own |
 //! | 00:1f.0/2/3 | —             | ICH9 LPC, SATA, SMBus (q35 built-ins)         | shared      |
+//!
+//! Every backend is a `null-co` block node (reads zeroes, keeps nothing), so the machine
+//! needs no image files. The mdev parent (`mtty`) is not a QEMU device: the lab kernel
+//! builds the kernel's sample driver in (lab/kernel/lab.config).
 
 use std::path::{Path, PathBuf};
 
@@ -33,6 +43,25 @@ pub const GUINEA_PIGS: [(&str, &str, &str); 4] = [
 
 /// PCI vendor:device of the guinea-pig NICs (e1000e, 82574L).
 pub const E1000E_ID: &str = "8086:10d3";
+
+/// PCI vendor:device of the NVMe controller (QEMU's `nvme`), driver `nvme`.
+pub const NVME_ID: &str = "1b36:0010";
+
+/// The NVMe controller's namespace IDs (one `nvme-ns` each, 64 MiB).
+pub const NVME_NAMESPACES: [u32; 2] = [1, 2];
+
+/// USB `idVendor:idProduct` of the device on the xHCI controller: QEMU's `usb-serial`
+/// (an FTDI FT232), whose interface the `ftdi_sio` driver takes.
+pub const USB_DEVICE_ID: &str = "0403:6001";
+
+/// SCSI `vendor` of the two virtio-scsi disks (`scsi-hd ... vendor=`); their `model`s are
+/// `lab-disk-0` and `lab-disk-1`, at target 7 and 8, LUN 0. (Targets far from 0, so a disk
+/// a test hot-adds at `0:0` never matches them.)
+pub const SCSI_VENDOR: &str = "PLUGBRD";
+
+/// The sysfs directory of the mdev parent: the kernel's sample `mtty` driver (a virtual
+/// serial card), whose types are `mtty-1` and `mtty-2` (device API `vfio-pci`).
+pub const MTTY_PARENT: &str = "/sys/devices/virtual/mtty/mtty";
 
 /// How to build the guest machine.
 #[derive(Debug, Clone)]
@@ -104,6 +133,9 @@ impl MachineConfig {
             (HOTPLUG_PORTS[1], "6.0"),
             (HOTPLUG_PORTS[2], "7.0"),
             (HOTPLUG_PORTS[3], "8.0"),
+            ("rp-nvme", "9.0"),
+            ("rp-usb", "a.0"),
+            ("rp-scsi", "b.0"),
         ];
         for (chassis, (id, addr)) in (1..).zip(ports) {
             let dev = format!(
@@ -117,6 +149,8 @@ impl MachineConfig {
             let dev = format!("e1000e,id={id},netdev=net-{id},bus={bus},addr={addr},romfile=");
             push(&["-device", &dev]);
         }
+        let kinds = device_kinds();
+        push(&kinds.iter().map(String::as_str).collect::<Vec<_>>());
         push(&[
             "-chardev",
             "stdio,id=ser0,signal=off",
@@ -150,6 +184,49 @@ impl MachineConfig {
         a.extend(self.extra_qemu_args.iter().cloned());
         a
     }
+}
+
+/// The devices of every other hostdev kind: an NVMe controller with two namespaces, an
+/// xHCI controller with a USB device, and a virtio-scsi controller with two disks. Each
+/// disk is a `null-co` node. Their QEMU ids start with `lab-`, so that a test's own
+/// devices (plugboard-qemu's `scsi0`, say) never collide with them.
+fn device_kinds() -> Vec<String> {
+    let null = |name: &str, size: u64| {
+        [
+            "-blockdev".to_owned(),
+            format!("null-co,node-name={name},size={size},read-zeroes=on"),
+        ]
+    };
+    let dev = |d: String| ["-device".to_owned(), d];
+    let mut a = Vec::new();
+    a.extend(dev(
+        "nvme,id=lab-nvme0,serial=plugboard-lab,bus=rp-nvme,addr=0.0".to_owned(),
+    ));
+    for ns in NVME_NAMESPACES {
+        a.extend(null(&format!("lab-nvme-ns{ns}"), 64 << 20));
+        a.extend(dev(format!(
+            "nvme-ns,id=lab-nvme0-ns{ns},bus=lab-nvme0,drive=lab-nvme-ns{ns},nsid={ns}"
+        )));
+    }
+    a.extend(dev("qemu-xhci,id=lab-xhci,bus=rp-usb,addr=0.0".to_owned()));
+    // A null chardev never reports itself open, and usb-serial plugs itself in only when
+    // its chardev opens: always-plugged=on makes it present from boot.
+    a.extend(["-chardev".to_owned(), "null,id=lab-usb-serial".to_owned()]);
+    a.extend(dev(
+        "usb-serial,id=lab-usb1,bus=lab-xhci.0,port=1,chardev=lab-usb-serial,always-plugged=on"
+            .to_owned(),
+    ));
+    a.extend(dev(
+        "virtio-scsi-pci,id=lab-scsi0,bus=rp-scsi,addr=0.0".to_owned()
+    ));
+    for (i, target) in [(0, 7), (1, 8)] {
+        a.extend(null(&format!("lab-scsi-disk{i}"), 16 << 20));
+        a.extend(dev(format!(
+            "scsi-hd,id=lab-sd{i},bus=lab-scsi0.0,channel=0,scsi-id={target},lun=0,\
+             drive=lab-scsi-disk{i},vendor={SCSI_VENDOR},product=lab-disk-{i}"
+        )));
+    }
+    a
 }
 
 fn path_str(p: &Path) -> String {
@@ -209,6 +286,36 @@ mod tests {
     }
 
     #[test]
+    fn every_hostdev_kind_has_a_device() {
+        let line = MachineConfig::default()
+            .qemu_args(Accel::Tcg, &files())
+            .join(" ");
+        assert!(line.contains("-device nvme,id=lab-nvme0,serial=plugboard-lab,bus=rp-nvme,"));
+        for ns in NVME_NAMESPACES {
+            assert!(
+                line.contains(&format!(
+                    "nvme-ns,id=lab-nvme0-ns{ns},bus=lab-nvme0,drive=lab-nvme-ns{ns},nsid={ns}"
+                )),
+                "{line}"
+            );
+            assert!(line.contains(&format!("null-co,node-name=lab-nvme-ns{ns},size=67108864,")));
+        }
+        assert!(line.contains("-device qemu-xhci,id=lab-xhci,bus=rp-usb,"));
+        assert!(line.contains(
+            "usb-serial,id=lab-usb1,bus=lab-xhci.0,port=1,chardev=lab-usb-serial,always-plugged=on"
+        ));
+        assert!(line.contains("-chardev null,id=lab-usb-serial"));
+        assert!(line.contains("-device virtio-scsi-pci,id=lab-scsi0,bus=rp-scsi,"));
+        assert!(line.contains(
+            "scsi-hd,id=lab-sd0,bus=lab-scsi0.0,channel=0,scsi-id=7,lun=0,drive=lab-scsi-disk0,vendor=PLUGBRD,product=lab-disk-0"
+        ));
+        assert!(line.contains("scsi-id=8,lun=0,drive=lab-scsi-disk1,"));
+        // The guinea pigs and the hotplug ports are where they were.
+        assert!(line.contains("pcie-root-port,id=hp4,bus=pcie.0,addr=8.0,chassis=7,slot=7"));
+        assert!(line.contains("pcie-root-port,id=rp-nvme,bus=pcie.0,addr=9.0,chassis=8,slot=8"));
+    }
+
+    #[test]
     fn chassis_numbers_are_unique() {
         let args = MachineConfig::default().qemu_args(Accel::Kvm, &files());
         let mut chassis: Vec<&str> = args
@@ -220,6 +327,6 @@ mod tests {
         chassis.sort_unstable();
         chassis.dedup();
         assert_eq!(chassis.len(), n);
-        assert_eq!(n, 7);
+        assert_eq!(n, 10);
     }
 }

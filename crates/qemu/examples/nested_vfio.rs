@@ -2,7 +2,9 @@
 //! bound to vfio-pci in the guest, to a nested QEMU through the device manager and
 //! `QemuHypervisor`, in legacy (group) and iommufd (cdev) mode, hot and cold.
 //!
-//! Usage: `nested_vfio <DDDD:BB:SS.F>`; prints `NESTED-VFIO-OK` when every step passed. The
+//! Usage: `nested_vfio <DDDD:BB:SS.F>` or `nested_vfio mdev:<UUID> [--cold-only]`; prints
+//! `NESTED-VFIO-OK` when every step passed. An mdev goes in by `sysfsdev=` in legacy mode
+//! only (plugboard opens mdevs through their group); `--cold-only` skips its hot plug. The
 //! nested QEMU has no guest OS, so each hot unplug first times out (nobody acknowledges) and
 //! `system_reset` completes it, the same dance as `tests/bare_qemu.rs`.
 //!
@@ -18,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use plugboard_devices::{
-    DeviceIdentity, DeviceKind, DeviceManager, DeviceSpec, HostFunction, ManagerConfig, PciAddress,
-    PlugMode, VfioBackend, VfioFunction, VfioSpec,
+    DeviceIdentity, DeviceKind, DeviceManager, DeviceSpec, HostFunction, ManagerConfig, MdevUuid,
+    PciAddress, PlugMode, VfioBackend, VfioFunction, VfioSpec,
 };
 use plugboard_qemu::test_util::BareQemu;
 use plugboard_qemu::{DeviceRole, QemuConfig, QemuHypervisor, QemuId};
@@ -27,7 +29,35 @@ use serde_json::json;
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
 
-fn spec(bdf: &str, mode: PlugMode, cdev: bool) -> Result<DeviceSpec> {
+/// The spec of an mdev (`sysfsdev=` its resolved sysfs directory, through its group).
+fn mdev_spec(uuid: &str, mode: PlugMode) -> Result<DeviceSpec> {
+    let sysfs = std::fs::canonicalize(format!("/sys/bus/mdev/devices/{uuid}"))?;
+    let group: u32 = std::fs::read_link(sysfs.join("iommu_group"))?
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("no iommu_group")?
+        .parse()?;
+    Ok(DeviceSpec {
+        identity: DeviceIdentity::Path(PathBuf::from(format!("/dev/vfio/{group}"))),
+        mode,
+        kind: DeviceKind::Vfio(VfioSpec {
+            backend: VfioBackend::Group { group },
+            functions: vec![VfioFunction {
+                host: HostFunction::Mdev(uuid.parse::<MdevUuid>()?),
+                sysfs_path: sysfs,
+                class: None,
+                is_pcie: false,
+                large_bar: false,
+            }],
+        }),
+    })
+}
+
+fn spec(target: &str, mode: PlugMode, cdev: bool) -> Result<DeviceSpec> {
+    if let Some(uuid) = target.strip_prefix("mdev:") {
+        return mdev_spec(uuid, mode);
+    }
+    let bdf = target;
     let sysfs = PathBuf::from(format!("/sys/bus/pci/devices/{bdf}"));
     let group: u32 = std::fs::read_link(sysfs.join("iommu_group"))?
         .file_name()
@@ -260,23 +290,29 @@ fn group(bdf: &str) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    let mut args = std::env::args().skip(1);
-    let first = args
-        .next()
-        .ok_or("usage: nested_vfio [--group] <DDDD:BB:SS.F>")?;
-    if first == "--group" {
-        let bdf = args
-            .next()
-            .ok_or("usage: nested_vfio --group <DDDD:BB:SS.F>")?;
-        return group(&bdf);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let usage = "usage: nested_vfio <DDDD:BB:SS.F> | --group <DDDD:BB:SS.F> | mdev:<UUID> [--cold-only]";
+    let target = args.first().ok_or(usage)?;
+    if target == "--group" {
+        return group(args.get(1).ok_or(usage)?);
     }
-    let bdf = first;
-    if !Path::new(&format!("/sys/bus/pci/drivers/vfio-pci/{bdf}")).exists() {
-        return Err(format!("{bdf} is not bound to vfio-pci").into());
-    }
-    for cdev in [false, true] {
-        hot(&bdf, cdev)?;
-        cold(&bdf, cdev)?;
+    let cold_only = args.iter().any(|a| a == "--cold-only");
+    let modes: &[bool] = if let Some(uuid) = target.strip_prefix("mdev:") {
+        if !Path::new(&format!("/sys/bus/mdev/devices/{uuid}")).exists() {
+            return Err(format!("no mdev {uuid}").into());
+        }
+        &[false]
+    } else {
+        if !Path::new(&format!("/sys/bus/pci/drivers/vfio-pci/{target}")).exists() {
+            return Err(format!("{target} is not bound to vfio-pci").into());
+        }
+        &[false, true]
+    };
+    for &cdev in modes {
+        if !cold_only {
+            hot(target, cdev)?;
+        }
+        cold(target, cdev)?;
     }
     println!("NESTED-VFIO-OK");
     Ok(())

@@ -11,7 +11,7 @@ use crate::pci::VFIO_PCI;
 use crate::sysfs::Sysfs;
 
 use super::semantics::{Driver, FakeWriter, State};
-use super::spec::{MdevSpec, NodeSpec, PciSpec, ScsiSpec, UsbSpec};
+use super::spec::{MdevParent, MdevSpec, NodeSpec, PciSpec, ScsiSpec, UsbSpec};
 use super::{FakeError, FakeKernel, FakeKernelBuilder, tree};
 
 fn table(message: String) -> FakeError {
@@ -106,7 +106,7 @@ pub(crate) fn build(spec: &FakeKernelBuilder) -> Result<FakeKernel, FakeError> {
         tree::mkdir(&dev.join("vfio/devices"))?;
     }
     for mdev in &spec.mdevs {
-        mdev_device(&sys, mdev, &dirs)?;
+        mdev_device(&sys, &mut state, mdev, &dirs)?;
     }
     for usb in &spec.usb {
         usb_device(&sys, &dev, usb)?;
@@ -311,18 +311,34 @@ fn char_node(
 
 fn mdev_device(
     sys: &Path,
+    state: &mut State,
     mdev: &MdevSpec,
     dirs: &BTreeMap<PciAddress, PathBuf>,
 ) -> Result<(), FakeError> {
     crate::error::check_name("mdev", &mdev.uuid).map_err(|e| table(e.to_string()))?;
     crate::error::check_name("mdev type", &mdev.type_id).map_err(|e| table(e.to_string()))?;
-    let parent = parse(&mdev.parent)?;
-    let parent_dir = dirs.get(&parent).ok_or_else(|| {
-        table(format!(
-            "mdev {}: parent {parent} is not declared",
-            mdev.uuid
-        ))
-    })?;
+    let parent_dir = match &mdev.parent {
+        MdevParent::Pci(address) => {
+            let parent = parse(address)?;
+            dirs.get(&parent).cloned().ok_or_else(|| {
+                table(format!(
+                    "mdev {}: parent {parent} is not declared",
+                    mdev.uuid
+                ))
+            })?
+        }
+        MdevParent::Virtual(path) => {
+            if path.is_empty() || path.split('/').any(|p| p.is_empty() || p == "..") {
+                return Err(table(format!(
+                    "mdev {}: virtual parent {path:?} is not a relative path",
+                    mdev.uuid
+                )));
+            }
+            let dir = sys.join("devices/virtual").join(path);
+            tree::mkdir(&dir)?;
+            dir
+        }
+    };
     let type_dir = parent_dir.join("mdev_supported_types").join(&mdev.type_id);
     tree::file(&type_dir.join("name"), format!("{}\n", mdev.type_name))?;
     tree::file(
@@ -342,6 +358,9 @@ fn mdev_device(
         tree::file(&group_dir.join("type"), "DMA\n")?;
         tree::link(&group_dir, &dir.join("iommu_group"))?;
         tree::link(&dir, &group_dir.join("devices").join(&mdev.uuid))?;
+        state
+            .vfio_nodes(&dir, Some(group))
+            .map_err(|e| FakeError::io(&dir, e))?;
     }
     Ok(())
 }

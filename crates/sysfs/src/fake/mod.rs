@@ -72,7 +72,12 @@
 //!   `/dev/vfio/<group>` when it is the group's first VFIO member, the device's
 //!   `vfio-dev/vfioN/` (lowest free N, with `dev` and `uevent`) and
 //!   `/dev/vfio/devices/vfioN`; unbinding removes the cdev, and the group node goes with the
-//!   group's last VFIO member. `dev/char/M:m` links follow.
+//!   group's last VFIO member. `dev/char/M:m` links follow; a group node's minor is the
+//!   lowest free one (the kernel numbers them in creation order, not by group).
+//! - An mdev with an IOMMU group ([`MdevSpec::iommu_group`]) has its group node, its
+//!   `vfio-dev/vfioN` and `/dev/vfio/devices/vfioN` from the start, as a real mdev bound to
+//!   its vendor driver does; its parent is a PCI function or a virtual device
+//!   ([`MdevSpec::on_virtual_parent`], like the kernel's `mtty` sample).
 //! - `reset` accepts `1` and counts ([`FakeKernel::resets`]); `new_id`, `remove_id`,
 //!   `remove` and `rescan` fail with EPERM (Plugboard never uses them); writing a missing
 //!   attribute is ENOENT; other attributes just store the value.

@@ -213,21 +213,43 @@ impl State {
         if !self.is_vfio(driver) {
             return Ok(());
         }
-        if let Some(group) = Self::group_of(dir) {
+        self.vfio_nodes(dir, Self::group_of(dir))
+    }
+
+    /// What binding a VFIO driver creates: the group node `/dev/vfio/<group>` (if it is
+    /// not there yet) and, with cdev support, the device's `vfio-dev/vfioN` (lowest free N)
+    /// and `/dev/vfio/devices/vfioN`. An mdev gets the same from its vendor driver.
+    pub(crate) fn vfio_nodes(&mut self, dir: &Path, group: Option<u32>) -> io::Result<()> {
+        let io = |e: super::FakeError| io::Error::other(e.to_string());
+        if let Some(group) = group {
             let node = self.dev.join(format!("vfio/{group}"));
             if !node.exists() {
                 tree::file(&node, "").map_err(io)?;
+                // The kernel numbers group nodes' minors from 0 in creation order (the lab
+                // showed /dev/vfio/18 as 247:0), not by group number.
+                let prefix = format!("{VFIO_GROUP_MAJOR}:");
+                let taken: BTreeSet<u32> = attr::list_dir(&self.sys.join("dev/char"))
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|n| n.strip_prefix(&prefix).and_then(|m| m.parse().ok()))
+                    .collect();
+                let minor = (0..).find(|m| !taken.contains(m)).unwrap_or(0);
                 let class_dir = self.sys.join(format!("devices/virtual/vfio/{group}"));
                 tree::file(
                     &class_dir.join("uevent"),
-                    format!("MAJOR={VFIO_GROUP_MAJOR}\nMINOR={group}\nDEVNAME=vfio/{group}\n"),
+                    format!("MAJOR={VFIO_GROUP_MAJOR}\nMINOR={minor}\nDEVNAME=vfio/{group}\n"),
+                )
+                .map_err(io)?;
+                tree::file(
+                    &class_dir.join("dev"),
+                    format!("{VFIO_GROUP_MAJOR}:{minor}\n"),
                 )
                 .map_err(io)?;
                 tree::link(
                     &class_dir,
                     &self
                         .sys
-                        .join(format!("dev/char/{VFIO_GROUP_MAJOR}:{group}")),
+                        .join(format!("dev/char/{VFIO_GROUP_MAJOR}:{minor}")),
                 )
                 .map_err(io)?;
             }
@@ -292,12 +314,11 @@ impl State {
                 .any(|m| Self::current_driver(&members.join(m)).is_some_and(|d| self.is_vfio(&d)));
             if !still_open {
                 tree::remove(&self.dev.join(format!("vfio/{group}")))?;
-                tree::remove(
-                    &self
-                        .sys
-                        .join(format!("dev/char/{VFIO_GROUP_MAJOR}:{group}")),
-                )?;
-                tree::remove_dir(&self.sys.join(format!("devices/virtual/vfio/{group}")))?;
+                let class_dir = self.sys.join(format!("devices/virtual/vfio/{group}"));
+                if let Ok(number) = std::fs::read_to_string(class_dir.join("dev")) {
+                    tree::remove(&self.sys.join(format!("dev/char/{}", number.trim())))?;
+                }
+                tree::remove_dir(&class_dir)?;
             }
         }
         Ok(())

@@ -257,11 +257,27 @@ impl DriverSpec {
     }
 }
 
-/// A mediated device (`bus/mdev/devices/<uuid>`) on a PCI parent.
+/// Where an mdev's parent is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MdevParent {
+    /// A declared PCI function (a vGPU's card).
+    Pci(String),
+    /// A virtual device, `devices/virtual/<path>` (the kernel's `mtty` sample:
+    /// `mtty/mtty`).
+    Virtual(String),
+}
+
+/// A mediated device (`bus/mdev/devices/<uuid>`) on a PCI parent or a virtual one.
+///
+/// With an IOMMU group (a real mdev bound to its vendor driver always has one: VFIO gives
+/// it an emulated group) the mdev gets what its VFIO registration creates on a real
+/// kernel: `/dev/vfio/<group>` and, with cdev support, `vfio-dev/vfioN` and
+/// `/dev/vfio/devices/vfioN`, there from the moment the mdev exists (seen in the lab with
+/// `mtty`).
 #[derive(Debug, Clone)]
 pub struct MdevSpec {
     pub(crate) uuid: String,
-    pub(crate) parent: String,
+    pub(crate) parent: MdevParent,
     pub(crate) type_id: String,
     pub(crate) type_name: String,
     pub(crate) device_api: String,
@@ -274,11 +290,23 @@ impl MdevSpec {
     pub fn new(uuid: &str, parent: &str, type_id: &str) -> Self {
         Self {
             uuid: uuid.to_owned(),
-            parent: parent.to_owned(),
+            parent: MdevParent::Pci(parent.to_owned()),
             type_id: type_id.to_owned(),
             type_name: type_id.to_owned(),
             device_api: "vfio-pci".to_owned(),
             iommu_group: None,
+        }
+    }
+
+    /// An mdev on a virtual parent at `devices/virtual/<path>`, as the kernel's `mtty`
+    /// sample is (`path` `mtty/mtty`, types `mtty-1` and `mtty-2`): [`Mdev::parent`] reads
+    /// `None` for it.
+    ///
+    /// [`Mdev::parent`]: crate::Mdev::parent
+    pub fn on_virtual_parent(uuid: &str, path: &str, type_id: &str) -> Self {
+        Self {
+            parent: MdevParent::Virtual(path.to_owned()),
+            ..Self::new(uuid, "", type_id)
         }
     }
 

@@ -249,14 +249,22 @@ fn bind_and_reattach_round_trip_with_vfio_nodes() {
         .resolve_devnode(DevKind::Char, "242:0".parse().unwrap())
         .unwrap();
     assert_eq!(node, k.dev_root().join("vfio/devices/vfio0"));
+    // Group nodes' minors count from 0 in creation order, whatever the group number (as
+    // on the lab's real kernel, where /dev/vfio/18 is 247:0).
     let group_node = k
         .sysfs()
         .resolve_devnode(
             DevKind::Char,
-            format!("{VFIO_GROUP_MAJOR}:7").parse().unwrap(),
+            format!("{VFIO_GROUP_MAJOR}:0").parse().unwrap(),
         )
         .unwrap();
     assert_eq!(group_node, k.dev_root().join("vfio/7"));
+    k.sysfs()
+        .resolve_devnode(
+            DevKind::Char,
+            format!("{VFIO_GROUP_MAJOR}:7").parse().unwrap(),
+        )
+        .unwrap_err();
 
     // Binding again is a no-op.
     assert!(!solo.bind("vfio-pci").unwrap().changed);
@@ -873,4 +881,54 @@ fn every_record_round_trips_through_json() {
     round_trips(&DevKind::Block);
     assert_eq!(serde_json::to_value(DevKind::Char).unwrap(), "char");
     round_trips(&crate::Uevent::parse("MAJOR=8\nMINOR=0\nDEVNAME=sda\n").unwrap());
+}
+
+/// As the lab's real kernel shows the `mtty` sample: the parent is a virtual device (no
+/// PCI address), and the mdev has an emulated IOMMU group whose node, like the mdev's own
+/// VFIO cdev, exists from the moment the mdev does.
+#[test]
+fn an_mdev_on_a_virtual_parent_has_its_group_node_and_cdev_at_once() {
+    let uuid = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
+    let k = FakeKernel::builder()
+        .mdev(
+            MdevSpec::on_virtual_parent(uuid, "mtty/mtty", "mtty-2")
+                .type_name("Dual port serial")
+                .iommu_group(14),
+        )
+        .build()
+        .unwrap();
+    let s = k.sysfs();
+    let m = s.mdev(uuid).unwrap();
+    assert_eq!(m.parent, None);
+    assert_eq!(m.type_id, "mtty-2");
+    assert_eq!(m.type_name.as_deref(), Some("Dual port serial"));
+    assert_eq!(m.iommu_group, Some(14));
+    assert_eq!(
+        fs::canonicalize(&m.path).unwrap(),
+        fs::canonicalize(k.sysfs_root().join("devices/virtual/mtty/mtty"))
+            .unwrap()
+            .join(uuid)
+    );
+    assert!(k.dev_root().join("vfio/14").exists());
+    assert_eq!(
+        s.resolve_devnode(
+            DevKind::Char,
+            format!("{VFIO_GROUP_MAJOR}:0").parse().unwrap()
+        )
+        .unwrap(),
+        k.dev_root().join("vfio/14")
+    );
+    assert!(k.dev_root().join("vfio/devices/vfio0").exists());
+    assert!(m.path.join("vfio-dev/vfio0/dev").exists());
+    let group = s.iommu_group(14).unwrap();
+    assert!(group.members.is_empty());
+    assert_eq!(group.other_members, [uuid]);
+    assert!(group.is_viable());
+
+    // A parent path that climbs out is a table error.
+    let err = FakeKernel::builder()
+        .mdev(MdevSpec::on_virtual_parent(uuid, "../x", "mtty-2"))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, FakeError::Table(_)), "{err}");
 }
