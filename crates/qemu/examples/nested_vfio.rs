@@ -291,7 +291,8 @@ fn group(bdf: &str) -> Result<()> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: nested_vfio <DDDD:BB:SS.F> | --group <DDDD:BB:SS.F> | mdev:<UUID> [--cold-only]";
+    let usage =
+        "usage: nested_vfio <DDDD:BB:SS.F> | --group <DDDD:BB:SS.F> | mdev:<UUID> [--cold-only]";
     let target = args.first().ok_or(usage)?;
     if target == "--group" {
         return group(args.get(1).ok_or(usage)?);
