@@ -428,8 +428,8 @@ fn vfio_pci_into_a_nested_qemu_in_the_lab_guest() {
 
 /// The lab machine's other kinds into the nested QEMU: the NVMe controller (vfio-pci, both
 /// interfaces, hot and cold) and an mdev of the kernel's `mtty` sample (`sysfsdev=`,
-/// legacy, cold only: a function that is not PCIe gets no root port, and the QEMU backend
-/// refuses to hot-plug what has no port, `NoPort`).
+/// legacy, hot and cold: like every VFIO function it gets a root port of its own, issue 17
+/// item 2).
 #[test]
 #[ignore = "boots the lab guest (lab/run-tests.sh)"]
 fn nvme_and_an_mdev_into_a_nested_qemu_in_the_lab_guest() {
@@ -448,7 +448,7 @@ fn nvme_and_an_mdev_into_a_nested_qemu_in_the_lab_guest() {
         PLUGBOARD_QEMU=/usr/bin/qemu-system-x86_64 /usr/bin/nested_vfio $bdf
         uuid=83b8f4f2-509f-382f-3c1e-e6bfe0fa1002
         echo $uuid > /sys/devices/virtual/mtty/mtty/mdev_supported_types/mtty-1/create
-        PLUGBOARD_QEMU=/usr/bin/qemu-system-x86_64 /usr/bin/nested_vfio mdev:$uuid --cold-only
+        PLUGBOARD_QEMU=/usr/bin/qemu-system-x86_64 /usr/bin/nested_vfio mdev:$uuid
         echo 1 > /sys/bus/mdev/devices/$uuid/remove
     "#;
     nested(&mut guest, script, 2);
