@@ -96,3 +96,14 @@ pub fn allocation(
         })
         .collect())
 }
+
+/// A shared source is a source.
+impl<T: ClaimSource> ClaimSource for std::sync::Arc<T> {
+    fn claim(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<ResourceClaim, ClaimError>> + Send {
+        (**self).claim(namespace, name)
+    }
+}

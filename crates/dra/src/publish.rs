@@ -40,6 +40,29 @@ pub trait SliceStore: Send + Sync {
     fn delete(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
+/// A shared store is a store.
+impl<T: SliceStore> SliceStore for std::sync::Arc<T> {
+    fn list(
+        &self,
+        driver: &str,
+        node: &str,
+    ) -> impl Future<Output = Result<Vec<ResourceSlice>, StoreError>> + Send {
+        (**self).list(driver, node)
+    }
+    fn create(&self, slice: &ResourceSlice) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).create(slice)
+    }
+    fn replace(
+        &self,
+        slice: &ResourceSlice,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).replace(slice)
+    }
+    fn delete(&self, name: &str) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).delete(name)
+    }
+}
+
 /// What one publish did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PublishReport {
