@@ -101,7 +101,7 @@ impl Offer {
 
 /// The node's offers from its PCI devices (with their owners, as
 /// [`HostService::devices`](plugboard_service::HostService::devices) reads them) and its
-/// IOMMU groups, sorted by name. See the module documentation for the rules.
+/// IOMMU groups, sorted by name (as text, the order of the slices). See the module documentation for the rules.
 #[must_use]
 pub fn offers(devices: &[PciDeviceInfo], groups: &[IommuGroup]) -> Vec<Offer> {
     let mut offers = all_offers(devices, groups);
@@ -146,7 +146,7 @@ pub fn all_offers(devices: &[PciDeviceInfo], groups: &[IommuGroup]) -> Vec<Offer
             viable: group.is_viable(),
         });
     }
-    offers.sort_by_key(|o| o.name);
+    offers.sort_by_cached_key(|o| o.name.to_string());
     offers
 }
 

@@ -71,7 +71,7 @@ pub async fn publish_loop<S: SliceStore>(
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::warn!(error = %crate::error_chain(&e), "publishing ResourceSlices failed; trying again")
+                tracing::warn!(error = %crate::error_chain(&e), "publishing ResourceSlices failed; trying again");
             }
         }
         tokio::select! {

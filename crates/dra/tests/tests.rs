@@ -2,6 +2,11 @@
 //! generated clients on real Unix sockets (`grpc.rs`), and the ResourceSlices and their
 //! publishing against the stand-in API server (`slices.rs`).
 
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failure here is a test failure"
+)]
+
 mod grpc;
 mod slices;
 mod util;
