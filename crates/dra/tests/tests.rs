@@ -8,5 +8,6 @@
 )]
 
 mod grpc;
+mod run;
 mod slices;
 mod util;
