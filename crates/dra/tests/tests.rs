@@ -7,6 +7,7 @@
     reason = "test code: a failure here is a test failure"
 )]
 
+mod deploy;
 mod grpc;
 mod run;
 mod slices;
