@@ -171,6 +171,9 @@ pub enum ServeError {
     /// over a half-done state).
     #[error("recovering interrupted host-device operations failed")]
     Recover(#[source] ServiceError),
+    /// Recovery was lost (its thread panicked).
+    #[error("recovering interrupted host-device operations stopped unexpectedly")]
+    Lost(#[source] tokio::task::JoinError),
     /// A gRPC server stopped with an error.
     #[error("the {what} gRPC server failed")]
     Grpc {

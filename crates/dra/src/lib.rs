@@ -29,6 +29,7 @@
 mod cdi;
 mod claims;
 mod error;
+mod host;
 mod kube_api;
 mod offer;
 mod prepare;

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use plugboard_service::{Caller, DeviceQuery, HostService, HostdevRequest};
+use plugboard_service::{Caller, HostService, HostdevRequest};
 use plugboard_sysfs::PciAddress;
 use plugboard_vfio::{Interface, Mode};
 use tokio::sync::{Mutex, Notify};
@@ -25,7 +25,7 @@ use tokio::sync::{Mutex, Notify};
 use crate::cdi::{self, ContainerEdits, DeviceNode, Spec};
 use crate::claims::{Allocated, ClaimRef, ClaimSource, allocation};
 use crate::error::ClaimError;
-use crate::offer::{Offer, all_offers};
+use crate::offer::Offer;
 
 /// What the driver is and where it writes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,29 +154,17 @@ fn prepare_on_host(
             });
         }
     }
-    let inventory = host
-        .devices(&DeviceQuery {
-            names: false,
-            ..DeviceQuery::default()
-        })
-        .map_err(host_error("list"))?;
-    let groups = host.sysfs().iommu_groups().map_err(|source| {
-        host_error("list")(plugboard_service::ServiceError::Sysfs {
-            what: "IOMMU groups",
-            source,
-        })
-    })?;
-    let offers = all_offers(&inventory.devices, &groups);
-    let mut wanted: Vec<(&Allocated, &Offer)> = Vec::new();
+    // Only the devices named: a prepare must not read a node of thousands.
+    let mut found: Vec<Offer> = Vec::new();
     for a in allocated {
-        let offer = offers
-            .iter()
-            .find(|o| o.name.to_string() == a.device)
+        let offer = crate::host::find_offer(host, &a.device)
+            .map_err(host_error("list"))?
             .ok_or_else(|| ClaimError::UnknownDevice {
                 device: a.device.clone(),
             })?;
-        wanted.push((a, offer));
+        found.push(offer);
     }
+    let wanted: Vec<(&Allocated, &Offer)> = allocated.iter().zip(&found).collect();
     // What the claim holds already, and what someone else holds.
     let mut to_take: Vec<String> = Vec::new();
     for (a, offer) in &wanted {

@@ -4,12 +4,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use plugboard_service::{Caller, DeviceQuery, HostService};
+use plugboard_service::{Caller, HostService};
 use tokio::sync::{Notify, watch};
 
 use crate::claims::ClaimSource;
 use crate::error::{PublishError, ServeError};
-use crate::offer::{Offer, offers};
+use crate::offer::Offer;
 use crate::prepare::Driver;
 use crate::publish::{PublishReport, Publisher, SliceStore};
 use crate::server::{RegistrationStatus, Sockets, serve};
@@ -20,23 +20,9 @@ use crate::server::{RegistrationStatus, Sockets, serve};
 /// The host's devices or groups cannot be read.
 pub async fn current_offers(host: &Arc<HostService>) -> Result<Vec<Offer>, PublishError> {
     let host = Arc::clone(host);
-    tokio::task::spawn_blocking(move || {
-        let inventory = host
-            .devices(&DeviceQuery {
-                names: false,
-                ..DeviceQuery::default()
-            })
-            .map_err(PublishError::Host)?;
-        let groups = host.sysfs().iommu_groups().map_err(|source| {
-            PublishError::Host(plugboard_service::ServiceError::Sysfs {
-                what: "IOMMU groups",
-                source,
-            })
-        })?;
-        Ok(offers(&inventory.devices, &groups))
-    })
-    .await
-    .map_err(PublishError::Lost)?
+    tokio::task::spawn_blocking(move || crate::host::node_offers(&host).map_err(PublishError::Host))
+        .await
+        .map_err(PublishError::Lost)?
 }
 
 /// Publishes the node's offers once.
@@ -101,9 +87,7 @@ pub async fn run<C: ClaimSource + 'static, S: SliceStore + 'static>(
         let host = Arc::clone(&host);
         tokio::task::spawn_blocking(move || host.hostdev_recover(Caller::ROOT))
             .await
-            .map_err(|e| {
-                ServeError::Recover(plugboard_service::ServiceError::BadRequest(e.to_string()))
-            })?
+            .map_err(ServeError::Lost)?
             .map_err(ServeError::Recover)?
     };
     for r in &recovered.recovered {
