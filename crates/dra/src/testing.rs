@@ -1,0 +1,217 @@
+//! Stand-ins for the API server, for tests: [`MemorySlices`] keeps ResourceSlices with the
+//! semantics the publisher relies on (resourceVersion checked on update, names unique on
+//! create, every write counted), [`MemoryClaims`] answers claims from a map, and
+//! [`allocated_claim`] builds a claim the way the scheduler leaves it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, PoisonError};
+
+use k8s_openapi::api::resource::v1::{
+    AllocationResult, DeviceAllocationResult, DeviceRequestAllocationResult, ResourceClaim,
+    ResourceClaimStatus, ResourceSlice,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::claims::ClaimSource;
+use crate::error::{ClaimError, StoreError};
+use crate::publish::SliceStore;
+
+/// ResourceSlices in memory, with resourceVersions and write counts.
+#[derive(Debug, Default)]
+pub struct MemorySlices {
+    state: Mutex<SliceState>,
+}
+
+#[derive(Debug, Default)]
+struct SliceState {
+    slices: BTreeMap<String, ResourceSlice>,
+    version: u64,
+    writes: usize,
+    lists: usize,
+}
+
+impl MemorySlices {
+    /// An empty store.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SliceState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every slice stored, by name.
+    #[must_use]
+    pub fn slices(&self) -> Vec<ResourceSlice> {
+        self.state().slices.values().cloned().collect()
+    }
+
+    /// Writes (create, replace, delete) accepted so far.
+    #[must_use]
+    pub fn writes(&self) -> usize {
+        self.state().writes
+    }
+
+    /// Lists answered so far.
+    #[must_use]
+    pub fn lists(&self) -> usize {
+        self.state().lists
+    }
+
+    /// Changes slice `name` as another writer would: a new resourceVersion, so an update
+    /// carrying the old one conflicts.
+    pub fn touch(&self, name: &str) {
+        let mut state = self.state();
+        state.version += 1;
+        let version = state.version.to_string();
+        if let Some(slice) = state.slices.get_mut(name) {
+            slice.metadata.resource_version = Some(version);
+        }
+    }
+}
+
+impl SliceStore for MemorySlices {
+    async fn list(&self, driver: &str, node: &str) -> Result<Vec<ResourceSlice>, StoreError> {
+        let mut state = self.state();
+        state.lists += 1;
+        Ok(state
+            .slices
+            .values()
+            .filter(|s| s.spec.driver == driver && s.spec.node_name.as_deref() == Some(node))
+            .cloned()
+            .collect())
+    }
+
+    async fn create(&self, slice: &ResourceSlice) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let name = slice.metadata.name.clone().unwrap_or_default();
+        if state.slices.contains_key(&name) {
+            return Err(StoreError::Conflict(format!("{name} already exists")));
+        }
+        if slice.metadata.resource_version.is_some() {
+            return Err(StoreError::Other(
+                format!("{name}: resourceVersion must not be set on create").into(),
+            ));
+        }
+        state.version += 1;
+        let mut stored = slice.clone();
+        stored.metadata.resource_version = Some(state.version.to_string());
+        state.slices.insert(name, stored);
+        state.writes += 1;
+        Ok(())
+    }
+
+    async fn replace(&self, slice: &ResourceSlice) -> Result<(), StoreError> {
+        let mut state = self.state();
+        let name = slice.metadata.name.clone().unwrap_or_default();
+        let Some(current) = state.slices.get(&name) else {
+            return Err(StoreError::NotFound(name));
+        };
+        if current.metadata.resource_version != slice.metadata.resource_version {
+            return Err(StoreError::Conflict(format!(
+                "{name}: the object has been modified (resourceVersion {:?}, not {:?})",
+                current.metadata.resource_version, slice.metadata.resource_version
+            )));
+        }
+        state.version += 1;
+        let mut stored = slice.clone();
+        stored.metadata.resource_version = Some(state.version.to_string());
+        state.slices.insert(name, stored);
+        state.writes += 1;
+        Ok(())
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        let mut state = self.state();
+        if state.slices.remove(name).is_none() {
+            return Err(StoreError::NotFound(name.to_owned()));
+        }
+        state.writes += 1;
+        Ok(())
+    }
+}
+
+/// ResourceClaims in memory, by namespace and name.
+#[derive(Debug, Default)]
+pub struct MemoryClaims {
+    claims: Mutex<HashMap<(String, String), ResourceClaim>>,
+}
+
+impl MemoryClaims {
+    /// No claims.
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces `claim`.
+    pub fn put(&self, claim: ResourceClaim) {
+        let key = (
+            claim.metadata.namespace.clone().unwrap_or_default(),
+            claim.metadata.name.clone().unwrap_or_default(),
+        );
+        self.claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, claim);
+    }
+}
+
+impl ClaimSource for MemoryClaims {
+    async fn claim(&self, namespace: &str, name: &str) -> Result<ResourceClaim, ClaimError> {
+        self.claims
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned()
+            .ok_or_else(|| ClaimError::Read {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                source: format!("resourceclaims {name:?} not found").into(),
+            })
+    }
+}
+
+/// A claim as the scheduler leaves it: allocated `devices` (request, device) of `driver`'s
+/// pool `pool`.
+#[must_use]
+pub fn allocated_claim(
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    driver: &str,
+    pool: &str,
+    devices: &[(&str, &str)],
+) -> ResourceClaim {
+    ResourceClaim {
+        metadata: ObjectMeta {
+            namespace: Some(namespace.to_owned()),
+            name: Some(name.to_owned()),
+            uid: Some(uid.to_owned()),
+            ..ObjectMeta::default()
+        },
+        status: Some(ResourceClaimStatus {
+            allocation: Some(AllocationResult {
+                devices: Some(DeviceAllocationResult {
+                    results: Some(
+                        devices
+                            .iter()
+                            .map(|(request, device)| DeviceRequestAllocationResult {
+                                request: (*request).to_owned(),
+                                driver: driver.to_owned(),
+                                pool: pool.to_owned(),
+                                device: (*device).to_owned(),
+                                ..DeviceRequestAllocationResult::default()
+                            })
+                            .collect(),
+                    ),
+                    ..DeviceAllocationResult::default()
+                }),
+                ..AllocationResult::default()
+            }),
+            ..ResourceClaimStatus::default()
+        }),
+        ..ResourceClaim::default()
+    }
+}
