@@ -412,7 +412,23 @@ impl Container {
             return Err(GroupError::NotAttached { group: id });
         };
         self.attached.store(state.groups.len(), Ordering::Relaxed);
-        let unset = ioctl::group_unset_container(slot.file.as_fd());
+        let unset = match ioctl::group_unset_container(slot.file.as_fd()) {
+            // When the group's last device was unbound from vfio-pci (a holder that answered
+            // the request notifier and closed its device lets the unbind finish), the kernel
+            // detaches the group from the container itself and forgets the IOMMU group: the
+            // group fd then answers its status with ENODEV (or without CONTAINER_SET).
+            Err(err)
+                if err.raw_os_error() == Some(libc::EINVAL)
+                    && detached_by_the_kernel(slot.file.as_fd()) =>
+            {
+                debug!(
+                    group = id,
+                    "the kernel had already detached the group (its devices were unbound)"
+                );
+                Ok(())
+            }
+            other => other,
+        };
         // Closing the fd detaches the group in any case (the kernel's release does it).
         drop(slot);
         if state.groups.is_empty() && self.replay == DmaReplay::Off {
@@ -432,6 +448,14 @@ impl Container {
             what: "VFIO_GROUP_UNSET_CONTAINER",
             source,
         })
+    }
+}
+
+/// Whether the kernel itself detached this group from its container (see `release_group`).
+fn detached_by_the_kernel(group: BorrowedFd<'_>) -> bool {
+    match ioctl::group_status(group) {
+        Ok(flags) => flags & VFIO_GROUP_FLAGS_CONTAINER_SET == 0,
+        Err(err) => err.raw_os_error() == Some(libc::ENODEV),
     }
 }
 
