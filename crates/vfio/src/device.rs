@@ -426,15 +426,18 @@ impl VfioDevice {
         Ok(region)
     }
 
-    fn access_error(
+    /// The error for a failed `pread`/`pwrite`; built only on failure (the device name is
+    /// copied into it, which the hot path must not pay for).
+    #[cold]
+    fn access_failed(
         &self,
         index: u32,
         access: &'static str,
         offset: u64,
-    ) -> impl FnOnce(io::Error) -> VfioDeviceError {
-        let device = self.name.clone();
-        move |source| VfioDeviceError::Access {
-            device,
+        source: io::Error,
+    ) -> VfioDeviceError {
+        VfioDeviceError::Access {
+            device: self.name.clone(),
             region: pci_region_name(index),
             access,
             offset,
@@ -452,7 +455,7 @@ impl VfioDevice {
         let region = self.checked_region(index, "read", offset, buf.len())?;
         self.file()
             .read_exact_at(buf, region.offset + offset)
-            .map_err(self.access_error(index, "read", offset))
+            .map_err(|source| self.access_failed(index, "read", offset, source))
     }
 
     /// Writes `buf` at `offset` of region `index` through the device fd.
@@ -460,7 +463,7 @@ impl VfioDevice {
         let region = self.checked_region(index, "write", offset, buf.len())?;
         self.file()
             .write_all_at(buf, region.offset + offset)
-            .map_err(self.access_error(index, "write", offset))
+            .map_err(|source| self.access_failed(index, "write", offset, source))
     }
 
     /// Reads PCI config space (vfio-pci virtualises parts of it).
