@@ -274,9 +274,15 @@ impl IrqSet {
 
     /// Signal `fds[k]` for vector `start + k`; a `None` unwires that vector.
     pub(crate) fn eventfds(index: u32, start: u32, fds: &[Option<i32>]) -> Self {
+        Self::eventfds_for(VFIO_IRQ_SET_ACTION_TRIGGER, index, start, fds)
+    }
+
+    /// Eventfd data for `action`: trigger (the kernel signals them) or unmask (the kernel
+    /// unmasks when they are signalled).
+    pub(crate) fn eventfds_for(action: u32, index: u32, start: u32, fds: &[Option<i32>]) -> Self {
         let count = u32::try_from(fds.len()).unwrap_or(u32::MAX);
         let mut set = Self::header(
-            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+            VFIO_IRQ_SET_DATA_EVENTFD | action,
             index,
             start,
             count,
@@ -435,6 +441,28 @@ impl VfioDevice {
         self.mask_action(index, start, len, VFIO_IRQ_SET_ACTION_UNMASK, "unmask")
     }
 
+    /// Makes the kernel unmask vector `vector` of `index` whenever `fd` is signalled (INTx's
+    /// *resample* eventfd: a VMM gives the same eventfd to KVM as the irqfd's resamplefd, so
+    /// the guest's EOI unmasks the line without a trip through the VMM). `None` removes it.
+    pub fn set_unmask_eventfd(
+        &self,
+        index: IrqIndex,
+        vector: u32,
+        fd: Option<&EventFd>,
+    ) -> Result<(), IrqError> {
+        let info = self.irq(index)?;
+        if !info.flags.maskable() {
+            return Err(IrqError::NotMaskable {
+                device: self.name().to_owned(),
+                index,
+            });
+        }
+        self.checked_vectors(index, vector, 1)?;
+        let raw = [Some(fd.map_or(-1, AsRawFd::as_raw_fd))];
+        let set = IrqSet::eventfds_for(VFIO_IRQ_SET_ACTION_UNMASK, index.raw(), vector, &raw);
+        self.set_irqs(index, "set the unmask eventfd of", vector, 1, &set)
+    }
+
     /// Signals the eventfds of vectors `start .. start + len` as if the device had raised
     /// them (the kernel's loopback, for tests of the wiring).
     pub fn trigger_irq(&self, index: IrqIndex, start: u32, len: u32) -> Result<(), IrqError> {
@@ -532,6 +560,23 @@ mod set_tests {
                 1,
                 0,
                 0
+            ]
+        );
+        let resample = IrqSet::eventfds_for(
+            VFIO_IRQ_SET_ACTION_UNMASK,
+            VFIO_PCI_INTX_IRQ_INDEX,
+            0,
+            &[Some(5)],
+        );
+        assert_eq!(
+            resample.words(),
+            [
+                24,
+                VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_UNMASK,
+                0,
+                0,
+                1,
+                5
             ]
         );
         let unmask = IrqSet::no_data(VFIO_IRQ_SET_ACTION_UNMASK, VFIO_PCI_INTX_IRQ_INDEX, 0, 1);

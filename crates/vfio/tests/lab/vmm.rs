@@ -260,6 +260,25 @@ fn the_e1000e_raises_intx_which_masks_and_unmasks_in_both_modes() {
         );
         quiet(&bar0);
         device.unmask_irq(IrqIndex::Intx, 0, 1).unwrap();
+
+        // The resample eventfd: signalling it unmasks, as KVM does on the guest's EOI.
+        let resample = eventfd();
+        device
+            .set_unmask_eventfd(IrqIndex::Intx, 0, Some(&resample))
+            .unwrap();
+        raise(&bar0);
+        assert!(fired(&fd, FIRES_WITHIN), "{mode}: INTx with a resample fd");
+        quiet(&bar0);
+        raise(&bar0);
+        assert!(!fired(&fd, SILENT_FOR), "{mode}: automasked INTx fired");
+        resample.write(1).unwrap();
+        assert!(
+            fired(&fd, FIRES_WITHIN),
+            "{mode}: the pending INTx after the resample eventfd unmasked it"
+        );
+        quiet(&bar0);
+        device.set_unmask_eventfd(IrqIndex::Intx, 0, None).unwrap();
+        device.unmask_irq(IrqIndex::Intx, 0, 1).unwrap();
         device.disable_irq(IrqIndex::Intx).unwrap();
         println!("{mode}: INTx ok");
         drop(bar0);
