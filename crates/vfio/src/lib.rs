@@ -28,6 +28,13 @@
 //!   for (`auto` = cdev + iommufd where the kernel has it for that device, else legacy), with
 //!   clear errors for a device not on vfio-pci, a group that is not viable (naming the member
 //!   in the way), and a mode the kernel lacks.
+//! - What a VMM wires up on a [`VfioDevice`]: interrupts to eventfds
+//!   ([`VfioDevice::enable_irq`] for INTx, MSI and MSI-X, mask/unmask, the INTx resample
+//!   eventfd, and the [`VfioDevice::request_notifier`] by which the kernel asks for the device
+//!   back), BARs mapped into the process ([`VfioDevice::map_region`] → [`MappedRegion`], with
+//!   volatile accessors), the usable IOVA ranges ([`AddressSpace::iova_info`]; `map_dma`
+//!   outside them is refused before the kernel sees it), and the file to register with KVM's
+//!   VFIO device ([`VfioDevice::kvm_file`]).
 //! - [`open_for_vmm`] opens and binds a device for an unprivileged VMM and returns
 //!   [`VmmFds`], which can be sent over a Unix socket.
 //!
