@@ -613,6 +613,14 @@ mod tests {
     }
 
     #[test]
+    fn only_enodev_or_a_cleared_container_flag_means_the_kernel_detached_the_group() {
+        // A plain file answers ENOTTY: not a group the kernel detached, so the EINVAL of
+        // the unset stays an error.
+        let file = tempfile::tempfile().unwrap();
+        assert!(!detached_by_the_kernel(file.as_fd()));
+    }
+
+    #[test]
     fn a_regular_file_is_not_a_container() {
         // A plain file where the node should be: the API-version ioctl fails with ENOTTY,
         // and the error says which request on which path.
