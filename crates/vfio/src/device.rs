@@ -297,7 +297,13 @@ impl VfioDevice {
 
     /// Region `index`, if the device has it.
     pub fn region(&self, index: u32) -> Option<&RegionInfo> {
-        self.regions.iter().find(|r| r.index == index)
+        // Regions are kept in index order, so region `i` is usually at `i` (the BARs);
+        // only indexes after a missing one (VGA on a NIC) need the search.
+        let at = usize::try_from(index).ok()?;
+        match self.regions.get(at) {
+            Some(region) if region.index == index => Some(region),
+            _ => self.regions.iter().find(|r| r.index == index),
+        }
     }
 
     /// The IRQ indexes the device reports.
