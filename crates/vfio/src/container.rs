@@ -24,7 +24,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use tracing::{debug, info, warn};
 use vfio_bindings::bindings::vfio::{
@@ -32,9 +32,10 @@ use vfio_bindings::bindings::vfio::{
 };
 
 use crate::books::Books;
-use crate::dma::{AddressSpace, DmaError, check_range};
+use crate::dma::{AddressSpace, DmaError, check_range, check_ranges};
 use crate::group::{Group, GroupError};
 use crate::ioctl;
+use crate::iova::{IovaInfo, IovaRange, parse_type1_caps};
 use crate::node::open_node;
 use crate::refcount::{Acquired, RefCount, Released};
 
@@ -124,6 +125,8 @@ pub struct Container {
     /// without it by the DMA calls of a container that keeps no books.
     attached: AtomicUsize,
     state: Mutex<State>,
+    /// The IOVA ranges type1 accepts, read when a group joins; empty when unknown.
+    ranges: RwLock<Vec<IovaRange>>,
 }
 
 impl fmt::Debug for Container {
@@ -165,6 +168,7 @@ impl Container {
             replay,
             attached: AtomicUsize::new(0),
             state: Mutex::new(State::default()),
+            ranges: RwLock::new(Vec::new()),
         };
         container.check()?;
         debug!(path = %container.path.display(), "opened VFIO container");
@@ -189,6 +193,7 @@ impl Container {
             replay,
             attached: AtomicUsize::new(0),
             state: Mutex::new(State::default()),
+            ranges: RwLock::new(Vec::new()),
         };
         container.check()?;
         let flags = ioctl::group_status(group.as_fd()).map_err(|source| ContainerError::Ioctl {
@@ -207,6 +212,7 @@ impl Container {
                 users: RefCount::from_raw(1),
             },
         );
+        container.refresh_ranges(group_id);
         let container = Arc::new(container);
         let lease = Group::new(Arc::clone(&container), group_id);
         Ok((container, lease))
@@ -335,6 +341,7 @@ impl Container {
         }
         let users = RefCount::from_raw(1);
         self.add_group(&mut state, id, GroupSlot { file, users });
+        self.refresh_ranges(id);
         info!(group = id, container = %self.path.display(), "attached IOMMU group to the container (undone when its last device closes)");
         Ok(Group::new(Arc::clone(self), id))
     }
@@ -405,7 +412,23 @@ impl Container {
             return Err(GroupError::NotAttached { group: id });
         };
         self.attached.store(state.groups.len(), Ordering::Relaxed);
-        let unset = ioctl::group_unset_container(slot.file.as_fd());
+        let unset = match ioctl::group_unset_container(slot.file.as_fd()) {
+            // When the group's last device was unbound from vfio-pci (a holder that answered
+            // the request notifier and closed its device lets the unbind finish), the kernel
+            // detaches the group from the container itself and forgets the IOMMU group: the
+            // group fd then answers its status with ENODEV (or without CONTAINER_SET).
+            Err(err)
+                if err.raw_os_error() == Some(libc::EINVAL)
+                    && detached_by_the_kernel(slot.file.as_fd()) =>
+            {
+                debug!(
+                    group = id,
+                    "the kernel had already detached the group (its devices were unbound)"
+                );
+                Ok(())
+            }
+            other => other,
+        };
         // Closing the fd detaches the group in any case (the kernel's release does it).
         drop(slot);
         if state.groups.is_empty() && self.replay == DmaReplay::Off {
@@ -428,7 +451,47 @@ impl Container {
     }
 }
 
+/// Whether the kernel itself detached this group from its container (see `release_group`).
+fn detached_by_the_kernel(group: BorrowedFd<'_>) -> bool {
+    match ioctl::group_status(group) {
+        Ok(flags) => flags & VFIO_GROUP_FLAGS_CONTAINER_SET == 0,
+        Err(err) => err.raw_os_error() == Some(libc::ENODEV),
+    }
+}
+
 impl Container {
+    /// Asks type1 for its info (`VFIO_IOMMU_GET_INFO`): IOVA ranges, page sizes, mappings
+    /// left. Needs a group attached (the IOMMU set).
+    fn query_info(&self) -> io::Result<IovaInfo> {
+        let (info, bytes) = ioctl::type1_info(self.file.as_fd())?;
+        let (ranges, dma_avail) = parse_type1_caps(&bytes, info.cap_offset);
+        Ok(IovaInfo {
+            ranges,
+            page_sizes: info.iova_pgsizes,
+            dma_avail,
+        })
+    }
+
+    /// Reads the IOVA ranges again after group `id` joined (its reserved regions may cut
+    /// holes). If the kernel does not answer, the ranges become unknown and the kernel alone
+    /// judges each map.
+    fn refresh_ranges(&self, id: u32) {
+        let ranges = match self.query_info() {
+            Ok(info) => info.ranges,
+            Err(err) => {
+                warn!(group = id, error = %err, "cannot read the container's IOVA ranges; maps are not checked against them");
+                Vec::new()
+            }
+        };
+        debug!(group = id, ranges = %crate::iova::ranges_text(&ranges), "usable IOVA ranges");
+        *self.ranges.write().unwrap_or_else(PoisonError::into_inner) = ranges;
+    }
+
+    fn check_ranges(&self, iova: u64, len: u64) -> Result<(), DmaError> {
+        let ranges = self.ranges.read().unwrap_or_else(PoisonError::into_inner);
+        check_ranges(&ranges, iova, len, self)
+    }
+
     #[cold]
     fn no_iommu(&self) -> DmaError {
         DmaError::NoIommu {
@@ -461,6 +524,7 @@ impl AddressSpace for Container {
     unsafe fn map_dma(&self, iova: u64, len: usize, vaddr: *mut u8) -> Result<(), DmaError> {
         let vaddr = u64::try_from(vaddr.addr()).unwrap_or(u64::MAX);
         let (iova, len) = check_range(iova, len, vaddr)?;
+        self.check_ranges(iova, len)?;
         if self.replay == DmaReplay::Off {
             // No books, so no lock. A group that leaves meanwhile makes the kernel refuse
             // the call (EINVAL), which the error reports.
@@ -514,6 +578,19 @@ impl AddressSpace for Container {
         }
         Ok(())
     }
+
+    fn iova_info(&self) -> Result<IovaInfo, DmaError> {
+        if self.attached.load(Ordering::Relaxed) == 0 {
+            return Err(self.no_iommu());
+        }
+        let info = self.query_info().map_err(|source| DmaError::Query {
+            space: self.to_string(),
+            what: "VFIO_IOMMU_GET_INFO",
+            source,
+        })?;
+        *self.ranges.write().unwrap_or_else(PoisonError::into_inner) = info.ranges.clone();
+        Ok(info)
+    }
 }
 
 #[cfg(test)]
@@ -533,6 +610,14 @@ mod tests {
             panic!("{err:?}")
         };
         assert_eq!(source.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn only_enodev_or_a_cleared_container_flag_means_the_kernel_detached_the_group() {
+        // A plain file answers ENOTTY: not a group the kernel detached, so the EINVAL of
+        // the unset stays an error.
+        let file = tempfile::tempfile().unwrap();
+        assert!(!detached_by_the_kernel(file.as_fd()));
     }
 
     #[test]

@@ -24,11 +24,12 @@ use tracing::debug;
 use vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_REGION_INDEX;
 
 use crate::container::{Container, ContainerError, DmaReplay};
-use crate::dma::AddressSpace;
+use crate::dma::{AddressSpace, DmaError};
 use crate::group::{Group, GroupError};
 use crate::info::DeviceInfo;
 use crate::ioctl;
 use crate::iommufd::{AttachedCdev, CdevError, Iommufd, IommufdError};
+use crate::iova::IovaInfo;
 use crate::irq::IrqInfo;
 use crate::mode::Interface;
 use crate::region::{RegionError, RegionInfo, pci_region_name};
@@ -117,6 +118,17 @@ pub enum VfioDeviceError {
         /// The device name.
         device: String,
     },
+}
+
+/// The file a VMM registers with KVM's VFIO device for a [`VfioDevice`] (see
+/// [`VfioDevice::kvm_file`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KvmFileKind {
+    /// Legacy: the IOMMU group's fd (`/dev/vfio/<group>`).
+    Group,
+    /// iommufd: the device's own cdev fd (`/dev/vfio/devices/vfioN`).
+    DeviceCdev,
 }
 
 /// How the device is tied to its address space. Field order is drop order.
@@ -285,7 +297,13 @@ impl VfioDevice {
 
     /// Region `index`, if the device has it.
     pub fn region(&self, index: u32) -> Option<&RegionInfo> {
-        self.regions.iter().find(|r| r.index == index)
+        // Regions are kept in index order, so region `i` is usually at `i` (the BARs);
+        // only indexes after a missing one (VGA on a NIC) need the search.
+        let at = usize::try_from(index).ok()?;
+        match self.regions.get(at) {
+            Some(region) if region.index == index => Some(region),
+            _ => self.regions.iter().find(|r| r.index == index),
+        }
     }
 
     /// The IRQ indexes the device reports.
@@ -335,9 +353,50 @@ impl VfioDevice {
         }
     }
 
-    /// The device fd (for `VFIO_DEVICE_SET_IRQS`, mmap, or a KVM VFIO device).
+    /// The device fd (for `VFIO_DEVICE_SET_IRQS`, mmap, or, with iommufd, a KVM VFIO
+    /// device: see [`VfioDevice::kvm_file`]).
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.file().as_fd()
+    }
+
+    /// The IOVA ranges (and legacy: page sizes, mappings left) of the device's address
+    /// space, asked of the kernel now; see [`AddressSpace::iova_info`].
+    pub fn iova_info(&self) -> Result<IovaInfo, DmaError> {
+        match &self.io {
+            DeviceIo::Legacy { group, .. } => group.container().iova_info(),
+            DeviceIo::Iommufd(attached) => attached.iommufd().iova_info(),
+        }
+    }
+
+    /// A new fd for the file a VMM registers with KVM's VFIO pseudo-device
+    /// (`KVM_CREATE_DEVICE(KVM_DEV_TYPE_VFIO)`, then `KVM_SET_DEVICE_ATTR` with group
+    /// `KVM_DEV_VFIO_FILE` and attribute `KVM_DEV_VFIO_FILE_ADD`, the fd's number pointed to
+    /// by `addr`): the **group** fd in the legacy interface, the **device cdev** fd with
+    /// iommufd. KVM takes its own reference, so the returned fd may be closed after the
+    /// call; `KVM_DEV_VFIO_FILE_DEL` with the same file undoes it before the device closes.
+    /// KVM needs it for devices whose DMA is not cache-coherent (it then honours the guest's
+    /// WBINVD) and for the s390/PPC/KVMGT integrations.
+    pub fn kvm_file(&self) -> Result<OwnedFd, VfioDeviceError> {
+        let (what, fd) = match &self.io {
+            DeviceIo::Legacy { group, .. } => ("duplicating the group fd", group.try_clone_fd()),
+            DeviceIo::Iommufd(attached) => (
+                "duplicating the device cdev fd",
+                attached.file().as_fd().try_clone_to_owned(),
+            ),
+        };
+        fd.map_err(|source| VfioDeviceError::Ioctl {
+            device: self.name.clone(),
+            what: what.into(),
+            source,
+        })
+    }
+
+    /// Which kind of file [`VfioDevice::kvm_file`] returns: `group` or `device`.
+    pub fn kvm_file_kind(&self) -> KvmFileKind {
+        match self.io {
+            DeviceIo::Legacy { .. } => KvmFileKind::Group,
+            DeviceIo::Iommufd(_) => KvmFileKind::DeviceCdev,
+        }
     }
 
     fn checked_region(
@@ -373,15 +432,18 @@ impl VfioDevice {
         Ok(region)
     }
 
-    fn access_error(
+    /// The error for a failed `pread`/`pwrite`; built only on failure (the device name is
+    /// copied into it, which the hot path must not pay for).
+    #[cold]
+    fn access_failed(
         &self,
         index: u32,
         access: &'static str,
         offset: u64,
-    ) -> impl FnOnce(io::Error) -> VfioDeviceError {
-        let device = self.name.clone();
-        move |source| VfioDeviceError::Access {
-            device,
+        source: io::Error,
+    ) -> VfioDeviceError {
+        VfioDeviceError::Access {
+            device: self.name.clone(),
             region: pci_region_name(index),
             access,
             offset,
@@ -399,7 +461,7 @@ impl VfioDevice {
         let region = self.checked_region(index, "read", offset, buf.len())?;
         self.file()
             .read_exact_at(buf, region.offset + offset)
-            .map_err(self.access_error(index, "read", offset))
+            .map_err(|source| self.access_failed(index, "read", offset, source))
     }
 
     /// Writes `buf` at `offset` of region `index` through the device fd.
@@ -407,7 +469,7 @@ impl VfioDevice {
         let region = self.checked_region(index, "write", offset, buf.len())?;
         self.file()
             .write_all_at(buf, region.offset + offset)
-            .map_err(self.access_error(index, "write", offset))
+            .map_err(|source| self.access_failed(index, "write", offset, source))
     }
 
     /// Reads PCI config space (vfio-pci virtualises parts of it).

@@ -17,6 +17,8 @@ use std::sync::Arc;
 
 use tracing::warn;
 
+use crate::iova::{IovaInfo, IovaRange, ranges_text};
+
 /// The smallest IOMMU page. Ranges must be aligned to it; the kernel checks the IOMMU's own
 /// page-size bitmap on top of this.
 pub const DMA_PAGE_SIZE: u64 = 4096;
@@ -50,6 +52,13 @@ pub trait AddressSpace: fmt::Debug + Send + Sync {
     /// Unmaps `[iova, iova + len)`. The range must cover whole mappings made by
     /// [`AddressSpace::map_dma`]; the kernel refuses to split one.
     fn unmap_dma(&self, iova: u64, len: usize) -> Result<(), DmaError>;
+
+    /// Asks the kernel now which IOVAs this space accepts (and, legacy, how many more
+    /// mappings), so that a VMM can lay guest memory out there. The space keeps the ranges
+    /// and [`AddressSpace::map_dma`] refuses a range outside them
+    /// ([`DmaError::OutsideIovaRanges`]) before the kernel sees it; they are read again when
+    /// a device joins (its reserved regions may cut new holes).
+    fn iova_info(&self) -> Result<IovaInfo, DmaError>;
 }
 
 /// Why a DMA map or unmap failed. Every variant names the address space and the range.
@@ -72,6 +81,33 @@ pub enum DmaError {
     NoIommu {
         /// The address space.
         space: String,
+    },
+    /// The range is not inside one of the IOVA ranges the IOMMU accepts (see
+    /// [`AddressSpace::iova_info`]); nothing was asked of the kernel.
+    #[error(
+        "{space}: iova {iova:#x} length {len:#x} is outside the usable IOVA ranges {}",
+        ranges_text(ranges)
+    )]
+    OutsideIovaRanges {
+        /// The address space.
+        space: String,
+        /// The I/O virtual address asked for.
+        iova: u64,
+        /// The length asked for.
+        len: u64,
+        /// The ranges it accepts.
+        ranges: Vec<IovaRange>,
+    },
+    /// Asking the kernel about the address space failed.
+    #[error("{space}: {what} failed")]
+    Query {
+        /// The address space.
+        space: String,
+        /// Which request.
+        what: &'static str,
+        /// errno from the kernel.
+        #[source]
+        source: io::Error,
     },
     /// The kernel refused the mapping.
     #[error("{space}: mapping iova {iova:#x} length {len:#x} failed")]
@@ -131,6 +167,26 @@ pub(crate) fn check_range(iova: u64, len: usize, vaddr: u64) -> Result<(u64, u64
             iova,
             len: len64,
             vaddr,
+        })
+    }
+}
+
+/// Refuses `[iova, iova + len)` unless it lies inside one of `ranges` (empty: unknown, so
+/// accepted). `space` names the address space in the error.
+pub(crate) fn check_ranges(
+    ranges: &[IovaRange],
+    iova: u64,
+    len: u64,
+    space: &dyn fmt::Display,
+) -> Result<(), DmaError> {
+    if crate::iova::fits(ranges, iova, len) {
+        Ok(())
+    } else {
+        Err(DmaError::OutsideIovaRanges {
+            space: space.to_string(),
+            iova,
+            len,
+            ranges: ranges.to_vec(),
         })
     }
 }
@@ -231,6 +287,29 @@ mod tests {
     }
 
     #[test]
+    fn a_map_outside_the_ranges_is_refused_before_the_kernel_naming_them() {
+        let ranges = [
+            IovaRange {
+                start: 0,
+                last: 0xfedf_ffff,
+            },
+            IovaRange {
+                start: 0xfef0_0000,
+                last: 0x7f_ffff_ffff,
+            },
+        ];
+        check_ranges(&ranges, 0x1_0000_0000, 0x1000, &"container").unwrap();
+        let err = check_ranges(&ranges, 0x80_0000_0000, 0x1000, &"container").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "container: iova 0x8000000000 length 0x1000 is outside the usable IOVA ranges 0x0..=0xfedfffff, 0xfef00000..=0x7fffffffff"
+        );
+        assert!(matches!(err, DmaError::OutsideIovaRanges { ref ranges, .. } if ranges.len() == 2));
+        check_ranges(&ranges, 0xfee0_0000, 0x1000, &"container").unwrap_err();
+        check_ranges(&[], 0xfee0_0000, 0x1000, &"container").unwrap();
+    }
+
+    #[test]
     fn messages_name_the_space_and_range_once() {
         let err = DmaError::Map {
             space: "iommufd IOAS 2".into(),
@@ -265,6 +344,10 @@ mod tests {
                 .unwrap()
                 .push(format!("unmap {iova:#x} {len:#x}"));
             Ok(())
+        }
+
+        fn iova_info(&self) -> Result<IovaInfo, DmaError> {
+            Ok(IovaInfo::default())
         }
     }
 

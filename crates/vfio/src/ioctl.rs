@@ -17,8 +17,9 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::raw::{c_int, c_uint, c_ulong};
 
 use iommufd_bindings::{
-    IOMMUFD_CMD_DESTROY, IOMMUFD_CMD_IOAS_ALLOC, IOMMUFD_CMD_IOAS_MAP, IOMMUFD_CMD_IOAS_UNMAP,
-    IOMMUFD_TYPE, iommu_destroy, iommu_ioas_alloc, iommu_ioas_map, iommu_ioas_unmap,
+    IOMMUFD_CMD_DESTROY, IOMMUFD_CMD_IOAS_ALLOC, IOMMUFD_CMD_IOAS_IOVA_RANGES,
+    IOMMUFD_CMD_IOAS_MAP, IOMMUFD_CMD_IOAS_UNMAP, IOMMUFD_TYPE, iommu_destroy, iommu_ioas_alloc,
+    iommu_ioas_iova_ranges, iommu_ioas_map, iommu_ioas_unmap, iommu_iova_range,
     iommufd_ioas_map_flags_IOMMU_IOAS_MAP_FIXED_IOVA,
     iommufd_ioas_map_flags_IOMMU_IOAS_MAP_READABLE,
     iommufd_ioas_map_flags_IOMMU_IOAS_MAP_WRITEABLE,
@@ -27,7 +28,7 @@ use vfio_bindings::bindings::vfio::{
     VFIO_BASE, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_TYPE,
     vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_detach_iommufd_pt,
     vfio_device_info, vfio_group_status, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap,
-    vfio_irq_info, vfio_region_info,
+    vfio_iommu_type1_info, vfio_irq_info, vfio_irq_set, vfio_region_info,
 };
 use vmm_sys_util::ioctl::{
     ioctl, ioctl_with_mut_ptr, ioctl_with_mut_ref, ioctl_with_ptr, ioctl_with_ref, ioctl_with_val,
@@ -47,7 +48,9 @@ ioctl_io_nr!(VFIO_GROUP_GET_DEVICE_FD, VFIO, VFIO_BASE + 6);
 ioctl_io_nr!(VFIO_DEVICE_GET_INFO, VFIO, VFIO_BASE + 7);
 ioctl_io_nr!(VFIO_DEVICE_GET_REGION_INFO, VFIO, VFIO_BASE + 8);
 ioctl_io_nr!(VFIO_DEVICE_GET_IRQ_INFO, VFIO, VFIO_BASE + 9);
+ioctl_io_nr!(VFIO_DEVICE_SET_IRQS, VFIO, VFIO_BASE + 10);
 ioctl_io_nr!(VFIO_DEVICE_RESET, VFIO, VFIO_BASE + 11);
+ioctl_io_nr!(VFIO_IOMMU_GET_INFO, VFIO, VFIO_BASE + 12);
 ioctl_io_nr!(VFIO_IOMMU_MAP_DMA, VFIO, VFIO_BASE + 13);
 ioctl_io_nr!(VFIO_IOMMU_UNMAP_DMA, VFIO, VFIO_BASE + 14);
 ioctl_io_nr!(VFIO_DEVICE_BIND_IOMMUFD, VFIO, VFIO_BASE + 18);
@@ -55,6 +58,11 @@ ioctl_io_nr!(VFIO_DEVICE_ATTACH_IOMMUFD_PT, VFIO, VFIO_BASE + 19);
 ioctl_io_nr!(VFIO_DEVICE_DETACH_IOMMUFD_PT, VFIO, VFIO_BASE + 20);
 ioctl_io_nr!(IOMMU_DESTROY, IOMMUFD, IOMMUFD_CMD_DESTROY);
 ioctl_io_nr!(IOMMU_IOAS_ALLOC, IOMMUFD, IOMMUFD_CMD_IOAS_ALLOC);
+ioctl_io_nr!(
+    IOMMU_IOAS_IOVA_RANGES,
+    IOMMUFD,
+    IOMMUFD_CMD_IOAS_IOVA_RANGES
+);
 ioctl_io_nr!(IOMMU_IOAS_MAP, IOMMUFD, IOMMUFD_CMD_IOAS_MAP);
 ioctl_io_nr!(IOMMU_IOAS_UNMAP, IOMMUFD, IOMMUFD_CMD_IOAS_UNMAP);
 
@@ -143,6 +151,45 @@ pub(crate) fn unmap_dma(container: BorrowedFd<'_>, iova: u64, size: u64) -> io::
     // the unmapped size back into it. Unmapping only takes access away.
     check(unsafe { ioctl_with_mut_ref(&container, VFIO_IOMMU_UNMAP_DMA(), &mut unmap) })?;
     Ok(unmap.size)
+}
+
+/// `VFIO_IOMMU_GET_INFO` (type1), capability chain included: the info and the raw bytes the
+/// kernel wrote (the struct followed by its capabilities; `cap_offset` counts from the first
+/// byte). The container must have its IOMMU set (a group attached).
+pub(crate) fn type1_info(
+    container: BorrowedFd<'_>,
+) -> io::Result<(vfio_iommu_type1_info, Vec<u8>)> {
+    let header = argsz::<vfio_iommu_type1_info>();
+    let mut want = header;
+    // As for region info: the kernel raises `argsz` to what the chain needs.
+    for _ in 0..3 {
+        // u64 words keep the buffer 8-byte aligned, as `vfio_iommu_type1_info` needs.
+        let words = usize::try_from(want).unwrap_or(usize::MAX).div_ceil(8);
+        let mut buf = vec![0u64; words.max(size_of::<vfio_iommu_type1_info>() / 8)];
+        let info_ptr = buf.as_mut_ptr().cast::<vfio_iommu_type1_info>();
+        let info = vfio_iommu_type1_info {
+            argsz: want,
+            ..Default::default()
+        };
+        // SAFETY: `buf` is at least `size_of::<vfio_iommu_type1_info>()` bytes, 8-byte
+        // aligned and exclusively ours, so writing one struct at its start is in bounds.
+        unsafe { info_ptr.write(info) };
+        // SAFETY: `container` is open; `info_ptr` points at a buffer of `want` bytes or more
+        // whose first bytes are an initialised `vfio_iommu_type1_info` with `argsz = want`,
+        // so the kernel writes within it.
+        check(unsafe { ioctl_with_mut_ptr(&container, VFIO_IOMMU_GET_INFO(), info_ptr) })?;
+        // SAFETY: the buffer still holds the (now kernel-filled) struct written above.
+        let got = unsafe { info_ptr.read() };
+        if got.argsz <= want {
+            let len = usize::try_from(want.max(header)).unwrap_or(usize::MAX);
+            let bytes: Vec<u8> = buf.iter().flat_map(|w| w.to_ne_bytes()).take(len).collect();
+            return Ok((got, bytes));
+        }
+        want = got.argsz;
+    }
+    Err(io::Error::other(
+        "the IOMMU info's capability chain kept growing",
+    ))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -260,6 +307,30 @@ pub(crate) fn irq_info(device: BorrowedFd<'_>, index: u32) -> io::Result<vfio_ir
     Ok(info)
 }
 
+/// `VFIO_DEVICE_SET_IRQS`: `set` is a whole `vfio_irq_set` (header and data) as built by
+/// `crate::irq::IrqSet`, in 4-byte words so that it is aligned as the struct needs; its
+/// `argsz` says how many bytes the kernel reads. Eventfds in the data are only read: the
+/// kernel takes its own reference to each.
+pub(crate) fn device_set_irqs(device: BorrowedFd<'_>, set: &[u32]) -> io::Result<()> {
+    const HEADER: usize = size_of::<vfio_irq_set>();
+    let argsz = set.first().copied().unwrap_or(0);
+    let room = set.len().saturating_mul(4);
+    if room < HEADER || usize::try_from(argsz).map_or(true, |argsz| argsz > room) {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    // SAFETY: `device` is open; `set` is 4-byte aligned (the alignment of `vfio_irq_set`) and
+    // holds at least the header and the `argsz` bytes the kernel reads (checked above); the
+    // kernel only reads it.
+    check(unsafe {
+        ioctl_with_ptr(
+            &device,
+            VFIO_DEVICE_SET_IRQS(),
+            set.as_ptr().cast::<vfio_irq_set>(),
+        )
+    })?;
+    Ok(())
+}
+
 /// `VFIO_DEVICE_RESET`: a function-level (or bus/slot) reset done by vfio-pci.
 pub(crate) fn device_reset(device: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: `device` is open; this ioctl takes no argument.
@@ -371,6 +442,46 @@ pub(crate) unsafe fn ioas_map(
     Ok(())
 }
 
+/// `IOMMU_IOAS_IOVA_RANGES`: the IOVA ranges the IOAS accepts now, as `(start, last)` pairs
+/// (`last` inclusive), and the alignment the kernel wants for IOVAs in them.
+pub(crate) fn ioas_iova_ranges(
+    iommufd: BorrowedFd<'_>,
+    ioas_id: u32,
+) -> io::Result<(Vec<(u64, u64)>, u64)> {
+    let mut ranges: Vec<iommu_iova_range> = Vec::new();
+    // The first call (no room) returns EMSGSIZE with the count; a range added in between
+    // makes the second do the same, so ask a few times.
+    for _ in 0..4 {
+        let mut query = iommu_ioas_iova_ranges {
+            size: argsz::<iommu_ioas_iova_ranges>(),
+            ioas_id,
+            num_iovas: u32::try_from(ranges.len()).unwrap_or(u32::MAX),
+            __reserved: 0,
+            allowed_iovas: u64::try_from(ranges.as_mut_ptr().addr()).unwrap_or(0),
+            out_iova_alignment: 0,
+        };
+        // SAFETY: `iommufd` is open and `query` is a live struct of the size in its `size`;
+        // `allowed_iovas` points at `num_iovas` writable `iommu_iova_range`s (the vector's
+        // length, all initialised), so the kernel writes within them.
+        let ret =
+            check(unsafe { ioctl_with_mut_ref(&iommufd, IOMMU_IOAS_IOVA_RANGES(), &mut query) });
+        match ret {
+            Ok(_) => {
+                let count = usize::try_from(query.num_iovas).unwrap_or(usize::MAX);
+                ranges.truncate(count);
+                let pairs = ranges.iter().map(|r| (r.start, r.last)).collect();
+                return Ok((pairs, query.out_iova_alignment));
+            }
+            Err(err) if err.raw_os_error() == Some(libc::EMSGSIZE) => {
+                let count = usize::try_from(query.num_iovas).unwrap_or(0);
+                ranges = vec![iommu_iova_range::default(); count];
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(io::Error::other("the IOAS's IOVA ranges kept changing"))
+}
+
 /// `IOMMU_IOAS_UNMAP`: unmaps `[iova, iova + length)`; returns how many bytes went.
 pub(crate) fn ioas_unmap(
     iommufd: BorrowedFd<'_>,
@@ -402,13 +513,16 @@ mod tests {
         assert_eq!(VFIO_GROUP_GET_STATUS(), 0x3b67);
         assert_eq!(VFIO_GROUP_GET_DEVICE_FD(), 0x3b6a);
         assert_eq!(VFIO_DEVICE_GET_REGION_INFO(), 0x3b6c);
+        assert_eq!(VFIO_DEVICE_SET_IRQS(), 0x3b6e);
         assert_eq!(VFIO_DEVICE_RESET(), 0x3b6f);
+        assert_eq!(VFIO_IOMMU_GET_INFO(), 0x3b70);
         assert_eq!(VFIO_IOMMU_MAP_DMA(), 0x3b71);
         assert_eq!(VFIO_IOMMU_UNMAP_DMA(), 0x3b72);
         assert_eq!(VFIO_DEVICE_BIND_IOMMUFD(), 0x3b76);
         assert_eq!(VFIO_DEVICE_DETACH_IOMMUFD_PT(), 0x3b78);
         assert_eq!(IOMMU_DESTROY(), 0x3b80);
         assert_eq!(IOMMU_IOAS_ALLOC(), 0x3b81);
+        assert_eq!(IOMMU_IOAS_IOVA_RANGES(), 0x3b84);
         assert_eq!(IOMMU_IOAS_MAP(), 0x3b85);
         assert_eq!(IOMMU_IOAS_UNMAP(), 0x3b86);
     }

@@ -17,12 +17,13 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use tracing::{debug, warn};
 
-use crate::dma::{AddressSpace, DmaError, check_range};
+use crate::dma::{AddressSpace, DmaError, check_range, check_ranges};
 use crate::ioctl;
+use crate::iova::{IovaInfo, IovaRange, ranges_text};
 use crate::node::open_node;
 
 /// Why an iommufd could not be opened or set up.
@@ -56,6 +57,9 @@ pub struct Iommufd {
     file: OwnedFd,
     path: PathBuf,
     ioas: u32,
+    /// The IOVA ranges the IOAS accepts, read when it is made and when a device attaches or
+    /// detaches; empty when unknown.
+    ranges: RwLock<Vec<IovaRange>>,
 }
 
 impl fmt::Debug for Iommufd {
@@ -97,7 +101,42 @@ impl Iommufd {
             source,
         })?;
         debug!(path = %path.display(), ioas, "allocated an IOAS");
-        Ok(Arc::new(Self { file, path, ioas }))
+        let iommufd = Self {
+            file,
+            path,
+            ioas,
+            ranges: RwLock::new(Vec::new()),
+        };
+        iommufd.refresh_ranges();
+        Ok(Arc::new(iommufd))
+    }
+
+    fn query_info(&self) -> io::Result<IovaInfo> {
+        let (pairs, alignment) = ioctl::ioas_iova_ranges(self.file.as_fd(), self.ioas)?;
+        let mut ranges: Vec<IovaRange> = pairs
+            .into_iter()
+            .map(|(start, last)| IovaRange { start, last })
+            .collect();
+        ranges.sort_by_key(|r| r.start);
+        Ok(IovaInfo {
+            ranges,
+            page_sizes: alignment,
+            dma_avail: None,
+        })
+    }
+
+    /// Reads the IOAS's IOVA ranges again (a device that attached or detached changes its
+    /// reserved regions). If the kernel does not answer, they become unknown.
+    pub(crate) fn refresh_ranges(&self) {
+        let ranges = match self.query_info() {
+            Ok(info) => info.ranges,
+            Err(err) => {
+                warn!(ioas = self.ioas, error = %err, "cannot read the IOAS's IOVA ranges; maps are not checked against them");
+                Vec::new()
+            }
+        };
+        debug!(ioas = self.ioas, ranges = %ranges_text(&ranges), "usable IOVA ranges");
+        *self.ranges.write().unwrap_or_else(PoisonError::into_inner) = ranges;
     }
 
     /// The IOAS id that devices attach to.
@@ -125,6 +164,10 @@ impl AddressSpace for Iommufd {
     unsafe fn map_dma(&self, iova: u64, len: usize, vaddr: *mut u8) -> Result<(), DmaError> {
         let vaddr = u64::try_from(vaddr.addr()).unwrap_or(u64::MAX);
         let (iova, len) = check_range(iova, len, vaddr)?;
+        {
+            let ranges = self.ranges.read().unwrap_or_else(PoisonError::into_inner);
+            check_ranges(&ranges, iova, len, self)?;
+        }
         // SAFETY: our caller upholds `map_dma`'s contract for this range.
         unsafe { ioctl::ioas_map(self.file.as_fd(), self.ioas, iova, len, vaddr) }.map_err(
             |source| DmaError::Map {
@@ -156,6 +199,16 @@ impl AddressSpace for Iommufd {
             });
         }
         Ok(())
+    }
+
+    fn iova_info(&self) -> Result<IovaInfo, DmaError> {
+        let info = self.query_info().map_err(|source| DmaError::Query {
+            space: self.to_string(),
+            what: "IOMMU_IOAS_IOVA_RANGES",
+            source,
+        })?;
+        *self.ranges.write().unwrap_or_else(PoisonError::into_inner) = info.ranges.clone();
+        Ok(info)
     }
 }
 
@@ -250,6 +303,7 @@ impl AttachedCdev {
             source,
         })?;
         debug!(device, ioas = iommufd.ioas, "attached device to the IOAS");
+        iommufd.refresh_ranges();
         Ok(Self {
             file,
             iommufd: Arc::clone(iommufd),
@@ -276,7 +330,9 @@ impl AttachedCdev {
             return Ok(());
         }
         self.attached = false;
-        ioctl::device_detach_pt(self.file.as_fd())
+        let detached = ioctl::device_detach_pt(self.file.as_fd());
+        self.iommufd.refresh_ranges();
+        detached
     }
 }
 

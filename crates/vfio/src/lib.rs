@@ -28,6 +28,13 @@
 //!   for (`auto` = cdev + iommufd where the kernel has it for that device, else legacy), with
 //!   clear errors for a device not on vfio-pci, a group that is not viable (naming the member
 //!   in the way), and a mode the kernel lacks.
+//! - What a VMM wires up on a [`VfioDevice`]: interrupts to eventfds
+//!   ([`VfioDevice::enable_irq`] for INTx, MSI and MSI-X, mask/unmask, the INTx resample
+//!   eventfd, and the [`VfioDevice::request_notifier`] by which the kernel asks for the device
+//!   back), BARs mapped into the process ([`VfioDevice::map_region`] → [`MappedRegion`], with
+//!   volatile accessors), the usable IOVA ranges ([`AddressSpace::iova_info`]; `map_dma`
+//!   outside them is refused before the kernel sees it), and the file to register with KVM's
+//!   VFIO device ([`VfioDevice::kvm_file`]).
 //! - [`open_for_vmm`] opens and binds a device for an unprivileged VMM and returns
 //!   [`VmmFds`], which can be sent over a Unix socket.
 //!
@@ -61,7 +68,9 @@ mod group;
 mod info;
 mod ioctl;
 mod iommufd;
+mod iova;
 mod irq;
+mod mmap;
 mod mode;
 mod node;
 mod open;
@@ -69,14 +78,17 @@ mod refcount;
 mod region;
 
 pub use container::{Container, ContainerError, DmaReplay};
-pub use device::{VfioDevice, VfioDeviceError};
+pub use device::{KvmFileKind, VfioDevice, VfioDeviceError};
 pub use dma::{AddressSpace, DMA_PAGE_SIZE, DmaError, DmaMapping};
 pub use fds::{FdsError, VmmFds, open_for_vmm};
 pub use group::{Blocker, Group, GroupError};
 pub use info::{DeviceFlags, DeviceInfo};
 pub use iommufd::{CdevError, Iommufd, IommufdError};
-pub use irq::{IrqFlags, IrqInfo};
+pub use iova::{IovaInfo, IovaRange};
+pub use irq::{IrqError, IrqFlags, IrqIndex, IrqInfo};
+pub use mmap::{MappedArea, MappedRegion, MmapError};
 pub use mode::{Interface, Mode, ModeError, ModeParseError, select, select_mdev};
 pub use open::{OpenError, Vfio};
 pub use refcount::{Acquired, RefCount, RefCountError, Released};
 pub use region::{RegionCap, RegionError, RegionFlags, RegionInfo, SparseArea, pci_region_name};
+pub use vmm_sys_util::eventfd::EventFd;

@@ -14,6 +14,8 @@
 )]
 
 mod support;
+#[path = "lab/vmm.rs"]
+mod vmm;
 
 use std::os::unix::net::UnixStream;
 use std::path::Path;
