@@ -97,6 +97,32 @@ pub fn build_plugboard(root: &Path) -> Result<PathBuf> {
         })
 }
 
+/// Builds example `example` of package `package` (dev profile) and returns its executable:
+/// a probe a host-side test puts into the guest.
+pub fn build_example(root: &Path, package: &str, example: &str) -> Result<PathBuf> {
+    let out = cargo(
+        root,
+        &[
+            "build",
+            "-p",
+            package,
+            "--example",
+            example,
+            "--message-format=json-render-diagnostics",
+        ],
+    )?;
+    artifacts(&out)
+        .into_iter()
+        .find(|(target, _, _)| target == example)
+        .map(|(_, exe, _)| exe)
+        .ok_or_else(|| {
+            bad(
+                "cargo build --example",
+                format!("no {example} executable of {package} in its output"),
+            )
+        })
+}
+
 /// (target name, executable, package name) of every executable artifact in cargo's JSON.
 fn artifacts(json_lines: &[u8]) -> Vec<(String, PathBuf, String)> {
     let mut found = Vec::new();

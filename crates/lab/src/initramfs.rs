@@ -104,6 +104,24 @@ impl Initramfs {
         self
     }
 
+    /// Adds the host's QEMU as `/usr/bin/qemu-system-x86_64`, with the SeaBIOS image
+    /// Debian's QEMU looks for in `/usr/share/seabios`, for a nested QEMU in the guest.
+    /// `qemu` is a path, or a name looked up in `/usr/bin`.
+    pub fn add_qemu(&mut self, qemu: &Path) -> Result<&mut Self> {
+        let qemu = if qemu.is_absolute() {
+            qemu.to_path_buf()
+        } else {
+            Path::new("/usr/bin").join(qemu)
+        };
+        self.add_binary(&qemu, "/usr/bin/qemu-system-x86_64")?;
+        self.add_file(
+            Path::new("/usr/share/seabios/bios-256k.bin"),
+            "/usr/share/seabios/bios-256k.bin",
+            0o644,
+        );
+        Ok(self)
+    }
+
     /// Adds a host program at `guest` (an absolute guest path) together with the shared
     /// libraries it needs, each at its host path. A static program needs none.
     pub fn add_binary(&mut self, host: &Path, guest: &str) -> Result<&mut Self> {

@@ -103,37 +103,12 @@ fn a_disk_attached_through_the_daemon_reaches_the_guest_and_survives_a_restart()
     guest.shutdown().unwrap();
 }
 
-/// Builds `examples/nested_daemon_vfio.rs` (dev profile) and returns the executable.
-fn build_example(name: &str) -> std::path::PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args(["build", "-p", "plugboard", "--example", name])
-        .arg("--message-format=json")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["target"]["name"] == name)
-        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
-        .unwrap()
-}
-
 #[test]
 #[ignore = "boots the lab guest (lab/run-tests.sh)"]
 fn vfio_through_the_daemon_into_a_nested_qemu_by_descriptor_and_by_group() {
-    let probe = build_example("nested_daemon_vfio");
-    let qemu = plugboard_qemu::test_util::qemu_binary();
-    let qemu = if qemu.is_absolute() {
-        qemu
-    } else {
-        std::path::PathBuf::from("/usr/bin").join(qemu)
-    };
+    let root = plugboard_lab::workspace_root();
+    let probe =
+        plugboard_lab::cargo::build_example(&root, "plugboard", "nested_daemon_vfio").unwrap();
     let mut initramfs = plugboard_lab::Initramfs::new().unwrap();
     initramfs
         .add_binary(
@@ -141,16 +116,10 @@ fn vfio_through_the_daemon_into_a_nested_qemu_by_descriptor_and_by_group() {
             "/usr/bin/plugboard",
         )
         .unwrap()
-        .add_binary(&qemu, "/usr/bin/qemu-system-x86_64")
+        .add_qemu(&plugboard_qemu::test_util::qemu_binary())
         .unwrap()
         .add_binary(&probe, "/usr/bin/nested_daemon_vfio")
-        .unwrap()
-        // Debian's QEMU finds SeaBIOS in /usr/share/seabios (its firmware path).
-        .add_file(
-            std::path::Path::new("/usr/share/seabios/bios-256k.bin"),
-            "/usr/share/seabios/bios-256k.bin",
-            0o644,
-        );
+        .unwrap();
     let mut opts = plugboard_lab::BootOptions::default();
     opts.machine.memory_mib = 1536;
     let mut guest = Guest::boot(&opts, &initramfs).unwrap();

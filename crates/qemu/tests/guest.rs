@@ -334,54 +334,17 @@ fn vhost_user_fs_against_virtiofsd() {
     guest.shutdown().unwrap();
 }
 
-/// Builds `examples/nested_vfio.rs` (dev profile) and returns the executable.
-fn build_nested_vfio() -> std::path::PathBuf {
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = std::process::Command::new(cargo)
-        .args([
-            "build",
-            "-p",
-            "plugboard-qemu",
-            "--example",
-            "nested_vfio",
-            "--message-format=json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["target"]["name"] == "nested_vfio")
-        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
-        .unwrap()
-}
-
 /// A lab guest with QEMU, its BIOS and the `nested_vfio` probe in it.
 fn nested_guest() -> Guest {
-    let probe = build_nested_vfio();
-    let qemu = plugboard_qemu::test_util::qemu_binary();
-    let qemu = if qemu.is_absolute() {
-        qemu
-    } else {
-        std::path::PathBuf::from("/usr/bin").join(qemu)
-    };
+    let root = plugboard_lab::workspace_root();
+    let probe =
+        plugboard_lab::cargo::build_example(&root, "plugboard-qemu", "nested_vfio").unwrap();
     let mut initramfs = Initramfs::new().unwrap();
     initramfs
-        .add_binary(&qemu, "/usr/bin/qemu-system-x86_64")
+        .add_qemu(&plugboard_qemu::test_util::qemu_binary())
         .unwrap()
         .add_binary(&probe, "/usr/bin/nested_vfio")
-        .unwrap()
-        // Debian's QEMU finds SeaBIOS in /usr/share/seabios (its firmware path).
-        .add_file(
-            Path::new("/usr/share/seabios/bios-256k.bin"),
-            "/usr/share/seabios/bios-256k.bin",
-            0o644,
-        );
+        .unwrap();
     let mut opts = BootOptions::default();
     opts.machine.memory_mib = 1536;
     Guest::boot(&opts, &initramfs).unwrap()
