@@ -53,7 +53,13 @@ impl Service {
         ) {
             Ok(spec) => Ok(spec),
             Err(e) => {
-                self.release_passthrough(vm, &[address]);
+                // Everything this prepare took goes back: the whole group when asked for.
+                let taken = if whole_group {
+                    self.group_endpoints(address)
+                } else {
+                    vec![address]
+                };
+                self.release_passthrough(vm, &taken);
                 Err(e)
             }
         }
@@ -90,6 +96,22 @@ impl Service {
             .iommu_group()
             .ok()
             .flatten()
+    }
+
+    /// The endpoints of `address`'s IOMMU group (bridges left out, as a whole-group prepare
+    /// leaves them); just `address` when the group cannot be read.
+    fn group_endpoints(&self, address: PciAddress) -> Vec<PciAddress> {
+        let sysfs = self.host.sysfs();
+        self.iommu_group_of(address)
+            .and_then(|g| sysfs.iommu_group(g).ok())
+            .map(|g| {
+                g.members
+                    .iter()
+                    .filter(|m| !m.bridge)
+                    .map(|m| m.address)
+                    .collect()
+            })
+            .unwrap_or_else(|| vec![address])
     }
 
     /// Releases host PCI functions of `vm`, logging what could not be given back.

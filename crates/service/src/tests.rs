@@ -1013,6 +1013,47 @@ fn passthrough_uses_the_vfio_interface_the_service_is_configured_for() {
     assert_eq!(f.nic_driver().as_deref(), Some("e1000e"));
     assert!(svc.host().hostdevs().unwrap().pci.is_empty());
 
+    // The same refusal for a whole group gives every function of it back.
+    let pair = FakeKernel::builder()
+        .pci(
+            PciSpec::new("0000:03:00.0", 0x8086, 0x10d3)
+                .class(0x02_0000)
+                .iommu_group(9)
+                .driver("e1000e"),
+        )
+        .pci(
+            PciSpec::new("0000:03:00.1", 0x8086, 0x10d3)
+                .class(0x02_0000)
+                .iommu_group(9)
+                .driver("e1000e"),
+        )
+        .legacy_vfio_only()
+        .build()
+        .unwrap();
+    let mut g = fixture();
+    g.config.host.sysfs_root = pair.sysfs_root();
+    g.config.host.dev_root = pair.dev_root();
+    g.kernel = pair;
+    g.config.vfio_mode = plugboard_vfio::Mode::Iommufd;
+    let svc_g = service_with_vm_a(&g);
+    let whole = AttachRequest::Pci {
+        address: "0000:03:00.0".parse().unwrap(),
+        whole_group: true,
+    };
+    let err = svc_g.attach(Caller::ROOT, "a", &whole).unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Conflict, "{}", err.chain());
+    for f in ["0000:03:00.0", "0000:03:00.1"] {
+        let driver = g
+            .kernel
+            .sysfs()
+            .pci_device(f.parse().unwrap())
+            .unwrap()
+            .driver()
+            .unwrap();
+        assert_eq!(driver.as_deref(), Some("e1000e"), "{f}");
+    }
+    assert!(svc_g.host().hostdevs().unwrap().pci.is_empty());
+
     // auto on that kernel: the legacy group.
     f.config.vfio_mode = plugboard_vfio::Mode::Auto;
     drop(svc);
