@@ -104,14 +104,16 @@ impl Service {
         let sysfs = self.host.sysfs();
         self.iommu_group_of(address)
             .and_then(|g| sysfs.iommu_group(g).ok())
-            .map(|g| {
-                g.members
-                    .iter()
-                    .filter(|m| !m.bridge)
-                    .map(|m| m.address)
-                    .collect()
-            })
-            .unwrap_or_else(|| vec![address])
+            .map_or_else(
+                || vec![address],
+                |g| {
+                    g.members
+                        .iter()
+                        .filter(|m| !m.bridge)
+                        .map(|m| m.address)
+                        .collect()
+                },
+            )
     }
 
     /// Releases host PCI functions of `vm`, logging what could not be given back.
