@@ -20,15 +20,18 @@ struct Fixture {
 fn fixture() -> Fixture {
     fixture_over(
         FakeKernel::builder()
-            .pci(
-                PciSpec::new("0000:02:00.0", 0x8086, 0x10d3)
-                    .class(0x02_0000)
-                    .iommu_group(7)
-                    .driver("e1000e"),
-            )
+            .pci(e1000e("0000:02:00.0", 7))
             .build()
             .unwrap(),
     )
+}
+
+/// An e1000e NIC on its host driver, in IOMMU group `group`.
+fn e1000e(address: &str, group: u32) -> PciSpec {
+    PciSpec::new(address, 0x8086, 0x10d3)
+        .class(0x02_0000)
+        .iommu_group(group)
+        .driver("e1000e")
 }
 
 /// A fixture over `kernel`.
@@ -988,20 +991,13 @@ fn passthrough_uses_the_vfio_interface_the_service_is_configured_for() {
 
     // iommufd asked for on a kernel without it: refused, naming the missing node, and the
     // device is given back.
-    let kernel = FakeKernel::builder()
-        .pci(
-            PciSpec::new("0000:02:00.0", 0x8086, 0x10d3)
-                .class(0x02_0000)
-                .iommu_group(7)
-                .driver("e1000e"),
-        )
-        .legacy_vfio_only()
-        .build()
-        .unwrap();
-    let mut f = fixture();
-    f.config.host.sysfs_root = kernel.sysfs_root();
-    f.config.host.dev_root = kernel.dev_root();
-    f.kernel = kernel;
+    let mut f = fixture_over(
+        FakeKernel::builder()
+            .pci(e1000e("0000:02:00.0", 7))
+            .legacy_vfio_only()
+            .build()
+            .unwrap(),
+    );
     f.config.vfio_mode = plugboard_vfio::Mode::Iommufd;
     let svc = service_with_vm_a(&f);
     let err = svc
@@ -1014,26 +1010,14 @@ fn passthrough_uses_the_vfio_interface_the_service_is_configured_for() {
     assert!(svc.host().hostdevs().unwrap().pci.is_empty());
 
     // The same refusal for a whole group gives every function of it back.
-    let pair = FakeKernel::builder()
-        .pci(
-            PciSpec::new("0000:03:00.0", 0x8086, 0x10d3)
-                .class(0x02_0000)
-                .iommu_group(9)
-                .driver("e1000e"),
-        )
-        .pci(
-            PciSpec::new("0000:03:00.1", 0x8086, 0x10d3)
-                .class(0x02_0000)
-                .iommu_group(9)
-                .driver("e1000e"),
-        )
-        .legacy_vfio_only()
-        .build()
-        .unwrap();
-    let mut g = fixture();
-    g.config.host.sysfs_root = pair.sysfs_root();
-    g.config.host.dev_root = pair.dev_root();
-    g.kernel = pair;
+    let mut g = fixture_over(
+        FakeKernel::builder()
+            .pci(e1000e("0000:03:00.0", 9))
+            .pci(e1000e("0000:03:00.1", 9))
+            .legacy_vfio_only()
+            .build()
+            .unwrap(),
+    );
     g.config.vfio_mode = plugboard_vfio::Mode::Iommufd;
     let svc_g = service_with_vm_a(&g);
     let whole = AttachRequest::Pci {
