@@ -350,13 +350,28 @@ fn nested_guest() -> Guest {
     Guest::boot(&opts, &initramfs).unwrap()
 }
 
-/// Runs `script` in the guest (15 minutes at most) and expects `NESTED-VFIO-OK` from each
-/// of its `nested_vfio` runs.
+/// A shell function the guest scripts bind a function with: `on_vfio DDDD:BB:SS.F` moves
+/// it to vfio-pci (override, unbind, probe) and fails unless vfio-pci took it.
+const ON_VFIO: &str = r#"
+    on_vfio() {
+        echo vfio-pci > /sys/bus/pci/devices/$1/driver_override
+        [ ! -e /sys/bus/pci/devices/$1/driver ] || echo $1 > /sys/bus/pci/devices/$1/driver/unbind
+        echo $1 > /sys/bus/pci/drivers_probe
+        [ -e /sys/bus/pci/drivers/vfio-pci/$1 ]
+    }
+"#;
+
+/// Runs `script` (with [`ON_VFIO`] defined) in the guest (15 minutes at most) and expects
+/// `NESTED-VFIO-OK` from each of its `nested_vfio` runs.
 fn nested(guest: &mut Guest, script: &str, runs: usize) {
     let out = guest
-        .exec_with(script, Duration::from_secs(900), &mut |line| {
-            eprintln!("guest: {line}");
-        })
+        .exec_with(
+            &format!("{ON_VFIO}{script}"),
+            Duration::from_secs(900),
+            &mut |line| {
+                eprintln!("guest: {line}");
+            },
+        )
         .unwrap();
     assert!(
         out.success() && out.output.matches("NESTED-VFIO-OK").count() == runs,
@@ -379,10 +394,7 @@ fn vfio_pci_into_a_nested_qemu_in_the_lab_guest() {
           bdf=$(basename $d); break
         done
         [ -n "$bdf" ] || { echo "no single-device e1000e"; exit 1; }
-        echo vfio-pci > /sys/bus/pci/devices/$bdf/driver_override
-        [ ! -e /sys/bus/pci/devices/$bdf/driver ] || echo $bdf > /sys/bus/pci/devices/$bdf/driver/unbind
-        echo $bdf > /sys/bus/pci/drivers_probe
-        [ -e /sys/bus/pci/drivers/vfio-pci/$bdf ]
+        on_vfio $bdf
         PLUGBOARD_QEMU=/usr/bin/qemu-system-x86_64 /usr/bin/nested_vfio $bdf
     "#;
     nested(&mut guest, script, 1);
@@ -404,10 +416,7 @@ fn nvme_and_an_mdev_into_a_nested_qemu_in_the_lab_guest() {
           [ "$(cat $d/vendor):$(cat $d/device)" = "0x1b36:0x0010" ] && bdf=$(basename $d)
         done
         [ -n "$bdf" ] || { echo "no NVMe controller"; exit 1; }
-        echo vfio-pci > /sys/bus/pci/devices/$bdf/driver_override
-        [ ! -e /sys/bus/pci/devices/$bdf/driver ] || echo $bdf > /sys/bus/pci/devices/$bdf/driver/unbind
-        echo $bdf > /sys/bus/pci/drivers_probe
-        [ -e /sys/bus/pci/drivers/vfio-pci/$bdf ]
+        on_vfio $bdf
         PLUGBOARD_QEMU=/usr/bin/qemu-system-x86_64 /usr/bin/nested_vfio $bdf
         uuid=83b8f4f2-509f-382f-3c1e-e6bfe0fa1002
         echo $uuid > /sys/devices/virtual/mtty/mtty/mdev_supported_types/mtty-1/create
@@ -440,18 +449,19 @@ fn a_group_of_conventional_pci_functions_into_a_nested_qemu_in_the_lab_guest() {
         for m in /sys/bus/pci/devices/$bdf/iommu_group/devices/*; do
           m=$(basename $m)
           case "$(cat /sys/bus/pci/devices/$m/class)" in 0x0604*|0x0600*) continue;; esac
-          echo vfio-pci > /sys/bus/pci/devices/$m/driver_override
-          [ ! -e /sys/bus/pci/devices/$m/driver ] || echo $m > /sys/bus/pci/devices/$m/driver/unbind
-          echo $m > /sys/bus/pci/drivers_probe
-          [ -e /sys/bus/pci/drivers/vfio-pci/$m ]
+          on_vfio $m
           echo "$m on vfio-pci, config $(stat -c %s /sys/bus/pci/devices/$m/config) bytes"
         done
         PLUGBOARD_QEMU=/usr/bin/qemu-system-x86_64 /usr/bin/nested_vfio --group $bdf
     "#;
     let out = guest
-        .exec_with(script, Duration::from_secs(600), &mut |line| {
-            eprintln!("guest: {line}");
-        })
+        .exec_with(
+            &format!("{ON_VFIO}{script}"),
+            Duration::from_secs(600),
+            &mut |line| {
+                eprintln!("guest: {line}");
+            },
+        )
         .unwrap();
     assert!(
         out.success()
