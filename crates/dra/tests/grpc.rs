@@ -8,16 +8,37 @@ use plugboard_vfio::Mode;
 
 use crate::util::{DRIVER, NODE, Plugin, claim, driver_of, kernel, owner_of};
 
+type DraClient = dra_v1::dra_plugin_client::DraPluginClient<tonic::transport::Channel>;
+
 fn prepare_request(claims: &[dra_v1::Claim]) -> dra_v1::NodePrepareResourcesRequest {
     dra_v1::NodePrepareResourcesRequest {
         claims: claims.to_vec(),
     }
 }
 
-fn unprepare_request(claims: &[dra_v1::Claim]) -> dra_v1::NodeUnprepareResourcesRequest {
-    dra_v1::NodeUnprepareResourcesRequest {
+/// `NodePrepareResources` of `claims`, as the kubelet calls it; the call itself succeeds
+/// (per-claim errors are in the answer).
+async fn prepare(
+    dra: &mut DraClient,
+    claims: &[dra_v1::Claim],
+) -> dra_v1::NodePrepareResourcesResponse {
+    dra.node_prepare_resources(prepare_request(claims))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// `NodeUnprepareResources` of `claims`, as the kubelet calls it.
+async fn unprepare(
+    dra: &mut DraClient,
+    claims: &[dra_v1::Claim],
+) -> dra_v1::NodeUnprepareResourcesResponse {
+    dra.node_unprepare_resources(dra_v1::NodeUnprepareResourcesRequest {
         claims: claims.to_vec(),
-    }
+    })
+    .await
+    .unwrap()
+    .into_inner()
 }
 
 fn read_spec(plugin: &Plugin, uid: &str) -> CdiSpec {
@@ -87,11 +108,7 @@ async fn registration_handshake_names_the_dra_socket_and_both_versions() {
     let mut dra = dra_v1::dra_plugin_client::DraPluginClient::new(
         crate::util::connect(std::path::Path::new(&info.endpoint)).await,
     );
-    let answer = dra
-        .node_unprepare_resources(unprepare_request(&[]))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = unprepare(&mut dra, &[]).await;
     assert!(answer.claims.is_empty());
     plugin.stop().await;
     assert!(
@@ -108,13 +125,7 @@ async fn prepare_of_one_claim_takes_the_device_and_answers_its_cdi_id() {
     let plugin = Plugin::start(&kernel, dir.path(), Mode::Auto).await;
     plugin.allocate("vms", "nic", "uid-1", &[("nic", "pci-0000-02-00-0")]);
 
-    let answer = plugin
-        .dra()
-        .await
-        .node_prepare_resources(prepare_request(&[claim("vms", "nic", "uid-1")]))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = prepare(&mut plugin.dra().await, &[claim("vms", "nic", "uid-1")]).await;
     let one = &answer.claims["uid-1"];
     assert_eq!(one.error, "");
     assert_eq!(
@@ -177,17 +188,15 @@ async fn prepare_of_several_claims_answers_each_and_gives_a_group_whole() {
         &[("gpu", "pci-0000-3b-00-0"), ("nic", "pci-0000-05-00-0")],
     );
 
-    let answer = plugin
-        .dra()
-        .await
-        .node_prepare_resources(prepare_request(&[
+    let answer = prepare(
+        &mut plugin.dra().await,
+        &[
             claim("vms", "nic", "uid-1"),
             claim("vms", "pair", "uid-2"),
             claim("gpu", "both", "uid-3"),
-        ]))
-        .await
-        .unwrap()
-        .into_inner();
+        ],
+    )
+    .await;
     assert_eq!(answer.claims.len(), 3);
     for (uid, c) in &answer.claims {
         assert_eq!(c.error, "", "{uid}");
@@ -252,19 +261,11 @@ async fn unprepare_gives_the_devices_back_and_removes_the_spec() {
     plugin.allocate("vms", "pair", "uid-2", &[("pair", "iommu-group-5")]);
     let mut dra = plugin.dra().await;
     let claims = [claim("vms", "pair", "uid-2")];
-    let prepared = dra
-        .node_prepare_resources(prepare_request(&claims))
-        .await
-        .unwrap()
-        .into_inner();
+    let prepared = prepare(&mut dra, &claims).await;
     assert_eq!(prepared.claims["uid-2"].error, "");
     assert!(plugin.spec_path("uid-2").exists());
 
-    let answer = dra
-        .node_unprepare_resources(unprepare_request(&claims))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = unprepare(&mut dra, &claims).await;
     assert_eq!(answer.claims["uid-2"].error, "");
     for a in ["0000:01:01.0", "0000:01:02.0"] {
         assert_eq!(driver_of(&kernel, a).as_deref(), Some("e1000e"), "{a}");
@@ -273,11 +274,7 @@ async fn unprepare_gives_the_devices_back_and_removes_the_spec() {
     assert!(!plugin.spec_path("uid-2").exists());
 
     // Unprepare is retried too: the second one has nothing left to do.
-    let again = dra
-        .node_unprepare_resources(unprepare_request(&claims))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = unprepare(&mut dra, &claims).await;
     assert_eq!(again.claims["uid-2"].error, "");
     plugin.stop().await;
 }
@@ -287,13 +284,7 @@ async fn unprepare_of_an_unknown_claim_succeeds_and_changes_nothing() {
     let kernel = kernel(true);
     let dir = tempfile::tempdir().unwrap();
     let plugin = Plugin::start(&kernel, dir.path(), Mode::Auto).await;
-    let answer = plugin
-        .dra()
-        .await
-        .node_unprepare_resources(unprepare_request(&[claim("vms", "ghost", "uid-9")]))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = unprepare(&mut plugin.dra().await, &[claim("vms", "ghost", "uid-9")]).await;
     assert_eq!(answer.claims.len(), 1);
     assert_eq!(answer.claims["uid-9"].error, "");
     assert!(kernel.writes().is_empty());
@@ -307,17 +298,15 @@ async fn an_allocation_naming_a_vanished_device_fails_that_claim_alone() {
     let plugin = Plugin::start(&kernel, dir.path(), Mode::Auto).await;
     plugin.allocate("vms", "gone", "uid-4", &[("nic", "pci-0000-09-00-0")]);
     plugin.allocate("vms", "nic", "uid-1", &[("nic", "pci-0000-02-00-0")]);
-    let answer = plugin
-        .dra()
-        .await
-        .node_prepare_resources(prepare_request(&[
+    let answer = prepare(
+        &mut plugin.dra().await,
+        &[
             claim("vms", "gone", "uid-4"),
             claim("vms", "nic", "uid-1"),
             claim("vms", "unknown", "uid-5"),
-        ]))
-        .await
-        .unwrap()
-        .into_inner();
+        ],
+    )
+    .await;
     let gone = &answer.claims["uid-4"];
     assert!(gone.devices.is_empty());
     assert!(
@@ -365,13 +354,7 @@ async fn a_device_owned_by_a_vm_outside_kubernetes_is_never_given_to_a_claim() {
         )
         .unwrap();
     plugin.allocate("vms", "nic", "uid-6", &[("nic", "pci-0000-05-00-0")]);
-    let answer = plugin
-        .dra()
-        .await
-        .node_prepare_resources(prepare_request(&[claim("vms", "nic", "uid-6")]))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = prepare(&mut plugin.dra().await, &[claim("vms", "nic", "uid-6")]).await;
     let error = &answer.claims["uid-6"].error;
     assert_eq!(
         error,
@@ -427,13 +410,7 @@ async fn iommufd_mode_gives_dev_iommu_and_the_device_cdev() {
     let dir = tempfile::tempdir().unwrap();
     let plugin = Plugin::start(&kernel, dir.path(), Mode::Iommufd).await;
     plugin.allocate("vms", "nic", "uid-1", &[("nic", "pci-0000-02-00-0")]);
-    let answer = plugin
-        .dra()
-        .await
-        .node_prepare_resources(prepare_request(&[claim("vms", "nic", "uid-1")]))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = prepare(&mut plugin.dra().await, &[claim("vms", "nic", "uid-1")]).await;
     assert_eq!(answer.claims["uid-1"].error, "");
     let spec = read_spec(&plugin, "uid-1");
     let nodes = &spec.devices[0].container_edits.device_nodes;
@@ -483,13 +460,7 @@ async fn prepared_claims_survive_a_restart_of_the_plugin() {
         .into_inner();
     assert_eq!(again, first);
     assert_eq!(kernel.writes().len(), writes);
-    let answer = plugin
-        .dra()
-        .await
-        .node_unprepare_resources(unprepare_request(&[claim("vms", "nic", "uid-1")]))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = unprepare(&mut plugin.dra().await, &[claim("vms", "nic", "uid-1")]).await;
     assert_eq!(answer.claims["uid-1"].error, "");
     assert_eq!(
         driver_of(&kernel, "0000:02:00.0").as_deref(),
