@@ -118,13 +118,48 @@ impl PciAddress {
 }
 
 impl fmt::Display for PciAddress {
+    /// `DDDD:BB:SS.F`, lowercase, as the kernel names devices; written byte by byte
+    /// because a listing of many devices formats every address more than once.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:04x}:{:02x}:{:02x}.{:x}",
-            self.domain, self.bus, self.slot, self.function
-        )
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let digit = |value: u16, shift: u32| HEX[usize::from((value >> shift) & 0xf)];
+        let (bus, slot) = (u16::from(self.bus), u16::from(self.slot));
+        let text = [
+            digit(self.domain, 12),
+            digit(self.domain, 8),
+            digit(self.domain, 4),
+            digit(self.domain, 0),
+            b':',
+            digit(bus, 4),
+            digit(bus, 0),
+            b':',
+            digit(slot, 4),
+            digit(slot, 0),
+            b'.',
+            digit(u16::from(self.function), 0),
+        ];
+        // Every byte is an ASCII hex digit or punctuation.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
+}
+
+/// The canonical `DDDD:BB:SS.F` (what sysfs lists), parsed without splitting; `None` for
+/// any other shape, which the general parser then handles (and explains).
+fn parse_canonical(input: &[u8]) -> Option<PciAddress> {
+    let &[d0, d1, d2, d3, b':', b0, b1, b':', s0, s1, b'.', f0] = input else {
+        return None;
+    };
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let number = |digits: &[u8]| {
+        digits
+            .iter()
+            .try_fold(0u32, |acc, &b| Some((acc << 4) | hex(b)?))
+    };
+    let domain = u16::try_from(number(&[d0, d1, d2, d3])?).ok()?;
+    let bus = u8::try_from(number(&[b0, b1])?).ok()?;
+    let slot = u8::try_from(number(&[s0, s1])?).ok()?;
+    let function = u8::try_from(number(&[f0])?).ok()?;
+    PciAddress::new(domain, bus, slot, function).ok()
 }
 
 fn hex_field(
@@ -157,44 +192,52 @@ impl FromStr for PciAddress {
     /// Parses `DDDD:BB:SS.F` or `BB:SS.F` (domain 0), hex in either case. Surrounding
     /// whitespace is ignored (sysfs values end in a newline).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let input = s.trim();
-        let format = || PciAddressError::Format {
-            input: input.to_owned(),
-        };
-        let (head, function) = input.rsplit_once('.').ok_or_else(format)?;
-        let parts: Vec<&str> = head.split(':').collect();
-        let (domain, bus, slot) = match parts.as_slice() {
-            [bus, slot] => ("0", *bus, *slot),
-            [domain, bus, slot] => (*domain, *bus, *slot),
-            _ => return Err(format()),
-        };
-        let domain = hex_field(input, "domain", domain, 4)?;
-        let bus = hex_field(input, "bus", bus, 2)?;
-        let slot = hex_field(input, "slot", slot, 2)?;
-        let function = hex_field(input, "function", function, 1)?;
-        let range = |field, value, max: u8| PciAddressError::Range {
+        match parse_canonical(s.as_bytes()) {
+            Some(address) => Ok(address),
+            None => parse_general(s),
+        }
+    }
+}
+
+/// Any accepted shape, with an error that says what is wrong.
+fn parse_general(s: &str) -> Result<PciAddress, PciAddressError> {
+    let input = s.trim();
+    let format = || PciAddressError::Format {
+        input: input.to_owned(),
+    };
+    let (head, function) = input.rsplit_once('.').ok_or_else(format)?;
+    let parts: Vec<&str> = head.split(':').collect();
+    let (domain, bus, slot) = match parts.as_slice() {
+        [bus, slot] => ("0", *bus, *slot),
+        [domain, bus, slot] => (*domain, *bus, *slot),
+        _ => return Err(format()),
+    };
+    let domain = hex_field(input, "domain", domain, 4)?;
+    let bus = hex_field(input, "bus", bus, 2)?;
+    let slot = hex_field(input, "slot", slot, 2)?;
+    let function = hex_field(input, "function", function, 1)?;
+    let range = |field, value, max: u8| PciAddressError::Range {
+        input: input.to_owned(),
+        field,
+        value,
+        max: max.into(),
+    };
+    let slot = u8::try_from(slot).map_err(|_| range("slot", slot, PciAddress::MAX_SLOT))?;
+    let function = u8::try_from(function)
+        .map_err(|_| range("function", function, PciAddress::MAX_FUNCTION))?;
+    let domain = u16::try_from(domain).map_err(|_| format())?;
+    let bus = u8::try_from(bus).map_err(|_| format())?;
+    PciAddress::new(domain, bus, slot, function).map_err(|err| match err {
+        PciAddressError::Range {
+            field, value, max, ..
+        } => PciAddressError::Range {
             input: input.to_owned(),
             field,
             value,
-            max: max.into(),
-        };
-        let slot = u8::try_from(slot).map_err(|_| range("slot", slot, Self::MAX_SLOT))?;
-        let function =
-            u8::try_from(function).map_err(|_| range("function", function, Self::MAX_FUNCTION))?;
-        let domain = u16::try_from(domain).map_err(|_| format())?;
-        let bus = u8::try_from(bus).map_err(|_| format())?;
-        Self::new(domain, bus, slot, function).map_err(|err| match err {
-            PciAddressError::Range {
-                field, value, max, ..
-            } => PciAddressError::Range {
-                input: input.to_owned(),
-                field,
-                value,
-                max,
-            },
-            other => other,
-        })
-    }
+            max,
+        },
+        other => other,
+    })
 }
 
 impl Serialize for PciAddress {
@@ -289,6 +332,21 @@ mod tests {
                 prop_assert!(a.slot() <= PciAddress::MAX_SLOT);
                 prop_assert!(a.function() <= PciAddress::MAX_FUNCTION);
             }
+        }
+
+        #[test]
+        fn the_canonical_fast_path_agrees_with_the_general_parser(
+            s in "[0-9a-fA-Fg]{4}:[0-9a-fA-F]{2}:[0-9a-fA-F:]{2}[.:][0-9a-f.]",
+        ) {
+            prop_assert_eq!(parse_canonical(s.as_bytes()), parse_general(&s).ok());
+        }
+
+        #[test]
+        fn display_is_what_the_format_string_gives(
+            d in any::<u16>(), b in any::<u8>(), s in 0u8..=0x1f, f in 0u8..=7,
+        ) {
+            let a = PciAddress::new(d, b, s, f).unwrap();
+            prop_assert_eq!(a.to_string(), format!("{d:04x}:{b:02x}:{s:02x}.{f:x}"));
         }
 
         #[test]

@@ -5,6 +5,7 @@
 
 use std::fs;
 use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::SysfsError;
@@ -104,9 +105,7 @@ pub(crate) fn basename_of_link(
     read: io::Result<PathBuf>,
 ) -> Result<Option<String>, SysfsError> {
     match read {
-        Ok(target) => target
-            .file_name()
-            .and_then(|n| n.to_str())
+        Ok(target) => link_target_name(target.as_os_str().as_bytes())
             .map(|n| Some(n.to_owned()))
             .ok_or_else(|| {
                 SysfsError::parse(
@@ -118,6 +117,40 @@ pub(crate) fn basename_of_link(
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(SysfsError::read(path, e)),
     }
+}
+
+/// The last component of a symlink's target, as [`Path::file_name`] gives it (`None` for
+/// one that ends in `..`), and `None` when it is not UTF-8. Sysfs targets end in a plain
+/// name, which is found without parsing the whole path.
+pub(crate) fn link_target_name(target: &[u8]) -> Option<&str> {
+    match target.rsplit(|b| *b == b'/').next() {
+        Some(b"" | b"." | b"..") | None => Path::new(std::ffi::OsStr::from_bytes(target))
+            .file_name()
+            .and_then(|n| n.to_str()),
+        Some(name) => std::str::from_utf8(name).ok(),
+    }
+}
+
+/// The lines of `text` exactly as [`str::lines`] gives them (`\r\n` ends a line too), found
+/// with `memchr`: attributes are parsed for every device of a listing, and the generic
+/// `char` searcher behind `str::lines` costs more than the parsing itself.
+pub(crate) fn lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        match memchr::memchr(b'\n', rest.as_bytes()) {
+            Some(end) => {
+                // `\n` is ASCII, so both ends are character boundaries.
+                let (line, next) = (&rest[..end], &rest[end + 1..]);
+                rest = next;
+                Some(line.strip_suffix('\r').unwrap_or(line))
+            }
+            // A last line without `\n` keeps a final `\r`, as `str::lines` does.
+            None => Some(std::mem::take(&mut rest)),
+        }
+    })
 }
 
 /// The names in a directory, sorted. A missing directory is an empty list.
@@ -141,4 +174,33 @@ pub(crate) fn list_dir(path: &Path) -> Result<Vec<String>, SysfsError> {
 /// True when `path` is a directory (following symlinks); errors count as "no".
 pub(crate) fn is_dir(path: &Path) -> bool {
     fs::metadata(path).is_ok_and(|m| m.is_dir())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn lines_are_the_lines_str_gives() {
+        for text in [
+            "", "\n", "a", "a\n", "a\r\nb", "a\n\nb\n", "\r\n", "a\r", "x\ry\n", "é\nü",
+        ] {
+            let ours: Vec<&str> = super::lines(text).collect();
+            let std: Vec<&str> = text.lines().collect();
+            assert_eq!(ours, std, "{text:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn lines_match_str_lines_on_any_text(text in "[a\r\né]{0,16}") {
+            let ours: Vec<&str> = super::lines(&text).collect();
+            let std: Vec<&str> = text.lines().collect();
+            proptest::prop_assert_eq!(ours, std);
+        }
+
+        #[test]
+        fn link_target_name_is_what_path_file_name_gives(target in "[a./]{0,10}") {
+            let by_path = std::path::Path::new(&target).file_name().and_then(|n| n.to_str());
+            proptest::prop_assert_eq!(super::link_target_name(target.as_bytes()), by_path);
+        }
+    }
 }

@@ -8,8 +8,7 @@
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStringExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 
@@ -123,13 +122,16 @@ impl Dir {
         Ok((u64::try_from(stat.st_size).unwrap_or(0), done))
     }
 
-    /// The target of the symlink `name`, not followed.
-    pub(crate) fn read_link(&self, name: &str) -> io::Result<PathBuf> {
-        let target = rustix::fs::readlinkat(&self.fd, name, Vec::new())?;
-        let bytes = target.into_bytes();
-        Ok(PathBuf::from(
-            <std::ffi::OsString as OsStringExt>::from_vec(bytes),
-        ))
+    /// Calls `f` with the target of the symlink `name` (not followed), read into a buffer
+    /// on the stack: sysfs link targets are far shorter than a page, and a longer one is
+    /// refused with `ENAMETOOLONG` rather than cut short.
+    pub(crate) fn with_link<T>(&self, name: &str, f: impl FnOnce(&[u8]) -> T) -> io::Result<T> {
+        let mut buf = [MaybeUninit::<u8>::uninit(); SMALL];
+        let (target, rest) = rustix::fs::readlinkat_raw(&self.fd, name, &mut buf)?;
+        if rest.is_empty() {
+            return Err(rustix::io::Errno::NAMETOOLONG.into());
+        }
+        Ok(f(target))
     }
 
     /// The size of `name` (following symlinks).

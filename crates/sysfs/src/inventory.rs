@@ -5,8 +5,11 @@
 //! the listing: it is reported in [`Inventory::problems`] instead.
 
 use std::collections::BTreeSet;
+use std::ffi::OsStr;
 use std::io;
-use std::path::Path;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -269,8 +272,9 @@ impl Sysfs {
     /// The sysfs root and `bus/pci/devices` are opened once; each device's link is read
     /// relative to the latter and its real directory opened relative to the former, so no
     /// path is walked from `/` per device. On hosts with many devices the work is spread
-    /// over the available cores (512 devices a thread at least), each thread
-    /// reading a contiguous run of addresses, so the order stays the address order.
+    /// over the available cores (512 devices a thread at least), the threads taking runs
+    /// of 128 addresses in turn; the runs are put back in order, so the listing stays in
+    /// address order.
     pub fn pci_inventory(&self) -> Result<Inventory, SysfsError> {
         let devices_dir = self.pci_devices_dir();
         let addresses = self.pci_addresses()?;
@@ -297,22 +301,37 @@ impl Sysfs {
         if threads == 1 {
             return Ok(at.read_all(&addresses));
         }
-        let chunk = addresses.len().div_ceil(threads);
-        let parts: Vec<Inventory> = std::thread::scope(|scope| {
-            let handles: Vec<_> = addresses
-                .chunks(chunk)
-                .map(|run| scope.spawn(|| at.read_all(run)))
+        // Runs of addresses handed out in turn, so a thread whose devices cost more (PFs
+        // with VFs, VFIO-bound ones) does not leave the others idle at the end; each run's
+        // result goes to its own slot, so the listing keeps the address order.
+        let runs: Vec<&[PciAddress]> = addresses.chunks(RUN).collect();
+        let next = AtomicUsize::new(0);
+        let mut parts: Vec<(usize, Inventory)> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut done = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            let Some(run) = runs.get(i) else { break };
+                            done.push((i, at.read_all(run)));
+                        }
+                        done
+                    })
+                })
                 .collect();
             handles
                 .into_iter()
-                .map(|h| {
+                .flat_map(|h| {
                     h.join()
                         .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
                 })
                 .collect()
         });
+        parts.sort_unstable_by_key(|(i, _)| *i);
         let mut inventory = Inventory::default();
-        for part in parts {
+        inventory.devices.reserve(addresses.len());
+        for (_, part) in parts {
             inventory.devices.extend(part.devices);
             inventory.problems.extend(part.problems);
         }
@@ -328,6 +347,10 @@ impl Sysfs {
 /// The least number of devices worth a thread of their own: below this, starting the
 /// thread and the allocator arena it brings costs more than it saves.
 const PER_THREAD: usize = 512;
+
+/// How many devices a thread takes at a time: small enough that the threads finish
+/// together, large enough that taking the next run costs nothing.
+const RUN: usize = 128;
 
 /// Opens devices relative to directories held open for the whole listing.
 struct Opener<'a> {
@@ -362,23 +385,83 @@ impl Opener<'_> {
     /// The device at `address` with its directory open; `None` when it has gone.
     fn open(&self, address: PciAddress) -> Result<Option<PciDevice>, SysfsError> {
         let name = address.to_string();
-        let link = self.devices_dir.join(&name);
-        let path = match self.devices.read_link(&name) {
-            Ok(target) => attr::join_link(self.devices_dir, &target),
+        let link = self.devices.with_link(&name, |target| {
+            below_root(target).ok_or_else(|| {
+                attr::join_link(self.devices_dir, Path::new(OsStr::from_bytes(target)))
+            })
+        });
+        let (path, opened) = match link {
+            // The real directory relative to the open root: no symlink to follow.
+            Ok(Ok(relative)) => (
+                self.sysfs.root().join(&relative),
+                self.root.open_dir(&relative),
+            ),
+            Ok(Err(path)) => {
+                let opened = self.open_path(&path);
+                (path, opened)
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             // Not a symlink (EINVAL) or unreadable: the entry itself; reads will say why.
-            Err(_) => link.clone(),
-        };
-        // The real directory relative to the open root (no symlink to follow) when the
-        // link stays inside the tree, as sysfs links do.
-        let opened = match path.strip_prefix(self.sysfs.root()) {
-            Ok(relative) => self.root.open_dir(relative),
-            Err(_) => Dir::open(&path),
+            Err(_) => {
+                let path = self.devices_dir.join(&name);
+                let opened = self.open_path(&path);
+                (path, opened)
+            }
         };
         match opened {
             Ok(dir) => Ok(Some(PciDevice::with_dir(self.sysfs, address, path, dir))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(SysfsError::read(&path, e)),
+        }
+    }
+
+    /// Opens `path` relative to the open root when it is inside the tree, as sysfs links
+    /// stay.
+    fn open_path(&self, path: &Path) -> io::Result<Dir> {
+        match path.strip_prefix(self.sysfs.root()) {
+            Ok(relative) => self.root.open_dir(relative),
+            Err(_) => Dir::open(path),
+        }
+    }
+}
+
+/// The part below the sysfs root of a `bus/pci/devices/<address>` link that goes up to the
+/// root and then down by plain names, as the kernel's links do
+/// (`../../../devices/pci0000:00/0000:00:01.0`); `None` for any other target.
+fn below_root(target: &[u8]) -> Option<PathBuf> {
+    // `bus/pci/devices` is three levels below the sysfs root.
+    let rest = target.strip_prefix(b"../../../")?;
+    rest.split(|b| *b == b'/')
+        .all(|part| !matches!(part, b"" | b"." | b".."))
+        .then(|| OsStr::from_bytes(rest).into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::below_root;
+    use std::path::Path;
+
+    #[test]
+    fn kernel_shaped_links_are_read_below_the_root_and_others_are_resolved() {
+        assert_eq!(
+            below_root(b"../../../devices/pci0000:00/0000:00:01.0").as_deref(),
+            Some(Path::new("devices/pci0000:00/0000:00:01.0"))
+        );
+        for other in [
+            &b"../../devices/pci0000:00/0000:00:01.0"[..],
+            b"../../../devices/../pci0000:00/0000:00:01.0",
+            b"../../../devices/./0000:00:01.0",
+            b"../../../devices//0000:00:01.0",
+            b"../../../",
+            b"/sys/devices/pci0000:00/0000:00:01.0",
+            b"../../../../devices/pci0000:00/0000:00:01.0",
+        ] {
+            assert_eq!(
+                below_root(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
         }
     }
 }

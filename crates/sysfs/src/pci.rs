@@ -9,6 +9,7 @@
 use std::fmt;
 use std::fs::{self, File};
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -379,7 +380,21 @@ impl PciDevice {
         let Some(dir) = &self.dir else {
             return attr::link_basename(&self.attr_path(name));
         };
-        attr::basename_of_link(&self.attr_path(name), dir.read_link(name))
+        let read = dir.with_link(name, |target| {
+            attr::link_target_name(target)
+                .map(str::to_owned)
+                .ok_or_else(|| String::from_utf8_lossy(target).into_owned())
+        });
+        match read {
+            Ok(Ok(basename)) => Ok(Some(basename)),
+            Ok(Err(target)) => Err(SysfsError::parse(
+                &self.attr_path(name),
+                &target,
+                "a symlink to a named object",
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(SysfsError::read(&self.attr_path(name), e)),
+        }
     }
 
     fn link_address(&self, name: &str) -> Result<Option<PciAddress>, SysfsError> {
@@ -454,11 +469,10 @@ impl PciDevice {
     /// header type), read as two dwords (config reads can trap to a hypervisor, so no
     /// more than needed).
     pub(crate) fn config_head(&self) -> Result<ConfigHead, SysfsError> {
-        let path = self.attr_path("config");
         let mut head = [0u8; 8];
         let read = match &self.dir {
             Some(dir) => dir.size_and_bytes_at("config", 8, &mut head),
-            None => File::open(&path).and_then(|f| {
+            None => File::open(self.attr_path("config")).and_then(|f| {
                 let size = f.metadata()?.len();
                 let mut done = 0;
                 while let Some(rest) = head.get_mut(done..).filter(|r| !r.is_empty()) {
@@ -472,11 +486,13 @@ impl PciDevice {
                 Ok((size, done))
             }),
         };
-        let (size, got) = read.map_err(|e| SysfsError::read(&path, e))?;
+        // The path is made only for an error: this runs for every device of a listing.
+        let path = || self.attr_path("config");
+        let (size, got) = read.map_err(|e| SysfsError::read(&path(), e))?;
         // Byte 0x0e is head[6]: 15 bytes of config space at least.
         let Some(&header) = head.get(6).filter(|_| got > 6) else {
             return Err(SysfsError::parse(
-                &path,
+                &path(),
                 &format!("{} bytes", 8 + got.min(8)),
                 "at least 15 bytes of config space",
             ));
@@ -487,7 +503,7 @@ impl PciDevice {
             2 => HeaderType::CardBus,
             other => {
                 return Err(SysfsError::parse(
-                    &path,
+                    &path(),
                     &format!("header type {other:#04x} at config offset 0x0e"),
                     "header type 0, 1 or 2",
                 ));
@@ -662,11 +678,17 @@ impl PciDevice {
     /// The upstream PCI device (bridge or port) this function sits behind, if any: the
     /// device directory's parent, when it is named like a PCI address.
     pub fn parent(&self) -> Result<Option<PciAddress>, SysfsError> {
-        Ok(self
+        // The component before the last, as `Path::parent` and `file_name` find it, but
+        // on the bytes (this runs for every device of a listing).
+        let mut components = self
             .path
-            .parent()
-            .and_then(Path::file_name)
-            .and_then(|name| name.to_str())
+            .as_os_str()
+            .as_bytes()
+            .rsplit(|b| *b == b'/')
+            .filter(|part| !matches!(*part, b"" | b"."));
+        Ok(components
+            .nth(1)
+            .and_then(|name| std::str::from_utf8(name).ok())
             .and_then(|name| name.parse().ok()))
     }
 }

@@ -37,7 +37,7 @@ fn hex(text: &str, digits: usize) -> Option<u32> {
 pub(crate) fn parse(text: &[u8]) -> Option<UeventIds> {
     let text = std::str::from_utf8(text).ok()?;
     let (mut class, mut id, mut subsys) = (None, None, None);
-    for line in text.lines() {
+    for line in crate::attr::lines(text) {
         let Some((key, value)) = line.split_once('=') else {
             continue;
         };

@@ -159,13 +159,20 @@ fn hex64(word: &[u8]) -> Option<u64> {
     Some(value)
 }
 
+/// An unused line as the kernel writes it (`0x%016llx` three times).
+const UNUSED_LINE: &[u8] = b"0x0000000000000000 0x0000000000000000 0x0000000000000000";
+
 /// Parses the text of a `resource` attribute into its used lines (all-zero lines skipped).
 ///
 /// Works on bytes (the kernel writes ASCII; any other byte fails the hex check), since an
 /// inventory parses some fifteen lines for every device.
 pub fn parse_resource(text: &str) -> Result<Vec<Bar>, ResourceError> {
     let mut bars = Vec::new();
-    for (line, raw) in text.lines().enumerate() {
+    for (line, raw) in crate::attr::lines(text).enumerate() {
+        // Most lines are unused resources, written by the kernel exactly like this.
+        if raw.as_bytes() == UNUSED_LINE {
+            continue;
+        }
         let bytes = raw.as_bytes().trim_ascii();
         // Blank, counting Unicode spaces as `str::trim` does.
         if bytes.is_empty() || (!bytes.is_ascii() && raw.trim().is_empty()) {

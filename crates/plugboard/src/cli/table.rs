@@ -51,7 +51,7 @@ fn write_rows(
                 .copied()
                 .unwrap_or(0)
                 .saturating_sub(width(cell));
-            line.extend(std::iter::repeat_n(' ', pad + 2));
+            pad_with_spaces(&mut line, pad + 2);
         }
         let end = line.trim_end().len();
         line.truncate(end);
@@ -59,6 +59,16 @@ fn write_rows(
         out.write_all(line.as_bytes())?;
     }
     Ok(())
+}
+
+/// Appends `n` spaces, a run at a time.
+fn pad_with_spaces(line: &mut String, mut n: usize) {
+    const SPACES: &str = "                                ";
+    while n > 0 {
+        let run = n.min(SPACES.len());
+        line.push_str(&SPACES[..run]);
+        n -= run;
+    }
 }
 
 /// A cell's width in characters (its length when it is ASCII, as most cells are).
