@@ -22,7 +22,43 @@ pub struct ClaimRef {
     pub uid: String,
 }
 
+/// Longest uid accepted: the API server's are UUIDs (36 characters).
+const MAX_UID_LENGTH: usize = 64;
+
 impl ClaimRef {
+    /// Checks that the reference is one the API server could have made: a namespace that is
+    /// a DNS label, a name that is a DNS subdomain, and a uid of letters, digits and `-`
+    /// (the API server's are UUIDs). The uid names the claim's CDI spec file and, with the
+    /// namespace, its owner; anything else could name another claim's owner or a file
+    /// outside the CDI directory.
+    ///
+    /// # Errors
+    /// The first part that is not what Kubernetes makes.
+    pub fn check(&self) -> Result<(), ClaimError> {
+        let bad = |field, value: &str, rule| {
+            Err(ClaimError::BadReference {
+                field,
+                value: value.to_owned(),
+                rule,
+            })
+        };
+        if !crate::validate::is_dns_label(&self.namespace) {
+            return bad("namespace", &self.namespace, "a DNS label");
+        }
+        if !crate::validate::is_dns_subdomain(&self.name) {
+            return bad("name", &self.name, "a DNS subdomain");
+        }
+        let uid_ok = (1..=MAX_UID_LENGTH).contains(&self.uid.len())
+            && self
+                .uid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !uid_ok {
+            return bad("uid", &self.uid, "a Kubernetes uid (letters, digits, '-')");
+        }
+        Ok(())
+    }
+
     /// The hostdev owner of the claim's devices: `k8s/<namespace>/<uid>`.
     #[must_use]
     pub fn owner(&self) -> String {
@@ -105,5 +141,40 @@ impl<T: ClaimSource> ClaimSource for std::sync::Arc<T> {
         name: &str,
     ) -> impl Future<Output = Result<ResourceClaim, ClaimError>> + Send {
         (**self).claim(namespace, name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(namespace: &str, name: &str, uid: &str) -> ClaimRef {
+        ClaimRef {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: uid.to_owned(),
+        }
+    }
+
+    #[test]
+    fn only_references_the_api_server_could_make_pass() {
+        let uuid = "0f6b3a55-7a0e-4d5f-9a4e-2f1c9d1b8e77";
+        assert!(claim("vms", "vm-1-gpu.x", uuid).check().is_ok());
+        for (bad, field) in [
+            (claim("", "nic", uuid), "namespace"),
+            (claim("Vms", "nic", uuid), "namespace"),
+            (claim("a.b", "nic", uuid), "namespace"),
+            (claim("vms", "", uuid), "name"),
+            (claim("vms", "a/b", uuid), "name"),
+            (claim("vms", "nic", ""), "uid"),
+            (claim("vms", "nic", "../x"), "uid"),
+            (claim("vms", "nic", "a/b"), "uid"),
+            (claim("vms", "nic", &"a".repeat(65)), "uid"),
+        ] {
+            match bad.check() {
+                Err(ClaimError::BadReference { field: f, .. }) => assert_eq!(f, field, "{bad:?}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
     }
 }

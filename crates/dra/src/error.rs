@@ -32,6 +32,17 @@ pub enum ClaimError {
         /// The uid the API server has.
         found: String,
     },
+    /// The kubelet named a claim by something that is not a Kubernetes name or uid (it would
+    /// make another claim's owner, or a spec path outside the CDI directory).
+    #[error("claim {field} '{value}' is not {rule}: refused")]
+    BadReference {
+        /// `namespace`, `name` or `uid`.
+        field: &'static str,
+        /// What was sent.
+        value: String,
+        /// What it must be.
+        rule: &'static str,
+    },
     /// The claim has no allocation yet.
     #[error("ResourceClaim {namespace}/{name} is not allocated")]
     NotAllocated {

@@ -94,9 +94,11 @@ impl<C: ClaimSource> Driver<C> {
     /// Prepares `claim`. See the module documentation.
     ///
     /// # Errors
-    /// The claim cannot be read or is not allocated, a device vanished or is held by
-    /// another owner, or the host refused.
+    /// The claim reference is not a Kubernetes one ([`ClaimRef::check`]), the claim cannot
+    /// be read or is not allocated, a device vanished or is held by another owner, or the
+    /// host refused.
     pub async fn prepare(&self, claim: &ClaimRef) -> Result<Vec<PreparedDevice>, ClaimError> {
+        claim.check()?;
         let object = self.claims.claim(&claim.namespace, &claim.name).await?;
         let allocated = allocation(&object, claim, &self.config.driver_name)?;
         let _turn = self.one_at_a_time.lock().await;
@@ -116,8 +118,10 @@ impl<C: ClaimSource> Driver<C> {
     /// that holds nothing is already unprepared.
     ///
     /// # Errors
-    /// The registry failed, or a device was not given back.
+    /// The claim reference is not a Kubernetes one ([`ClaimRef::check`]), the registry
+    /// failed, or a device was not given back.
     pub async fn unprepare(&self, claim: &ClaimRef) -> Result<(), ClaimError> {
+        claim.check()?;
         let _turn = self.one_at_a_time.lock().await;
         let host = Arc::clone(&self.host);
         let config = self.config.clone();

@@ -468,3 +468,45 @@ async fn prepared_claims_survive_a_restart_of_the_plugin() {
     );
     plugin.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_reference_that_is_not_a_kubernetes_one_is_refused_and_touches_nothing() {
+    let kernel = kernel(true);
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = Plugin::start(&kernel, dir.path(), Mode::Auto).await;
+    // A uid that walks out of the CDI directory: with `cdi/plugboard.dev-vfio-a/` present,
+    // `plugboard.dev-vfio-a/../../victim.json` is a file beside the CDI directory.
+    std::fs::create_dir_all(plugin.config.cdi_dir.join("plugboard.dev-vfio-a")).unwrap();
+    let victim = dir.path().join("victim.json");
+    std::fs::write(&victim, "{}").unwrap();
+    let walking = claim("vms", "nic", "a/../../victim");
+    // A namespace with a slash would make the owner `k8s/vm/s/uid` of another claim.
+    let slashed = claim("vm/s", "nic", "uid-1");
+    plugin.allocate("vm/s", "nic", "uid-1", &[("nic", "pci-0000-02-00-0")]);
+    let good = claim("vms", "pair", "uid-2");
+    plugin.allocate("vms", "pair", "uid-2", &[("pair", "iommu-group-5")]);
+    let mut dra = plugin.dra().await;
+
+    let answer = unprepare(&mut dra, std::slice::from_ref(&walking)).await;
+    let error = &answer.claims["a/../../victim"].error;
+    assert!(error.contains("uid"), "{error}");
+    assert!(
+        victim.exists(),
+        "unprepare removed a file outside the CDI directory"
+    );
+
+    let answer = prepare(&mut dra, &[slashed, good]).await;
+    let error = &answer.claims["uid-1"].error;
+    assert!(error.contains("namespace 'vm/s'"), "{error}");
+    assert_eq!(
+        driver_of(&kernel, "0000:02:00.0").as_deref(),
+        Some("e1000e")
+    );
+    // The good claim beside it is prepared.
+    assert_eq!(answer.claims["uid-2"].error, "");
+    assert_eq!(
+        owner_of(&plugin.host, "0000:01:01.0").as_deref(),
+        Some("k8s/vms/uid-2")
+    );
+    plugin.stop().await;
+}
