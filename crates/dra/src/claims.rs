@@ -159,7 +159,7 @@ mod tests {
     #[test]
     fn only_references_the_api_server_could_make_pass() {
         let uuid = "0f6b3a55-7a0e-4d5f-9a4e-2f1c9d1b8e77";
-        assert!(claim("vms", "vm-1-gpu.x", uuid).check().is_ok());
+        claim("vms", "vm-1-gpu.x", uuid).check().unwrap();
         for (bad, field) in [
             (claim("", "nic", uuid), "namespace"),
             (claim("Vms", "nic", uuid), "namespace"),
