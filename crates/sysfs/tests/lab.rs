@@ -172,6 +172,11 @@ fn lists_iommu_groups() {
     // The inventory reads every device of a real kernel without a problem.
     let inventory = sysfs.pci_inventory().unwrap();
     assert!(inventory.problems.is_empty(), "{:?}", inventory.problems);
+    // Its drivers come from `uevent` (`DRIVER=`): the same as the `driver` links.
+    for d in &inventory.devices {
+        let link = sysfs.pci_device(d.address).unwrap().driver().unwrap();
+        assert_eq!(d.driver, link, "{}", d.address);
+    }
     assert!(
         inventory
             .devices
@@ -202,6 +207,8 @@ fn binds_an_e1000e_to_vfio_pci_and_back() {
     assert_eq!(outcome.previous_driver.as_deref(), Some("e1000e"));
     assert_eq!(nic.driver().unwrap().as_deref(), Some("vfio-pci"));
     assert_eq!(nic.driver_kind().unwrap(), DriverKind::VfioPci);
+    let info = sysfs.pci_device_info(nic.address()).unwrap();
+    assert_eq!(info.driver.as_deref(), Some("vfio-pci"), "uevent's DRIVER=");
     assert!(sysfs.iommu_group(group).unwrap().is_viable());
 
     // Legacy: the group node. cdev: vfio-dev/vfioN, its node, and /dev/iommu.
@@ -235,6 +242,8 @@ fn binds_an_e1000e_to_vfio_pci_and_back() {
 
     let back = nic.reattach(Some("e1000e")).unwrap();
     assert_eq!(back.as_deref(), Some("e1000e"));
+    let info = sysfs.pci_device_info(nic.address()).unwrap();
+    assert_eq!(info.driver.as_deref(), Some("e1000e"), "uevent's DRIVER=");
     assert_eq!(nic.driver_override().unwrap(), None);
     assert!(
         !group_node.exists(),

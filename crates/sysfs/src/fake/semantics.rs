@@ -210,6 +210,7 @@ impl State {
         let io = |e: super::FakeError| io::Error::other(e.to_string());
         tree::link(&driver_dir, &dir.join("driver")).map_err(io)?;
         tree::link(dir, &driver_dir.join(address.to_string())).map_err(io)?;
+        uevent_driver(dir, Some(driver))?;
         if !self.is_vfio(driver) {
             return Ok(());
         }
@@ -287,6 +288,7 @@ impl State {
     /// on a VFIO driver.
     fn detach(&mut self, address: PciAddress, dir: &Path, driver: &str) -> io::Result<()> {
         tree::remove(&dir.join("driver"))?;
+        uevent_driver(dir, None)?;
         tree::remove(
             &self
                 .sys
@@ -323,6 +325,24 @@ impl State {
         }
         Ok(())
     }
+}
+
+/// Keeps a device's `uevent` in step with its driver, as the driver core's `dev_uevent()`
+/// writes it: `DRIVER=<name>` first while bound, no such line while unbound. A device
+/// without a `uevent` file (a test took it away) stays without one.
+fn uevent_driver(dir: &Path, driver: Option<&str>) -> io::Result<()> {
+    let path = dir.join("uevent");
+    let text = match fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut updated: String = driver.map(|d| format!("DRIVER={d}\n")).unwrap_or_default();
+    for line in text.lines().filter(|l| !l.starts_with("DRIVER=")) {
+        updated.push_str(line);
+        updated.push('\n');
+    }
+    fs::write(&path, updated)
 }
 
 /// The kernel's `driver_override_store`: a trailing newline is dropped, empty clears it

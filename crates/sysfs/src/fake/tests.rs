@@ -715,6 +715,41 @@ fn broken_trees_give_errors_not_panics() {
     assert_eq!(k.sysfs().pci_addresses().unwrap().len(), 5);
 }
 
+/// The inventory takes the driver from `uevent` (`DRIVER=`), the kernel's other view of the
+/// same `dev->driver` as the `driver` link: both agree for every device, across binds.
+#[test]
+fn the_inventory_driver_is_the_driver_link_across_binds() {
+    let k = lab();
+    let agree = |k: &FakeKernel| {
+        let inventory = k.sysfs().pci_inventory().unwrap();
+        assert!(inventory.problems.is_empty(), "{:?}", inventory.problems);
+        for d in &inventory.devices {
+            let link = k.sysfs().pci_device(d.address).unwrap().driver().unwrap();
+            assert_eq!(d.driver, link, "{}", d.address);
+        }
+        inventory
+    };
+    let solo = || k.sysfs().pci_device(SOLO.parse().unwrap()).unwrap();
+    assert_eq!(solo().driver().unwrap().as_deref(), Some("e1000e"));
+    agree(&k);
+    solo().bind("vfio-pci").unwrap();
+    let uevent = fs::read_to_string(solo().attr_path("uevent")).unwrap();
+    assert!(
+        uevent.starts_with("DRIVER=vfio-pci\nPCI_CLASS="),
+        "{uevent}"
+    );
+    agree(&k);
+    solo().unbind().unwrap();
+    let uevent = fs::read_to_string(solo().attr_path("uevent")).unwrap();
+    assert!(!uevent.contains("DRIVER="), "{uevent}");
+    let unbound = agree(&k);
+    let info = unbound
+        .devices
+        .iter()
+        .find(|d| d.address.to_string() == SOLO);
+    assert_eq!(info.unwrap().driver, None);
+}
+
 #[test]
 fn inventory_and_filters() {
     let k = lab();
