@@ -10,5 +10,6 @@
 mod deploy;
 mod grpc;
 mod run;
+mod schema;
 mod slices;
 mod util;
