@@ -51,7 +51,7 @@ pub use error::{ClaimError, PublishError, ServeError, StoreError};
 pub use kube_api::{KubeClaims, KubeSlices};
 pub use offer::{CLAIM_OWNER_DRIVER, Offer, OfferName, OfferNameError, all_offers, offers};
 pub use prepare::{Driver, DriverConfig, PreparedDevice};
-pub use publish::{PublishReport, Publisher, SliceStore};
+pub use publish::{PublishReport, Publisher, SliceEvent, SliceEvents, SliceStore, node_owner};
 pub use run::{current_offers, publish_loop, publish_once, run};
 pub use server::{PLUGIN_TYPE, RegistrationStatus, SUPPORTED_VERSIONS, Sockets, serve};
 pub use slices::{

@@ -111,7 +111,6 @@ fn ok(object: &Value) -> Response {
     (StatusCode::OK, axum::Json(object.clone())).into_response()
 }
 
-#[allow(dead_code, reason = "the watch and owner tests use the rest")]
 impl ApiServer {
     /// Starts serving on `127.0.0.1:<free port>`.
     pub async fn start() -> Self {

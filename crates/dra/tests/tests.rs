@@ -15,3 +15,4 @@ mod run;
 mod schema;
 mod slices;
 mod util;
+mod watch;
