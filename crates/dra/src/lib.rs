@@ -44,7 +44,7 @@ mod validate;
 
 pub use cdi::{
     CDI_KIND, CDI_VERSION, ContainerEdits, Device as CdiDevice, DeviceNode, Spec as CdiSpec,
-    spec_path,
+    device_env, spec_path,
 };
 pub use claims::{Allocated, ClaimRef, ClaimSource, allocation};
 pub use error::{ClaimError, PublishError, ServeError, StoreError};
