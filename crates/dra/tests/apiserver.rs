@@ -384,16 +384,22 @@ fn watch_slices(inner: Arc<Inner>, fields: Vec<(String, String)>, from: u64) -> 
             seen = version;
         }
         loop {
-            let new: Vec<Event> = inner
-                .store()
-                .events
-                .iter()
-                .filter(|e| e.version > seen && selected(&e.object, &fields))
-                .cloned()
-                .collect();
-            seen = seen.max(*versions.borrow_and_update());
+            // Marked seen before reading the log: a change committed after the read wakes
+            // the wait below. The log and its version are read under one lock, so no event
+            // is skipped.
+            versions.borrow_and_update();
+            let new: Vec<Event> = {
+                let store = inner.store();
+                let new = store
+                    .events
+                    .iter()
+                    .filter(|e| e.version > seen && selected(&e.object, &fields))
+                    .cloned()
+                    .collect();
+                seen = seen.max(store.version);
+                new
+            };
             for event in new {
-                seen = seen.max(event.version);
                 let line = json!({ "type": event.kind, "object": event.object });
                 if lines
                     .send(Ok(Bytes::from(format!("{line}\n"))))
