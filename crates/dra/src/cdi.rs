@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::offer::OfferName;
+
 /// The CDI vendor/class of our devices: ids are `plugboard.dev/vfio=<name>`.
 pub const CDI_KIND: &str = "plugboard.dev/vfio";
 
@@ -80,6 +82,43 @@ impl Spec {
     pub fn id(name: &str) -> String {
         format!("{CDI_KIND}={name}")
     }
+}
+
+/// The environment a prepared device gives the container, for the VMM in it to find the
+/// device: `PLUGBOARD_<KEY>_ADDRESSES` (the PCI addresses, joined by `,`) and
+/// `PLUGBOARD_<KEY>_IOMMU_GROUP` (the group), where `<KEY>` is `PCI_<address>` for a
+/// function alone in its group and `GROUP_<n>` for a group offered whole, with every
+/// character that is not a letter or digit as `_`:
+///
+/// ```text
+/// PLUGBOARD_PCI_0000_02_00_0_ADDRESSES=0000:02:00.0
+/// PLUGBOARD_PCI_0000_02_00_0_IOMMU_GROUP=7
+/// PLUGBOARD_GROUP_5_ADDRESSES=0000:01:01.0,0000:01:02.0
+/// PLUGBOARD_GROUP_5_IOMMU_GROUP=5
+/// ```
+///
+/// Every device of a container has its own names (a container may hold several), and
+/// every device has both.
+#[must_use]
+pub fn device_env(name: &OfferName, addresses: &[String], group: u32) -> Vec<String> {
+    let key = match name {
+        OfferName::Function(address) => format!("PCI_{address}"),
+        OfferName::Group(n) => format!("GROUP_{n}"),
+    };
+    let key: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    vec![
+        format!("PLUGBOARD_{key}_ADDRESSES={}", addresses.join(",")),
+        format!("PLUGBOARD_{key}_IOMMU_GROUP={group}"),
+    ]
 }
 
 /// The spec file of claim `uid` in `dir`.

@@ -44,14 +44,14 @@ mod validate;
 
 pub use cdi::{
     CDI_KIND, CDI_VERSION, ContainerEdits, Device as CdiDevice, DeviceNode, Spec as CdiSpec,
-    spec_path,
+    device_env, spec_path,
 };
 pub use claims::{Allocated, ClaimRef, ClaimSource, allocation};
 pub use error::{ClaimError, PublishError, ServeError, StoreError};
 pub use kube_api::{KubeClaims, KubeSlices};
 pub use offer::{CLAIM_OWNER_DRIVER, Offer, OfferName, OfferNameError, all_offers, offers};
 pub use prepare::{Driver, DriverConfig, PreparedDevice};
-pub use publish::{PublishReport, Publisher, SliceStore};
+pub use publish::{PublishReport, Publisher, SliceEvent, SliceEvents, SliceStore, node_owner};
 pub use run::{current_offers, publish_loop, publish_once, run};
 pub use server::{PLUGIN_TYPE, RegistrationStatus, SUPPORTED_VERSIONS, Sockets, serve};
 pub use slices::{

@@ -6,7 +6,8 @@
 //! [`HostService::hostdev_prepare`] (managed, whole group: the same rules, refusals and
 //! intent journal as the CLI and the daemon), writes the CDI spec and answers the CDI ids.
 //! A claim that holds its devices already is answered again without a host change, so the
-//! kubelet's retries are harmless. Unprepare reads nothing from the API server (the claim
+//! kubelet's retries are harmless. A claim with no devices of this driver gets no spec and
+//! no CDI ids. Unprepare reads nothing from the API server (the claim
 //! may be gone): the registry says what the owner holds, [`HostService::hostdev_release`]
 //! gives it back, and the spec is removed.
 //!
@@ -101,6 +102,15 @@ impl<C: ClaimSource> Driver<C> {
         claim.check()?;
         let object = self.claims.claim(&claim.namespace, &claim.name).await?;
         let allocated = allocation(&object, claim, &self.config.driver_name)?;
+        if allocated.is_empty() {
+            // Nothing of this driver's: no CDI spec (an empty one would be a file the
+            // runtime reads for nothing), no CDI ids.
+            tracing::info!(
+                claim = %format!("{}/{}", claim.namespace, claim.name),
+                "claim has no devices of this driver; nothing to prepare"
+            );
+            return Ok(Vec::new());
+        }
         let _turn = self.one_at_a_time.lock().await;
         let host = Arc::clone(&self.host);
         let config = self.config.clone();
@@ -282,18 +292,6 @@ fn cdi_device(
         }
     }
     let addresses: Vec<String> = offer.addresses().map(|a| a.to_string()).collect();
-    let env_name: String = offer
-        .name
-        .to_string()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
     let device_nodes = nodes
         .into_iter()
         .map(|relative| {
@@ -313,10 +311,7 @@ fn cdi_device(
             addresses.join(","),
         )]),
         container_edits: ContainerEdits {
-            env: vec![
-                format!("PLUGBOARD_DEVICE_{env_name}={}", addresses.join(",")),
-                format!("PLUGBOARD_IOMMU_GROUP_{env_name}={}", offer.group),
-            ],
+            env: cdi::device_env(&offer.name, &addresses, offer.group),
             device_nodes,
         },
     })

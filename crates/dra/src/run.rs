@@ -8,10 +8,12 @@ use plugboard_service::{Caller, HostService};
 use tokio::sync::{Notify, watch};
 
 use crate::claims::ClaimSource;
-use crate::error::{PublishError, ServeError};
+use tokio_stream::StreamExt;
+
+use crate::error::{PublishError, ServeError, StoreError};
 use crate::offer::Offer;
 use crate::prepare::Driver;
-use crate::publish::{PublishReport, Publisher, SliceStore};
+use crate::publish::{PublishReport, Publisher, SliceEvent, SliceEvents, SliceStore};
 use crate::server::{RegistrationStatus, Sockets, serve};
 
 /// The node's offers now, read from the host on the blocking pool.
@@ -37,41 +39,96 @@ pub async fn publish_once<S: SliceStore>(
     publisher.publish(&offers).await
 }
 
-/// Publishes now, then again after every `changed` notification and every `interval`,
-/// until `stop` turns true. A failed publish is logged and tried again at the next turn.
+/// Keeps the node's pool published until `stop` turns true: first makes the Node object
+/// the slices' owner ([`Publisher::own_by_node`]; without it when the Node cannot be read),
+/// then publishes now, again after every `changed` notification, every `interval`, and
+/// whenever the watch of the pool's slices shows them changed by someone else (an operator
+/// or the garbage collector deleted or edited one: [`Publisher::differs`]; the echo of the
+/// publisher's own writes is not a change). A watch that ends or fails is opened again
+/// (after a second) and followed by a publish, since changes may have been missed. A failed
+/// publish is logged and tried again at the next turn.
 pub async fn publish_loop<S: SliceStore>(
     host: Arc<HostService>,
-    publisher: Publisher<S>,
+    mut publisher: Publisher<S>,
     changed: Arc<Notify>,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Logged inside; publishing goes on without an owner.
+    let _ = publisher.own_by_node().await;
+    let mut events: Option<SliceEvents> = None;
+    let mut due = true;
     loop {
-        match publish_once(&host, &publisher).await {
-            Ok(report) if report.writes() > 0 => {
-                tracing::debug!(
-                    writes = report.writes(),
-                    generation = report.generation,
-                    "published"
-                );
+        if events.is_none() {
+            match publisher.watch().await {
+                Ok(stream) => events = Some(stream),
+                Err(e) => {
+                    tracing::warn!(error = %crate::error_chain(&e), "cannot watch the ResourceSlices; publishing on the interval only until it can");
+                }
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %crate::error_chain(&e), "publishing ResourceSlices failed; trying again");
+            due = true;
+        }
+        if due {
+            due = false;
+            match publish_once(&host, &publisher).await {
+                Ok(report) if report.writes() > 0 => {
+                    tracing::debug!(
+                        writes = report.writes(),
+                        generation = report.generation,
+                        "published"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %crate::error_chain(&e), "publishing ResourceSlices failed; trying again");
+                }
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(interval) => {}
-            () = changed.notified() => {}
+            () = tokio::time::sleep(interval) => due = true,
+            () = changed.notified() => due = true,
             _ = stop.wait_for(|s| *s) => return,
+            event = next_event(&mut events) => match event {
+                Some(Ok(event)) => {
+                    if publisher.differs(&event) {
+                        tracing::info!(
+                            slice = event.slice().metadata.name.as_deref().unwrap_or_default(),
+                            deleted = matches!(event, SliceEvent::Deleted(_)),
+                            "a ResourceSlice of this node was changed by someone else; publishing again"
+                        );
+                        due = true;
+                    }
+                }
+                ended => {
+                    if let Some(Err(e)) = ended {
+                        tracing::warn!(error = %crate::error_chain(&e), "the ResourceSlice watch failed; watching again");
+                    }
+                    events = None;
+                }
+            },
         }
+        if events.is_none() {
+            // A watch that cannot be opened or keeps ending is not retried in a loop.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+}
+
+/// The next event of `events`; never, when there is no watch.
+async fn next_event(events: &mut Option<SliceEvents>) -> Option<Result<SliceEvent, StoreError>> {
+    match events {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
     }
 }
 
 /// Runs the plugin until `shutdown` completes: recovers interrupted host-device operations
 /// first (a plugin killed mid-prepare leaves an intent; nothing is served over it), then
-/// serves the kubelet and publishes the node's slices every `interval` and after every
-/// change.
+/// serves the kubelet and keeps the node's slices published ([`publish_loop`]: every
+/// `interval`, after every change, and when someone else changes them).
 ///
 /// # Errors
 /// Recovery failed, a socket cannot be made, or a server failed.

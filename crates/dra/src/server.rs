@@ -186,7 +186,19 @@ fn listen(path: &Path) -> Result<UnixListenerStream, ServeError> {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(socket_error(e)),
         _ => {}
     }
-    let listener = UnixListener::bind(path).map_err(socket_error)?;
+    // Bound and listening under a hidden temporary name (the kubelet's plugin watcher
+    // ignores names starting with '.'), then renamed into place: a socket file appears at
+    // bind(), before listen(), and the watcher dials as soon as it sees the file, so a
+    // connection in between would be refused. The rename keeps the listening socket (it
+    // follows the inode), so the name appears only once it accepts.
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let staging = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging).map_err(socket_error)?;
+    if let Err(e) = std::fs::rename(&staging, path) {
+        let _ = std::fs::remove_file(&staging);
+        return Err(socket_error(e));
+    }
     Ok(UnixListenerStream::new(listener))
 }
 
@@ -265,4 +277,24 @@ pub async fn serve<C: ClaimSource + 'static>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_socket_is_named_only_once_it_listens_and_leaves_no_staging_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plugin-reg.sock");
+        std::fs::write(&path, "stale").unwrap();
+        let _incoming = listen(&path).unwrap();
+        // Accepting at the final name, right away (a connect before listen() is refused).
+        tokio::net::UnixStream::connect(&path).await.unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["plugin-reg.sock"]);
+    }
 }

@@ -1,6 +1,7 @@
 //! Stand-ins for the API server, for tests: [`MemorySlices`] keeps ResourceSlices with the
 //! semantics the publisher relies on (resourceVersion checked on update, names unique on
-//! create, every write counted), [`MemoryClaims`] answers claims from a map, and
+//! create, every write counted, a watch of every change, the Node's uid),
+//! [`MemoryClaims`] answers claims from a map, and
 //! [`allocated_claim`] builds a claim the way the scheduler leaves it.
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,9 +13,13 @@ use k8s_openapi::api::resource::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
 use crate::claims::ClaimSource;
 use crate::error::{ClaimError, StoreError};
-use crate::publish::SliceStore;
+use crate::publish::{SliceEvent, SliceEvents, SliceStore};
 
 /// ResourceSlices in memory, with resourceVersions and write counts.
 #[derive(Debug, Default)]
@@ -28,6 +33,23 @@ struct SliceState {
     version: u64,
     writes: usize,
     lists: usize,
+    /// Open watches: driver, node, where their events go.
+    watchers: Vec<(String, String, mpsc::UnboundedSender<SliceEvent>)>,
+    /// The Node objects' uids, by name.
+    nodes: BTreeMap<String, String>,
+}
+
+impl SliceState {
+    /// Tells the open watches of `slice`'s driver and node about `event`.
+    fn tell(&mut self, event: &SliceEvent) {
+        let slice = event.slice();
+        self.watchers.retain(|(driver, node, tx)| {
+            if *driver != slice.spec.driver || slice.spec.node_name.as_deref() != Some(node) {
+                return !tx.is_closed();
+            }
+            tx.send(event.clone()).is_ok()
+        });
+    }
 }
 
 impl MemorySlices {
@@ -62,12 +84,36 @@ impl MemorySlices {
     /// Changes slice `name` as another writer would: a new resourceVersion, so an update
     /// carrying the old one conflicts.
     pub fn touch(&self, name: &str) {
+        self.edit(name, |_| {});
+    }
+
+    /// Changes slice `name` as another writer would (an operator's edit): `edit` applied,
+    /// a new resourceVersion, watches told. Not counted as a write of the publisher's.
+    pub fn edit(&self, name: &str, edit: impl FnOnce(&mut ResourceSlice)) {
         let mut state = self.state();
         state.version += 1;
         let version = state.version.to_string();
-        if let Some(slice) = state.slices.get_mut(name) {
-            slice.metadata.resource_version = Some(version);
+        let Some(slice) = state.slices.get_mut(name) else {
+            return;
+        };
+        edit(slice);
+        slice.metadata.resource_version = Some(version);
+        let event = SliceEvent::Applied(slice.clone());
+        state.tell(&event);
+    }
+
+    /// Deletes slice `name` as another writer would (an operator, the garbage collector):
+    /// watches told. Not counted as a write of the publisher's.
+    pub fn remove(&self, name: &str) {
+        let mut state = self.state();
+        if let Some(slice) = state.slices.remove(name) {
+            state.tell(&SliceEvent::Deleted(slice));
         }
+    }
+
+    /// Stores a Node object named `name` with uid `uid`.
+    pub fn put_node(&self, name: &str, uid: &str) {
+        self.state().nodes.insert(name.to_owned(), uid.to_owned());
     }
 }
 
@@ -97,8 +143,9 @@ impl SliceStore for MemorySlices {
         state.version += 1;
         let mut stored = slice.clone();
         stored.metadata.resource_version = Some(state.version.to_string());
-        state.slices.insert(name, stored);
+        state.slices.insert(name, stored.clone());
         state.writes += 1;
+        state.tell(&SliceEvent::Applied(stored));
         Ok(())
     }
 
@@ -117,18 +164,36 @@ impl SliceStore for MemorySlices {
         state.version += 1;
         let mut stored = slice.clone();
         stored.metadata.resource_version = Some(state.version.to_string());
-        state.slices.insert(name, stored);
+        state.slices.insert(name, stored.clone());
         state.writes += 1;
+        state.tell(&SliceEvent::Applied(stored));
         Ok(())
     }
 
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         let mut state = self.state();
-        if state.slices.remove(name).is_none() {
+        let Some(gone) = state.slices.remove(name) else {
             return Err(StoreError::NotFound(name.to_owned()));
-        }
+        };
         state.writes += 1;
+        state.tell(&SliceEvent::Deleted(gone));
         Ok(())
+    }
+
+    async fn watch(&self, driver: &str, node: &str) -> Result<SliceEvents, StoreError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.state()
+            .watchers
+            .push((driver.to_owned(), node.to_owned(), tx));
+        Ok(Box::pin(UnboundedReceiverStream::new(rx).map(Ok)))
+    }
+
+    async fn node_uid(&self, node: &str) -> Result<String, StoreError> {
+        self.state()
+            .nodes
+            .get(node)
+            .cloned()
+            .ok_or_else(|| StoreError::NotFound(format!("nodes {node:?} not found")))
     }
 }
 

@@ -50,6 +50,20 @@ fn the_daemonset_runs_the_plugin_with_the_kubelet_paths() {
                 assert!(
                     resources.contains("resourceslices") && resources.contains("resourceclaims")
                 );
+                // What the plugin calls: the slices' watch, the Node's get.
+                let verbs = |resource: &str| -> BTreeSet<String> {
+                    role.rules
+                        .iter()
+                        .flatten()
+                        .filter(|r| r.resources.iter().flatten().any(|x| x == resource))
+                        .flat_map(|r| r.verbs.iter().cloned())
+                        .collect()
+                };
+                for verb in ["list", "watch", "create", "update", "delete"] {
+                    assert!(verbs("resourceslices").contains(verb), "{verb}");
+                }
+                assert!(verbs("resourceclaims").contains("get"));
+                assert!(verbs("nodes").contains("get"));
             }
             "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(&doc)),
             "DaemonSet" => {

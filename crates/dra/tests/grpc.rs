@@ -2,6 +2,7 @@
 //! of the upstream protos over the plugin's real Unix sockets.
 
 use plugboard_dra::proto::{dra_v1, dra_v1beta1, pluginregistration as reg};
+use plugboard_dra::testing::allocated_claim;
 use plugboard_dra::{CdiSpec, SUPPORTED_VERSIONS};
 use plugboard_service::{Caller, HostdevRequest};
 use plugboard_vfio::Mode;
@@ -163,13 +164,12 @@ async fn prepare_of_one_claim_takes_the_device_and_answers_its_cdi_id() {
         let host_path = node.host_path.as_deref().unwrap_or(&node.path);
         assert!(std::path::Path::new(host_path).exists(), "{host_path}");
     }
-    assert!(
-        device
-            .container_edits
-            .env
-            .contains(&"PLUGBOARD_DEVICE_PCI_0000_02_00_0=0000:02:00.0".to_owned()),
-        "{:?}",
-        device.container_edits.env
+    assert_eq!(
+        device.container_edits.env,
+        [
+            "PLUGBOARD_PCI_0000_02_00_0_ADDRESSES=0000:02:00.0",
+            "PLUGBOARD_PCI_0000_02_00_0_IOMMU_GROUP=7"
+        ]
     );
     plugin.stop().await;
 }
@@ -210,10 +210,12 @@ async fn prepare_of_several_claims_answers_each_and_gives_a_group_whole() {
     let edits = &pair.devices[0].container_edits;
     let paths: Vec<&str> = edits.device_nodes.iter().map(|n| n.path.as_str()).collect();
     assert_eq!(paths, ["/dev/vfio/vfio", "/dev/vfio/5"]);
-    assert!(
-        edits
-            .env
-            .contains(&"PLUGBOARD_DEVICE_IOMMU_GROUP_5=0000:01:01.0,0000:01:02.0".to_owned())
+    assert_eq!(
+        edits.env,
+        [
+            "PLUGBOARD_GROUP_5_ADDRESSES=0000:01:01.0,0000:01:02.0",
+            "PLUGBOARD_GROUP_5_IOMMU_GROUP=5"
+        ]
     );
     // The GPU was on vfio-pci already: adopted, owned by its claim all the same.
     assert_eq!(
@@ -508,5 +510,36 @@ async fn a_claim_reference_that_is_not_a_kubernetes_one_is_refused_and_touches_n
         owner_of(&plugin.host, "0000:01:01.0").as_deref(),
         Some("k8s/vms/uid-2")
     );
+    plugin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_with_no_devices_of_this_driver_gets_no_cdi_spec_and_no_ids() {
+    let kernel = kernel(true);
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = Plugin::start(&kernel, dir.path(), Mode::Auto).await;
+    // Allocated, but by another driver only (a claim of several drivers' devices is sent
+    // to each driver's plugin).
+    plugin.claims.put(allocated_claim(
+        "vms",
+        "gpu",
+        "uid-6",
+        "gpu.example.com",
+        NODE,
+        &[("gpu", "gpu-0")],
+    ));
+    let answer = prepare(&mut plugin.dra().await, &[claim("vms", "gpu", "uid-6")]).await;
+    let answered = &answer.claims["uid-6"];
+    assert_eq!(answered.error, "");
+    assert!(answered.devices.is_empty());
+    assert!(!plugin.spec_path("uid-6").exists());
+    assert!(
+        !plugin.config.cdi_dir.exists()
+            || std::fs::read_dir(&plugin.config.cdi_dir).unwrap().count() == 0,
+        "no CDI spec file at all"
+    );
+    assert!(kernel.writes().is_empty());
+    let answer = unprepare(&mut plugin.dra().await, &[claim("vms", "gpu", "uid-6")]).await;
+    assert_eq!(answer.claims["uid-6"].error, "");
     plugin.stop().await;
 }

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use k8s_openapi::api::resource::v1::{DeviceAttribute, ResourceSlice};
 use plugboard_dra::testing::MemorySlices;
 use plugboard_dra::{
-    Offer, OfferName, PCI_BUS_ID, Publisher, SliceStore, StoreError, build_slices, publish_once,
-    slice_problems,
+    Offer, OfferName, PCI_BUS_ID, Publisher, SliceEvents, SliceStore, StoreError, build_slices,
+    publish_once, slice_problems,
 };
 use plugboard_service::{Caller, HostdevRequest};
 use plugboard_sysfs::PciAddress;
@@ -302,6 +302,12 @@ impl SliceStore for Interfering {
     }
     async fn delete(&self, name: &str) -> Result<(), StoreError> {
         self.inner.delete(name).await
+    }
+    async fn watch(&self, driver: &str, node: &str) -> Result<SliceEvents, StoreError> {
+        self.inner.watch(driver, node).await
+    }
+    async fn node_uid(&self, node: &str) -> Result<String, StoreError> {
+        self.inner.node_uid(node).await
     }
 }
 

@@ -7,8 +7,12 @@
     reason = "test code: a failure here is a test failure"
 )]
 
+mod apiserver;
 mod deploy;
 mod grpc;
+mod kube;
 mod run;
+mod schema;
 mod slices;
 mod util;
+mod watch;
