@@ -92,3 +92,15 @@ seed registry_rows intent '\x013\tprepare\t0000:01:00.0\tnvme\tkata\tsandbox/1\t
 seed registry_rows claim '\x02scsi\t0:0:1:0\tplugboard\tvm1\t1\tQEMU HARDDISK'
 seed registry_rows vm-record '\x03{"name":"vm1","owner_uid":1000,"endpoint":{"kind":"qemu","qmp_socket":"/run/q"},"root_ports":["rp0","rp1"],"name_offset":1}'
 echo "make-seeds: wrote $(find . -type f | wc -l) seed files under fuzz/corpus"
+
+# The DRA plugin's inputs (crates/dra/tests): a selector byte, then the kubelet's protobuf
+# requests (0: prepare, 1: unprepare), a ResourceClaim as the API server answers it (2),
+# or a device name (3).
+seed dra_inputs prepare '\x00\x0a\x11\x0a\x03vms\x12\x05uid-1\x1a\x03nic'
+seed dra_inputs unprepare-walking-uid '\x01\x0a\x10\x0a\x03vms\x12\x04../x\x1a\x03nic'
+seed dra_inputs claim '\x02{"apiVersion":"resource.k8s.io/v1","kind":"ResourceClaim","metadata":{"name":"nic","namespace":"vms","uid":"uid-1"},"spec":{"devices":{"requests":[{"name":"nic","exactly":{"deviceClassName":"vfio.plugboard.dev"}}]}},"status":{"allocation":{"devices":{"results":[{"request":"nic","driver":"vfio.plugboard.dev","pool":"node-a","device":"pci-0000-02-00-0"},{"request":"gpu","driver":"gpu.example.com","pool":"node-a","device":"gpu-0"}]}}}}'
+seed dra_inputs function-name '\x03pci-0000-02-00-0'
+seed dra_inputs group-name '\x03iommu-group-5'
+# Non-canonical spellings of group 5 (a regression: they parsed as group 5).
+seed dra_inputs group-name-plus '\x03iommu-group-+5'
+seed dra_inputs group-name-zero '\x03iommu-group-05'

@@ -57,19 +57,21 @@ impl FromStr for OfferName {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let bad = || OfferNameError(s.to_owned());
-        if let Some(n) = s.strip_prefix("iommu-group-") {
-            return n.parse().map(Self::Group).map_err(|_| bad());
-        }
-        let rest = s.strip_prefix("pci-").ok_or_else(bad)?;
-        let parts: Vec<&str> = rest.split('-').collect();
-        let [domain, bus, slot, function] = parts[..] else {
-            return Err(bad());
+        let name = if let Some(n) = s.strip_prefix("iommu-group-") {
+            Self::Group(n.parse().map_err(|_| bad())?)
+        } else {
+            let rest = s.strip_prefix("pci-").ok_or_else(bad)?;
+            let parts: Vec<&str> = rest.split('-').collect();
+            let [domain, bus, slot, function] = parts[..] else {
+                return Err(bad());
+            };
+            let address: PciAddress = format!("{domain}:{bus}:{slot}.{function}")
+                .parse()
+                .map_err(|_| bad())?;
+            Self::Function(address)
         };
-        let address: PciAddress = format!("{domain}:{bus}:{slot}.{function}")
-            .parse()
-            .map_err(|_| bad())?;
-        // Only the canonical spelling names a device (one name per device).
-        let name = Self::Function(address);
+        // Only the canonical spelling names a device (one name per device): not
+        // `iommu-group-05` or `iommu-group-+5` for group 5, nor upper-case hex.
         if name.to_string() == s {
             Ok(name)
         } else {
@@ -180,6 +182,10 @@ mod tests {
             "gpu-0",
             "iommu-group-x",
             "pci-0000-3b-00-1-2",
+            // One name per device: no other spelling of a group number.
+            "iommu-group-+5",
+            "iommu-group-05",
+            "iommu-group-",
         ] {
             assert!(bad.parse::<OfferName>().is_err(), "{bad:?}");
         }

@@ -35,7 +35,7 @@ use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 
-use crate::schema::{Kind, schema_problems};
+use crate::openapi::{Kind, schema_problems};
 
 /// One change to a slice, as a watch reports it.
 #[derive(Debug, Clone)]
@@ -154,9 +154,14 @@ impl ApiServer {
         Self { inner, addr, task }
     }
 
+    /// Its address, `http://127.0.0.1:<port>`, for a kubeconfig.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     /// A kube-rs client of this server, as the plugin builds one (plain HTTP here).
     pub fn client(&self) -> kube::Client {
-        let config = kube::Config::new(format!("http://{}", self.addr).parse().unwrap());
+        let config = kube::Config::new(self.url().parse().unwrap());
         kube::Client::try_from(config).unwrap()
     }
 

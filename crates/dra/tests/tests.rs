@@ -11,6 +11,7 @@ mod apiserver;
 mod deploy;
 mod grpc;
 mod kube;
+mod openapi;
 mod run;
 mod schema;
 mod slices;

@@ -12,7 +12,8 @@ use plugboard_dra::{KubeSlices, Publisher, SliceEvent, SliceStore, node_owner, p
 use tokio::sync::{Notify, watch};
 
 use crate::apiserver::ApiServer;
-use crate::schema::{Kind, assert_valid, many_offers};
+use crate::openapi::{Kind, assert_valid};
+use crate::schema::many_offers;
 use crate::util::{DRIVER, NODE, host, kernel};
 
 const SLICE: &str = "node-a-vfio.plugboard.dev-0";
