@@ -24,7 +24,7 @@
 //!   (v1 and v1beta1), generated from Kubernetes' own `.proto` files, served on Unix
 //!   sockets.
 //!
-//! [`run`] puts it together; the `plugboard dra-plugin` command parses flags and calls it.
+//! [`run`] puts it together; the `plugboard-dra` binary (`src/main.rs`) parses flags and calls it.
 
 mod cdi;
 mod claims;

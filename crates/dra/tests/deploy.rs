@@ -70,10 +70,7 @@ fn the_daemonset_runs_the_plugin_with_the_kubelet_paths() {
                 let ds: DaemonSet = typed(&doc);
                 let pod = ds.spec.unwrap().template.spec.unwrap();
                 let container = &pod.containers[0];
-                assert_eq!(
-                    container.command.as_deref().unwrap()[..2],
-                    ["plugboard", "dra-plugin"]
-                );
+                assert_eq!(container.command.as_deref().unwrap()[0], "plugboard-dra");
                 let env = container.env.as_ref().unwrap();
                 assert!(env.iter().any(|e| e.name == "NODE_NAME"));
                 assert_eq!(

@@ -8,7 +8,7 @@
 //! binds anything here) and refuses to run outside the guest; every device it touched is
 //! given back to e1000e when it ends, pass or fail.
 //!
-//! The last test runs the real `plugboard dra-plugin` as a process, with the stand-in API
+//! The last test runs the real `plugboard-dra` as a process, with the stand-in API
 //! server of `apiserver.rs` (over HTTP, through `KUBECONFIG`), and SIGKILLs it mid-prepare.
 //!
 //! Run: `cargo run -q -p plugboard-lab -- test -p plugboard-dra -- --nocapture`.
@@ -255,27 +255,21 @@ async fn claims_for_an_e1000e_and_the_shared_group_pair_round_trip_in_iommufd_mo
     claims_round_trip(Mode::Iommufd).await;
 }
 
-/// Where the lab packs the `plugboard` binary.
-fn plugboard_bin() -> PathBuf {
-    let bin = std::env::var_os("PLUGBOARD_BIN")
-        .map_or_else(|| PathBuf::from("/usr/bin/plugboard"), PathBuf::from);
+/// The `plugboard-dra` binary: cargo builds it with this test, and the lab packs it at its
+/// host path (and at `/usr/bin/plugboard-dra`).
+fn plugin_bin() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_plugboard-dra"));
     assert!(bin.exists(), "{} is not packed", bin.display());
     bin
 }
 
-/// `plugboard dra-plugin` as a DaemonSet runs it, with its sockets, state and CDI specs
+/// `plugboard-dra` as a DaemonSet runs it, with its sockets, state and CDI specs
 /// under `dir` and the API server named by the kubeconfig `dir/kubeconfig`.
 fn start_plugin(dir: &Path, log: &Path) -> Child {
-    Command::new(plugboard_bin())
+    Command::new(plugin_bin())
         .arg("--state-dir")
         .arg(dir.join("state"))
-        .args([
-            "dra-plugin",
-            "--node-name",
-            NODE,
-            "--publish-interval",
-            "3600",
-        ])
+        .args(["--node-name", NODE, "--publish-interval", "3600"])
         .arg("--registry-dir")
         .arg(dir.join("reg"))
         .arg("--plugin-dir")
@@ -371,7 +365,7 @@ fn pair_state(sysfs: &Sysfs, host: &HostService, pair: &[PciAddress], owner: &st
     owned[0]
 }
 
-/// The real `plugboard dra-plugin` process SIGKILLed at moments spread over a prepare of the
+/// The real `plugboard-dra` process SIGKILLed at moments spread over a prepare of the
 /// shared pair (start-up, claim read, journal, unbind, bind, commit, spec), then started
 /// again: it recovers before its sockets appear, the pair is whole (owned or back on
 /// e1000e, never split, nothing pending), the kubelet's retried prepare succeeds with the

@@ -1,4 +1,4 @@
-//! The whole plugin as `plugboard dra-plugin` runs it: recovery before serving, the
+//! The whole plugin as `plugboard-dra` runs it: recovery before serving, the
 //! slices published at start and again after a prepare.
 
 use std::sync::Arc;

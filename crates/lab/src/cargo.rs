@@ -74,25 +74,30 @@ pub fn build_lab_tests(root: &Path, packages: &[String]) -> Result<Vec<LabTest>>
 
 /// Builds the `plugboard` binary and returns its path.
 pub fn build_plugboard(root: &Path) -> Result<PathBuf> {
+    build_bin(root, "plugboard", "plugboard")
+}
+
+/// Builds binary `bin` of package `package` (dev profile) and returns its executable.
+pub fn build_bin(root: &Path, package: &str, bin: &str) -> Result<PathBuf> {
     let out = cargo(
         root,
         &[
             "build",
             "-p",
-            "plugboard",
+            package,
             "--bin",
-            "plugboard",
+            bin,
             "--message-format=json-render-diagnostics",
         ],
     )?;
     artifacts(&out)
         .into_iter()
-        .find(|(target, _, _)| target == "plugboard")
+        .find(|(target, _, _)| target == bin)
         .map(|(_, exe, _)| exe)
         .ok_or_else(|| {
             bad(
-                "cargo build -p plugboard",
-                "no plugboard executable in its output".into(),
+                &format!("cargo build -p {package} --bin {bin}"),
+                format!("no {bin} executable in its output"),
             )
         })
 }

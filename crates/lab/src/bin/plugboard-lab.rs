@@ -239,7 +239,7 @@ fn test(args: &TestArgs) -> Result<i32, LabError> {
     let kernel = stage("kernel", plugboard_lab::kernel)?;
     let mut failed = Vec::new();
     let mut summary = Vec::new();
-    let (tests, plugboard) = stage("build", || {
+    let (tests, binaries) = stage("build", || {
         let mut packages = cargo::packages_with_lab_tests(&root)?;
         if !args.packages.is_empty() {
             packages.retain(|p| args.packages.contains(p));
@@ -256,13 +256,21 @@ fn test(args: &TestArgs) -> Result<i32, LabError> {
                 }
             }
         }
-        Ok((tests, cargo::build_plugboard(&root)?))
+        let binaries = [
+            cargo::build_plugboard(&root)?,
+            cargo::build_bin(&root, "plugboard-dra", "plugboard-dra")?,
+        ];
+        Ok((tests, binaries))
     })?;
     let img = stage("initramfs", || {
         let mut img = base_image(&args.machine)?;
-        img.add_binary(&plugboard, "/usr/bin/plugboard")?;
-        // Tests that use the host path of the binary (CARGO_BIN_EXE_*) find it too.
-        img.add_symlink(&plugboard.display().to_string(), "/usr/bin/plugboard");
+        for binary in &binaries {
+            let name = binary.file_name().unwrap_or_default().to_string_lossy();
+            let packed = format!("/usr/bin/{name}");
+            img.add_binary(binary, &packed)?;
+            // Tests that use the host path of a binary (CARGO_BIN_EXE_*) find it too.
+            img.add_symlink(&binary.display().to_string(), &packed);
+        }
         for t in &tests {
             img.add_binary(&t.executable, &format!("/lab-tests/{}-lab", t.package))?;
         }

@@ -1,12 +1,11 @@
 //! Command-line parsing, the options every subcommand shares, and output helpers.
 //!
 //! Each subcommand family lives in its own module (`host`, `hostdev`, `vfio`, `vm`,
-//! `serve`, `dra`) with a clap `Subcommand` enum and a `run` function that parses, asks the core
+//! `serve`) with a clap `Subcommand` enum and a `run` function that parses, asks the core
 //! for the answer (`daemon.rs` chooses where it comes from) and hands it to the command's
 //! one renderer (`render/`).
 
 mod daemon;
-mod dra;
 mod host;
 mod hostdev;
 #[cfg(test)]
@@ -85,9 +84,6 @@ pub enum Command {
     Vm(vm::VmArgs),
     /// Run the host daemon: HTTP/JSON on a Unix socket.
     Serve(serve::ServeArgs),
-    /// Run the Kubernetes DRA kubelet plugin: publish this node's passthrough devices as
-    /// ResourceSlices and prepare claims for them.
-    DraPlugin(dra::DraArgs),
 }
 
 /// Runs the parsed command line.
@@ -98,7 +94,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Vfio(cmd) => vfio::run(&cli.global, cmd),
         Command::Vm(args) => vm::run(&cli.global, args),
         Command::Serve(args) => serve::run(&cli.global, args),
-        Command::DraPlugin(args) => dra::run(&cli.global, args),
     }
 }
 
