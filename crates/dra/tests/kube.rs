@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use plugboard_dra::testing::allocated_claim;
 use plugboard_dra::{
     ClaimRef, Driver, DriverConfig, KubeClaims, KubeSlices, Publisher, SliceStore, StoreError,
     build_slices,
@@ -13,7 +12,7 @@ use plugboard_vfio::Mode;
 
 use crate::apiserver::ApiServer;
 use crate::schema::many_offers;
-use crate::util::{DRIVER, NODE, driver_of, host, kernel, owner_of};
+use crate::util::{DRIVER, NODE, driver_of, host, kernel, nic_claim, owner_of};
 
 #[tokio::test]
 async fn the_publisher_writes_through_kube_rs_over_http_once_per_slice() {
@@ -165,14 +164,7 @@ fn plugboard_error_chain(err: &dyn std::error::Error) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepare_reads_its_claim_through_kube_rs_over_http() {
     let server = ApiServer::start().await;
-    server.put_claim(&allocated_claim(
-        "vms",
-        "nic",
-        "uid-1",
-        DRIVER,
-        NODE,
-        &[("nic", "pci-0000-02-00-0")],
-    ));
+    server.put_claim(&nic_claim());
     let kernel = kernel(true);
     let dir = tempfile::tempdir().unwrap();
     let host = host(&kernel, dir.path());

@@ -5,25 +5,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plugboard_dra::proto::dra_v1;
-use plugboard_dra::testing::{MemoryClaims, MemorySlices, allocated_claim};
+use plugboard_dra::testing::{MemoryClaims, MemorySlices};
 use plugboard_dra::{Driver, DriverConfig, Publisher, Sockets};
 use plugboard_hostdev::registry::{Registry, RegistryOptions};
 use plugboard_hostdev::{Intent, IntentOp, IntentStep, Owner, ProcessStamp};
 use plugboard_vfio::Mode;
 use tokio::sync::oneshot;
 
-use crate::util::{DRIVER, NODE, connect, driver_of, host, kernel, owner_of};
-
-/// Waits (bounded) until `f` holds.
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
-}
+use crate::util::{
+    DRIVER, NODE, connect, driver_of, eventually, host, kernel, nic_claim, owner_of,
+};
 
 fn driver_attribute(store: &MemorySlices, device: &str) -> Option<String> {
     store
@@ -71,14 +62,7 @@ async fn a_plugin_killed_mid_prepare_is_recovered_before_it_serves() {
 
     let host = host(&kernel, dir.path());
     let claims = Arc::new(MemoryClaims::new());
-    claims.put(allocated_claim(
-        "vms",
-        "nic",
-        "uid-1",
-        DRIVER,
-        NODE,
-        &[("nic", "pci-0000-02-00-0")],
-    ));
+    claims.put(nic_claim());
     let config = DriverConfig {
         driver_name: DRIVER.into(),
         node_name: NODE.into(),

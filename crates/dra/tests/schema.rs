@@ -16,7 +16,7 @@ use plugboard_sysfs::fake::FakeKernel;
 use serde_json::{Value, json};
 
 use crate::openapi::{DOCUMENT, Kind, assert_valid, schema_problems, strict_definitions};
-use crate::util::{DRIVER, NODE, host, kernel};
+use crate::util::{DRIVER, NODE, host, kernel, nic_claim};
 
 fn slice_json(slice: &ResourceSlice) -> Value {
     serde_json::to_value(slice).unwrap()
@@ -205,14 +205,7 @@ async fn ten_thousand_devices_publish_as_slices_that_match_the_upstream_schema()
 
 #[test]
 fn allocated_claims_match_the_upstream_schema() {
-    let one = allocated_claim(
-        "vms",
-        "nic",
-        "uid-1",
-        DRIVER,
-        NODE,
-        &[("nic", "pci-0000-02-00-0")],
-    );
+    let one = nic_claim();
     assert_valid(Kind::ResourceClaim, &serde_json::to_value(&one).unwrap());
     let several = allocated_claim(
         "vms",
@@ -297,15 +290,7 @@ fn the_schema_refuses_an_unknown_field_a_wrong_type_and_a_missing_required_field
         );
     }
     // A claim without its required spec, and one whose result lacks its device.
-    let mut claim = serde_json::to_value(allocated_claim(
-        "vms",
-        "nic",
-        "uid-1",
-        DRIVER,
-        NODE,
-        &[("nic", "pci-0000-02-00-0")],
-    ))
-    .unwrap();
+    let mut claim = serde_json::to_value(nic_claim()).unwrap();
     claim["status"]["allocation"]["devices"]["results"][0]
         .as_object_mut()
         .unwrap()

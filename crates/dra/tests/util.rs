@@ -222,3 +222,27 @@ pub fn owner_of(host: &HostService, address: &str) -> Option<String> {
         .and_then(|r| r.owner)
         .map(|o| o.to_string())
 }
+
+/// Waits (bounded: 10 s) until `f` holds.
+pub async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    for _ in 0..1000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// The claim `vms/nic` (uid `uid-1`) allocated the e1000e at 0000:02:00.0, as the scheduler
+/// leaves it.
+pub fn nic_claim() -> k8s_openapi::api::resource::v1::ResourceClaim {
+    plugboard_dra::testing::allocated_claim(
+        "vms",
+        "nic",
+        "uid-1",
+        DRIVER,
+        NODE,
+        &[("nic", "pci-0000-02-00-0")],
+    )
+}

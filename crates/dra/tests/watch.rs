@@ -14,20 +14,9 @@ use tokio::sync::{Notify, watch};
 use crate::apiserver::ApiServer;
 use crate::openapi::{Kind, assert_valid};
 use crate::schema::many_offers;
-use crate::util::{DRIVER, NODE, host, kernel};
+use crate::util::{DRIVER, NODE, eventually, host, kernel};
 
 const SLICE: &str = "node-a-vfio.plugboard.dev-0";
-
-/// Waits (bounded) until `f` holds.
-async fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    for _ in 0..1000 {
-        if f() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("never happened: {what}");
-}
 
 /// The publish loop over the fixture host, polling only once an hour: what it does here,
 /// it does for the watch (or at start).
