@@ -61,15 +61,3 @@ pub use validate::{is_dns_label, is_dns_subdomain, slice_problems};
 
 /// The driver name the plugin uses unless told otherwise.
 pub const DEFAULT_DRIVER_NAME: &str = "vfio.plugboard.dev";
-
-/// An error and its causes on one line, `a: b: c`.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

@@ -196,7 +196,7 @@ impl<S: SliceStore> Publisher<S> {
             Err(e) => {
                 tracing::warn!(
                     node = %self.node,
-                    error = %crate::error_chain(&e),
+                    error = %plugboard_sysfs::error_chain(&e),
                     "cannot read the Node object; publishing ResourceSlices without an owner"
                 );
                 Err(e)

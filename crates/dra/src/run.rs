@@ -63,7 +63,7 @@ pub async fn publish_loop<S: SliceStore>(
             match publisher.watch().await {
                 Ok(stream) => events = Some(stream),
                 Err(e) => {
-                    tracing::warn!(error = %crate::error_chain(&e), "cannot watch the ResourceSlices; publishing on the interval only until it can");
+                    tracing::warn!(error = %plugboard_sysfs::error_chain(&e), "cannot watch the ResourceSlices; publishing on the interval only until it can");
                 }
             }
             due = true;
@@ -80,7 +80,7 @@ pub async fn publish_loop<S: SliceStore>(
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(error = %crate::error_chain(&e), "publishing ResourceSlices failed; trying again");
+                    tracing::warn!(error = %plugboard_sysfs::error_chain(&e), "publishing ResourceSlices failed; trying again");
                 }
             }
         }
@@ -101,7 +101,7 @@ pub async fn publish_loop<S: SliceStore>(
                 }
                 ended => {
                     if let Some(Err(e)) = ended {
-                        tracing::warn!(error = %crate::error_chain(&e), "the ResourceSlice watch failed; watching again");
+                        tracing::warn!(error = %plugboard_sysfs::error_chain(&e), "the ResourceSlice watch failed; watching again");
                     }
                     events = None;
                 }

@@ -130,7 +130,7 @@ macro_rules! dra_service {
                             error: String::new(),
                         },
                         Err(e) => {
-                            let error = crate::error_chain(&e);
+                            let error = plugboard_sysfs::error_chain(&e);
                             tracing::error!(claim = %format!("{}/{}", claim.namespace, claim.name), %error, "prepare failed");
                             $version::NodePrepareResourceResponse {
                                 devices: Vec::new(),
@@ -157,7 +157,7 @@ macro_rules! dra_service {
                     let error = match self.driver.unprepare(&claim).await {
                         Ok(()) => String::new(),
                         Err(e) => {
-                            let error = crate::error_chain(&e);
+                            let error = plugboard_sysfs::error_chain(&e);
                             tracing::error!(claim = %format!("{}/{}", claim.namespace, claim.name), %error, "unprepare failed");
                             error
                         }

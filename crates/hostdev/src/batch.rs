@@ -295,20 +295,8 @@ fn describe(result: &Result<PciReleased, ReleaseError>) -> (ReleaseResult, Optio
         ),
         Ok(PciReleased::Vanished) => (ReleaseResult::Vanished, None),
         Ok(PciReleased::NotOwned) => (ReleaseResult::NotOwned, None),
-        Err(e) => (ReleaseResult::Failed, Some(error_chain(e))),
+        Err(e) => (ReleaseResult::Failed, Some(plugboard_sysfs::error_chain(e))),
     }
-}
-
-/// An error and its causes on one line.
-pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -286,7 +286,7 @@ impl HostdevManager {
 
 fn failed(err: &dyn std::error::Error) -> RecoverAction {
     RecoverAction::Failed {
-        error: crate::batch::error_chain(err),
+        error: plugboard_sysfs::error_chain(err),
     }
 }
 

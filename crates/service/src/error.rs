@@ -264,14 +264,7 @@ impl ServiceError {
     /// The message and every cause, joined with `: ` (for one-line reports).
     #[must_use]
     pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut cause = self.source();
-        while let Some(c) = cause {
-            text.push_str(": ");
-            text.push_str(&c.to_string());
-            cause = c.source();
-        }
-        text
+        plugboard_sysfs::error_chain(self)
     }
 }
 

@@ -129,7 +129,7 @@ pub(crate) fn clean_up_failed_plugs(vm: &str, manager: &DeviceManager<Backend>) 
                 });
             }
             Err(e) => {
-                let reason = chain(&e);
+                let reason = plugboard_sysfs::error_chain(&e);
                 tracing::warn!(vm, device = %id, reason, "a failed plug still needs cleanup; retried at the next reconciliation");
                 repairs.push(Repair::StillNeedsCleanup {
                     vm: vm.to_owned(),
@@ -220,16 +220,4 @@ pub(crate) fn reconcile(
         });
     }
     Ok((saved, repairs))
-}
-
-/// An error and its causes, `: `-separated.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(": ");
-        text.push_str(&c.to_string());
-        cause = c.source();
-    }
-    text
 }

@@ -92,3 +92,18 @@ pub(crate) fn check_name(what: &'static str, name: &str) -> Result<(), SysfsErro
         })
     }
 }
+
+/// An error and its sources on one line, `a: b: c`, for reports that keep one line per
+/// failure (inventory problems, release and recovery results, logs). Every Plugboard crate
+/// sits above this one, so this is the one place that walks a source chain.
+#[must_use]
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::address::PciAddress;
 use crate::attr;
 use crate::dir::Dir;
-use crate::error::SysfsError;
+use crate::error::{SysfsError, error_chain};
 use crate::ids::{PciIds, hex2};
 use crate::names::PciNames;
 use crate::pci::{DriverKind, HeaderType, PciClass, PciDevice, ResetMethods};
@@ -186,18 +186,6 @@ pub struct Inventory {
     pub devices: Vec<PciDeviceInfo>,
     /// The devices that could not be read.
     pub problems: Vec<InventoryProblem>,
-}
-
-/// The error and its sources on one line, `a: b: c`.
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl Inventory {
@@ -376,7 +364,7 @@ impl Opener<'_> {
                 Ok(info) => inventory.devices.push(info),
                 Err(err) => inventory.problems.push(InventoryProblem {
                     address,
-                    error: chain(&err),
+                    error: error_chain(&err),
                 }),
             }
         }

@@ -92,7 +92,7 @@ pub use address::{PciAddress, PciAddressError};
 pub use bind::{BindError, BindOutcome};
 pub use block::{NVDIMM_PFN_OFFSET, NVDIMM_PFN_SIGNATURE, has_nvdimm_pfn_signature};
 pub use devnode::{DevKind, DevNodeError, DevNumber, Uevent, UeventError};
-pub use error::SysfsError;
+pub use error::{SysfsError, error_chain};
 pub use ids::PciIds;
 pub use inventory::{Inventory, InventoryProblem, PciDeviceInfo, PciDeviceNames, PciFilter};
 pub use iommu::{GroupMember, IommuGroup};
