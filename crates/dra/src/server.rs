@@ -20,7 +20,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
 use crate::claims::{ClaimRef, ClaimSource};
-use crate::error::ServeError;
+use crate::error::{ClaimError, ServeError};
 use crate::prepare::Driver;
 use crate::proto::{dra_v1, dra_v1beta1, pluginregistration as reg};
 
@@ -99,6 +99,14 @@ impl<C> Clone for Dra<C> {
     }
 }
 
+/// What the kubelet is told of a claim whose `op` failed: the error and its causes on one
+/// line, also logged with the claim's name.
+fn claim_error(op: &str, claim: &ClaimRef, e: &ClaimError) -> String {
+    let error = plugboard_sysfs::error_chain(e);
+    tracing::error!(claim = %format!("{}/{}", claim.namespace, claim.name), %error, "{op} failed");
+    error
+}
+
 /// `DRAPlugin` over one version's generated types (the messages are the same in v1 and
 /// v1beta1, under another package).
 macro_rules! dra_service {
@@ -129,18 +137,16 @@ macro_rules! dra_service {
                                 .collect(),
                             error: String::new(),
                         },
-                        Err(e) => {
-                            let error = plugboard_sysfs::error_chain(&e);
-                            tracing::error!(claim = %format!("{}/{}", claim.namespace, claim.name), %error, "prepare failed");
-                            $version::NodePrepareResourceResponse {
-                                devices: Vec::new(),
-                                error,
-                            }
-                        }
+                        Err(e) => $version::NodePrepareResourceResponse {
+                            devices: Vec::new(),
+                            error: claim_error("prepare", &claim, &e),
+                        },
                     };
                     claims.insert(claim.uid, answer);
                 }
-                Ok(Response::new($version::NodePrepareResourcesResponse { claims }))
+                Ok(Response::new($version::NodePrepareResourcesResponse {
+                    claims,
+                }))
             }
 
             async fn node_unprepare_resources(
@@ -156,15 +162,13 @@ macro_rules! dra_service {
                     };
                     let error = match self.driver.unprepare(&claim).await {
                         Ok(()) => String::new(),
-                        Err(e) => {
-                            let error = plugboard_sysfs::error_chain(&e);
-                            tracing::error!(claim = %format!("{}/{}", claim.namespace, claim.name), %error, "unprepare failed");
-                            error
-                        }
+                        Err(e) => claim_error("unprepare", &claim, &e),
                     };
                     claims.insert(claim.uid, $version::NodeUnprepareResourceResponse { error });
                 }
-                Ok(Response::new($version::NodeUnprepareResourcesResponse { claims }))
+                Ok(Response::new($version::NodeUnprepareResourcesResponse {
+                    claims,
+                }))
             }
         }
     };
