@@ -23,14 +23,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use plugboard_dra::proto::dra_v1;
-use plugboard_dra::testing::{MemoryClaims, MemorySlices, allocated_claim};
+use plugboard_dra::testing::{MemoryClaims, MemorySlices, allocated_claim, connect};
 use plugboard_dra::{Driver, DriverConfig, Publisher, Sockets, current_offers};
 use plugboard_service::{Caller, HostConfig, HostService, HostdevRequest};
 use plugboard_sysfs::fake::{FakeKernel, PciSpec};
 use plugboard_vfio::Mode;
-use tonic::transport::{Channel, Endpoint, Uri};
 
 const DRIVER: &str = "vfio.plugboard.dev";
 const NODE: &str = "node-a";
@@ -71,20 +69,6 @@ fn percentiles(mut samples: Vec<Duration>) -> (Duration, Duration) {
         samples[i]
     };
     (at(0.50), at(0.99))
-}
-
-async fn connect(path: &Path) -> Channel {
-    let path = path.to_owned();
-    Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .unwrap()
 }
 
 async fn prepare_latency() {

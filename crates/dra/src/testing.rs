@@ -280,3 +280,22 @@ pub fn allocated_claim(
         ..ResourceClaim::default()
     }
 }
+
+/// A gRPC channel to the plugin's Unix socket at `path`, as the kubelet opens one (the URI
+/// is a placeholder; every connection goes to the socket).
+///
+/// # Panics
+/// The socket does not accept the connection: in a test, that is the failure.
+pub async fn connect(path: &std::path::Path) -> tonic::transport::Channel {
+    let path = path.to_owned();
+    let connected = tonic::transport::Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await;
+    connected.unwrap_or_else(|e| panic!("cannot connect to the plugin's socket: {e}"))
+}

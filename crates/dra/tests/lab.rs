@@ -33,14 +33,12 @@ use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
 
-use hyper_util::rt::TokioIo;
 use plugboard_dra::proto::dra_v1;
-use plugboard_dra::testing::{MemoryClaims, allocated_claim};
+use plugboard_dra::testing::{MemoryClaims, allocated_claim, connect};
 use plugboard_dra::{CdiSpec, Driver, DriverConfig, Sockets};
 use plugboard_service::{HostConfig, HostService};
 use plugboard_sysfs::{PciAddress, Sysfs};
 use plugboard_vfio::Mode;
-use tonic::transport::{Channel, Endpoint, Uri};
 
 const E1000E: (u16, u16) = (0x8086, 0x10d3);
 const DRIVER: &str = "vfio.plugboard.dev";
@@ -106,20 +104,6 @@ impl Drop for Restore {
             }
         }
     }
-}
-
-async fn connect(path: &Path) -> Channel {
-    let path = path.to_owned();
-    Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
-            }
-        }))
-        .await
-        .unwrap()
 }
 
 fn driver_of(sysfs: &Sysfs, a: PciAddress) -> Option<String> {

@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use plugboard_dra::proto::{dra_v1, dra_v1beta1, pluginregistration as reg};
+pub use plugboard_dra::testing::connect;
 use plugboard_dra::testing::{MemoryClaims, allocated_claim};
 use plugboard_dra::{Driver, DriverConfig, RegistrationStatus, Sockets};
 use plugboard_service::{HostConfig, HostService};
 use plugboard_sysfs::fake::{FakeKernel, PciSpec};
 use plugboard_vfio::Mode;
 use tokio::sync::{oneshot, watch};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 pub const DRIVER: &str = "vfio.plugboard.dev";
 pub const NODE: &str = "node-a";
@@ -175,22 +175,6 @@ impl Plugin {
     pub fn spec_path(&self, uid: &str) -> PathBuf {
         plugboard_dra::spec_path(&self.config.cdi_dir, uid)
     }
-}
-
-/// A gRPC channel over the Unix socket at `path`, as the kubelet dials it.
-pub async fn connect(path: &Path) -> Channel {
-    let path = path.to_owned();
-    Endpoint::try_from("http://[::]:50051")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(path).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
-        .unwrap()
 }
 
 /// A claim message.
