@@ -114,6 +114,22 @@ fn offer_name(a: PciAddress) -> String {
     format!("pci-{}", a.to_string().replace([':', '.'], "-"))
 }
 
+/// Claim `uid`'s CDI spec in `cdi_dir`, after checking that every device node it names is
+/// on the host.
+fn spec_with_its_nodes_present(cdi_dir: &Path, uid: &str) -> CdiSpec {
+    let path = plugboard_dra::spec_path(cdi_dir, uid);
+    let spec: CdiSpec = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for node in spec
+        .devices
+        .iter()
+        .flat_map(|d| &d.container_edits.device_nodes)
+    {
+        let on_host = node.host_path.as_deref().unwrap_or(&node.path);
+        assert!(Path::new(on_host).exists(), "{uid}: {on_host} missing");
+    }
+    spec
+}
+
 async fn claims_round_trip(mode: Mode) {
     let sysfs = in_lab_guest();
     let (single, group, pair) = nics(&sysfs);
@@ -202,13 +218,7 @@ async fn claims_round_trip(mode: Mode) {
         assert_eq!(driver_of(&sysfs, a).as_deref(), Some("vfio-pci"), "{a}");
     }
     for uid in ["uid-nic", "uid-pair"] {
-        let path = plugboard_dra::spec_path(&config.cdi_dir, uid);
-        let spec: CdiSpec = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-        for device in &spec.devices {
-            for node in &device.container_edits.device_nodes {
-                let on_host = node.host_path.as_deref().unwrap_or(&node.path);
-                assert!(Path::new(on_host).exists(), "{uid}: {on_host} missing");
-            }
+        for device in spec_with_its_nodes_present(&config.cdi_dir, uid).devices {
             eprintln!("{uid}: {:?}", device.container_edits);
         }
     }
@@ -461,19 +471,8 @@ async fn the_plugin_process_killed_mid_prepare_recovers_before_it_serves() {
             .into_inner();
         assert_eq!(answer.claims["uid-pair"].error, "", "round {round}");
         assert!(pair_state(&sysfs, &host, &pair, owner));
+        spec_with_its_nodes_present(&dir.path().join("cdi"), "uid-pair");
         let spec_path = plugboard_dra::spec_path(&dir.path().join("cdi"), "uid-pair");
-        let spec: CdiSpec = serde_json::from_slice(&std::fs::read(&spec_path).unwrap()).unwrap();
-        for node in spec
-            .devices
-            .iter()
-            .flat_map(|d| &d.container_edits.device_nodes)
-        {
-            let on_host = node.host_path.as_deref().unwrap_or(&node.path);
-            assert!(
-                Path::new(on_host).exists(),
-                "round {round}: {on_host} missing"
-            );
-        }
         let answer = dra
             .node_unprepare_resources(unprepare())
             .await
