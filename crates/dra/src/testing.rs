@@ -40,6 +40,17 @@ struct SliceState {
 }
 
 impl SliceState {
+    /// Stores the publisher's `slice` as `name` at the next resourceVersion, counts the
+    /// write and tells the watches.
+    fn store_write(&mut self, name: String, slice: &ResourceSlice) {
+        self.version += 1;
+        let mut stored = slice.clone();
+        stored.metadata.resource_version = Some(self.version.to_string());
+        self.slices.insert(name, stored.clone());
+        self.writes += 1;
+        self.tell(&SliceEvent::Applied(stored));
+    }
+
     /// Tells the open watches of `slice`'s driver and node about `event`.
     fn tell(&mut self, event: &SliceEvent) {
         let slice = event.slice();
@@ -140,12 +151,7 @@ impl SliceStore for MemorySlices {
                 format!("{name}: resourceVersion must not be set on create").into(),
             ));
         }
-        state.version += 1;
-        let mut stored = slice.clone();
-        stored.metadata.resource_version = Some(state.version.to_string());
-        state.slices.insert(name, stored.clone());
-        state.writes += 1;
-        state.tell(&SliceEvent::Applied(stored));
+        state.store_write(name, slice);
         Ok(())
     }
 
@@ -161,12 +167,7 @@ impl SliceStore for MemorySlices {
                 current.metadata.resource_version, slice.metadata.resource_version
             )));
         }
-        state.version += 1;
-        let mut stored = slice.clone();
-        stored.metadata.resource_version = Some(state.version.to_string());
-        state.slices.insert(name, stored.clone());
-        state.writes += 1;
-        state.tell(&SliceEvent::Applied(stored));
+        state.store_write(name, slice);
         Ok(())
     }
 
